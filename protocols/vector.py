@@ -1,0 +1,152 @@
+"""Vector protocol: send the CALM autoencoder's latent means as analog channel symbols.
+
+    ids (B, L) -> encoder mean mu (B, L/K, l) -> standardise each latent dim (train mean/std)
+      -> flatten (B, D = L/K * l) -> [PCA to d = n dims when n < D] -> times one scalar s
+      -> [cyclic repetition to n when n > D] -> symbols (B, n)
+
+All statistics (mean, std, PCA basis, s) are fitted once on training passages; ``s`` makes the
+mean power per symbol exactly 1 on them. Budget ``n`` (channel uses):
+- ``None``: ``n = D``, every standardised latent coordinate once.
+- ``n < D``: the top ``n`` principal components of the standardised codes (fitted on train).
+- ``n > D``: all ``D`` coordinates, repeated cyclically (symbol ``j`` carries coordinate
+  ``j mod D``); nothing is zero-padded.
+
+Receivers:
+- hard (``decode``): average the copies of each coordinate, divide by ``s``, undo PCA
+  (least squares) and standardisation, decode with the autoencoder, argmax per token.
+- soft (``score``): ``-||y - encode(candidate)||^2 / (2 sigma^2)``, each candidate encoded
+  exactly like a target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocols.base import Protocol, check_budget, cyclic_combine, cyclic_fill
+from protocols.latent import LatentBasis, autoencoder_dims, decode_latents, encode_means
+
+__all__ = ["VectorProtocol", "VectorProtocolConfig"]
+
+
+@dataclass
+class VectorProtocolConfig:
+    """Settings of the vector (analog latent) protocol."""
+
+    budget: int | None = None
+    """channel uses n per message; None sends every latent coordinate once (n = L/K * l)"""
+    batch_size: int = 1024
+    """passages per autoencoder forward pass"""
+
+    def __post_init__(self) -> None:
+        self.budget = check_budget(self.budget)
+        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
+
+
+def check_chunked_length(L: int, K: int) -> int:
+    """Validate a passage length for a K-token autoencoder: a positive multiple of K."""
+    if isinstance(L, bool) or int(L) != L or L < 1 or L % K:
+        raise ValueError(f"L (tokens per message) must be a positive multiple of K={K}, got {L}")
+    return int(L)
+
+
+class VectorProtocol(Protocol):
+    """Analog latent protocol over a CALM ``Autoencoder`` (``encode``/``decode``/``config``)."""
+
+    name = "vector"
+
+    def __init__(self, autoencoder: Any, config: VectorProtocolConfig | None = None) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.config = config or VectorProtocolConfig()
+        self.K, self.latent_dim, self._vocab_size = autoencoder_dims(autoencoder)
+        self.basis = LatentBasis()
+        self.scale = 1.0  # s: the one power-normalising scalar
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def latent_size(self, L: int) -> int:
+        """``D = L/K * l``: the latent coordinates of an ``L``-token message."""
+        return check_chunked_length(L, self.K) // self.K * self.latent_dim
+
+    def channel_uses(self, L: int) -> int:
+        D = self.latent_size(L)
+        return D if self.config.budget is None else self.config.budget
+
+    def code_size(self, L: int) -> int:
+        """Distinct coordinates ``d = min(n, D)`` sent before repetition."""
+        return min(self.channel_uses(L), self.latent_size(L))
+
+    def _check_train(self, train_ids: Any) -> np.ndarray:
+        ids = super()._check_train(train_ids)
+        check_chunked_length(ids.shape[1], self.K)
+        return ids
+
+    def fit(self, train_ids: np.ndarray) -> VectorProtocol:
+        """Fit standardisation, PCA (when the budget is below ``D``) and the power scale on ``(N, L)``."""
+        ids = self._check_train(train_ids)
+        L = ids.shape[1]
+        d = self.code_size(L)
+        if d < self.latent_size(L) and ids.shape[0] < d:
+            raise ValueError(f"PCA to budget={d} needs >= {d} training passages, got {ids.shape[0]}")
+        mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)  # (N, L/K, l)
+        self.basis.fit(mu, d)
+        x = cyclic_fill(self.basis.forward(mu), self.channel_uses(L))  # (N, n)
+        power = float(np.mean(x**2))
+        if not power > 0:
+            raise ValueError("training passages give all-zero latent codes; cannot normalise power")
+        self.scale = 1.0 / np.sqrt(power)
+        self.seq_len = int(L)
+        return self
+
+    def _encode(self, ids: np.ndarray) -> np.ndarray:
+        mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)
+        code = self.basis.forward(mu) * self.scale  # (B, d)
+        return cyclic_fill(code, self.channel_uses(ids.shape[1])).astype(np.float32)
+
+    def _decode(self, symbols: np.ndarray) -> np.ndarray:
+        L = self._require_fit()
+        code = cyclic_combine(symbols, self.code_size(L)) / self.scale  # (B, d)
+        mu = self.basis.inverse(code, L // self.K)  # (B, L/K, l)
+        return decode_latents(self.autoencoder, mu)
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self.config),
+            "autoencoder": {"K": self.K, "latent_dim": self.latent_dim, "vocab_size": self.vocab_size},
+        }
+
+    def _stats(self) -> dict[str, np.ndarray]:
+        return {**self.basis.stats(), "scale": np.array([self.scale])}
+
+    def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
+        self.basis.set_stats(stats)
+        self.scale = float(stats["scale"][0])
+
+    @classmethod
+    def load(cls, directory: str | Path, autoencoder: Any) -> VectorProtocol:
+        """Load a protocol written by ``save`` on top of the autoencoder it was fitted with."""
+        meta = cls.read_config(directory)
+        if meta["protocol"] != cls.name:
+            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
+        config = dict(meta["config"])
+        check_autoencoder(config.pop("autoencoder"), autoencoder)
+        proto = cls(autoencoder, VectorProtocolConfig(**config))
+        proto._load_stats(directory, meta["seq_len"])
+        return proto
+
+
+def check_autoencoder(saved: dict[str, int], autoencoder: Any) -> None:
+    """Raise ValueError when the autoencoder's K, l or V differ from those a protocol was fitted with."""
+    K, l, V = autoencoder_dims(autoencoder)
+    have = {"K": K, "latent_dim": l, "vocab_size": V}
+    for key, value in saved.items():
+        if have[key] != value:
+            raise ValueError(f"autoencoder {key}={have[key]} does not match the saved protocol's {key}={value}")
