@@ -68,7 +68,9 @@ class BroadcastEnv(SignallingGame):
           render_mode: must be None.
         """
         if isinstance(channels, Channel) or not isinstance(channels, Sequence) or len(channels) < 1:
-            raise ValueError(f"channels must be a non-empty sequence of channels, one per listener, got {channels!r}")
+            raise ValueError(
+                f"channels must be a non-empty sequence of channels, one per listener, got {channels!r}"
+            )
         super().__init__(
             passages,
             routes={f"listener_{m}": (channel,) for m, channel in enumerate(channels)},

@@ -61,7 +61,9 @@ def _check_io(x: np.ndarray, rng: np.random.Generator, owner: str) -> None:
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{owner}: x must be a numpy float32 array, got {type(x).__name__}")
     if x.dtype != np.float32:
-        raise ValueError(f"{owner}: x must have dtype float32, got {x.dtype} (cast with x.astype(np.float32))")
+        raise ValueError(
+            f"{owner}: x must have dtype float32, got {x.dtype} (cast with x.astype(np.float32))"
+        )
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{owner}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
@@ -193,7 +195,9 @@ class Chain:
 
     def __post_init__(self) -> None:
         if isinstance(self.channels, Channel) or not isinstance(self.channels, Sequence):
-            raise ValueError(f"Chain.channels must be a sequence of channels, got {type(self.channels).__name__}")
+            raise ValueError(
+                f"Chain.channels must be a sequence of channels, got {type(self.channels).__name__}"
+            )
         stages = tuple(self.channels)
         if not stages:
             raise ValueError("Chain.channels must hold at least one channel, got an empty sequence")

@@ -135,11 +135,15 @@ def check_passages(passages: object, vocab_size: int | None) -> tuple[np.ndarray
 def check_symbols(action: object, shape: tuple[int, ...], field: str) -> np.ndarray:
     """Validate channel symbols: a finite float32 ndarray of ``shape``; returns it."""
     if not isinstance(action, np.ndarray):
-        raise ValueError(f"{field} must be a numpy float32 array of shape {shape}, got {type(action).__name__}")
+        raise ValueError(
+            f"{field} must be a numpy float32 array of shape {shape}, got {type(action).__name__}"
+        )
     if action.shape != shape:
         raise ValueError(f"{field} must have shape {shape} (B, n), got {action.shape}")
     if action.dtype != np.float32:
-        raise ValueError(f"{field} must have dtype float32, got {action.dtype} (cast with .astype(np.float32))")
+        raise ValueError(
+            f"{field} must have dtype float32, got {action.dtype} (cast with .astype(np.float32))"
+        )
     if not np.isfinite(action).all():
         raise ValueError(f"{field} must be finite, got {int((~np.isfinite(action)).sum())} NaN/inf symbols")
     return action
@@ -318,7 +322,9 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
                 pool_size = max(self.num_candidates - 1, min(DEFAULT_POOL_SIZE, N - 1))
             self.pool_size = check_int("pool_size", pool_size, self.num_candidates - 1)
             if self.pool_size > N - 1:
-                raise ValueError(f"pool_size must be <= N - 1 = {N - 1} (passages other than the target), got {pool_size}")
+                raise ValueError(
+                    f"pool_size must be <= N - 1 = {N - 1} (passages other than the target), got {pool_size}"
+                )
         else:
             self.num_candidates = 0
             self.pool_size = 0
@@ -330,7 +336,9 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
             route = tuple(route)
             if not route:
                 raise ValueError(f"the route to {listener!r} must hold at least one channel")
-            self.routes[listener] = tuple(check_channel(f"channel of hop {h} to {listener!r}", c) for h, c in enumerate(route))
+            self.routes[listener] = tuple(
+                check_channel(f"channel of hop {h} to {listener!r}", c) for h, c in enumerate(route)
+            )
         self.listeners = tuple(self.routes)
         # relays are agents only when they re-encode; their names say which listener they serve
         self.relays: dict[str, tuple[str, int]] = {}  # relay name -> (listener, hop it sends on)
@@ -343,7 +351,8 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
         self.agents: list[str] = []
         # fixed forward gains: unit expected power into every hop (never per-message scaling)
         self.forward_gains = {
-            listener: tuple(_unit_gain(route[h - 1]) for h in range(1, len(route))) for listener, route in self.routes.items()
+            listener: tuple(_unit_gain(route[h - 1]) for h in range(1, len(route)))
+            for listener, route in self.routes.items()
         }
         self._build_spaces()
         self.np_random: np.random.Generator | None = None
@@ -353,7 +362,13 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
 
     def _build_spaces(self) -> None:
         """Build every agent's spaces once; the space methods return these same objects."""
-        B, C, L, n, V = self.batch_size, self.num_candidates, self.passage_length, self.channel_uses, self.vocab_size
+        B, C, L, n, V = (
+            self.batch_size,
+            self.num_candidates,
+            self.passage_length,
+            self.channel_uses,
+            self.vocab_size,
+        )
         symbols = spaces.Box(-np.inf, np.inf, shape=(B, n), dtype=np.float32)
         received = spaces.Box(-np.inf, np.inf, shape=(B, n), dtype=np.float32)
         self.observation_spaces = {SPEAKER: spaces.MultiDiscrete(np.full((B, L), V))}
@@ -398,13 +413,17 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
         B, n = self.batch_size, self.channel_uses
         targets = None
         if options is not None and options.get("targets") is not None:
-            targets = check_ids(np.asarray(options["targets"]), (B,), self.passages.shape[0], 'options["targets"]')
+            targets = check_ids(
+                np.asarray(options["targets"]), (B,), self.passages.shape[0], 'options["targets"]'
+            )
         # channel noise has its own generators, drawn first: the same seed gives the same games
         # whatever the channels are, and the same noise whatever the games are
         hops = sum(len(route) for route in self.routes.values())
         noise_seeds = np.random.SeedSequence(int(self.np_random.integers(2**63))).spawn(hops)
         rngs = iter(np.random.default_rng(s) for s in noise_seeds)
-        self._channel_rngs = {listener: [next(rngs) for _ in route] for listener, route in self.routes.items()}
+        self._channel_rngs = {
+            listener: [next(rngs) for _ in route] for listener, route in self.routes.items()
+        }
         self.round = draw_round(
             self.np_random,
             self.passages,
@@ -419,7 +438,9 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
         zeros = np.zeros((B, n), dtype=np.float32)
         self._inbox = dict.fromkeys([*self.relays, *self.listeners], zeros)  # what each agent received
         self._sent: np.ndarray | None = None
-        self._hops: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {listener: [] for listener in self.listeners}
+        self._hops: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
+            listener: [] for listener in self.listeners
+        }
         self._turns = [(SPEAKER,)] + [(relay,) for relay in self.relays] + [self.listeners]
         self._turn = 0
         self.agents = list(self.possible_agents)
@@ -516,7 +537,12 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
         ids = check_ids(action, (B, L), self.vocab_size, field)
         correct = ids == self._target_ids  # (B, L)
         accuracy = correct.mean(axis=1).astype(np.float32)
-        return {"choice": ids, "reward_per_game": accuracy, "token_accuracy": accuracy, "exact": correct.all(axis=1)}
+        return {
+            "choice": ids,
+            "reward_per_game": accuracy,
+            "token_accuracy": accuracy,
+            "exact": correct.all(axis=1),
+        }
 
     def _observations(self) -> dict[str, Any]:
         """Every live agent's observation."""

@@ -79,7 +79,9 @@ class RelayEnv(SignallingGame):
         if isinstance(channel, Sequence):
             route = tuple(channel)
             if len(route) != hops:
-                raise ValueError(f"channel must be one channel or a sequence of hops={hops} channels, got {len(route)}")
+                raise ValueError(
+                    f"channel must be one channel or a sequence of hops={hops} channels, got {len(route)}"
+                )
         else:
             route = (channel,) * hops
         super().__init__(
