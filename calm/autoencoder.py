@@ -1,0 +1,347 @@
+"""The CALM autoencoder: K tokens <-> one continuous vector (Shao et al. 2025, arXiv:2510.27688, section 2).
+
+A variational autoencoder over chunks of K tokens. No attention and no positions: every chunk is encoded
+and decoded on its own, so a passage of L tokens is L/K independent chunks.
+
+    encoder: ids (K) -> tied embedding -> per-token SwiGLU blocks -> flatten K*d -> Linear d
+             -> SwiGLU blocks -> RMSNorm -> Linear 2l = (mu, log_sigma)
+    decoder: z (l) -> Linear d -> SwiGLU blocks -> Linear K*d -> per-token SwiGLU blocks -> RMSNorm
+             -> logits against the (tied) embedding table
+
+Training makes the latent space robust, which is what lets a generator (or a noisy channel) be slightly
+off and still decode to the right tokens: token dropout on the input, z = mu + sigma * eps, dropout on z,
+and a per-dimension KL term floored at ``kl_clip`` nats ("free bits"), which keeps dimensions from
+collapsing to the prior. loss = CE * K + kl_weight * KL.
+
+Dim letters used in this module:
+    B  batch size (passages, or chunks when L == K)
+    L  tokens per passage, a multiple of K
+    N  chunks per passage, L / K
+    K  tokens per chunk
+    d  hidden size, l latent size, V vocabulary size
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "AutoencoderConfig",
+    "AutoencoderOutput",
+    "Autoencoder",
+    "PRESETS",
+    "preset",
+    "kl_per_dimension",
+    "clipped_kl",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# blocks
+
+
+class SwiGLUBlock(nn.Module):
+    """Pre-norm residual SwiGLU MLP: x + down(silu(gate(norm x)) * up(norm x)). Acts on the last dim."""
+
+    def __init__(self, d: int, intermediate: int, eps: float):
+        super().__init__()
+        self.norm = nn.RMSNorm(d, eps=eps)
+        self.gate = nn.Linear(d, intermediate, bias=False)
+        self.up = nn.Linear(d, intermediate, bias=False)
+        self.down = nn.Linear(intermediate, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class AutoencoderConfig:
+    """Hyperparameters of the autoencoder. Defaults are the paper's K=4 model (with its 128k vocabulary)."""
+
+    K: int = 4
+    """tokens per chunk (one latent vector per K tokens)"""
+    latent_dim: int = 128
+    """l: size of the latent vector (the paper found l = 32 * K best)"""
+    hidden_size: int = 512
+    """d: width of the token and chunk representations"""
+    intermediate_size: int = 1280
+    """hidden width of every SwiGLU block"""
+    num_layers: int = 2
+    """SwiGLU blocks in each of encoder and decoder, split evenly between the per-token and per-chunk stage"""
+    vocab_size: int = 128256
+    """V: rows of the tied embedding table; must equal the tokenizer's vocabulary size"""
+    token_dropout: float = 0.15
+    """training only: probability that an input token is replaced by pad_id"""
+    latent_dropout: float = 0.15
+    """training only: dropout probability on the sampled latent z (survivors scaled by 1/(1-p))"""
+    kl_clip: float = 0.5
+    """floor, in nats, of each dimension's batch-mean KL (free bits); 0 disables the floor"""
+    kl_weight: float = 1e-3
+    """weight of the summed (clipped) KL in the loss"""
+    pad_id: int = 0
+    """the id token dropout writes (PAD_ID of the bpe tokenizers)"""
+    rms_norm_eps: float = 1e-6
+    """epsilon of every RMSNorm"""
+    init_std: float = 0.02
+    """standard deviation of the normal initialisation of embedding and linear weights"""
+
+    def __post_init__(self) -> None:
+        for name in ("K", "latent_dim", "hidden_size", "intermediate_size", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"AutoencoderConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_layers, int) or self.num_layers < 2 or self.num_layers % 2:
+            raise ValueError(f"AutoencoderConfig.num_layers must be an even integer >= 2, got {self.num_layers!r}")
+        for name in ("token_dropout", "latent_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"AutoencoderConfig.{name} must be in [0, 1), got {value!r}")
+        if not (self.kl_clip >= 0.0 and math.isfinite(self.kl_clip)):
+            raise ValueError(f"AutoencoderConfig.kl_clip must be a finite number >= 0, got {self.kl_clip!r}")
+        if not (self.kl_weight >= 0.0 and math.isfinite(self.kl_weight)):
+            raise ValueError(f"AutoencoderConfig.kl_weight must be a finite number >= 0, got {self.kl_weight!r}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"AutoencoderConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}")
+
+    def to_dict(self) -> dict:
+        """The config as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AutoencoderConfig:
+        """Inverse of ``to_dict``; unknown keys are an error (they mean a different model version)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"AutoencoderConfig: unknown fields {unknown}; known fields are {sorted(known)}")
+        return cls(**values)
+
+
+# Named sizes. `tiny` is tuned to reach >= 99.9% held-out token accuracy in 15 minutes on two CPU cores
+# with the bpe:8192 tokenizer (figures in docs/autoencoder.md); `paper` is the paper's K=4 model.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(K=4, latent_dim=64, hidden_size=192, intermediate_size=512, num_layers=2),
+    "paper": dict(K=4, latent_dim=128, hidden_size=512, intermediate_size=1280, num_layers=2),
+}
+
+
+def preset(name: str, **overrides) -> AutoencoderConfig:
+    """An ``AutoencoderConfig`` from a named preset (``tiny`` or ``paper``) with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown autoencoder preset {name!r}; choose one of {sorted(PRESETS)}")
+    return AutoencoderConfig(**{**PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# KL arithmetic
+
+
+def kl_per_dimension(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per latent dimension, averaged over all chunks.
+
+    Args:
+        mu, log_sigma: (..., l).
+
+    Returns:
+        (l,) nats: mean over the leading dims of 0.5 * (mu^2 + sigma^2 - 1 - 2 log sigma).
+    """
+    kl = 0.5 * (mu.pow(2) + torch.exp(2.0 * log_sigma) - 1.0 - 2.0 * log_sigma)  # (..., l)
+    return kl.reshape(-1, kl.shape[-1]).mean(0)  # (l,)
+
+
+def clipped_kl(kl_dims: torch.Tensor, kl_clip: float) -> torch.Tensor:
+    """The KL objective with free bits: sum_i max(kl_clip, KL_i) (CALM eq. for L_KL^clip).
+
+    A dimension whose KL is below the floor contributes the constant ``kl_clip`` and gets no gradient,
+    so the KL term cannot push it all the way to the prior (collapse).
+    """
+    return torch.clamp(kl_dims, min=kl_clip).sum()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class AutoencoderOutput:
+    """What ``Autoencoder.forward`` returns. Scalars are 0-dim tensors."""
+
+    loss: torch.Tensor
+    """CE * K + kl_weight * clipped KL: the training objective"""
+    ce: torch.Tensor
+    """mean cross-entropy per token (nats)"""
+    kl: torch.Tensor
+    """clipped KL summed over dimensions (what the loss uses)"""
+    kl_per_dim: torch.Tensor
+    """(l,) unclipped batch-mean KL per dimension"""
+    accuracy: torch.Tensor
+    """fraction of tokens whose argmax logit is the input token"""
+    logits: torch.Tensor
+    """(B, L, V)"""
+    mu: torch.Tensor
+    """(B, N, l)"""
+    log_sigma: torch.Tensor
+    """(B, N, l)"""
+
+
+class Autoencoder(nn.Module):
+    """CALM's variational autoencoder. ``encode``/``decode`` are deterministic; ``forward`` adds the
+    training noise (token dropout, sampling, latent dropout) when the module is in training mode."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        self.config = c = config
+        half = c.num_layers // 2
+        self.embed = nn.Embedding(c.vocab_size, c.hidden_size)  # tied with the output logits
+        # encoder
+        self.enc_token_blocks = nn.ModuleList(
+            SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
+        )
+        self.squeeze = nn.Linear(c.K * c.hidden_size, c.hidden_size, bias=False)
+        self.enc_chunk_blocks = nn.ModuleList(
+            SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
+        )
+        self.enc_norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+        self.to_latent = nn.Linear(c.hidden_size, 2 * c.latent_dim, bias=False)
+        # decoder
+        self.from_latent = nn.Linear(c.latent_dim, c.hidden_size, bias=False)
+        self.dec_chunk_blocks = nn.ModuleList(
+            SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
+        )
+        self.expand = nn.Linear(c.hidden_size, c.K * c.hidden_size, bias=False)
+        self.dec_token_blocks = nn.ModuleList(
+            SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
+        )
+        self.dec_norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def num_parameters(self) -> int:
+        """Number of parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- encoder ----
+
+    def _check_ids(self, ids: torch.Tensor) -> tuple[int, int]:
+        if ids.dim() != 2:
+            raise ValueError(f"ids must have shape (B, L), got {tuple(ids.shape)}")
+        B, L = ids.shape
+        if L == 0 or L % self.config.K:
+            raise ValueError(f"ids length L={L} must be a positive multiple of K={self.config.K}")
+        return B, L
+
+    def _encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, L = ids.shape
+        K, d = self.config.K, self.config.hidden_size
+        N = L // K
+        x = self.embed(ids).view(B, N, K, d)  # (B, N, K, d)
+        for block in self.enc_token_blocks:
+            x = block(x)  # per token
+        x = self.squeeze(x.reshape(B, N, K * d))  # (B, N, d)
+        for block in self.enc_chunk_blocks:
+            x = block(x)
+        h = self.to_latent(self.enc_norm(x))  # (B, N, 2l)
+        mu, log_sigma = h.chunk(2, dim=-1)  # each (B, N, l)
+        return mu, log_sigma
+
+    def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters of every chunk.
+
+        Args:
+            ids: (B, L) token ids, L a multiple of K.
+
+        Returns:
+            (mu, log_sigma), each (B, L/K, l).
+        """
+        self._check_ids(ids)
+        return self._encode(ids)
+
+    # ---- decoder ----
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Token logits of each latent vector's K tokens.
+
+        Args:
+            z: (B, N, l) latent vectors.
+
+        Returns:
+            logits (B, N*K, V).
+        """
+        if z.dim() != 3 or z.shape[-1] != self.config.latent_dim:
+            raise ValueError(f"z must have shape (B, N, l={self.config.latent_dim}), got {tuple(z.shape)}")
+        B, N, _ = z.shape
+        K, d = self.config.K, self.config.hidden_size
+        x = self.from_latent(z)  # (B, N, d)
+        for block in self.dec_chunk_blocks:
+            x = block(x)
+        x = self.expand(x).view(B, N, K, d)  # (B, N, K, d)
+        for block in self.dec_token_blocks:
+            x = block(x)  # per token
+        x = self.dec_norm(x).view(B, N * K, d)  # (B, L, d)
+        return F.linear(x, self.embed.weight)  # (B, L, V), tied output embedding
+
+    @torch.no_grad()
+    def reconstruct(self, ids: torch.Tensor) -> torch.Tensor:
+        """Encode to mu and decode greedily: ids (B, L) -> ids (B, L)."""
+        mu, _ = self.encode(ids)
+        return self.decode(mu).argmax(-1)
+
+    # ---- training objective ----
+
+    def forward(self, ids: torch.Tensor, *, generator: torch.Generator | None = None) -> AutoencoderOutput:
+        """Loss of reconstructing ``ids``.
+
+        In training mode: token dropout, z = mu + sigma * eps, latent dropout, all drawn from ``generator``
+        (torch's default generator when None). In eval mode: z = mu, no dropout.
+
+        Args:
+            ids: (B, L) token ids, L a multiple of K.
+            generator: RNG for the training noise (on the ids' device).
+
+        Returns:
+            AutoencoderOutput with loss = CE * K + kl_weight * sum_i max(kl_clip, KL_i).
+        """
+        B, L = self._check_ids(ids)
+        c = self.config
+        inputs = ids
+        if self.training and c.token_dropout > 0:
+            drop = torch.rand(ids.shape, generator=generator, device=ids.device) < c.token_dropout
+            inputs = torch.where(drop, torch.full_like(ids, c.pad_id), ids)
+        mu, log_sigma = self._encode(inputs)  # (B, N, l)
+        if self.training:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + torch.exp(log_sigma) * eps
+            if c.latent_dropout > 0:
+                keep = torch.rand(z.shape, generator=generator, device=z.device) >= c.latent_dropout
+                z = z * keep / (1.0 - c.latent_dropout)
+        else:
+            z = mu
+        logits = self.decode(z)  # (B, L, V)
+        ce = F.cross_entropy(logits.reshape(B * L, -1).float(), ids.reshape(B * L))
+        kl_dims = kl_per_dimension(mu.float(), log_sigma.float())  # (l,)
+        kl = clipped_kl(kl_dims, c.kl_clip)
+        loss = ce * c.K + c.kl_weight * kl
+        accuracy = (logits.detach().argmax(-1) == ids).float().mean()
+        return AutoencoderOutput(
+            loss=loss,
+            ce=ce,
+            kl=kl,
+            kl_per_dim=kl_dims,
+            accuracy=accuracy,
+            logits=logits,
+            mu=mu,
+            log_sigma=log_sigma,
+        )

@@ -1,0 +1,293 @@
+"""Checkpoints in the Hugging Face layout, without pickle.
+
+A checkpoint directory holds:
+
+    model.safetensors   the model's state dict (float tensors, bit-exact)
+    config.json         {"format_version", "model_type", "config": <the config dataclass as a dict>,
+                         "tokenizer_fingerprint", "vocab_size", "num_parameters"}
+    tokenizer.json      the tokenizer the model was trained with
+
+``load_pretrained`` refuses a checkpoint whose parts disagree (tokenizer vs. the fingerprint in the config,
+vocabulary size or K vs. the weights) and says what differs. Any model type registered in ``MODEL_TYPES``
+can be stored; a model is an ``nn.Module`` with a ``config`` dataclass that has ``to_dict``/``from_dict``.
+
+The optimizer helpers (``save_optimizer``/``load_optimizer``) store AdamW state the same way, keyed by
+parameter name, for resumable training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_TYPES",
+    "CheckpointError",
+    "model_type_of",
+    "save_pretrained",
+    "load_pretrained",
+    "load_config",
+    "read_safetensors",
+    "save_optimizer",
+    "load_optimizer",
+]
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+# model_type -> (module, config class, model class); imported lazily so that this module imports no model.
+# A new model type is one line here.
+MODEL_TYPES: dict[str, tuple[str, str, str]] = {
+    "autoencoder": ("calm.autoencoder", "AutoencoderConfig", "Autoencoder"),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, damaged, or its parts do not match."""
+
+
+def _classes(model_type: str) -> tuple[type, type]:
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"unknown model_type {model_type!r}; known types are {sorted(MODEL_TYPES)}")
+    module, config_name, model_name = MODEL_TYPES[model_type]
+    mod = importlib.import_module(module)
+    return getattr(mod, config_name), getattr(mod, model_name)
+
+
+def model_type_of(model: nn.Module) -> str:
+    """The registered ``model_type`` of a model instance."""
+    for name, (module, _, model_name) in MODEL_TYPES.items():
+        cls = type(model)
+        if cls.__module__ == module and cls.__name__ == model_name:
+            return name
+    raise CheckpointError(f"{type(model).__module__}.{type(model).__name__} is not a registered model type; "
+                          f"known types are {sorted(MODEL_TYPES)} (add it to calm.checkpoint.MODEL_TYPES)")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``tokenizer.json`` into ``directory``.
+
+    Args:
+        model: a registered model (see ``MODEL_TYPES``) with a ``config`` dataclass.
+        directory: created if missing; existing checkpoint files are replaced.
+        tokenizer: the ``PreTrainedTokenizerFast`` whose ids the model was trained on.
+
+    Returns:
+        The directory as a ``Path``.
+    """
+    from calm.tokenizer import save_tokenizer, tokenizer_fingerprint
+
+    model_type = model_type_of(model)
+    config = model.config
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) != vocab:
+        raise CheckpointError(f"tokenizer has {len(tokenizer)} ids but the model's vocab_size is {vocab}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors that share storage, and a state dict may hold views
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = directory / (MODEL_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "model_type": model_type})
+    os.replace(tmp, directory / MODEL_FILE)
+    save_tokenizer(tokenizer, directory)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_type": model_type,
+        "config": config.to_dict(),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "vocab_size": len(tokenizer),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    _atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_config(directory: str | os.PathLike) -> dict:
+    """Read and check ``config.json`` of a checkpoint directory (no weights are loaded)."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: not a checkpoint directory written by save_pretrained")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is damaged") from None
+    for key in ("format_version", "model_type", "config", "tokenizer_fingerprint"):
+        if key not in meta:
+            raise CheckpointError(f"{path} lacks the field {key!r}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta['format_version']} is not supported "
+                              f"(this code reads version {FORMAT_VERSION})")
+    return meta
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, with a clear error for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    size = path.stat().st_size
+    # format: 8-byte little-endian header length, JSON header, then the raw tensor bytes
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+        first = f.read(1) if header_len > 0 else b""
+    if header_len <= 0 or header_len > size - 8 or first != b"{":
+        raise CheckpointError(f"{path} is not a safetensors file (bad header; size {size} bytes). "
+                              "Checkpoints are safetensors only; pickle files are never loaded")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is damaged or truncated ({size} bytes): {exc}") from None
+    return tensors
+
+
+def load_pretrained(directory: str | os.PathLike, *, tokenizer=None, device: str | torch.device = "cpu"):
+    """Load a checkpoint written by ``save_pretrained``.
+
+    Args:
+        directory: the checkpoint directory.
+        tokenizer: if given, the tokenizer the caller's data uses; it must match the checkpoint's.
+        device: where to put the weights.
+
+    Returns:
+        (model in eval mode, tokenizer) - the tokenizer from ``tokenizer.json`` when none was passed.
+
+    Raises:
+        CheckpointError: a missing, truncated or non-safetensors weights file, a tokenizer whose
+            fingerprint or size differs from the checkpoint's, or weights whose shapes do not fit the
+            config (different K, vocabulary or sizes). The message says what differs.
+    """
+    from calm.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    directory = Path(directory)
+    meta = load_config(directory)
+    config_cls, model_cls = _classes(meta["model_type"])
+    try:
+        config = config_cls.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: bad {meta['model_type']} config: {exc}") from None
+
+    # tokenizer: the stored one must be the one the model was trained with, and so must the caller's
+    tok_path = directory / TOKENIZER_FILE
+    if not tok_path.is_file():
+        raise CheckpointError(f"{tok_path} is missing")
+    stored_tok = load_tokenizer(tok_path)
+    want = meta["tokenizer_fingerprint"]
+    for name, tok in (("tokenizer.json", stored_tok), ("the tokenizer passed in", tokenizer)):
+        if tok is None:
+            continue
+        got = tokenizer_fingerprint(tok)
+        if got != want:
+            raise CheckpointError(
+                f"{name} does not match the checkpoint {directory}: tokenizer fingerprint {got} "
+                f"({len(tok)} ids) but the model was trained with {want} ({meta.get('vocab_size')} ids)")
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(stored_tok) != vocab:
+        raise CheckpointError(f"tokenizer.json has {len(stored_tok)} ids but config vocab_size is {vocab}")
+
+    # weights: build the model from the config and check every tensor's name and shape
+    tensors = read_safetensors(directory / MODEL_FILE)
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in model_cls(config).state_dict().items()}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{directory / MODEL_FILE} does not fit a {meta['model_type']} with this config: "
+                              f"missing tensors {missing[:5]}, unexpected tensors {extra[:5]}")
+    bad = [(k, tuple(tensors[k].shape), tuple(shape)) for k, shape in expected.items() if tensors[k].shape != shape]
+    if bad:
+        k, got, exp = bad[0]
+        hint = _shape_hint(config, k, got)
+        raise CheckpointError(f"{directory / MODEL_FILE}: tensor {k!r} has shape {got} but config.json "
+                              f"({_summary(config)}) expects {exp}{hint}; {len(bad)} tensor(s) differ")
+    model = model_cls(config)
+    model.load_state_dict(tensors, strict=True)
+    model.to(device)
+    model.eval()
+    return model, (tokenizer if tokenizer is not None else stored_tok)
+
+
+def _summary(config) -> str:
+    keys = [k for k in ("K", "vocab_size", "hidden_size", "latent_dim") if hasattr(config, k)]
+    return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
+
+
+def _shape_hint(config, key: str, got: tuple) -> str:
+    # name the config field that differs for the two common cases: another vocabulary, another K
+    hidden = getattr(config, "hidden_size", None)
+    if key.endswith("embed.weight") and len(got) == 2 and got[1] == hidden:
+        return f" (the weights were trained with vocab_size={got[0]})"
+    if key == "squeeze.weight" and hidden and len(got) == 2 and got[1] % hidden == 0:
+        return f" (the weights were trained with K={got[1] // hidden})"
+    if key == "expand.weight" and hidden and len(got) == 2 and got[0] % hidden == 0:
+        return f" (the weights were trained with K={got[0] // hidden})"
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# optimizer state
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, path: str | os.PathLike) -> None:
+    """Store an optimizer's per-parameter state as safetensors, keyed ``<param name>/<state key>``.
+
+    Hyperparameters (lr, betas, ...) are not stored: the training config recreates them.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"{names[id(p)]}/{key}"] = t.detach().cpu().contiguous().clone()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, path: str | os.PathLike) -> None:
+    """Restore state written by ``save_optimizer`` into an optimizer over ``model``'s parameters."""
+    tensors = read_safetensors(path)
+    params = dict(model.named_parameters())
+    per_param: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, field = key.rpartition("/")
+        if name not in params:
+            raise CheckpointError(f"{path}: optimizer state for unknown parameter {name!r}")
+        per_param.setdefault(name, {})[field] = value
+    state = optimizer.state_dict()
+    index = 0
+    order = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            order[id(p)] = index
+            index += 1
+    new_state = {}
+    for name, fields_ in per_param.items():
+        p = params[name]
+        new_state[order[id(p)]] = {k: (v.to(p.device) if k != "step" else v) for k, v in fields_.items()}
+    state["state"] = new_state
+    optimizer.load_state_dict(state)
