@@ -126,8 +126,7 @@ def check_passages(passages: object, vocab_size: int | None) -> tuple[np.ndarray
     vocab_size = check_int("vocab_size", vocab_size, 1)
     if top >= vocab_size:
         raise ValueError(f"passages hold token id {top}, outside [0, vocab_size={vocab_size})")
-    _, first = np.unique(passages, axis=0, return_index=True)
-    unique = np.ascontiguousarray(passages[np.sort(first)], dtype=np.int64)
+    unique = np.ascontiguousarray(passages[unique_rows(passages)], dtype=np.int64)
     unique.setflags(write=False)
     return unique, vocab_size
 
@@ -212,16 +211,35 @@ def token_overlap(target: np.ndarray, pool: np.ndarray) -> np.ndarray:
       int64 (B, P).
     """
     B, L = target.shape
-    # shift game b's ids by b * V so that one sorted array serves every game
     V = int(max(target.max(), pool.max())) + 1
-    offset = np.arange(B, dtype=np.int64)[:, None] * V  # (B, 1)
-    keys = np.unique(target + offset)  # sorted, the distinct ids of every target
     ordered = np.sort(pool, axis=2)  # (B, P, L)
     first = np.ones(ordered.shape, dtype=bool)  # first occurrence of each id in its passage
     first[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
-    query = ordered + offset[:, :, None]
-    found = keys[np.minimum(np.searchsorted(keys, query), keys.size - 1)] == query
-    return (found & first).sum(axis=2)
+    out = np.empty(pool.shape[:2], dtype=np.int64)
+    # a (games, V) membership table per chunk of games, at most 16 MB at a time
+    chunk = max(1, 2**24 // V)
+    for start in range(0, B, chunk):
+        games = slice(start, min(start + chunk, B))
+        rows = np.arange(games.stop - games.start)
+        member = np.zeros((rows.size, V), dtype=bool)  # (b, V): id in game b's target
+        member[rows[:, None], target[games]] = True
+        found = member[rows[:, None, None], ordered[games]]  # (b, P, L)
+        out[games] = (found & first[games]).sum(axis=2)
+    return out
+
+
+def unique_rows(ids: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct row of ``ids (N, L)``, ascending."""
+    # hash each row with random odd 64-bit multipliers (wrapping arithmetic), then confirm
+    # that rows with equal hashes are equal; a true collision falls back to an exact sort
+    multipliers = np.random.default_rng(0).integers(1, 2**63, size=ids.shape[1], dtype=np.uint64) | np.uint64(
+        1
+    )
+    hashes = (ids.astype(np.uint64) * multipliers).sum(axis=1, dtype=np.uint64)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    if not np.array_equal(ids, ids[first[inverse]]):
+        _, first = np.unique(ids, axis=0, return_index=True)
+    return np.sort(first)
 
 
 def draw_round(

@@ -11,7 +11,7 @@ from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test
 
 import environments
 from environments import AWGN, Chain, Erasure, Quantize
-from environments.referential import draw_round, token_overlap
+from environments.referential import draw_round, token_overlap, unique_rows
 
 N, L, V = 64, 8, 100  # passages, tokens per passage, vocabulary
 
@@ -311,6 +311,23 @@ def test_token_overlap_counts_distinct_shared_ids() -> None:
     target = np.array([[1, 2, 3, 3]])
     pool = np.array([[[3, 3, 3, 3], [1, 2, 3, 9], [7, 8, 9, 9], [2, 1, 5, 5]]])
     np.testing.assert_array_equal(token_overlap(target, pool), [[1, 3, 0, 2]])
+
+
+def test_token_overlap_matches_sets_with_a_large_vocabulary() -> None:
+    # ids up to 2**23 make the membership table run in chunks of 2 games
+    rng = np.random.default_rng(4)
+    target = rng.integers(0, 2**23, size=(5, 6))
+    pool = np.concatenate([rng.integers(0, 2**23, size=(5, 3, 6)), target[:, None, ::-1]], axis=1)
+    pool[:, 0, :3] = target[:, :3]
+    expected = [[len(set(t) & set(p)) for p in ps] for t, ps in zip(target, pool)]
+    np.testing.assert_array_equal(token_overlap(target, pool), expected)
+    assert token_overlap(target, pool)[:, -1].tolist() == [len(set(t)) for t in target]
+
+
+def test_unique_rows_matches_numpy() -> None:
+    ids = np.random.default_rng(5).integers(0, 3, size=(3000, 4))  # 81 distinct rows, many repeats
+    _, first = np.unique(ids, axis=0, return_index=True)
+    np.testing.assert_array_equal(unique_rows(ids), np.sort(first))
 
 
 def test_hard_distractors_are_the_best_of_the_pool(passages: np.ndarray) -> None:
