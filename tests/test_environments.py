@@ -502,3 +502,15 @@ def test_chain_channel_in_env_is_seeded(passages: np.ndarray) -> None:
     _, b = play_referential(make(), seed=9)
     np.testing.assert_array_equal(a["received"], b["received"])
     assert a["noise_power"] is None
+
+
+def test_docs_usage_example_runs() -> None:
+    # the example in docs/environments.md is code, not prose: run it
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "environments.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/environments.md", "exec"), {})
