@@ -1,0 +1,193 @@
+"""BrierLM: a likelihood-free language-model metric (Shao et al. 2025, section 4).
+
+The Brier score of a predictive distribution P for an outcome y is
+
+    Brier(P, y) = 2 P(y) - sum_x P(x)^2        (higher is better, at most 1)
+
+a strictly proper scoring rule. It has an unbiased estimate from two independent samples x1, x2 ~ P,
+
+    1{x1 = y} + 1{x2 = y} - 1{x1 = x2},
+
+since E 1{x_i = y} = P(y) and E 1{x1 = x2} = sum_x P(x)^2. So a model that can only sample (CALM) can
+still be scored. Brier-n treats the next n tokens as one outcome; BrierLM is 100 times the geometric
+mean of Brier-1..4.
+
+- CALM: at every patch boundary, two sampled continuations of n tokens (head sample -> autoencoder
+  decode, rolling out further patches when n > K) against the true next n tokens.
+- token baseline: the exact teacher-forced probability P(y) = prod_j p(y_j | prefix, y_<j) for the
+  accuracy term and two sampled n-token rollouts for the collision term: 2 P(y) - 1{x1 = x2}.
+
+Both are scored at the same positions: token offsets K, 2K, ... of each passage (the first patch has no
+context for CALM and none for the baseline), counting an n-gram only when it lies inside the passage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "brier_from_samples",
+    "brier_from_probability",
+    "exact_brier",
+    "brier_lm",
+    "BrierScores",
+    "brier_sums_calm",
+    "brier_sums_baseline",
+    "evaluate_brier",
+]
+
+
+def brier_from_samples(x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased Brier estimate from two samples: 1{x1=y} + 1{x2=y} - 1{x1=x2}.
+
+    Args:
+        x1, x2, y: (..., n) token ids; an n-gram is one outcome (all n must match).
+
+    Returns:
+        (...,) float estimates in {-1, 0, 1, 2}.
+    """
+    eq = lambda a, b: (a == b).all(dim=-1).float()  # noqa: E731
+    return eq(x1, y) + eq(x2, y) - eq(x1, x2)
+
+
+def brier_from_probability(p_true: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Unbiased Brier estimate with an exact accuracy term: 2 P(y) - 1{x1=x2}.
+
+    Args:
+        p_true: (...,) the model's probability of the true outcome.
+        x1, x2: (..., n) two samples from the model.
+    """
+    return 2.0 * p_true - (x1 == x2).all(dim=-1).float()
+
+
+def exact_brier(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact Brier score of categoricals: probs (..., V), y (...,) -> 2 P(y) - sum_x P(x)^2, (...,)."""
+    return 2.0 * probs.gather(-1, y.unsqueeze(-1)).squeeze(-1) - probs.pow(2).sum(-1)
+
+
+def brier_lm(briers: Sequence[float]) -> float:
+    """100 * geometric mean of Brier-1..n. A non-positive Brier-n (worse than predicting nothing) gives 0."""
+    if any(b <= 0 for b in briers):
+        return 0.0
+    return 100.0 * math.exp(sum(math.log(b) for b in briers) / len(briers))
+
+
+@dataclass
+class BrierScores:
+    """Mean Brier-n estimates over scored positions, and BrierLM."""
+
+    brier: list[float]
+    """Brier-1 .. Brier-max_n"""
+    brier_lm: float
+    """100 * geometric mean of `brier`"""
+    counts: list[int] = field(default_factory=list)
+    """scored positions for each n"""
+
+    def as_dict(self) -> dict[str, float]:
+        """{"brier_1": .., ..., "brier_lm": ..} for logs and JSON."""
+        out = {f"brier_{n + 1}": b for n, b in enumerate(self.brier)}
+        out["brier_lm"] = self.brier_lm
+        return out
+
+
+@torch.no_grad()
+def brier_sums_calm(
+    model, ids: torch.Tensor, *, max_n: int = 4, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and counts of the two-sample Brier-n estimates of an EnergyTransformer on passages ids (B, L).
+
+    Returns:
+        (sums (max_n,), counts (max_n,)) over patch boundaries t >= 1 whose next n tokens lie in the passage.
+    """
+    B, L = ids.shape
+    K = model.K
+    samples = model.rollouts(ids, max_n, 2, generator=generator)  # (B, P, 2, max_n)
+    P = L // K
+    sums = torch.zeros(max_n, dtype=torch.float64)
+    counts = torch.zeros(max_n, dtype=torch.long)
+    padded = F.pad(ids, (0, max_n))  # tokens past the end never count (masked below)
+    for n in range(1, max_n + 1):
+        t = torch.arange(1, P, device=ids.device)
+        t = t[t * K + n <= L]
+        if t.numel() == 0:
+            continue
+        idx = (t * K)[:, None] + torch.arange(n, device=ids.device)[None]  # (T, n)
+        y = padded[:, idx]  # (B, T, n)
+        x = samples[:, t, :, :n]  # (B, T, 2, n)
+        est = brier_from_samples(x[:, :, 0], x[:, :, 1], y)
+        sums[n - 1] += est.double().sum().cpu()
+        counts[n - 1] += est.numel()
+    return sums, counts
+
+
+@torch.no_grad()
+def brier_sums_baseline(
+    model, ids: torch.Tensor, *, stride: int = 4, max_n: int = 4, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and counts of Brier-n estimates (exact accuracy term) of a TokenTransformer on ids (B, L).
+
+    Scored at token offsets stride, 2*stride, ... whose next n tokens lie in the passage.
+    """
+    B, L = ids.shape
+    starts = torch.arange(stride, L, stride, device=ids.device)
+    logp_true, samples = model.rollouts(ids, starts, max_n, 2, generator=generator)  # (B, L), (B, Q, 2, n)
+    sums = torch.zeros(max_n, dtype=torch.float64)
+    counts = torch.zeros(max_n, dtype=torch.long)
+    # cumulative log-probability of the true n-gram starting at each position
+    padded = F.pad(logp_true, (0, max_n))
+    for n in range(1, max_n + 1):
+        keep = starts + n <= L
+        s = starts[keep]
+        if s.numel() == 0:
+            continue
+        idx = s[:, None] + torch.arange(n, device=ids.device)[None]  # (Q', n)
+        p_true = padded[:, idx].sum(-1).exp()  # (B, Q')
+        x = samples[:, keep, :, :n]
+        est = brier_from_probability(p_true, x[:, :, 0], x[:, :, 1])
+        sums[n - 1] += est.double().sum().cpu()
+        counts[n - 1] += est.numel()
+    return sums, counts
+
+
+@torch.no_grad()
+def evaluate_brier(
+    model,
+    passages: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 16,
+    max_n: int = 4,
+    stride: int | None = None,
+    generator: torch.Generator | None = None,
+) -> BrierScores:
+    """Brier-1..max_n and BrierLM of a CALM EnergyTransformer or a TokenTransformer on passages (N, L).
+
+    For the baseline, `stride` defaults to 4 (the K of the CALM models it is compared with).
+    """
+    from calm.baseline import TokenTransformer
+    from calm.energy_transformer import EnergyTransformer
+
+    device = next(model.parameters()).device
+    data = torch.as_tensor(np.asarray(passages), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(max_n, dtype=torch.float64)
+    counts = torch.zeros(max_n, dtype=torch.long)
+    for i in range(0, len(data), batch_size):
+        ids = data[i : i + batch_size].to(device)
+        if isinstance(model, EnergyTransformer):
+            s, c = brier_sums_calm(model, ids, max_n=max_n, generator=generator)
+        elif isinstance(model, TokenTransformer):
+            s, c = brier_sums_baseline(model, ids, stride=stride or 4, max_n=max_n, generator=generator)
+        else:
+            raise ValueError(f"evaluate_brier: unsupported model type {type(model).__name__}")
+        sums += s
+        counts += c
+    model.train(was_training)
+    briers = (sums / counts.clamp(min=1)).tolist()
+    return BrierScores(brier=briers, brier_lm=brier_lm(briers), counts=counts.tolist())

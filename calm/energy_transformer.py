@@ -1,0 +1,475 @@
+"""CALM's energy transformer: next-vector prediction with an energy-score head (Shao et al. 2025, section 3).
+
+A frozen autoencoder turns every chunk of K tokens into a latent vector. A Llama-style backbone reads the
+sequence of chunks (patches) and, at patch t, a small generative head maps (hidden state h_t, uniform
+noise) to one sample of the next latent vector z_t. There is no likelihood: the head is trained with the
+energy score, a strictly proper scoring rule that needs only samples,
+
+    loss = 2 E ||x - y||^alpha - E ||x - x'||^alpha,
+
+x, x' independent head samples (N per position, the second term over the N(N-1) ordered pairs), y a sample
+of the autoencoder posterior N(mu, sigma^2) of the true chunk (M per position). Decoding a sampled vector
+with the autoencoder (argmax per token) gives the next K tokens.
+
+    input of patch t: the previous patch's K tokens, embedded with the backbone's own table,
+                      concat K*d -> Linear 2d -> SiLU -> Linear d -> LayerNorm (a learned start vector at t=0)
+    head: noise U[-0.5, 0.5]^noise_dim -> Linear d -> LN; condition c = LN(Linear(h));
+          blocks: x += down(SwiGLU([LN(x), c])); LN -> Linear d -> SiLU -> Linear l (zero-initialised)
+
+Dim letters: B batch, L tokens, K tokens per patch, P = L/K patches, d hidden, l latent, V vocabulary,
+N model samples, M posterior samples, S samples in general.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calm.autoencoder import Autoencoder, AutoencoderConfig
+from calm.backbone import Backbone, BackboneConfig, Branches
+from calm.sampling import batch_temperature_sample, exact_temperature_sample, split_temperature
+
+__all__ = [
+    "EnergyTransformerConfig",
+    "EnergyTransformer",
+    "EnergyHead",
+    "EnergyOutput",
+    "energy_loss",
+    "energy_terms",
+    "PRESETS",
+    "preset",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loss
+
+
+def energy_terms(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two expectations of the energy loss, per position.
+
+    Args:
+        x: (..., N, l) model samples, N >= 2.
+        y: (..., M, l) samples of the target distribution.
+        alpha: exponent in (0, 2); 1 is the paper's choice (alpha = 2 is not strictly proper).
+
+    Returns:
+        (term_xy, term_xx), each (...,): mean_{n,m} ||x_n - y_m||^alpha and mean_{n != n'} ||x_n - x_n'||^alpha.
+    """
+    if not 0.0 < alpha < 2.0:
+        raise ValueError(f"energy_loss: alpha must be in (0, 2), got {alpha}")
+    *lead, N, l = x.shape
+    M = y.shape[-2]
+    if N < 2:
+        raise ValueError(f"energy_loss needs at least 2 model samples, got N={N}")
+    if tuple(y.shape[:-2]) != tuple(lead) or y.shape[-1] != l:
+        raise ValueError(f"energy_loss: x {tuple(x.shape)} and y {tuple(y.shape)} do not match")
+    xf = x.reshape(-1, N, l)
+    yf = y.reshape(-1, M, l)
+    # exact pairwise distances (the matmul shortcut loses precision for nearby points)
+    d_xy = torch.cdist(xf, yf, compute_mode="donot_use_mm_for_euclid_dist")  # (*, N, M)
+    d_xx = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist")  # (*, N, N)
+    off_diagonal = ~torch.eye(N, dtype=torch.bool, device=x.device)
+    term_xy = d_xy.pow(alpha).mean(dim=(-2, -1))
+    term_xx = d_xx[:, off_diagonal].pow(alpha).mean(dim=-1)  # the N(N-1) ordered pairs n != n'
+    return term_xy.reshape(lead), term_xx.reshape(lead)
+
+
+def energy_loss(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0) -> torch.Tensor:
+    """Energy loss of model samples x (..., N, l) against target samples y (..., M, l), per position (...,).
+
+    2 mean_{n,m} ||x_n - y_m||^alpha - mean_{n != n'} ||x_n - x_n'||^alpha: the negative energy score
+    (times 2), minimised in expectation when the model's distribution equals the target's.
+    """
+    term_xy, term_xx = energy_terms(x, y, alpha=alpha)
+    return 2.0 * term_xy - term_xx
+
+
+# ----------------------------------------------------------------------------------------------------------
+# blocks
+
+
+class HeadBlock(nn.Module):
+    """x + down(silu(gate([LN x, c])) * up([LN x, c]))."""
+
+    def __init__(self, d: int, intermediate: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.gate = nn.Linear(2 * d, intermediate)
+        self.up = nn.Linear(2 * d, intermediate)
+        self.down = nn.Linear(intermediate, d)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        u = torch.cat([self.norm(x), c], dim=-1)
+        return x + self.down(F.silu(self.gate(u)) * self.up(u))
+
+
+class EnergyHead(nn.Module):
+    """(h, uniform noise) -> one latent sample per noise vector."""
+
+    def __init__(self, d: int, latent_dim: int, noise_dim: int, num_blocks: int, intermediate: int) -> None:
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.noise_in = nn.Linear(noise_dim, d)
+        self.noise_norm = nn.LayerNorm(d)
+        self.cond_in = nn.Linear(d, d)
+        self.cond_norm = nn.LayerNorm(d)
+        self.blocks = nn.ModuleList(HeadBlock(d, intermediate) for _ in range(num_blocks))
+        self.out_norm = nn.LayerNorm(d)
+        self.out_hidden = nn.Linear(d, d)
+        self.out = nn.Linear(d, latent_dim)
+
+    def forward(self, h: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """h (..., d), noise (..., S, noise_dim) -> samples (..., S, l)."""
+        c = self.cond_norm(self.cond_in(h)).unsqueeze(-2)  # (..., 1, d)
+        x = self.noise_norm(self.noise_in(noise))  # (..., S, d)
+        c = c.expand_as(x)
+        for block in self.blocks:
+            x = block(x, c)
+        return self.out(F.silu(self.out_hidden(self.out_norm(x))))
+
+    def sample(self, h: torch.Tensor, num_samples: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """h (..., d) -> (..., S, l) with S = num_samples fresh noise vectors per position."""
+        noise = torch.rand(
+            *h.shape[:-1], num_samples, self.noise_dim, generator=generator, device=h.device, dtype=h.dtype
+        )
+        return self(h, noise - 0.5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class EnergyTransformerConfig:
+    """Hyperparameters of the energy transformer. K, latent size and vocabulary come from the autoencoder."""
+
+    autoencoder: dict = field(default_factory=dict)
+    """AutoencoderConfig.to_dict() of the frozen autoencoder inside (K, latent_dim, vocab_size)"""
+    hidden_size: int = 768
+    """d: backbone and head width"""
+    num_layers: int = 12
+    """backbone transformer blocks"""
+    num_heads: int = 12
+    """attention heads"""
+    intermediate_size: int = 2048
+    """backbone SwiGLU inner width"""
+    max_patches: int = 512
+    """longest sequence in patches (context = max_patches * K tokens)"""
+    noise_dim: int = 64
+    """size of the head's uniform noise vector"""
+    head_blocks: int = 3
+    """MLP blocks in the energy head (the paper uses num_layers / 4)"""
+    head_intermediate_size: int = 768
+    """inner width of the head's MLP blocks (the paper: d)"""
+    num_samples: int = 8
+    """N: head samples per position in training (>= 2)"""
+    num_posterior: int = 100
+    """M: posterior samples of the target vector per position in training"""
+    alpha: float = 1.0
+    """energy score exponent, in (0, 2)"""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_patches", "noise_dim",
+            "head_blocks", "head_intermediate_size", "num_posterior",
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"EnergyTransformerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_samples < 2:
+            raise ValueError(f"EnergyTransformerConfig.num_samples must be >= 2, got {self.num_samples}")
+        if not 0.0 < self.alpha < 2.0:
+            raise ValueError(f"EnergyTransformerConfig.alpha must be in (0, 2), got {self.alpha}")
+        if isinstance(self.autoencoder, AutoencoderConfig):
+            self.autoencoder = self.autoencoder.to_dict()
+        self.backbone_config()  # validates the backbone sizes
+
+    @property
+    def ae_config(self) -> AutoencoderConfig:
+        """The autoencoder's config."""
+        return AutoencoderConfig.from_dict(self.autoencoder)
+
+    def backbone_config(self) -> BackboneConfig:
+        """The backbone's config (positions are patches, plus the start vector)."""
+        return BackboneConfig(
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            max_positions=self.max_patches + 1,
+        )
+
+    def to_dict(self) -> dict:
+        """The config as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EnergyTransformerConfig:
+        """Inverse of `to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"EnergyTransformerConfig: unknown fields {unknown}; known fields are {sorted(known)}")
+        return cls(**values)
+
+
+# Backbone sizes of the paper (S, M, L, XL: head blocks = layers / 4, head width d) and a CPU size.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, head_blocks=1,
+                 head_intermediate_size=128, max_patches=256),
+    "S": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048, head_blocks=3,
+              head_intermediate_size=768),
+    "M": dict(hidden_size=1024, num_layers=16, num_heads=16, intermediate_size=2752, head_blocks=4,
+              head_intermediate_size=1024),
+    "L": dict(hidden_size=1536, num_layers=16, num_heads=24, intermediate_size=4096, head_blocks=4,
+              head_intermediate_size=1536),
+    "XL": dict(hidden_size=2560, num_layers=16, num_heads=32, intermediate_size=6880, head_blocks=4,
+               head_intermediate_size=2560),
+}  # fmt: skip
+
+
+def preset(name: str, autoencoder: AutoencoderConfig | dict, **overrides) -> EnergyTransformerConfig:
+    """An EnergyTransformerConfig from a named preset (tiny, S, M, L, XL) around an autoencoder config."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown energy transformer preset {name!r}; choose one of {sorted(PRESETS)}")
+    ae = autoencoder.to_dict() if isinstance(autoencoder, AutoencoderConfig) else dict(autoencoder)
+    return EnergyTransformerConfig(autoencoder=ae, **{**PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class EnergyOutput:
+    """What `EnergyTransformer.forward` returns. Scalars are 0-dim tensors."""
+
+    loss: torch.Tensor
+    """mean energy loss over positions (the training objective)"""
+    term_xy: torch.Tensor
+    """mean ||x - y||^alpha (fit to the target)"""
+    term_xx: torch.Tensor
+    """mean ||x - x'||^alpha over pairs (diversity of the samples)"""
+    mse: torch.Tensor
+    """mean squared distance between the first head sample and the posterior mean (a diagnostic)"""
+
+
+class EnergyTransformer(nn.Module):
+    """Backbone over patches + energy head, with a frozen autoencoder inside."""
+
+    def __init__(self, config: EnergyTransformerConfig, autoencoder: Autoencoder | None = None) -> None:
+        super().__init__()
+        self.config = config
+        ae_config = config.ae_config
+        if autoencoder is not None and autoencoder.config.to_dict() != ae_config.to_dict():
+            raise ValueError("EnergyTransformer: the autoencoder's config differs from config.autoencoder")
+        self.autoencoder = autoencoder if autoencoder is not None else Autoencoder(ae_config)
+        self.autoencoder.requires_grad_(False)
+        self.autoencoder.eval()
+        self.K = ae_config.K
+        self.latent_dim = ae_config.latent_dim
+        self.vocab_size = ae_config.vocab_size
+        d = config.hidden_size
+        self.embed = nn.Embedding(self.vocab_size, d)
+        self.compress = nn.Sequential(
+            nn.Linear(self.K * d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d), nn.LayerNorm(d)
+        )
+        self.start = nn.Parameter(torch.zeros(d))
+        self.backbone = Backbone(config.backbone_config())
+        self.head = EnergyHead(d, self.latent_dim, config.noise_dim, config.head_blocks, config.head_intermediate_size)
+        for module in [self.embed, self.compress, self.head]:
+            for m in module.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(m.weight, std=0.02)
+                    if getattr(m, "bias", None) is not None:
+                        nn.init.zeros_(m.bias)
+        nn.init.normal_(self.start, std=0.02)
+        # zero-initialised output layer: the head starts by predicting the origin for every noise
+        nn.init.zeros_(self.head.out.weight)
+        nn.init.zeros_(self.head.out.bias)
+
+    def train(self, mode: bool = True) -> EnergyTransformer:
+        """Training mode for everything but the frozen autoencoder (its dropout stays off)."""
+        super().train(mode)
+        self.autoencoder.eval()
+        return self
+
+    # ---- backbone ----
+
+    def _check_ids(self, ids: torch.Tensor) -> tuple[int, int]:
+        if ids.dim() != 2:
+            raise ValueError(f"ids must have shape (B, L), got {tuple(ids.shape)}")
+        B, L = ids.shape
+        if L == 0 or L % self.K:
+            raise ValueError(f"ids length L={L} must be a positive multiple of K={self.K}")
+        if L // self.K > self.config.max_patches:
+            raise ValueError(f"ids has {L // self.K} patches; max_patches is {self.config.max_patches}")
+        return B, L
+
+    def patch_inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input vector of each patch's K tokens: ids (B, L) -> (B, L/K, d)."""
+        B, L = ids.shape
+        P, d = L // self.K, self.config.hidden_size
+        x = self.embed(ids).view(B, P, self.K * d)  # (B, P, K*d)
+        return self.compress(x)  # (B, P, d)
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced hidden states: h[:, t] predicts patch t. ids (B, L) -> (B, L/K, d)."""
+        B, _ = self._check_ids(ids)
+        inputs = self.patch_inputs(ids)  # (B, P, d)
+        start = self.start.expand(B, 1, -1)
+        return self.backbone(torch.cat([start, inputs[:, :-1]], dim=1))  # (B, P, d)
+
+    # ---- training ----
+
+    def forward(self, ids: torch.Tensor, *, generator: torch.Generator | None = None) -> EnergyOutput:
+        """Energy loss of predicting every patch of ids (B, L) from the patches before it.
+
+        Noise (head and posterior samples) comes from `generator` (torch's default when None).
+        """
+        c = self.config
+        with torch.no_grad():
+            mu, log_sigma = self.autoencoder.encode(ids)  # (B, P, l)
+        h = self.hidden(ids)  # (B, P, d)
+        x = self.head.sample(h, c.num_samples, generator=generator)  # (B, P, N, l)
+        eps = torch.randn(
+            (*mu.shape[:-1], c.num_posterior, mu.shape[-1]), generator=generator, device=mu.device, dtype=mu.dtype
+        )
+        y = mu.unsqueeze(-2) + log_sigma.exp().unsqueeze(-2) * eps  # (B, P, M, l)
+        term_xy, term_xx = energy_terms(x.float(), y.float(), alpha=c.alpha)  # each (B, P)
+        loss = (2.0 * term_xy - term_xx).mean()
+        mse = (x[..., 0, :].detach() - mu).pow(2).sum(-1).mean()
+        return EnergyOutput(loss=loss, term_xy=term_xy.mean().detach(), term_xx=term_xx.mean().detach(), mse=mse)
+
+    # ---- sampling ----
+
+    @torch.no_grad()
+    def decode_chunks(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent vectors (..., l) -> their K tokens by argmax decoding, (..., K)."""
+        lead = z.shape[:-1]
+        logits = self.autoencoder.decode(z.reshape(1, -1, self.latent_dim))  # (1, n*K, V)
+        return logits.argmax(-1).view(*lead, self.K)
+
+    @torch.no_grad()
+    def sample_chunks(self, h: torch.Tensor, num_samples: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw chunks of K tokens: h (..., d) -> ids (..., S, K)."""
+        return self.decode_chunks(self.head.sample(h, num_samples, generator=generator))
+
+    @torch.no_grad()
+    def next_chunk(
+        self,
+        h: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        batch_n: int = 0,
+        generator: torch.Generator | None = None,
+        coins: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """Sample the next chunk for every sequence: h (B, d) -> (ids (B, K), draws used).
+
+        T = 1 draws once. T < 1 uses the exact rejection sampler (batch_n = 0) or the approximate batch
+        sampler with batch_n draws (T must then be 1/n). `coins` is the CPU generator for the samplers.
+        """
+        B = h.shape[0]
+        split_temperature(temperature)  # validates T
+        if temperature == 1.0:
+            return self.sample_chunks(h, 1, generator=generator)[:, 0], B
+        coins = coins if coins is not None else torch.Generator().manual_seed(0)
+        out = torch.empty(B, self.K, dtype=torch.long, device=h.device)
+        draws = 0
+        if batch_n > 0:
+            chunks = self.sample_chunks(h, batch_n, generator=generator).tolist()  # (B, S, K)
+            for b in range(B):
+                pool = [tuple(c) for c in chunks[b]]
+                r = batch_temperature_sample(lambda n, pool=pool: pool[:n], temperature, batch_n, generator=coins)
+                out[b] = torch.tensor(r.value)
+                draws += r.draws
+            return out, draws
+        for b in range(B):
+
+            def draw(n: int, hb: torch.Tensor = h[b]) -> list[tuple[int, ...]]:
+                return [tuple(c) for c in self.sample_chunks(hb, n, generator=generator).tolist()]
+
+            r = exact_temperature_sample(draw, temperature, generator=coins, block=4)
+            out[b] = torch.tensor(r.value)
+            draws += r.draws
+        return out, draws
+
+    @torch.no_grad()
+    def generate(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        batch_n: int = 0,
+        pad_id: int = 0,
+        generator: torch.Generator | None = None,
+        coins: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue prompts ids (B, T) by max_new_tokens tokens, one chunk of K per backbone step.
+
+        The prompt is left-padded with pad_id to a multiple of K; the backbone runs with a KV cache.
+
+        Returns:
+            new token ids (B, max_new_tokens).
+        """
+        if ids.dim() != 2:
+            raise ValueError(f"ids must have shape (B, T), got {tuple(ids.shape)}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        B, T = ids.shape
+        pad = (-T) % self.K
+        if pad:
+            ids = F.pad(ids, (pad, 0), value=pad_id)
+        P0 = ids.shape[1] // self.K
+        steps = math.ceil(max_new_tokens / self.K)
+        if P0 + steps > self.config.max_patches:
+            raise ValueError(f"prompt + generation = {P0 + steps} patches exceeds max_patches {self.config.max_patches}")
+        cache = self.backbone.new_cache(B, P0 + steps)
+        x = torch.cat([self.start.expand(B, 1, -1), self.patch_inputs(ids)], dim=1)  # (B, P0+1, d)
+        h = self.backbone(x, cache)[:, -1]  # (B, d)
+        chunks = []
+        for step in range(steps):
+            chunk, _ = self.next_chunk(h, temperature=temperature, batch_n=batch_n, generator=generator, coins=coins)
+            chunks.append(chunk)
+            if step + 1 < steps:
+                h = self.backbone(self.patch_inputs(chunk).view(B, 1, -1), cache)[:, -1]
+        return torch.cat(chunks, dim=1)[:, :max_new_tokens]
+
+    @torch.no_grad()
+    def rollouts(
+        self, ids: torch.Tensor, num_tokens: int, num_samples: int, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sampled continuations of every patch boundary of a teacher-forced sequence.
+
+        For each patch t of ids (B, L), draws num_samples independent continuations of num_tokens tokens
+        conditioned on the true tokens before patch t (rolling out further patches when num_tokens > K).
+
+        Returns:
+            (B, P, num_samples, num_tokens) token ids.
+        """
+        B, L = self._check_ids(ids)
+        P, S, K = L // self.K, num_samples, self.K
+        h = self.hidden(ids)  # (B, P, d)
+        first = self.sample_chunks(h, S, generator=generator)  # (B, P, S, K)
+        steps = math.ceil(num_tokens / K)
+        if steps == 1:
+            return first[..., :num_tokens]
+        # later patches: branches forking at every patch, one per (t, s), on the cached true prefix
+        cache = self.backbone.new_cache(B, P)
+        inputs = self.patch_inputs(ids)  # (B, P, d)
+        self.backbone(torch.cat([self.start.expand(B, 1, -1), inputs[:, :-1]], dim=1), cache)
+        starts = torch.arange(1, P + 1, device=ids.device).repeat_interleave(S)  # branch (t, s) at position t+1
+        branches = Branches(cache, starts)
+        pieces = [first]
+        chunk = first.reshape(B, P * S, K)
+        for _ in range(steps - 1):
+            hb = self.backbone.forward_branches(self.patch_inputs(chunk.reshape(B, P * S * K)), branches)
+            chunk = self.sample_chunks(hb, 1, generator=generator)[:, :, 0]  # (B, P*S, K)
+            pieces.append(chunk.view(B, P, S, K))
+        return torch.cat(pieces, dim=-1)[..., :num_tokens]
