@@ -358,13 +358,14 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
                 check_channel(f"channel of hop {h} to {listener!r}", c) for h, c in enumerate(route)
             )
         self.listeners = tuple(self.routes)
-        # relays are agents only when they re-encode; their names say which listener they serve
+        # relays are agents only when they re-encode
         self.relays: dict[str, tuple[str, int]] = {}  # relay name -> (listener, hop it sends on)
         if relay_mode == "reencode":
+            if len(self.routes) != 1:
+                raise ValueError(f"relay_mode='reencode' needs a single listener, got {len(self.routes)}")
             for listener, route in self.routes.items():
                 for hop in range(1, len(route)):
-                    name = f"relay_{hop - 1}" if len(self.routes) == 1 else f"relay_{listener}_{hop - 1}"
-                    self.relays[name] = (listener, hop)
+                    self.relays[f"relay_{hop - 1}"] = (listener, hop)
         self.possible_agents = [SPEAKER, *self.relays, *self.listeners]
         self.agents: list[str] = []
         # fixed forward gains: unit expected power into every hop (never per-message scaling)

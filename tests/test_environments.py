@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test
 
 import environments
@@ -428,6 +430,20 @@ def test_bad_variant_args(passages: np.ndarray) -> None:
         environments.make("relay_v0", passages=passages, channel_uses=L, hops=2, mode="decode")
     with pytest.raises(ValueError, match="sigma"):
         environments.make("relay_v0", passages=passages, channel_uses=L, hops=2, channel=AWGN(-1.0))
+    with pytest.raises(ValueError, match="single listener"):
+        environments.SignallingGame(
+            passages,
+            routes={"a": [AWGN(0.1)] * 2, "b": [AWGN(0.1)] * 2},
+            task="choose",
+            batch_size=1,
+            num_candidates=2,
+            channel_uses=L,
+            distractors="uniform",
+            pool_size=None,
+            relay_mode="reencode",
+            vocab_size=None,
+            render_mode=None,
+        )
     with pytest.raises(ValueError, match="unknown environment"):
         environments.make("referential_v9", passages=passages, channel_uses=L)
 
@@ -514,3 +530,41 @@ def test_docs_usage_example_runs() -> None:
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/environments.md", "exec"), {})
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 8),
+    C=st.integers(2, 10),
+    n=st.integers(1, 12),
+    hard=st.booleans(),
+    sigma=st.floats(0.0, 5.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_round_invariants_property(B: int, C: int, n: int, hard: bool, sigma: float, seed: int) -> None:
+    ids = np.random.default_rng(seed).integers(0, 12, size=(40, 3))  # small vocab: duplicates likely
+    env = environments.make(
+        "referential_v0",
+        passages=ids,
+        channel_uses=n,
+        batch_size=B,
+        num_candidates=min(C, len(np.unique(ids, axis=0))),
+        distractors="hard" if hard else "uniform",
+        channel=AWGN(sigma),
+    )
+    C = env.num_candidates
+    obs, _ = env.reset(seed=seed)
+    for agent in env.possible_agents:
+        assert env.observation_space(agent).contains(obs[agent])
+    candidates = obs["listener"]["candidates"]  # (B, C, L)
+    assert candidates.shape == (B, C, 3)
+    for b in range(B):
+        assert np.unique(candidates[b], axis=0).shape[0] == C  # distinct passages
+        np.testing.assert_array_equal(candidates[b, env.round.answer[b]], obs["speaker"][b])
+    x = np.random.default_rng(seed).standard_normal((B, n), dtype=np.float32)
+    obs, *_ = env.step({"speaker": x})
+    assert obs["listener"]["received"].shape == (B, n)
+    if sigma == 0:
+        np.testing.assert_array_equal(obs["listener"]["received"], x)
+    _, rewards, terms, _, infos = env.step({"listener": env.round.answer})
+    assert rewards["listener"] == 1.0 and all(terms.values())
