@@ -388,21 +388,24 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
             self.channel_uses,
             self.vocab_size,
         )
-        symbols = spaces.Box(-np.inf, np.inf, shape=(B, n), dtype=np.float32)
-        received = spaces.Box(-np.inf, np.inf, shape=(B, n), dtype=np.float32)
-        self.observation_spaces = {SPEAKER: spaces.MultiDiscrete(np.full((B, L), V))}
-        self.action_spaces: dict[str, spaces.Space] = {SPEAKER: symbols}
+
+        # a new object per agent and field: seeding one agent's space must not reseed another's
+        def symbols() -> spaces.Box:
+            return spaces.Box(-np.inf, np.inf, shape=(B, n), dtype=np.float32)
+
+        self.observation_spaces: dict[str, spaces.Space] = {SPEAKER: spaces.MultiDiscrete(np.full((B, L), V))}
+        self.action_spaces: dict[str, spaces.Space] = {SPEAKER: symbols()}
         for relay in self.relays:
-            self.observation_spaces[relay] = spaces.Dict({"received": received})
-            self.action_spaces[relay] = symbols
+            self.observation_spaces[relay] = spaces.Dict({"received": symbols()})
+            self.action_spaces[relay] = symbols()
         for listener in self.listeners:
             if self.task == "choose":
                 self.observation_spaces[listener] = spaces.Dict(
-                    {"candidates": spaces.MultiDiscrete(np.full((B, C, L), V)), "received": received}
+                    {"candidates": spaces.MultiDiscrete(np.full((B, C, L), V)), "received": symbols()}
                 )
                 self.action_spaces[listener] = spaces.MultiDiscrete(np.full(B, C))
             else:
-                self.observation_spaces[listener] = spaces.Dict({"received": received})
+                self.observation_spaces[listener] = spaces.Dict({"received": symbols()})
                 self.action_spaces[listener] = spaces.MultiDiscrete(np.full((B, L), V))
 
     def observation_space(self, agent: str) -> spaces.Space:

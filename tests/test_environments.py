@@ -100,6 +100,19 @@ def test_observations_lie_in_their_spaces_every_step(variant: str, passages: np.
     assert all(terms.values()) and not any(truncs.values())
 
 
+def test_each_agent_owns_its_spaces(passages: np.ndarray) -> None:
+    name, kwargs = VARIANTS["relay_reencode"]
+    env = build(name, kwargs, passages)
+    boxes = [env.action_space(a) for a in ["speaker", "relay_0", "relay_1"]]
+    assert len({id(b) for b in boxes}) == 3
+    # seeding one agent's space leaves the others' streams alone
+    boxes[0].seed(1)
+    boxes[1].seed(1)
+    first = boxes[0].sample()
+    boxes[2].seed(2)
+    np.testing.assert_array_equal(boxes[1].sample(), first)
+
+
 # ---------------------------------------------------------------- determinism
 
 
