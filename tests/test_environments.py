@@ -72,7 +72,7 @@ def test_pettingzoo_parallel_api_and_seed(variant: str, passages: np.ndarray) ->
 
 # the AEC checker's style hints (unbounded Box, dict observations) are warnings, not breaches
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("variant", ["referential", "relay_reencode", "broadcast"])
+@pytest.mark.parametrize("variant", ["referential", "reconstruction", "relay_reencode", "broadcast"])
 def test_aec_conversion_passes_api_test(variant: str, passages: np.ndarray) -> None:
     name, kwargs = VARIANTS[variant]
     module = environments.ENVIRONMENTS[name]
