@@ -62,14 +62,14 @@ def energy_terms(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0) -> tup
     """
     if not 0.0 < alpha < 2.0:
         raise ValueError(f"energy_loss: alpha must be in (0, 2), got {alpha}")
-    *lead, N, l = x.shape
+    *lead, N, dim = x.shape
     M = y.shape[-2]
     if N < 2:
         raise ValueError(f"energy_loss needs at least 2 model samples, got N={N}")
-    if tuple(y.shape[:-2]) != tuple(lead) or y.shape[-1] != l:
+    if tuple(y.shape[:-2]) != tuple(lead) or y.shape[-1] != dim:
         raise ValueError(f"energy_loss: x {tuple(x.shape)} and y {tuple(y.shape)} do not match")
-    xf = x.reshape(-1, N, l)
-    yf = y.reshape(-1, M, l)
+    xf = x.reshape(-1, N, dim)
+    yf = y.reshape(-1, M, dim)
     # exact pairwise distances (the matmul shortcut loses precision for nearby points)
     d_xy = torch.cdist(xf, yf, compute_mode="donot_use_mm_for_euclid_dist")  # (*, N, M)
     d_xx = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist")  # (*, N, N)

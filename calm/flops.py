@@ -70,11 +70,11 @@ def baseline_flops(config: BaselineConfig, *, context: int | None = None) -> Flo
 
 def autoencoder_flops(config: AutoencoderConfig) -> dict[str, float]:
     """Forward FLOPs per chunk of the autoencoder's encoder and decoder (logits included in the decoder)."""
-    K, d, ff, l, V = config.K, config.hidden_size, config.intermediate_size, config.latent_dim, config.vocab_size
+    K, d, ff, lat, V = config.K, config.hidden_size, config.intermediate_size, config.latent_dim, config.vocab_size
     half = config.num_layers // 2
     block = 2.0 * 3 * d * ff
-    encoder = K * half * block + 2.0 * K * d * d + half * block + 2.0 * d * 2 * l
-    decoder = 2.0 * l * d + half * block + 2.0 * d * K * d + K * half * block + K * 2.0 * d * V
+    encoder = K * half * block + 2.0 * K * d * d + half * block + 2.0 * d * 2 * lat
+    decoder = 2.0 * lat * d + half * block + 2.0 * d * K * d + K * half * block + K * 2.0 * d * V
     return {"encoder": encoder, "decoder": decoder}
 
 
@@ -128,13 +128,13 @@ def baseline_parameters(config: BaselineConfig) -> int:
 def calm_parameters(config: EnergyTransformerConfig) -> int:
     """Parameter count of an EnergyTransformer(config) without its frozen autoencoder."""
     ae = config.ae_config
-    d, K, l, ffh = config.hidden_size, ae.K, ae.latent_dim, config.head_intermediate_size
+    d, K, lat, ffh = config.hidden_size, ae.K, ae.latent_dim, config.head_intermediate_size
     embed = ae.vocab_size * d
     compress = (K * d * 2 * d + 2 * d) + (2 * d * d + d) + 2 * d
     head = (
         (config.noise_dim * d + d) + 2 * d  # noise in + LN
         + (d * d + d) + 2 * d  # condition + LN
         + config.head_blocks * (2 * d + 2 * (2 * d * ffh + ffh) + ffh * d + d)
-        + 2 * d + (d * d + d) + (d * l + l)
+        + 2 * d + (d * d + d) + (d * lat + lat)
     )  # fmt: skip
     return embed + compress + d + head + _blocks_parameters(d, config.num_layers, config.intermediate_size)

@@ -1,0 +1,95 @@
+"""BrierLM estimators: unbiased against exact Brier scores of known distributions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from calm.baseline import TokenTransformer
+from calm.baseline import preset as baseline_preset
+from calm.brier import (
+    brier_from_probability,
+    brier_from_samples,
+    brier_lm,
+    brier_sums_baseline,
+    evaluate_brier,
+    exact_brier,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine more threads spin against each other (10-100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_exact_brier_known_values():
+    onehot = torch.tensor([[0.0, 1.0, 0.0]])
+    assert exact_brier(onehot, torch.tensor([1])).item() == pytest.approx(1.0)
+    assert exact_brier(onehot, torch.tensor([0])).item() == pytest.approx(-1.0)
+    uniform = torch.full((1, 8), 1 / 8)
+    assert exact_brier(uniform, torch.tensor([3])).item() == pytest.approx(1 / 8)
+
+
+def test_brier_lm_is_scaled_geometric_mean():
+    assert brier_lm([0.5, 0.5, 0.5, 0.5]) == pytest.approx(50.0)
+    assert brier_lm([0.8, 0.4, 0.2, 0.1]) == pytest.approx(100 * (0.8 * 0.4 * 0.2 * 0.1) ** 0.25)
+    assert brier_lm([0.5, -0.1, 0.2, 0.1]) == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_two_sample_estimators_are_unbiased(n):
+    """Known categorical over n-grams (V^n outcomes): mean estimate = exact Brier within 4 s.e."""
+    g = torch.Generator().manual_seed(n)
+    V = 4
+    probs = torch.softmax(2.0 * torch.randn(V**n, generator=g), dim=0)
+    outcomes = torch.tensor(list(itertools.product(range(V), repeat=n)))  # (V^n, n)
+    S = 200_000
+    draws = torch.multinomial(probs, 2 * S, replacement=True, generator=g).view(S, 2)
+    x1, x2 = outcomes[draws[:, 0]], outcomes[draws[:, 1]]
+    for y_index in (int(probs.argmax()), int(probs.argmin())):
+        y = outcomes[y_index].expand(S, n)
+        exact = exact_brier(probs, torch.tensor(y_index)).item()
+        for est in (brier_from_samples(x1, x2, y), brier_from_probability(probs[y_index].expand(S), x1, x2)):
+            se = est.std().item() / math.sqrt(S)
+            assert abs(est.mean().item() - exact) < 4 * se + 1e-9, (est.mean().item(), exact, se)
+
+
+def test_baseline_estimator_is_unbiased_for_a_real_model():
+    """Brier-1 and Brier-2 of a (peaked) random TokenTransformer: the rollout estimator averages to the
+    exact value computed by enumerating every continuation with full forward passes."""
+    torch.manual_seed(0)
+    V, L, s = 12, 10, 6
+    model = TokenTransformer(baseline_preset("tiny", V, num_layers=2, max_positions=32)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)  # peaked distributions: collisions are frequent
+    ids = torch.randint(0, V, (1, L))
+    with torch.no_grad():
+        p1 = torch.softmax(model.logits(ids[:, :s])[0, -1], -1)  # (V,) next-token at position s
+        prefixes = torch.cat([ids[:, :s].expand(V, s), torch.arange(V)[:, None]], dim=1)  # (V, s+1)
+        p2_given = torch.softmax(model.logits(prefixes)[:, -1], -1)  # (V, V)
+    # true tokens the model finds likely, so that both terms of the score matter
+    ids[0, s] = p1.argmax()
+    ids[0, s + 1] = p2_given[ids[0, s]].argmax()
+    joint = (p1[:, None] * p2_given).reshape(-1)  # (V*V,) over (x1, x2)
+    exact1 = exact_brier(p1, ids[0, s]).item()
+    exact2 = exact_brier(joint, ids[0, s] * V + ids[0, s + 1]).item()
+    R = 4000
+    g = torch.Generator().manual_seed(1)
+    sums, counts = brier_sums_baseline(model, ids.expand(R, L), stride=s, max_n=2, generator=g)
+    # starts are s only (2s > L - 2), one per row
+    assert counts.tolist() == [R, R]
+    assert 0.1 < exact2 < exact1 < 0.9  # a non-degenerate case
+    for got, exact in ((sums[0].item() / R, exact1), (sums[1].item() / R, exact2)):
+        assert abs(got - exact) < 0.03, (got, exact)
+
+
+def test_evaluate_brier_rejects_unknown_models():
+    with pytest.raises(ValueError, match="unsupported model"):
+        evaluate_brier(torch.nn.Linear(2, 2), torch.zeros(1, 8, dtype=torch.long))
