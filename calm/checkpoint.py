@@ -103,7 +103,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer) -
     # clone: safetensors refuses tensors that share storage, and a state dict may hold views
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     tmp = directory / (MODEL_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "model_type": model_type})
+    # one metadata entry only: the header stores metadata in hash order, and saves must be byte-identical
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, directory / MODEL_FILE)
     save_tokenizer(tokenizer, directory)
     meta = {
