@@ -14,7 +14,6 @@ from calm.energy_transformer import (
     EnergyTransformer,
     EnergyTransformerConfig,
     energy_loss,
-    energy_terms,
 )
 from calm.energy_transformer import preset as calm_preset
 
