@@ -1,0 +1,281 @@
+"""``CALMAgent``: a Ray actor that hosts one CALM autoencoder and the protocols built on it.
+
+Dimension letters: B games in a batch, C candidates per game, L tokens per passage, n channel uses.
+
+An agent loads a checkpoint directory (``calm.checkpoint.load_pretrained``) and any number of saved
+protocols (``protocols.load_protocol``) that share its model, then serves batch calls:
+
+    encode(protocol, ids (B, L))                    -> symbols (B, n) float32
+    decode(protocol, symbols (B, n))                -> ids (B, L) int64       (hard receiver)
+    score(protocol, symbols, candidates (B, C, L))  -> (B, C) float64         (soft or hard scores)
+    listen(protocol, receiver, symbols, candidates) -> (choice (B,), decoded (B, L))
+
+Placement: ``num_gpus="auto"`` asks Ray for 1 GPU per agent where the cluster has GPUs (a fraction
+when there are more agents than GPUs, so several share one), else 0. Inside the actor the model goes
+to CUDA when torch sees a GPU; when Ray gave the actor a GPU id but torch sees no CUDA (a CPU build
+of torch, or fake GPU resources as in ``ray.init(num_gpus=2)``) it falls back to the CPU and says so
+in one log line. Every method is a pure function of its inputs, so with ``max_restarts`` and
+``max_task_retries`` a killed agent is restarted and its in-flight calls are replayed with the same
+results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["AgentConfig", "CALMAgent", "CALMAgentCore", "RECEIVERS", "make_agent", "resolve_num_gpus"]
+
+log = logging.getLogger("latentcomm.agents")
+
+RECEIVERS = ("soft", "hard")
+Receiver = Literal["soft", "hard"]
+
+
+@dataclass
+class AgentConfig:
+    """How an agent actor is placed and kept alive."""
+
+    checkpoint: str
+    """autoencoder checkpoint directory (``calm.checkpoint.save_pretrained`` layout)"""
+    protocols: dict[str, str] = field(default_factory=dict)
+    """protocol name -> directory of a saved, fitted protocol that uses this checkpoint's model"""
+    num_gpus: float | Literal["auto"] = "auto"
+    """GPUs per agent: a number >= 0 (fractions share a GPU) or auto (1 or a share where Ray sees GPUs, else 0)"""
+    num_cpus: float = 0.5
+    """logical CPUs Ray reserves per agent"""
+    threads: int = 1
+    """torch CPU threads inside the agent (1 keeps results bit-identical across runs)"""
+    max_restarts: int = 3
+    """times Ray restarts a dead agent"""
+    max_task_retries: int = 3
+    """times a call interrupted by an agent's death is replayed on the restarted agent"""
+
+    def __post_init__(self) -> None:
+        if self.num_gpus != "auto" and not (isinstance(self.num_gpus, (int, float)) and self.num_gpus >= 0):
+            raise ValueError(f"num_gpus must be 'auto' or a number >= 0, got {self.num_gpus!r}")
+        if not self.num_cpus >= 0:
+            raise ValueError(f"num_cpus must be >= 0, got {self.num_cpus}")
+        if not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
+        for name in ("max_restarts", "max_task_retries"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= -1):
+                raise ValueError(f"{name} must be an integer >= -1 (-1: forever), got {value!r}")
+
+
+def resolve_num_gpus(spec: float | str, num_agents: int, cluster_gpus: float) -> float:
+    """GPUs to request per agent.
+
+    Args:
+        spec: a number >= 0 (returned as is) or ``"auto"``.
+        num_agents: agents that will share the cluster's GPUs (>= 1).
+        cluster_gpus: GPUs Ray sees in the cluster (``ray.cluster_resources().get("GPU", 0)``).
+
+    Returns:
+        For ``auto``: 0 without GPUs; 1 when every agent can have a whole GPU; else the share
+        ``1 / ceil(num_agents / gpus)`` so the agents pack evenly (4 agents on 2 GPUs -> 0.5).
+
+    >>> resolve_num_gpus("auto", 4, 2.0), resolve_num_gpus("auto", 2, 4.0), resolve_num_gpus("auto", 3, 0)
+    (0.5, 1.0, 0.0)
+    """
+    if spec != "auto":
+        value = float(spec)
+        if not value >= 0:
+            raise ValueError(f"num_gpus must be 'auto' or a number >= 0, got {spec!r}")
+        return value
+    if num_agents < 1:
+        raise ValueError(f"num_agents must be >= 1, got {num_agents}")
+    gpus = math.floor(cluster_gpus)
+    if gpus < 1:
+        return 0.0
+    if num_agents <= gpus:
+        return 1.0
+    return 1.0 / math.ceil(num_agents / gpus)
+
+
+def pick_device(gpu_ids: list, *, name: str) -> str:
+    """``cuda`` when torch sees one, else ``cpu``; logs the fallback when Ray granted GPU ids anyway."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if gpu_ids:
+        log.warning(
+            "agent %s: Ray assigned GPU id(s) %s but torch sees no CUDA device (torch %s); falling back to CPU",
+            name, list(gpu_ids), torch.__version__,
+        )
+        print(
+            f"[latentcomm] agent {name}: Ray assigned GPU id(s) {list(gpu_ids)} but torch sees no CUDA; "
+            "falling back to CPU",
+            flush=True,
+        )
+    return "cpu"
+
+
+class CALMAgentCore:
+    """The agent's state and methods; ``CALMAgent`` is this class as a Ray actor.
+
+    Usable without Ray (tests, single-process tools): ``CALMAgentCore(checkpoint, {"vector": dir})``.
+    """
+
+    def __init__(self, checkpoint: str, protocols: Mapping[str, str], *, threads: int = 1, name: str = "agent"):
+        """Load the autoencoder and the protocols.
+
+        Args:
+            checkpoint: autoencoder checkpoint directory.
+            protocols: protocol name -> saved protocol directory.
+            threads: torch CPU threads.
+            name: shown in log lines.
+        """
+        import torch
+
+        from calm.checkpoint import load_pretrained
+        from protocols import load_protocol
+
+        torch.set_num_threads(threads)
+        self.name = name
+        self.gpu_ids = _ray_gpu_ids()
+        self.device = pick_device(self.gpu_ids, name=name)
+        self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device)
+        self.checkpoint = str(checkpoint)
+        self.protocols = {key: load_protocol(path, autoencoder=self.model) for key, path in protocols.items()}
+        self.calls = 0
+
+    # ---- placement -------------------------------------------------------------------------------
+
+    def placement(self) -> dict[str, Any]:
+        """Where this agent runs: ``gpu_ids`` Ray gave it, torch ``device``, ``pid``, ``node``."""
+        node = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except Exception:  # placement is informational; never fail a caller over it
+            node = None
+        return {"name": self.name, "gpu_ids": [str(g) for g in self.gpu_ids], "device": self.device,
+                "pid": os.getpid(), "node": node}
+
+    def pid(self) -> int:
+        """The process id (tests kill it to check restarts)."""
+        return os.getpid()
+
+    # ---- batch methods ---------------------------------------------------------------------------
+
+    def _protocol(self, protocol: str):
+        if protocol not in self.protocols:
+            raise ValueError(f"protocol must be one of {sorted(self.protocols)} (loaded by this agent), got {protocol!r}")
+        self.calls += 1
+        return self.protocols[protocol]
+
+    def channel_uses(self, protocol: str, L: int) -> int:
+        """Symbols n a message of L tokens takes under ``protocol``."""
+        return int(self._protocol(protocol).channel_uses(L))
+
+    def encode(self, protocol: str, ids: np.ndarray) -> np.ndarray:
+        """Speaker: ``ids (B, L)`` -> unit-power symbols ``(B, n)`` float32."""
+        # arrays from Ray's object store are read-only views; torch wants writable memory
+        return self._protocol(protocol).encode(np.array(ids))
+
+    def decode(self, protocol: str, symbols: np.ndarray) -> np.ndarray:
+        """Hard receiver: ``symbols (B, n)`` -> ids ``(B, L)`` int64."""
+        return self._protocol(protocol).decode(symbols)
+
+    def score(self, protocol: str, symbols: np.ndarray, candidates: np.ndarray, receiver: Receiver = "soft") -> np.ndarray:
+        """Candidate scores ``(B, C)``: soft = Gaussian log-likelihood, hard = tokens agreeing with the decode."""
+        p = self._protocol(protocol)
+        if receiver == "soft":
+            return p.score(symbols, candidates)
+        if receiver == "hard":
+            return p.hard_score(symbols, candidates).astype(np.float64)
+        raise ValueError(f"receiver must be one of {RECEIVERS}, got {receiver!r}")
+
+    def listen(
+        self, protocol: str, receiver: Receiver, symbols: np.ndarray, candidates: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Listener step in one call: ``(choice (B,) int64, decoded ids (B, L) int64)``.
+
+        The choice is the argmax of ``score`` (the first candidate on ties; the env shuffles the
+        candidates, so a tie is a fair coin). ``decoded`` is the hard decode of ``symbols``, returned
+        for the token-accuracy metric whatever the receiver.
+        """
+        p = self._protocol(protocol)
+        if receiver not in RECEIVERS:
+            raise ValueError(f"receiver must be one of {RECEIVERS}, got {receiver!r}")
+        symbols, candidates = np.array(symbols), np.array(candidates)
+        decoded = p.decode(symbols)  # (B, L)
+        if receiver == "soft":
+            scores = p.score(symbols, candidates)  # (B, C)
+        else:
+            # the same rule as Protocol.hard_score, reusing the decode above
+            pos = p.informative_positions(candidates.shape[2])
+            scores = (candidates[:, :, pos] == decoded[:, None, pos]).sum(axis=-1)  # (B, C)
+        return np.argmax(scores, axis=1).astype(np.int64), decoded
+
+
+def _ray_gpu_ids() -> list:
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:
+        return []
+
+
+def _remote_class():
+    import ray
+
+    return ray.remote(CALMAgentCore)
+
+
+class _LazyActorClass:
+    """``CALMAgent.options(...).remote(...)`` without importing Ray at module import time."""
+
+    _cls = None
+
+    def _get(self):
+        if self._cls is None:
+            self._cls = _remote_class()
+        return self._cls
+
+    def options(self, **kwargs):
+        return self._get().options(**kwargs)
+
+    def remote(self, *args, **kwargs):
+        return self._get().remote(*args, **kwargs)
+
+
+#: ``CALMAgentCore`` as a Ray actor class (``CALMAgent.options(num_gpus=...).remote(checkpoint, protocols)``)
+CALMAgent = _LazyActorClass()
+
+
+def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus: float | None = None):
+    """Start one agent actor with ``cfg``'s placement and restart policy.
+
+    Args:
+        cfg: the agent config.
+        name: shown in logs and ``placement()``.
+        num_agents: agents that will share the GPUs (for ``num_gpus="auto"``).
+        cluster_gpus: GPUs in the cluster; default ``ray.cluster_resources()["GPU"]``.
+
+    Returns:
+        The actor handle.
+    """
+    import ray
+
+    if cluster_gpus is None:
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    num_gpus = resolve_num_gpus(cfg.num_gpus, num_agents, cluster_gpus)
+    return CALMAgent.options(
+        num_gpus=num_gpus,
+        num_cpus=cfg.num_cpus,
+        max_restarts=cfg.max_restarts,
+        max_task_retries=cfg.max_task_retries,
+    ).remote(cfg.checkpoint, dict(cfg.protocols), threads=cfg.threads, name=name)

@@ -1,0 +1,69 @@
+"""Speaker and listener policies: what each agent does with its observation in the referential game.
+
+A policy wraps an agent (a ``CALMAgent`` actor handle, or a plain ``CALMAgentCore`` for
+single-process use) and one protocol. It maps the env's observation to the env's action:
+
+    SpeakerPolicy.act(target (B, L))                              -> symbols (B, n) float32
+    ListenerPolicy.act({"candidates": (B, C, L), "received": (B, n)}) -> (indices (B,), decoded (B, L))
+
+The env lives with the caller; only numpy arrays cross to the actors (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agents.actor import RECEIVERS, Receiver
+
+__all__ = ["ListenerPolicy", "SpeakerPolicy", "call"]
+
+
+def call(agent: Any, method: str, *args: Any) -> Any:
+    """Run ``agent.method(*args)`` on an actor handle (and wait) or on a local agent object."""
+    fn = getattr(agent, method)
+    remote = getattr(fn, "remote", None)
+    if remote is None:
+        return fn(*args)
+    import ray
+
+    return ray.get(remote(*args))
+
+
+@dataclass
+class SpeakerPolicy:
+    """Encode the target passage with a protocol: the speaker's whole policy."""
+
+    agent: Any
+    """a CALMAgent actor handle or a CALMAgentCore"""
+    protocol: str
+    """name of a protocol the agent loaded"""
+
+    def act(self, target: np.ndarray) -> np.ndarray:
+        """``target (B, L)`` token ids -> channel symbols ``(B, n)`` float32 with unit mean power."""
+        return np.asarray(call(self.agent, "encode", self.protocol, target), dtype=np.float32)
+
+
+@dataclass
+class ListenerPolicy:
+    """Pick the candidate the received symbols most likely encode (soft) or best match when decoded (hard)."""
+
+    agent: Any
+    """a CALMAgent actor handle or a CALMAgentCore"""
+    protocol: str
+    """name of a protocol the agent loaded (the speaker's)"""
+    receiver: Receiver = "soft"
+    """soft: maximum likelihood over candidates; hard: decode to tokens, then match"""
+
+    def __post_init__(self) -> None:
+        if self.receiver not in RECEIVERS:
+            raise ValueError(f"receiver must be one of {RECEIVERS}, got {self.receiver!r}")
+
+    def act(self, observation: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Listener observation -> ``(indices (B,) int64, decoded ids (B, L) int64)``."""
+        received = observation["received"]  # (B, n)
+        candidates = observation["candidates"]  # (B, C, L)
+        choice, decoded = call(self.agent, "listen", self.protocol, self.receiver, received, candidates)
+        return np.asarray(choice, dtype=np.int64), np.asarray(decoded, dtype=np.int64)
