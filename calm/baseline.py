@@ -16,7 +16,7 @@ from torch import nn
 
 from calm.backbone import Backbone, BackboneConfig, Branches
 
-__all__ = ["BaselineConfig", "BaselineOutput", "TokenTransformer", "PRESETS", "preset"]
+__all__ = ["BaselineConfig", "BaselineOutput", "TokenTransformer", "BaselineTask", "PRESETS", "preset"]
 
 
 @dataclass
@@ -69,7 +69,7 @@ class BaselineConfig:
 
 # The paper's Transformer-S (281M with a 128k vocabulary) and a CPU size matching the tiny CALM backbone.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, max_positions=1024),
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, max_positions=256),
     "S": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048),
     "M": dict(hidden_size=1024, num_layers=16, num_heads=16, intermediate_size=2752),
     "L": dict(hidden_size=1536, num_layers=16, num_heads=24, intermediate_size=4096),
@@ -108,6 +108,10 @@ class TokenTransformer(nn.Module):
         nn.init.normal_(self.lm_head.weight, std=0.02)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+
+    def num_parameters(self) -> int:
+        """Number of parameters (a tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> logits (B, L, V); logits[:, i] is the distribution of token i + 1."""
@@ -199,3 +203,71 @@ class TokenTransformer(nn.Module):
             token = self._sample(self.lm_head(h), 1.0, generator)
             pieces.append(token)
         return logp_true, torch.stack(pieces, dim=-1).view(B, Q, S, num_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training task (used by calm.train: build, batch, loss, validation)
+
+
+class BaselineTask:
+    """Train a TokenTransformer on windows of max_positions tokens."""
+
+    name = "baseline"
+    config_cls = BaselineConfig
+    presets = PRESETS
+    # tiny: the same schedule as the tiny CALM; the others: the paper's AdamW settings
+    train_presets: dict[str, dict] = {
+        "tiny": dict(steps=3000, batch_size=16, lr=1e-3, warmup=100, val_every=250, checkpoint_every=250),
+        **{k: dict(steps=250_000, batch_size=64, lr=3e-4, warmup=2000) for k in ("S", "M", "L", "XL")},
+    }
+
+    def __init__(self, config: BaselineConfig) -> None:
+        self.config = config
+        self.tokens_per_example = config.max_positions
+        """tokens in one training window"""
+
+    @classmethod
+    def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, **_) -> BaselineConfig:
+        """The config for `python -m calm.train baseline --preset NAME`."""
+        return preset(preset_name, vocab_size, **overrides)
+
+    def build_model(self) -> TokenTransformer:
+        """A freshly initialised model."""
+        return TokenTransformer(self.config)
+
+    def sample_batch(self, ids, rng, batch_size: int) -> torch.Tensor:
+        """(B, L) int64 windows of L = max_positions tokens at uniform positions of the stream ids."""
+        import numpy as np
+
+        L = self.tokens_per_example
+        if len(ids) < L:
+            raise ValueError(f"the token stream has {len(ids)} ids, fewer than one window of {L}")
+        start = rng.integers(0, len(ids) - L + 1, size=batch_size)  # (B,)
+        return torch.from_numpy(ids[start[:, None] + np.arange(L)].astype(np.int64))
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
+        """(cross-entropy, metrics to log)."""
+        out = model(batch)
+        return out.loss, {"ce": out.loss.detach()}
+
+    def validation_set(self, ids, size: int) -> torch.Tensor:
+        """Non-overlapping windows holding about size * 4 tokens (as many as a K=4 CALM's), at least one."""
+        import numpy as np
+
+        L = self.tokens_per_example
+        n = max(1, min(size * 4 // L, len(ids) // L))
+        return torch.from_numpy(np.asarray(ids[: n * L], dtype=np.int64).reshape(n, L))
+
+    @torch.no_grad()
+    def validate(self, model: TokenTransformer, windows: torch.Tensor) -> dict[str, float]:
+        """Held-out cross-entropy and Brier-1..4 / BrierLM at offsets 4, 8, ... (fixed seed)."""
+        from calm.brier import evaluate_brier
+
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        ce = sum(model(windows[i : i + 16]).loss.item() * len(windows[i : i + 16])
+                 for i in range(0, len(windows), 16)) / len(windows)  # fmt: skip
+        scores = evaluate_brier(model, windows, stride=4, generator=torch.Generator(device=device).manual_seed(0))
+        model.train(was_training)
+        return {"val_ce": ce, **{f"val_{k}": v for k, v in scores.as_dict().items()}}

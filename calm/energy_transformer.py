@@ -36,6 +36,7 @@ from calm.sampling import batch_temperature_sample, exact_temperature_sample, sp
 __all__ = [
     "EnergyTransformerConfig",
     "EnergyTransformer",
+    "CalmTask",
     "EnergyHead",
     "EnergyOutput",
     "energy_loss",
@@ -172,6 +173,9 @@ class EnergyTransformerConfig:
     """M: posterior samples of the target vector per position in training"""
     alpha: float = 1.0
     """energy score exponent, in (0, 2)"""
+    autoencoder_path: str = ""
+    """checkpoint the frozen autoencoder was loaded from when training started (a record; the CALM
+    checkpoint itself holds the autoencoder's weights)"""
 
     def __post_init__(self) -> None:
         for name in (
@@ -187,6 +191,16 @@ class EnergyTransformerConfig:
         if isinstance(self.autoencoder, AutoencoderConfig):
             self.autoencoder = self.autoencoder.to_dict()
         self.backbone_config()  # validates the backbone sizes
+
+    @property
+    def K(self) -> int:
+        """Tokens per patch (the autoencoder's K)."""
+        return int(self.autoencoder["K"])
+
+    @property
+    def vocab_size(self) -> int:
+        """The autoencoder's (and the tokenizer's) vocabulary size."""
+        return int(self.autoencoder["vocab_size"])
 
     @property
     def ae_config(self) -> AutoencoderConfig:
@@ -220,7 +234,7 @@ class EnergyTransformerConfig:
 # Backbone sizes of the paper (S, M, L, XL: head blocks = layers / 4, head width d) and a CPU size.
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, head_blocks=1,
-                 head_intermediate_size=128, max_patches=256),
+                 head_intermediate_size=128, max_patches=64),
     "S": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048, head_blocks=3,
               head_intermediate_size=768),
     "M": dict(hidden_size=1024, num_layers=16, num_heads=16, intermediate_size=2752, head_blocks=4,
@@ -291,6 +305,10 @@ class EnergyTransformer(nn.Module):
         # zero-initialised output layer: the head starts by predicting the origin for every noise
         nn.init.zeros_(self.head.out.weight)
         nn.init.zeros_(self.head.out.bias)
+
+    def num_parameters(self) -> int:
+        """Parameters of the energy transformer without the frozen autoencoder (the paper's count)."""
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("autoencoder."))
 
     def train(self, mode: bool = True) -> EnergyTransformer:
         """Training mode for everything but the frozen autoencoder (its dropout stays off)."""
@@ -473,3 +491,93 @@ class EnergyTransformer(nn.Module):
             chunk = self.sample_chunks(hb, 1, generator=generator)[:, :, 0]  # (B, P*S, K)
             pieces.append(chunk.view(B, P, S, K))
         return torch.cat(pieces, dim=-1)[..., :num_tokens]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training task (used by calm.train: build, batch, loss, validation)
+
+
+class CalmTask:
+    """Train an EnergyTransformer on windows of max_patches * K tokens, around a trained autoencoder."""
+
+    name = "calm"
+    config_cls = EnergyTransformerConfig
+    presets = PRESETS
+    # tiny: sized for two CPU cores; the others: the paper's AdamW settings (lr 3e-4, warmup 2000, wd 0.1)
+    train_presets: dict[str, dict] = {
+        "tiny": dict(steps=3000, batch_size=16, lr=1e-3, warmup=100, val_every=250, checkpoint_every=250),
+        **{k: dict(steps=250_000, batch_size=64, lr=3e-4, warmup=2000) for k in ("S", "M", "L", "XL")},
+    }
+
+    def __init__(self, config: EnergyTransformerConfig) -> None:
+        self.config = config
+        self.tokens_per_example = config.max_patches * config.K
+        """tokens in one training window"""
+
+    @classmethod
+    def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, ae: str | None = None, **_) -> EnergyTransformerConfig:
+        """The config for `python -m calm.train calm --ae DIR --preset NAME`: the preset around the
+        autoencoder checkpoint DIR (its vocabulary must be the tokenizer's)."""
+        from pathlib import Path
+
+        from calm.checkpoint import load_config
+
+        if not ae:
+            raise ValueError("calm training needs --ae DIR, a trained autoencoder checkpoint")
+        meta = load_config(ae)
+        if meta["model_type"] != "autoencoder":
+            raise ValueError(f"--ae {ae} holds a {meta['model_type']!r} checkpoint, not an autoencoder")
+        if meta["config"]["vocab_size"] != vocab_size:
+            raise ValueError(f"--ae {ae} has vocab_size {meta['config']['vocab_size']} but the tokenizer has "
+                             f"{vocab_size} ids; pass the --tokenizer the autoencoder was trained with")
+        return preset(preset_name, meta["config"], autoencoder_path=str(Path(ae).resolve()), **overrides)
+
+    def build_model(self) -> EnergyTransformer:
+        """A fresh model; the autoencoder's weights come from config.autoencoder_path (if set)."""
+        from pathlib import Path
+
+        from calm.checkpoint import read_safetensors
+
+        model = EnergyTransformer(self.config)
+        if self.config.autoencoder_path and not next(model.parameters()).is_meta:
+            weights = read_safetensors(Path(self.config.autoencoder_path) / "model.safetensors")
+            model.autoencoder.load_state_dict(weights, strict=True)
+        return model
+
+    def sample_batch(self, ids, rng, batch_size: int) -> torch.Tensor:
+        """(B, L) int64 windows of L = max_patches * K tokens at uniform positions of the stream ids."""
+        import numpy as np
+
+        L = self.tokens_per_example
+        if len(ids) < L:
+            raise ValueError(f"the token stream has {len(ids)} ids, fewer than one window of {L}")
+        start = rng.integers(0, len(ids) - L + 1, size=batch_size)  # (B,)
+        return torch.from_numpy(ids[start[:, None] + np.arange(L)].astype(np.int64))
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
+        """(energy loss, metrics to log)."""
+        out = model(batch, generator=generator)
+        return out.loss, {"xy": out.term_xy, "xx": out.term_xx, "mse": out.mse}
+
+    def validation_set(self, ids, size: int) -> torch.Tensor:
+        """Non-overlapping windows holding about size * K tokens (size counts K-token chunks), at least one."""
+        import numpy as np
+
+        L = self.tokens_per_example
+        n = max(1, min(size * self.config.K // L, len(ids) // L))
+        return torch.from_numpy(np.asarray(ids[: n * L], dtype=np.int64).reshape(n, L))
+
+    @torch.no_grad()
+    def validate(self, model: EnergyTransformer, windows: torch.Tensor) -> dict[str, float]:
+        """Held-out energy loss and Brier-1..4 / BrierLM (fixed seed)."""
+        from calm.brier import evaluate_brier
+
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        gen = torch.Generator(device=device).manual_seed(0)
+        energy = sum(model(windows[i : i + 16], generator=gen).loss.item() * len(windows[i : i + 16])
+                     for i in range(0, len(windows), 16)) / len(windows)  # fmt: skip
+        scores = evaluate_brier(model, windows, generator=gen)
+        model.train(was_training)
+        return {"val_energy": energy, **{f"val_{k}": v for k, v in scores.as_dict().items()}}
