@@ -49,6 +49,8 @@ TOKENIZER_FILE = "tokenizer.json"
 # A new model type is one line here.
 MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "autoencoder": ("calm.autoencoder", "AutoencoderConfig", "Autoencoder"),
+    "calm": ("calm.energy_transformer", "EnergyTransformerConfig", "EnergyTransformer"),
+    "baseline": ("calm.baseline", "BaselineConfig", "TokenTransformer"),
 }
 
 
