@@ -44,12 +44,14 @@ from torch import nn
 
 from calm.autoencoder import PRESETS as AE_PRESETS
 from calm.autoencoder import Autoencoder, AutoencoderConfig
+from calm.baseline import BaselineTask
 from calm.checkpoint import (
     load_optimizer,
     read_safetensors,
     save_optimizer,
     save_pretrained,
 )
+from calm.energy_transformer import CalmTask
 
 __all__ = [
     "TrainConfig",
@@ -215,7 +217,9 @@ class AutoencoderTask:
 # subcommand name -> task class. A task class has: name, config_cls (with to_dict/from_dict), presets,
 # build_model(), sample_batch(ids, rng, batch_size), loss(model, batch, generator), validation_set(ids, n),
 # validate(model, val_set).
-TASKS: dict[str, type] = {"autoencoder": AutoencoderTask}
+TASKS: dict[str, type] = {"autoencoder": AutoencoderTask, "calm": CalmTask, "baseline": BaselineTask}
+# a task may also have ``make_config(preset, vocab_size=, pad_id=, overrides=, **cli_args)`` (its config does not
+# take vocab_size/pad_id directly), ``train_presets`` (its own TRAIN_PRESETS) and ``tokens_per_example``.
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -729,7 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under out")
         p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
         _add_dataclass_args(p, TrainConfig)
-        _add_dataclass_args(p, task_cls.config_cls, skip=("vocab_size", "pad_id"))
+        _add_dataclass_args(p, task_cls.config_cls, skip=("vocab_size", "pad_id", "autoencoder_path"))
+        if name == "calm":
+            p.add_argument("--ae", required=True, help="trained autoencoder checkpoint directory (kept frozen)")
     return parser
 
 
@@ -739,6 +745,11 @@ def configs_from_args(args: argparse.Namespace, task_cls, *, vocab_size: int, pa
     model_names = {f.name for f in fields(task_cls.config_cls)}
     model_over = {k: v for k, v in vars(args).items() if k in model_names and v is not None}
     train_over = {k: v for k, v in vars(args).items() if k in train_names and v is not None}
+    if hasattr(task_cls, "make_config"):
+        model_cfg = task_cls.make_config(args.preset, vocab_size=vocab_size, pad_id=pad_id, overrides=model_over,
+                                         ae=getattr(args, "ae", None))
+        train_cfg = TrainConfig(**{**task_cls.train_presets.get(args.preset, {}), **train_over})
+        return model_cfg, train_cfg
     model_cfg = task_cls.config_cls(**{**task_cls.presets[args.preset], "vocab_size": vocab_size, "pad_id": pad_id,
                                        **model_over})
     train_cfg = TrainConfig(**{**TRAIN_PRESETS.get(args.preset, {}), **train_over})
@@ -767,7 +778,7 @@ def main(argv: list[str] | None = None) -> FitResult:
     # derived quantities, printed once
     with torch.device("meta"):
         n_params = task.build_model().num_parameters()
-    tokens_per_step = train_cfg.batch_size * args.workers * getattr(model_cfg, "K", 1)
+    tokens_per_step = train_cfg.batch_size * args.workers * getattr(task, "tokens_per_example", getattr(model_cfg, "K", 1))
     print(json.dumps({"task": args.task, "preset": args.preset, "params": n_params, "workers": args.workers,
                       "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)),
                       "tokens_per_step": tokens_per_step, "model_config": model_cfg.to_dict(),
