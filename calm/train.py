@@ -322,6 +322,7 @@ def run_loop(
     bar = _make_progress(cfg.steps, start_step, in_ray) if (progress and rank == 0) else None
     model.train()
     t0 = time.time()
+    base_elapsed = history[-1]["elapsed"] if history else 0.0  # elapsed is cumulative over resumes
     step = start_step
     stopped = None
     running: dict[str, float] = {}
@@ -369,7 +370,7 @@ def run_loop(
         timed_out = packed[-1] > 0
         last = step == cfg.steps or timed_out
         if step % cfg.val_every == 0 or last:
-            record = {"step": step, "elapsed": round(time.time() - t0, 2), "lr": lr,
+            record = {"step": step, "elapsed": round(base_elapsed + time.time() - t0, 2), "lr": lr,
                       **{f"train_{k}": round(v, 6) for k, v in running.items()}}
             if val_set is not None:
                 record.update(task.validate(model, val_set))

@@ -1,0 +1,167 @@
+"""calm.train: schedule, exact resume, NaN guard (one process), and Ray Train with 2 CPU workers."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import ByteLevelBPETokenizer
+
+from calm.autoencoder import AutoencoderConfig
+from calm.checkpoint import load_pretrained, read_safetensors
+from calm.tokenizer import load_tokenizer
+from calm.train import (
+    AutoencoderTask,
+    TrainConfig,
+    lr_at,
+    newest_checkpoint,
+    train_local,
+)
+
+TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
+        "and darkness was upon the face of the deep. To be, or not to be, that is the question: whether "
+        "'tis nobler in the mind to suffer the slings and arrows of outrageous fortune. ")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # two threads on a shared two-core machine spin-wait and run several times slower than one
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator([TEXT * 4], vocab_size=300, min_frequency=1,
+                            special_tokens=["<|pad|>", "<|endoftext|>"], show_progress=False)
+    d = tmp_path_factory.mktemp("tok")
+    bpe.save(str(d / "tokenizer.json"))
+    return load_tokenizer(d)
+
+
+def tiny_task(vocab_size):
+    return AutoencoderTask(AutoencoderConfig(K=4, latent_dim=8, hidden_size=16, intermediate_size=32,
+                                             vocab_size=vocab_size))
+
+
+def stream(n=4000, vocab=300, seed=0):
+    return np.random.default_rng(seed).integers(2, vocab, size=n).astype(np.int32)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=110, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="TrainConfig.lr"):
+        TrainConfig(lr=math.inf)
+    with pytest.raises(ValueError, match="TrainConfig.batch_size"):
+        TrainConfig(batch_size=0)
+
+
+def test_batch_is_a_function_of_seed_step_and_rank():
+    task = tiny_task(300)
+    ids = stream()
+    a = task.sample_batch(ids, np.random.default_rng([0, 5, 0]), 16)
+    b = task.sample_batch(ids, np.random.default_rng([0, 5, 0]), 16)
+    c = task.sample_batch(ids, np.random.default_rng([0, 5, 1]), 16)
+    assert a.shape == (16, 4) and torch.equal(a, b) and not torch.equal(a, c)
+    # every row is a window of the stream
+    windows = np.lib.stride_tricks.sliding_window_view(ids, 4)  # (T-3, 4)
+    assert all((windows == row.numpy()).all(1).any() for row in a)
+
+
+def test_resume_continues_exactly(tmp_path, tok):
+    cfg = TrainConfig(steps=8, batch_size=16, lr=1e-2, warmup=2, checkpoint_every=4, val_every=4, val_size=64,
+                      seed=3)
+    ids, val = stream(), stream(400, seed=1)
+    full = train_local(tiny_task(len(tok)), ids, cfg, val_ids=val, tokenizer=tok, checkpoint_dir=tmp_path)
+    assert full.step == 8 and [h["step"] for h in full.history] == [4, 8]
+    assert newest_checkpoint(tmp_path).name == "step_0000008"
+    # as if the run had died after step 4: drop the last checkpoint and resume
+    final = read_safetensors(tmp_path / "step_0000008" / "model.safetensors")
+    for f in (tmp_path / "step_0000008").iterdir():
+        f.unlink()
+    (tmp_path / "step_0000008").rmdir()
+    resumed = train_local(tiny_task(len(tok)), ids, cfg, val_ids=val, tokenizer=tok, checkpoint_dir=tmp_path,
+                          resume=True)
+    assert resumed.step == 8
+    for k, v in resumed.model.state_dict().items():
+        assert torch.equal(v, final[k]), k
+    def strip(history):
+        return [{k: v for k, v in h.items() if k != "elapsed"} for h in history]
+
+    assert strip(resumed.history) == strip(full.history)
+    # the training checkpoint is also a plain checkpoint
+    model, _ = load_pretrained(tmp_path / "step_0000008")
+    assert model.config == resumed.model.config
+
+
+class PoisonedTask(AutoencoderTask):
+    """The real autoencoder task whose loss turns NaN from the ``bad_from``-th call on (fault injection)."""
+
+    def __init__(self, config, bad_from):
+        super().__init__(config)
+        self.calls, self.bad_from = 0, bad_from
+
+    def loss(self, model, batch, generator):
+        loss, metrics = super().loss(model, batch, generator)
+        self.calls += 1
+        return (loss * math.nan if self.calls >= self.bad_from else loss), metrics
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tok):
+    cfg = TrainConfig(steps=20, batch_size=16, lr=1e-2, warmup=2, checkpoint_every=2, val_every=2, val_size=64)
+    task = PoisonedTask(tiny_task(len(tok)).config, bad_from=6)
+    result = train_local(task, stream(), cfg, tokenizer=tok, checkpoint_dir=tmp_path)
+    assert result.stopped is not None and "non-finite loss" in result.stopped and "step 6" in result.stopped
+    assert result.step == 5  # the poisoned step made no update
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000002", "step_0000004"]
+    for v in result.model.state_dict().values():
+        assert torch.isfinite(v).all()
+    weights = read_safetensors(newest_checkpoint(tmp_path) / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_two_workers_checkpoint_then_resume(tmp_path, monkeypatch, ray_cluster):
+    from calm.train import main
+
+    monkeypatch.setenv("LATENTCOMM_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    paragraphs = [f"{i} {TEXT[i % 50:]}{TEXT[: i % 50]}" for i in range(40)]
+    corpus.write_text("\n\n".join(paragraphs))
+    out = tmp_path / "run"
+    common = ["autoencoder", "--preset", "tiny", "--corpus", f"text:{corpus}", "--tokenizer", "bpe:300",
+              "--out", str(out), "--workers", "2", "--gpu", "off", "--no-progress",
+              "--hidden-size", "16", "--latent-dim", "8", "--intermediate-size", "32", "--batch-size", "16",
+              "--checkpoint-every", "2", "--val-every", "2", "--val-size", "64", "--warmup", "2"]
+    first = main(common + ["--steps", "4"])
+    assert first.step == 4
+    state = json.loads((newest_checkpoint(out / "ray") / "train_state.json").read_text())
+    assert state["step"] == 4 and state["world_size"] == 2
+    # an existing run is not overwritten by accident
+    with pytest.raises(FileExistsError, match="--resume"):
+        main(common + ["--steps", "6"])
+    second = main(common + ["--steps", "6", "--resume"])
+    assert second.step == 6
+    assert [h["step"] for h in second.history] == [2, 4, 6]  # the resumed run kept the first run's history
+    model, tokenizer = load_pretrained(out)
+    assert model.config.K == 4 and len(tokenizer) == 300
+    newest = read_safetensors(newest_checkpoint(out / "ray") / "model.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, newest[k]), k
