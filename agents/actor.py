@@ -143,6 +143,7 @@ class CALMAgentCore:
         self.name = name
         self.gpu_ids = _ray_gpu_ids()
         self.device = pick_device(self.gpu_ids, name=name)
+        self.note = "falling back to CPU: torch sees no CUDA" if self.gpu_ids and self.device == "cpu" else ""
         self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device)
         self.checkpoint = str(checkpoint)
         self.protocols = {key: load_protocol(path, autoencoder=self.model) for key, path in protocols.items()}
@@ -151,7 +152,7 @@ class CALMAgentCore:
     # ---- placement -------------------------------------------------------------------------------
 
     def placement(self) -> dict[str, Any]:
-        """Where this agent runs: ``gpu_ids`` Ray gave it, torch ``device``, ``pid``, ``node``."""
+        """Where this agent runs: ``gpu_ids`` Ray gave it, torch ``device``, ``pid``, ``node``, ``note``."""
         node = None
         try:
             import ray
@@ -161,7 +162,7 @@ class CALMAgentCore:
         except Exception:  # placement is informational; never fail a caller over it
             node = None
         return {"name": self.name, "gpu_ids": [str(g) for g in self.gpu_ids], "device": self.device,
-                "pid": os.getpid(), "node": node}
+                "pid": os.getpid(), "node": node, "note": self.note}
 
     def pid(self) -> int:
         """The process id (tests kill it to check restarts)."""
@@ -257,11 +258,11 @@ CALMAgent = _LazyActorClass()
 
 
 def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus: float | None = None):
-    """Start one agent actor with ``cfg``'s placement and restart policy.
+    """Start one named agent actor with ``cfg``'s placement and restart policy.
 
     Args:
         cfg: the agent config.
-        name: shown in logs and ``placement()``.
+        name: the actor's name in Ray (``ray.get_actor(name)``), also shown in logs and ``placement()``.
         num_agents: agents that will share the GPUs (for ``num_gpus="auto"``).
         cluster_gpus: GPUs in the cluster; default ``ray.cluster_resources()["GPU"]``.
 
@@ -274,6 +275,7 @@ def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus
         cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
     num_gpus = resolve_num_gpus(cfg.num_gpus, num_agents, cluster_gpus)
     return CALMAgent.options(
+        name=name,
         num_gpus=num_gpus,
         num_cpus=cfg.num_cpus,
         max_restarts=cfg.max_restarts,

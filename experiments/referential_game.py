@@ -18,7 +18,6 @@ main. Dim letters: B games per env step, C candidates, L tokens per passage, n c
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -90,6 +89,8 @@ class Config:
     """override the preset's SwiGLU width"""
     ae_steps: int = 1500
     """optimiser steps when training the autoencoder"""
+    ae_batch_size: int = 256
+    """sequences (chunks of K tokens) per autoencoder training step"""
     ae_time_limit: float = 420.0
     """stop autoencoder training after this many seconds (0: no limit); keeps make demo under 20 min"""
     ae_seed: int = 0
@@ -138,7 +139,7 @@ class Config:
     """write the PNG plots"""
 
     def __post_init__(self) -> None:
-        positive = ("ae_steps", "passage_length", "channel_uses", "quantized_bits", "episodes", "batch_size",
+        positive = ("ae_steps", "ae_batch_size", "passage_length", "channel_uses", "quantized_bits", "episodes", "batch_size",
                     "num_passages", "fit_passages", "agent_pairs", "max_concurrent")
         for name in positive:
             value = getattr(self, name)
@@ -271,7 +272,7 @@ def ensure_checkpoint(cfg: Config) -> Path:
                                    ("intermediate_size", cfg.ae_intermediate_size)) if v is not None}
     ae_cfg = preset(cfg.ae_preset, vocab_size=len(tok), pad_id=pad_id, **overrides)
     key = {"ae": ae_cfg.to_dict(), "corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "steps": cfg.ae_steps,
-           "time_limit": cfg.ae_time_limit, "seed": cfg.ae_seed}
+           "batch_size": cfg.ae_batch_size, "time_limit": cfg.ae_time_limit, "seed": cfg.ae_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     path = (Path(cfg.runs_dir).expanduser() / f"ae-{cfg.ae_preset}-{digest}").resolve()
     if (path / "model.safetensors").is_file():
@@ -283,7 +284,8 @@ def ensure_checkpoint(cfg: Config) -> Path:
     val_ids = load_token_ids(cfg.corpus, tok, "validation")
     t0 = time.time()
     model = train_autoencoder(ae_cfg, train_ids, steps=cfg.ae_steps, val_ids=val_ids, seed=cfg.ae_seed,
-                              progress=True, time_limit=cfg.ae_time_limit, val_size=2048)
+                              progress=True, time_limit=cfg.ae_time_limit, batch_size=cfg.ae_batch_size,
+                              val_size=2048)
     seconds = time.time() - t0
     accuracy = reconstruction_accuracy(model, val_ids, ae_cfg.K)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -317,11 +319,18 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path) -> tuple[dict[st
     """
     from calm.checkpoint import load_pretrained
     from calm.data import load_token_ids, make_passages
-    from protocols import (QuantizedVectorProtocol, QuantizedVectorProtocolConfig, TokenProtocol,
-                           TokenProtocolConfig, VectorProtocol, VectorProtocolConfig, load_protocol)
+    from protocols import (
+        QuantizedVectorProtocol,
+        QuantizedVectorProtocolConfig,
+        TokenProtocol,
+        TokenProtocolConfig,
+        VectorProtocol,
+        VectorProtocolConfig,
+        load_protocol,
+    )
 
     model, tok = load_pretrained(checkpoint)
-    K, l, V = model.config.K, model.config.latent_dim, model.config.vocab_size
+    K, ell, V = model.config.K, model.config.latent_dim, model.config.vocab_size
     L = cfg.passage_length
     if L % K:
         raise ValueError(f"passage_length must be a multiple of the autoencoder's K={K}, got {L}")
@@ -337,7 +346,7 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path) -> tuple[dict[st
                                                                                           budget=n)),
     }
     # nominal payload per message (DESIGN.md section 3): bits before any channel coding
-    nominal = {"vector": L // K * l * 32, "token": L * math.log2(V), "quantized": L // K * l * cfg.quantized_bits}
+    nominal = {"vector": L // K * ell * 32, "token": L * math.log2(V), "quantized": L // K * ell * cfg.quantized_bits}
     dirs, facts = {}, {}
     for name in cfg.protocols:
         d = run_dir / "protocols" / name
@@ -351,7 +360,7 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path) -> tuple[dict[st
             raise ValueError(f"protocol {name} takes {uses} channel uses, not the budget {n}")
         dirs[name] = str(d)
         facts[name] = {"channel_uses": uses, "nominal_bits": float(nominal[name])}
-    facts["_model"] = {"K": K, "latent_dim": l, "vocab_size": V}
+    facts["_model"] = {"K": K, "latent_dim": ell, "vocab_size": V}
     return dirs, facts, test
 
 

@@ -1,0 +1,130 @@
+"""Agents: GPU share arithmetic, the agent without Ray, fake-GPU placement, restart after a kill."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from agents import AgentConfig, CALMAgentCore, ListenerPolicy, SpeakerPolicy, make_agent, resolve_num_gpus
+from experiments.referential_game import Config, ensure_checkpoint
+
+# a micro autoencoder: trained for a few steps, enough to exercise every code path in seconds
+MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
+             ae_time_limit=0.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    # one cache for every test module of the session: the second ensure_checkpoint is a cache hit
+    runs = tmp_path_factory.getbasetemp() / "latentcomm-runs"
+    return ensure_checkpoint(Config(runs_dir=str(runs), **MICRO))
+
+
+@pytest.fixture(scope="module")
+def protocol_dirs(checkpoint, tmp_path_factory):
+    from calm.checkpoint import load_pretrained
+    from calm.data import load_token_ids, make_passages
+    from protocols import TokenProtocol, TokenProtocolConfig, VectorProtocol, VectorProtocolConfig
+
+    model, tok = load_pretrained(checkpoint)
+    train = make_passages(load_token_ids("kjv+shakespeare", tok, "train", progress=False), 8, max_passages=256)
+    root = tmp_path_factory.mktemp("protocols")
+    TokenProtocol(TokenProtocolConfig(vocab_size=len(tok))).fit(train).save(root / "token")
+    VectorProtocol(model, VectorProtocolConfig(budget=16)).fit(train).save(root / "vector")
+    test = make_passages(load_token_ids("kjv+shakespeare", tok, "test", progress=False), 8, max_passages=128)
+    return {"token": str(root / "token"), "vector": str(root / "vector")}, test
+
+
+def test_resolve_num_gpus_known_values():
+    assert resolve_num_gpus("auto", 4, 2.0) == 0.5  # four agents pack two per GPU
+    assert resolve_num_gpus("auto", 3, 2.0) == 0.5
+    assert resolve_num_gpus("auto", 2, 2.0) == 1.0
+    assert resolve_num_gpus("auto", 8, 1.0) == 0.125
+    assert resolve_num_gpus("auto", 2, 0.0) == 0.0  # no GPUs: CPU agents
+    assert resolve_num_gpus(0.25, 9, 0.0) == 0.25  # an explicit number is kept
+    with pytest.raises(ValueError, match="num_gpus"):
+        resolve_num_gpus(-1, 1, 0.0)
+    with pytest.raises(ValueError, match="num_gpus"):
+        AgentConfig(checkpoint="x", num_gpus=-0.5)
+    with pytest.raises(ValueError, match="max_restarts"):
+        AgentConfig(checkpoint="x", max_restarts=1.5)
+
+
+def test_policies_play_noiseless_token_game_perfectly(checkpoint, protocol_dirs):
+    """Without Ray: the token protocol (every token sent) over a noiseless channel always wins."""
+    import environments
+
+    dirs, passages = protocol_dirs
+    agent = CALMAgentCore(str(checkpoint), dirs)
+    env = environments.make("referential_v0", passages=passages, channel_uses=agent.channel_uses("token", 8),
+                            batch_size=32, num_candidates=4, vocab_size=agent.model.config.vocab_size)
+    obs, _ = env.reset(seed=3)
+    target = obs["speaker"]  # (B, L)
+    symbols = SpeakerPolicy(agent, "token").act(target)
+    assert symbols.dtype == np.float32
+    assert abs(float(np.mean(symbols**2)) - 1.0) < 1e-6  # BPSK: unit power exactly
+    obs, *_ = env.step({"speaker": symbols})
+    for receiver in ("soft", "hard"):
+        choice, decoded = ListenerPolicy(agent, "token", receiver).act(obs["listener"])
+        assert choice.shape == (32,)
+        np.testing.assert_array_equal(decoded, target)  # noiseless BPSK decodes every token
+    _, rewards, *_ = env.step({"listener": choice})
+    assert rewards["listener"] == 1.0
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        agent.encode("quantized", passages[:2])
+    with pytest.raises(ValueError, match="receiver must be one of"):
+        ListenerPolicy(agent, "token", "psychic")
+
+
+@pytest.fixture(scope="module")
+def fake_gpu_ray():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=2, namespace="latentcomm-test-agents", include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_fake_gpus_four_agents_pack_two_per_gpu_and_fall_back_to_cpu(fake_gpu_ray, checkpoint, protocol_dirs):
+    ray = fake_gpu_ray
+    dirs, passages = protocol_dirs
+    cfg = AgentConfig(checkpoint=str(checkpoint), protocols={"token": dirs["token"]}, num_gpus="auto", num_cpus=0.25)
+    agents = [make_agent(cfg, name=f"placement-{i}", num_agents=4) for i in range(4)]
+    try:
+        placements = ray.get([a.placement.remote() for a in agents])
+        per_gpu = collections.Counter(g for p in placements for g in p["gpu_ids"])
+        assert sorted(per_gpu.values()) == [2, 2], placements  # two agents on each of the two GPU ids
+        assert all(len(p["gpu_ids"]) == 1 for p in placements)
+        import torch
+
+        if torch.cuda.is_available():  # a machine with a real GPU: the models go to CUDA
+            assert all(p["device"] == "cuda" for p in placements)
+        else:
+            assert all(p["device"] == "cpu" and "falling back to CPU" in p["note"] for p in placements)
+        # they work: every agent encodes the same ids to the same symbols
+        outs = ray.get([a.encode.remote("token", passages[:4]) for a in agents])
+        assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    finally:
+        for a in agents:
+            ray.kill(a, no_restart=True)
+
+
+def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, protocol_dirs):
+    ray = fake_gpu_ray
+    dirs, passages = protocol_dirs
+    cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dirs, num_gpus=0, num_cpus=0.25, max_restarts=2)
+    agent = make_agent(cfg, name="restart-me")
+    try:
+        before_pid = ray.get(agent.pid.remote())
+        before = ray.get(agent.encode.remote("vector", passages[:8]))
+        ray.kill(agent, no_restart=False)  # the process dies; Ray restarts it
+        after = ray.get(agent.encode.remote("vector", passages[:8]), timeout=120)
+        assert ray.get(agent.pid.remote()) != before_pid
+        np.testing.assert_array_equal(before, after)
+    finally:
+        ray.kill(agent, no_restart=True)
