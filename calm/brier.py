@@ -40,6 +40,7 @@ __all__ = [
     "brier_sums_calm",
     "brier_sums_baseline",
     "evaluate_brier",
+    "evaluate_checkpoint",
 ]
 
 
@@ -191,3 +192,47 @@ def evaluate_brier(
     model.train(was_training)
     briers = (sums / counts.clamp(min=1)).tolist()
     return BrierScores(brier=briers, brier_lm=brier_lm(briers), counts=counts.tolist())
+
+
+def evaluate_checkpoint(
+    directory: str,
+    *,
+    model_type: str,
+    corpus: str = "kjv+shakespeare",
+    split: str = "test",
+    max_passages: int = 64,
+    seed: int = 0,
+    json_path: str | None = None,
+) -> BrierScores:
+    """Brier-1..4 and BrierLM of a calm or baseline checkpoint on a held-out split (`python -m calm.evaluate`).
+
+    Passages are windows of the model's training length (calm: max_patches * K, baseline: max_positions),
+    up to max_passages of them drawn with `seed`. Prints a table and writes JSON (default
+    <checkpoint>/eval_brier_<split>.json).
+    """
+    import json
+    from pathlib import Path
+
+    from calm.backbone import default_device
+    from calm.checkpoint import load_config, load_pretrained
+    from calm.data import load_token_ids, make_passages
+
+    meta = load_config(directory)
+    if meta["model_type"] != model_type:
+        raise ValueError(f"{directory} holds a {meta['model_type']!r} checkpoint, not {model_type!r}")
+    device = default_device()
+    model, tokenizer = load_pretrained(directory, device=device)
+    c = model.config
+    length = c.max_patches * c.K if model_type == "calm" else c.max_positions
+    ids = load_token_ids(corpus, tokenizer, split, progress=False)
+    passages = make_passages(ids, length, max_passages=max_passages, seed=seed)
+    scores = evaluate_brier(model, passages, generator=torch.Generator(device=device).manual_seed(seed))
+    print(f"{model_type} {directory}  {split} split, {len(passages)} passages of {length} tokens")
+    for n, b in enumerate(scores.brier, start=1):
+        print(f"  Brier-{n}  {b:.4f}   ({scores.counts[n - 1]} positions)")
+    print(f"  BrierLM  {scores.brier_lm:.2f}")
+    out = Path(json_path) if json_path else Path(directory) / f"eval_brier_{split}.json"
+    out.write_text(json.dumps({"checkpoint": str(directory), "model_type": model_type, "corpus": corpus,
+                               "split": split, "passages": len(passages), "length": length,
+                               **scores.as_dict(), "counts": scores.counts}, indent=1) + "\n")  # fmt: skip
+    return scores

@@ -2,6 +2,7 @@
 
     python -m calm.evaluate autoencoder runs/ae-k4 [--corpus kjv+shakespeare] [--split test]
         [--max-chunks N] [--sigmas 0.1,0.2,0.3,0.5,1.0] [--json PATH]
+    python -m calm.evaluate calm|baseline DIR [--split test] [--max-passages 64]   (BrierLM, calm.brier)
 
 For the autoencoder: token accuracy and exact-chunk accuracy of greedy reconstruction from mu; the same
 when Gaussian noise of standard deviation sigma is added to mu (the latent robustness CALM relies on);
@@ -171,7 +172,20 @@ def main(argv: list[str] | None = None) -> AutoencoderReport:
     p.add_argument("--sigmas", default=",".join(str(s) for s in DEFAULT_SIGMAS), help="comma-separated sigmas")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--json", default=None, help="output path (default <checkpoint>/eval_<split>.json)")
+    for name in ("calm", "baseline"):
+        q = sub.add_parser(name, help=f"Brier-1..4 and BrierLM of a {name} checkpoint")
+        q.add_argument("checkpoint", help="checkpoint directory (save_pretrained layout)")
+        q.add_argument("--corpus", default="kjv+shakespeare", help="corpus name (see calm.data)")
+        q.add_argument("--split", default="test", choices=["train", "validation", "test"], help="data split")
+        q.add_argument("--max-passages", type=int, default=64, help="evaluate at most this many passages")
+        q.add_argument("--seed", type=int, default=0, help="seed of the passage draw and the samples")
+        q.add_argument("--json", default=None, help="output path (default <checkpoint>/eval_brier_<split>.json)")
     args = parser.parse_args(argv)
+    if args.model in ("calm", "baseline"):
+        from calm.brier import evaluate_checkpoint
+
+        return evaluate_checkpoint(args.checkpoint, model_type=args.model, corpus=args.corpus, split=args.split,
+                                   max_passages=args.max_passages, seed=args.seed, json_path=args.json)
 
     model, tokenizer = load_pretrained(args.checkpoint)
     ids = load_token_ids(args.corpus, tokenizer, args.split)
