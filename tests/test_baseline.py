@@ -98,3 +98,27 @@ def test_overfits_a_toy_language():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+@pytest.mark.slow
+def test_train_task_generate_and_evaluate(tmp_path, tokenizer, capsys):
+    """calm.train's baseline task in-process, then the generate and evaluate CLIs on its checkpoint."""
+    import numpy as np
+
+    from calm import evaluate, generate
+    from calm.checkpoint import save_pretrained
+    from calm.train import TASKS, TrainConfig, train_local
+
+    task_cls = TASKS["baseline"]
+    task = task_cls(task_cls.make_config("tiny", vocab_size=len(tokenizer),
+                                         overrides=dict(num_layers=1, max_positions=32)))  # fmt: skip
+    stream = np.random.default_rng(0).integers(0, len(tokenizer), 4000).astype(np.int32)
+    cfg = TrainConfig(steps=2, batch_size=2, warmup=1, val_every=2, checkpoint_every=2, val_size=16)
+    result = train_local(task, stream, cfg, val_ids=stream[:512])
+    assert {"val_ce", "val_brier_lm"} <= set(result.history[-1])
+    save_pretrained(result.model, tmp_path / "baseline", tokenizer)
+    texts = generate.main([str(tmp_path / "baseline"), "--prompt", "In the beginning", "--temperature", "0.5",
+                           "--max-tokens", "8"])  # fmt: skip
+    assert capsys.readouterr().out.startswith("In the beginning") and texts[0]
+    scores = evaluate.main(["baseline", str(tmp_path / "baseline"), "--max-passages", "2"])
+    assert len(scores.brier) == 4 and scores.counts[3] > 0

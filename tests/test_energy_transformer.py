@@ -181,3 +181,46 @@ def test_tiny_calm_overfits_a_few_batches():
     assert after.brier[0] > before.brier[0] + 0.3, (before, after)
     # measured: loss 9.4 -> 3.0, BrierLM 0 -> 81 (Brier-1 -0.93 -> 0.90)
     assert after.brier_lm > before.brier_lm + 50, (before, after)
+
+
+@pytest.mark.slow
+def test_train_task_checkpoints_generate_and_evaluate(tmp_path, tokenizer, capsys):
+    """calm.train's calm task in-process (AE checkpoint -> steps -> resume), then the generate and evaluate CLIs."""
+    import numpy as np
+
+    from calm import evaluate, generate
+    from calm.checkpoint import load_pretrained, save_pretrained
+    from calm.train import TASKS, TrainConfig, train_local
+
+    torch.manual_seed(0)
+    Vt = len(tokenizer)
+    ae = Autoencoder(ae_preset("tiny", vocab_size=Vt, hidden_size=32, intermediate_size=64, latent_dim=8))
+    save_pretrained(ae, tmp_path / "ae", tokenizer)
+    task_cls = TASKS["calm"]
+    small = dict(hidden_size=32, num_heads=4, num_layers=2, intermediate_size=64, head_intermediate_size=32,
+                 max_patches=8, num_posterior=4)  # fmt: skip
+    with pytest.raises(ValueError, match="--ae"):
+        task_cls.make_config("tiny", vocab_size=Vt, overrides=small, ae=None)
+    task = task_cls(task_cls.make_config("tiny", vocab_size=Vt, overrides=small, ae=str(tmp_path / "ae")))
+    stream = np.random.default_rng(0).integers(0, Vt, 4000).astype(np.int32)
+    common = dict(batch_size=2, warmup=1, val_every=2, checkpoint_every=2, val_size=16, lr=1e-3)
+    first = train_local(task, stream, TrainConfig(steps=2, **common), val_ids=stream[:512], tokenizer=tokenizer,
+                        checkpoint_dir=tmp_path / "ck")  # fmt: skip
+    assert {"val_energy", "val_brier_1", "val_brier_lm"} <= set(first.history[-1])
+    # the frozen autoencoder inside is the checkpoint's, untouched by training
+    for k, v in ae.state_dict().items():
+        torch.testing.assert_close(first.model.autoencoder.state_dict()[k], v)
+    resumed = train_local(task, stream, TrainConfig(steps=4, **common), val_ids=stream[:512], tokenizer=tokenizer,
+                          checkpoint_dir=tmp_path / "ck", resume=True)  # fmt: skip
+    assert resumed.step == 4 and [r["step"] for r in resumed.history] == [2, 4]
+    save_pretrained(resumed.model, tmp_path / "calm", tokenizer)
+    loaded, _ = load_pretrained(tmp_path / "calm")
+    assert isinstance(loaded, EnergyTransformer)
+
+    texts = generate.main([str(tmp_path / "calm"), "--prompt", "In the beginning", "--temperature", "0.5",
+                           "--max-tokens", "8"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert printed.startswith("In the beginning") and len(texts) == 1 and texts[0]
+    scores = evaluate.main(["calm", str(tmp_path / "calm"), "--max-passages", "2"])
+    assert len(scores.brier) == 4 and scores.counts[0] > 0
+    assert "BrierLM" in capsys.readouterr().out
