@@ -111,7 +111,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     """checkpoint every this many steps (and at the end)"""
     time_limit: float = 0.0
-    """stop (with a checkpoint) after this many seconds of training; 0 means no limit"""
+    """stop (with a checkpoint) after this many seconds of training, the cosine ending then; 0: no limit"""
     threads: int = 0
     """torch CPU threads per worker; 0 means cores / workers"""
 
@@ -145,11 +145,17 @@ TRAIN_PRESETS: dict[str, dict] = {
 }
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine to lr*min_lr_ratio."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine to lr*min_lr_ratio.
+
+    With a ``time_limit`` the cosine follows whichever runs out first, steps or time (``elapsed`` seconds),
+    so a time-limited run still ends annealed; such a run is not bit-reproducible.
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.time_limit > 0:
+        progress = max(progress, elapsed / cfg.time_limit)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
@@ -247,9 +253,14 @@ class FitResult:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embedding and linear weights) and none on norm gains."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW with weight decay on linear weights and none on embeddings and norm gains.
+
+    Decoupled decay shrinks every embedding row every step, while a rare token's row is only trained when
+    the token occurs; with a tied output layer that erases rare tokens, so embeddings are not decayed.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
@@ -323,13 +334,14 @@ def run_loop(
     model.train()
     t0 = time.time()
     base_elapsed = history[-1]["elapsed"] if history else 0.0  # elapsed is cumulative over resumes
+    clock = base_elapsed  # rank 0's elapsed seconds, shared by the all-reduce so every rank uses one lr
     step = start_step
     stopped = None
     running: dict[str, float] = {}
     shown = start_step
     while step < cfg.steps:
         # ---- one optimiser step; batch and noise are functions of (seed, step, rank)
-        lr = lr_at(step, cfg)
+        lr = lr_at(step, cfg, clock)
         for group in optimizer.param_groups:
             group["lr"] = lr
         rng = np.random.default_rng([cfg.seed, step, rank])
@@ -344,16 +356,18 @@ def run_loop(
             grad_norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None))
         # one small all-reduce carries the logged means and the stop flags of every rank
         finite = bool(torch.isfinite(loss.detach()).item() and torch.isfinite(grad_norm).item())
-        timeout = rank == 0 and cfg.time_limit > 0 and (time.time() - t0) >= cfg.time_limit
+        now = base_elapsed + time.time() - t0 if rank == 0 else 0.0
+        timeout = rank == 0 and cfg.time_limit > 0 and now >= cfg.time_limit
         names = ["loss", *metrics]
         stats = torch.stack([loss.detach().float(), *[v.float() for v in metrics.values()]]).cpu()
-        flags = torch.tensor([0.0 if finite else 1.0, 1.0 if timeout else 0.0])
+        flags = torch.tensor([now, 0.0 if finite else 1.0, 1.0 if timeout else 0.0], dtype=torch.float32)
         packed = torch.cat([torch.nan_to_num(stats, nan=0.0, posinf=0.0, neginf=0.0), flags])
         if distributed:
             packed = packed.to(device)
             dist.all_reduce(packed)
             packed = packed.cpu()
             packed[: len(names)] /= world_size
+        clock = float(packed[-3])
         if packed[-2] > 0:
             stopped = (f"non-finite loss or gradient at step {step + 1} (loss {loss.item():.4g}, grad norm "
                        f"{float(grad_norm):.4g} on rank {rank}); training stopped before that update; the last "
