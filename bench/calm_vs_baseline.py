@@ -1,0 +1,236 @@
+"""Tiny CALM (K=4) against the tiny token baseline on the same backbone: BrierLM vs training FLOPs, speed.
+
+    python bench/calm_vs_baseline.py [--steps 120] [--ae-steps 400] [--tokenizer bpe:2048] [--out runs/bench]
+
+1. Trains a small autoencoder (K=4) on the default corpus, or loads one with --ae DIR.
+2. Trains the tiny token baseline for --steps steps, validating BrierLM every --eval-every steps.
+3. Trains the tiny CALM (same backbone preset, frozen autoencoder) with the same training FLOPs budget
+   (times --calm-budget), validating at the same FLOPs interval.
+4. Measures generation tokens/s of both at batch 1 and batch 32 (temperature 1, KV cache).
+5. Saves the three checkpoints under --out (ae-k4, calm-k4, baseline) and prints one JSON object.
+
+FLOPs are analytic (calm.flops, tested against torch's counter): per training step,
+flops_per_token.training * batch * window. CALM's figure includes the frozen encoder's forward; the
+autoencoder's own training FLOPs are reported separately (`ae_train_flops`).
+
+"flops_to_target" is the first validation point whose BrierLM reaches the baseline's final BrierLM
+(null when CALM never does). The paper's headline is CALM at 56% of the baseline's training FLOPs;
+the issue's goals are <= 60% and generation >= 3x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from calm.autoencoder import preset as ae_preset  # noqa: E402
+from calm.baseline import BaselineTask  # noqa: E402
+from calm.checkpoint import load_pretrained, save_pretrained  # noqa: E402
+from calm.data import load_token_ids  # noqa: E402
+from calm.energy_transformer import CalmTask  # noqa: E402
+from calm.flops import autoencoder_flops, baseline_flops, calm_flops  # noqa: E402
+from calm.tokenizer import get_tokenizer  # noqa: E402
+from calm.train import AutoencoderTask, TrainConfig, train_autoencoder, train_local  # noqa: E402
+
+
+@dataclass
+class BenchConfig:
+    """Options of the benchmark."""
+
+    corpus: str = "kjv+shakespeare"
+    """corpus (see calm.data)"""
+    tokenizer: str = "bpe:2048"
+    """tokenizer spec; a small vocabulary keeps CPU training cheap"""
+    ae: str = ""
+    """reuse this trained autoencoder checkpoint instead of training one"""
+    ae_steps: int = 400
+    """autoencoder training steps (batch ae_batch chunks of 4 tokens)"""
+    ae_batch: int = 256
+    """autoencoder batch size in chunks"""
+    ae_hidden: int = 128
+    """autoencoder width"""
+    ae_latent: int = 32
+    """autoencoder latent size l"""
+    steps: int = 120
+    """baseline training steps (CALM gets the same FLOPs budget)"""
+    batch_size: int = 8
+    """windows of 256 tokens per step, both models"""
+    lr: float = 2e-3
+    """peak learning rate, both models"""
+    eval_every: int = 20
+    """baseline steps between validations (CALM validates at the same FLOPs interval)"""
+    eval_windows: int = 24
+    """held-out windows of 256 tokens for BrierLM"""
+    calm_budget: float = 1.0
+    """CALM's training FLOPs budget as a multiple of the baseline's"""
+    gen_tokens: int = 64
+    """tokens generated per sequence in the speed test"""
+    threads: int = 1
+    """torch CPU threads (1 is fastest on a loaded shared machine)"""
+    seed: int = 0
+    """seeds everything"""
+    out: str = "runs/bench"
+    """where the checkpoints go"""
+
+
+def curve(history: list[dict], flops_per_step: float) -> list[dict]:
+    """Validation records -> [{step, flops, brier_lm, brier_1..4}]."""
+    return [
+        {"step": r["step"], "flops": r["step"] * flops_per_step, "brier_lm": r["val_brier_lm"],
+         **{f"brier_{n}": r[f"val_brier_{n}"] for n in range(1, 5)}}
+        for r in history if "val_brier_lm" in r
+    ]  # fmt: skip
+
+
+def flops_to_reach(points: list[dict], target: float) -> float | None:
+    """FLOPs of the first point with BrierLM >= target."""
+    for p in points:
+        if p["brier_lm"] >= target:
+            return p["flops"]
+    return None
+
+
+@torch.no_grad()
+def tokens_per_second(model, prompts: torch.Tensor, max_new: int, seed: int) -> float:
+    """Generated tokens per second at temperature 1 for a batch of prompts (B, T)."""
+    g = torch.Generator().manual_seed(seed)
+    model.generate(prompts, 8, generator=g)  # warm-up
+    t = time.perf_counter()
+    out = model.generate(prompts, max_new, generator=g)
+    dt = time.perf_counter() - t
+    return out.numel() / dt
+
+
+def main(cfg: BenchConfig) -> dict:
+    """Run the benchmark; returns (and prints) the JSON-ready result."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.time()
+    out = Path(cfg.out)
+    tok = get_tokenizer(cfg.tokenizer, corpus=cfg.corpus)
+    train_ids = load_token_ids(cfg.corpus, tok, "train", progress=False)
+    val_ids = load_token_ids(cfg.corpus, tok, "validation", progress=False)
+    V = len(tok)
+    pad_id = int(tok.pad_token_id)
+
+    # ---- 1. autoencoder
+    t = time.time()
+    if cfg.ae:
+        ae, _ = load_pretrained(cfg.ae, tokenizer=tok)
+        ae_steps = 0
+    else:
+        ae_cfg = ae_preset("tiny", vocab_size=V, pad_id=pad_id, hidden_size=cfg.ae_hidden,
+                           intermediate_size=2 * cfg.ae_hidden, latent_dim=cfg.ae_latent)  # fmt: skip
+        ae = train_autoencoder(ae_cfg, train_ids, steps=cfg.ae_steps, batch_size=cfg.ae_batch, lr=3e-3, seed=cfg.seed)
+        ae_steps = cfg.ae_steps
+    ae_task = AutoencoderTask(ae.config)
+    ae_val = ae_task.validate(ae, ae_task.validation_set(val_ids, 4096))
+    ae_dir = save_pretrained(ae, out / "ae-k4", tok)
+    ae_f = autoencoder_flops(ae.config)
+    ae_train_flops = 3.0 * (ae_f["encoder"] + ae_f["decoder"]) * cfg.ae_batch * ae_steps
+    ae_seconds = time.time() - t
+
+    # ---- 2. baseline
+    base_task = BaselineTask(BaselineTask.make_config("tiny", vocab_size=V, overrides={}))
+    L = base_task.tokens_per_example
+    val_size = cfg.eval_windows * L // 4  # validation_set counts 4-token chunks
+    base_tpt = baseline_flops(base_task.config).training
+    base_step_flops = base_tpt * cfg.batch_size * L
+    common = dict(batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, val_size=val_size, threads=cfg.threads)
+    t = time.time()
+    base_cfg = TrainConfig(steps=cfg.steps, warmup=max(1, cfg.steps // 10), val_every=cfg.eval_every,
+                           checkpoint_every=cfg.steps, **common)  # fmt: skip
+    base = train_local(base_task, train_ids, base_cfg, val_ids=val_ids)
+    base_seconds = time.time() - t
+
+    # ---- 3. CALM with the same FLOPs budget
+    calm_task = CalmTask(CalmTask.make_config("tiny", vocab_size=V, overrides={}, ae=str(ae_dir)))
+    if calm_task.tokens_per_example != L:
+        raise ValueError(f"CALM window {calm_task.tokens_per_example} != baseline window {L}")
+    calm_tpt = calm_flops(calm_task.config).training
+    calm_step_flops = calm_tpt * cfg.batch_size * L
+    calm_steps = max(1, math.ceil(cfg.calm_budget * cfg.steps * base_step_flops / calm_step_flops))
+    calm_every = max(1, round(cfg.eval_every * base_step_flops / calm_step_flops))
+    t = time.time()
+    calm_cfg = TrainConfig(steps=calm_steps, warmup=max(1, calm_steps // 10), val_every=calm_every,
+                           checkpoint_every=calm_steps, **common)  # fmt: skip
+    calm = train_local(calm_task, train_ids, calm_cfg, val_ids=val_ids)
+    calm_seconds = time.time() - t
+
+    # ---- 4. the comparison
+    base_curve = curve(base.history, base_step_flops)
+    calm_curve = curve(calm.history, calm_step_flops)
+    target = base_curve[-1]["brier_lm"]
+    base_needed = flops_to_reach(base_curve, target)
+    calm_needed = flops_to_reach(calm_curve, target)
+    ratio = calm_needed / base_needed if (calm_needed is not None and base_needed) else None
+
+    # ---- 5. generation speed (temperature 1, prompts of 16 held-out tokens)
+    prompts = torch.from_numpy(val_ids[: 32 * 16].astype(np.int64).reshape(32, 16))
+    speed = {}
+    for name, model in (("calm", calm.model.eval()), ("baseline", base.model.eval())):
+        speed[name] = {f"batch_{b}": tokens_per_second(model, prompts[:b], cfg.gen_tokens, cfg.seed) for b in (1, 32)}
+    speedup = {k: speed["calm"][k] / speed["baseline"][k] for k in speed["calm"]}
+
+    save_pretrained(calm.model, out / "calm-k4", tok)
+    save_pretrained(base.model, out / "baseline", tok)
+    result = {
+        "config": asdict(cfg),
+        "vocab_size": V,
+        "window_tokens": L,
+        "autoencoder": {"steps": ae_steps, "val_token_accuracy": ae_val["val_acc"],
+                        "val_chunk_accuracy": ae_val["val_chunk_acc"], "train_flops": ae_train_flops,
+                        "seconds": round(ae_seconds, 1)},  # fmt: skip
+        "flops_per_token": {
+            "baseline": {"training": base_tpt, "inference": baseline_flops(base_task.config).inference},
+            "calm": {"training": calm_tpt, "inference": calm_flops(calm_task.config).inference},
+        },
+        "params": {"baseline": base.model.num_parameters(), "calm": calm.model.num_parameters(),
+                   "autoencoder": ae.num_parameters()},  # fmt: skip
+        "steps": {"baseline": cfg.steps, "calm": calm_steps},
+        "train_seconds": {"baseline": round(base_seconds, 1), "calm": round(calm_seconds, 1)},
+        "curve": {"baseline": base_curve, "calm": calm_curve},
+        "target_brier_lm": target,
+        "final_brier_lm": {"baseline": target, "calm": calm_curve[-1]["brier_lm"]},
+        "best_brier_lm": {"baseline": max(p["brier_lm"] for p in base_curve),
+                          "calm": max(p["brier_lm"] for p in calm_curve)},  # fmt: skip
+        "flops_to_target": {"baseline": base_needed, "calm": calm_needed,
+                            "calm_incl_ae_training": (calm_needed + ae_train_flops) if calm_needed else None},
+        "calm_over_baseline_flops": ratio,
+        "goal_flops_ratio_le_0_6": ratio is not None and ratio <= 0.6,
+        "generation_tokens_per_s": speed,
+        "generation_speedup": speedup,
+        "goal_speedup_ge_3": all(v >= 3 for v in speedup.values()),
+        "checkpoints": {k: str(out / k) for k in ("ae-k4", "calm-k4", "baseline")},
+        "wall_seconds": round(time.time() - t_start, 1),
+    }
+    print(json.dumps(result, indent=1), flush=True)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> BenchConfig:
+    """BenchConfig from --field flags."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in fields(BenchConfig):
+        kind = {"int": int, "float": float, "str": str}[str(f.type)]
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default)
+    return BenchConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())
