@@ -21,6 +21,10 @@ from torch import nn
 __all__ = ["BackboneConfig", "Backbone", "Branches", "KVCache", "RMSNorm", "SwiGLU", "default_device", "count_parameters"]
 
 
+ROPE_MARGIN = 16
+"""extra RoPE positions past max_positions, for rollout branches (BrierLM of K < 4 models)"""
+
+
 def default_device() -> torch.device:
     """The one place the device is chosen: CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -250,7 +254,10 @@ class Backbone(nn.Module):
         self.config = config
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
-        cos, sin = rope_tables(config.hidden_size // config.num_heads, config.max_positions, config.rope_theta)
+        # a margin past max_positions: rollout branches may step a few positions beyond the last true one
+        cos, sin = rope_tables(
+            config.hidden_size // config.num_heads, config.max_positions + ROPE_MARGIN, config.rope_theta
+        )
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(_init_weights)
@@ -286,8 +293,10 @@ class Backbone(nn.Module):
         Step j of branch q sits at absolute position starts[q] + j.
         """
         positions = branches.starts + branches.steps  # (Q,)
-        if int(positions.max()) >= self.config.max_positions:
-            raise ValueError(f"branch position {int(positions.max())} exceeds max_positions {self.config.max_positions}")
+        if int(positions.max()) >= self.rope_cos.shape[0]:
+            raise ValueError(
+                f"branch position {int(positions.max())} exceeds max_positions + {ROPE_MARGIN} = {self.rope_cos.shape[0]}"
+            )
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (Q, hd/2)
         for i, layer in enumerate(self.layers):
             x = layer.forward_branches(x, cos, sin, branches, i)
