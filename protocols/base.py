@@ -235,7 +235,9 @@ class Protocol(abc.ABC):
         L = self._require_fit()
         ids = self._check_int_array(ids, field, 2)
         if ids.shape[1] != L:
-            raise ValueError(f"{field} must have shape (B, L={L}) (the fitted passage length), got {ids.shape}")
+            raise ValueError(
+                f"{field} must have shape (B, L={L}) (the fitted passage length), got {ids.shape}"
+            )
         return ids
 
     def _check_candidates(self, candidates: Any, B: int) -> np.ndarray:

@@ -81,11 +81,11 @@ class LatentBasis:
 
     def fit(self, mu: np.ndarray, d: int) -> LatentBasis:
         """Fit on training means ``mu (N_train, N, l)`` for a code of ``d <= N*l`` dims."""
-        M, N, l = mu.shape
-        D = N * l
+        M, N, ell = mu.shape
+        D = N * ell
         if not 1 <= d <= D:
             raise ValueError(f"code size d must be in [1, D={D}], got {d}")
-        flat = mu.reshape(M * N, l)
+        flat = mu.reshape(M * N, ell)
         self.mean = flat.mean(axis=0)
         self.std = np.maximum(flat.std(axis=0), STD_FLOOR)
         if d < D:

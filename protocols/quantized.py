@@ -62,7 +62,11 @@ class QuantizedVectorProtocolConfig:
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ValueError(f"clip must be a finite number of standard deviations > 0, got {self.clip}")
         self.budget = check_budget(self.budget)
-        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
+        if (
+            isinstance(self.batch_size, bool)
+            or int(self.batch_size) != self.batch_size
+            or self.batch_size < 1
+        ):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
 
 

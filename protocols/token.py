@@ -46,7 +46,11 @@ class TokenProtocolConfig:
     """token id the hard decoder writes at positions a truncating budget did not send"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.vocab_size, bool) or int(self.vocab_size) != self.vocab_size or self.vocab_size < 2:
+        if (
+            isinstance(self.vocab_size, bool)
+            or int(self.vocab_size) != self.vocab_size
+            or self.vocab_size < 2
+        ):
             raise ValueError(f"vocab_size must be an integer >= 2, got {self.vocab_size}")
         self.budget = check_budget(self.budget)
         if not 0 <= self.fill_id < self.vocab_size:
@@ -126,7 +130,9 @@ class TokenProtocol(Protocol):
 
     def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
         if int(stats["bits"][0]) != self.bits:
-            raise ValueError(f"saved bits per token {int(stats['bits'][0])} != {self.bits} for this vocab_size")
+            raise ValueError(
+                f"saved bits per token {int(stats['bits'][0])} != {self.bits} for this vocab_size"
+            )
 
     @classmethod
     def load(cls, directory: str | Path) -> TokenProtocol:

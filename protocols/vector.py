@@ -44,7 +44,11 @@ class VectorProtocolConfig:
 
     def __post_init__(self) -> None:
         self.budget = check_budget(self.budget)
-        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
+        if (
+            isinstance(self.batch_size, bool)
+            or int(self.batch_size) != self.batch_size
+            or self.batch_size < 1
+        ):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
 
 
@@ -145,8 +149,10 @@ class VectorProtocol(Protocol):
 
 def check_autoencoder(saved: dict[str, int], autoencoder: Any) -> None:
     """Raise ValueError when the autoencoder's K, l or V differ from those a protocol was fitted with."""
-    K, l, V = autoencoder_dims(autoencoder)
-    have = {"K": K, "latent_dim": l, "vocab_size": V}
+    K, latent_dim, V = autoencoder_dims(autoencoder)
+    have = {"K": K, "latent_dim": latent_dim, "vocab_size": V}
     for key, value in saved.items():
         if have[key] != value:
-            raise ValueError(f"autoencoder {key}={have[key]} does not match the saved protocol's {key}={value}")
+            raise ValueError(
+                f"autoencoder {key}={have[key]} does not match the saved protocol's {key}={value}"
+            )

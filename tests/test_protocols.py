@@ -1,0 +1,429 @@
+"""protocols: fairness (unit power, equal channel uses), receivers, the Fano-vs-capacity check.
+
+The latent protocols run on a real CALM autoencoder trained for a few seconds in a fixture on the
+default corpus, with its bpe:8192 ids folded to the 127 most frequent ids plus one "other" id
+(V = 128) so that the training fits the test budget. The channel is AWGN drawn with numpy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocols import (
+    QuantizedVectorProtocol,
+    QuantizedVectorProtocolConfig,
+    TokenProtocol,
+    TokenProtocolConfig,
+    VectorProtocol,
+    VectorProtocolConfig,
+    capacity_bits,
+    cyclic_combine,
+    cyclic_fill,
+    fano_delivered_bits,
+    load_protocol,
+    wilson_interval,
+)
+
+V_SMALL = 128  # folded vocabulary of the test autoencoder
+L = 16  # tokens per passage
+K = 4
+LATENT = 8  # l, so D = L/K * l = 32 latent coordinates per passage
+TRAIN_STEPS = 300
+
+
+# ---- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These models are tiny: on a shared 2-core machine two intra-op threads are ~100x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def folded(train_ids, heldout_ids) -> dict[str, np.ndarray]:
+    """Passages (N, L) of real text in a 128-id vocabulary (0 = any rarer id).
+
+    ``train``: 20,000 train-split passages (the autoencoder trains on them); ``fit``: 12,000 of them
+    that the protocols fit their statistics on; ``unseen``: the other 8,000, never seen by a fit;
+    ``heldout``: distinct validation-split passages (documents nothing was trained or fitted on).
+    """
+    from calm.data import make_passages
+
+    counts = np.bincount(train_ids, minlength=int(train_ids.max()) + 1)
+    lut = np.zeros(max(len(counts), int(heldout_ids.max()) + 1), dtype=np.int64)
+    lut[np.argsort(-counts)[: V_SMALL - 1]] = np.arange(1, V_SMALL)
+    train = make_passages(lut[train_ids], L, max_passages=20_000, seed=0)
+    heldout = make_passages(lut[heldout_ids], L, max_passages=3_000, seed=1)
+    # distinct passages only, so that a noiseless soft receiver has no ties
+    heldout = np.unique(heldout, axis=0)
+    rows = np.random.default_rng(0).permutation(len(train))
+    return {"train": train, "fit": train[rows[:12_000]], "unseen": train[rows[12_000:]], "heldout": heldout}
+
+
+@pytest.fixture(scope="module")
+def autoencoder(folded):
+    """A real CALM autoencoder (tiny) trained for TRAIN_STEPS steps on folded train chunks."""
+    from calm.autoencoder import Autoencoder, AutoencoderConfig
+
+    torch.manual_seed(0)
+    config = AutoencoderConfig(
+        K=K,
+        latent_dim=LATENT,
+        hidden_size=48,
+        intermediate_size=96,
+        num_layers=2,
+        vocab_size=V_SMALL,
+    )  # CALM's training recipe otherwise: token and latent dropout 0.15, KL floored per dim
+    model = Autoencoder(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    chunks = folded["train"].reshape(-1, K)
+    first = last = None
+    for _ in range(TRAIN_STEPS):
+        batch = torch.as_tensor(chunks[rng.integers(0, len(chunks), 256)], dtype=torch.long)
+        out = model(batch, generator=gen)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = out.loss.item() if first is None else first
+        last = out.loss.item()
+    model.eval()
+    assert last < 0.6 * first, f"the fixture autoencoder did not learn: loss {first:.3f} -> {last:.3f}"
+    return model
+
+
+def make_token(budget=None, vocab_size=V_SMALL) -> TokenProtocol:
+    return TokenProtocol(TokenProtocolConfig(vocab_size=vocab_size, budget=budget))
+
+
+_FITTED: dict = {}
+
+
+def fitted(kind: str, budget: int | None, autoencoder, fit: np.ndarray, bits: int = 3):
+    """A protocol fitted on ``fit`` passages, cached across tests and hypothesis examples."""
+    key = (kind, budget, bits, id(autoencoder))
+    if key not in _FITTED:
+        if kind == "token":
+            proto = make_token(budget)
+        elif kind == "vector":
+            proto = VectorProtocol(autoencoder, VectorProtocolConfig(budget=budget))
+        else:
+            proto = QuantizedVectorProtocol(
+                autoencoder, QuantizedVectorProtocolConfig(bits_per_dim=bits, budget=budget)
+            )
+        _FITTED[key] = proto.fit(fit)
+    return _FITTED[key]
+
+
+def play(proto, pool: np.ndarray, *, C: int, sigma: float, games: int, seed: int, gain: float = 1.0):
+    """Referential games over AWGN; returns per-game correctness of the soft and hard receivers.
+
+    ``gain`` multiplies the sent symbols (1 for a fair protocol; tests use > 1 to fake a leak).
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.stack([rng.choice(len(pool), size=C, replace=False) for _ in range(games)])  # (G, C)
+    cands = pool[rows]  # (G, C, L)
+    target = rng.integers(0, C, size=games)
+    x = proto.encode(cands[np.arange(games), target])  # (G, n)
+    y = gain * x + sigma * rng.standard_normal(x.shape)
+    y = y / gain
+    soft = proto.score(y, cands, sigma=sigma).argmax(axis=1) == target
+    hard = proto.hard_score(y, cands).argmax(axis=1) == target
+    return soft, hard
+
+
+# ---- cyclic repetition ----------------------------------------------------------------------------
+
+
+def test_cyclic_fill_and_combine():
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    filled = cyclic_fill(x, 8)
+    np.testing.assert_array_equal(filled[0], [0, 1, 2, 0, 1, 2, 0, 1])
+    np.testing.assert_allclose(cyclic_combine(filled, 3), x)
+    noisy = filled + np.array([1.0, -1, 0, -1, 1, 0, 0, 0])
+    # symbol 0 has copies at 0, 3, 6 -> noise mean 0; symbol 1 at 1, 4, 7 -> 0; symbol 2 at 2, 5 -> 0
+    np.testing.assert_allclose(cyclic_combine(noisy, 3), x)
+
+
+# ---- token protocol -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [None, 13 * 16, 13 * 5 + 7, 13 * 40 + 3])
+def test_token_noiseless_is_exact(train_ids, budget):
+    """sigma = 0 on real bpe:8192 text: the token protocol is 100% right, hard and soft."""
+    ids = train_ids[: 64 * L].reshape(64, L)
+    proto = make_token(budget, vocab_size=8192).fit(ids)
+    assert proto.bits == 13
+    T = proto.tokens_sent(L)
+    x = proto.encode(ids)
+    assert x.shape == (64, proto.channel_uses(L)) and x.dtype == np.float32
+    np.testing.assert_array_equal(np.abs(x), 1.0)
+    decoded = proto.decode(x)
+    np.testing.assert_array_equal(decoded[:, :T], ids[:, :T])
+    np.testing.assert_array_equal(decoded[:, T:], proto.config.fill_id)
+    # candidates: the target and passages that differ in the first (always sent) token
+    cands = np.stack([ids, np.roll(ids, 1, axis=0), np.roll(ids, 2, axis=0)], axis=1)
+    distinct = (cands[:, 1:, 0] != cands[:, :1, 0]).all(axis=1)
+    assert (proto.score(x, cands).argmax(1)[distinct] == 0).all()
+    assert (proto.hard_score(x, cands).argmax(1)[distinct] == 0).all()
+
+
+def test_token_budget_fitting():
+    proto = make_token(budget=100)  # 7 bits per id
+    assert proto.bits == 7 and proto.tokens_sent(L) == 14 and proto.channel_uses(L) == 100
+    proto = make_token(budget=None)
+    assert proto.channel_uses(L) == 7 * L
+    proto = make_token(budget=7 * L * 3 + 1)
+    assert proto.tokens_sent(L) == L and proto.channel_uses(L) == 7 * L * 3 + 1
+    with pytest.raises(ValueError, match="budget"):
+        make_token(budget=6).channel_uses(L)
+
+
+def test_token_repetition_lowers_errors(folded):
+    """Three copies of every bit (cyclic repetition, averaged) beat one copy at the same sigma."""
+    ids = folded["heldout"][:500]
+    rng = np.random.default_rng(0)
+    errors = {}
+    for budget in (7 * L, 3 * 7 * L):
+        proto = make_token(budget).fit(ids)
+        x = proto.encode(ids)
+        y = x + 0.8 * rng.standard_normal(x.shape)
+        errors[budget] = (proto.decode(y) != ids).mean()
+    assert errors[3 * 7 * L] < 0.5 * errors[7 * L]
+
+
+def test_token_invalid_ids_map_to_valid_ids():
+    """V = 100 needs 7 bits; decoded ids 100..127 are mapped to V - 1, never out of range."""
+    proto = make_token(vocab_size=100).fit(np.zeros((2, 4), dtype=np.int64))
+    y = -np.ones((1, 28), dtype=np.float32)  # all bits 1 -> id 127
+    np.testing.assert_array_equal(proto.decode(y), 99)
+
+
+# ---- latent protocols -----------------------------------------------------------------------------
+
+
+def test_vector_noiseless_reaches_autoencoder_accuracy(autoencoder, folded):
+    """sigma = 0: the vector protocol decodes exactly what the autoencoder decodes from mu."""
+    heldout = folded["heldout"][:1000]
+    with torch.inference_mode():
+        direct = autoencoder.reconstruct(torch.as_tensor(heldout, dtype=torch.long)).numpy()
+    ae_chunk_acc = (direct == heldout).reshape(-1, K).all(axis=1).mean()
+    proto = fitted("vector", None, autoencoder, folded["fit"])
+    decoded = proto.decode(proto.encode(heldout))
+    chunk_acc = (decoded == heldout).reshape(-1, K).all(axis=1).mean()
+    print(f"autoencoder exact-chunk accuracy {ae_chunk_acc:.4f}, vector protocol at sigma 0 {chunk_acc:.4f}")
+    assert ae_chunk_acc > 0.05  # a trained model, not chance
+    assert abs(chunk_acc - ae_chunk_acc) <= 1e-3
+    # soft receiver at sigma 0 picks the target among distinct passages every time
+    soft, _ = play(proto, folded["heldout"], C=8, sigma=0.0, games=200, seed=0)
+    assert soft.all()
+
+
+@pytest.mark.parametrize(
+    "kind, budget", [("vector", 20), ("vector", 50), ("quantized", None), ("quantized", 40)]
+)
+def test_latent_noiseless_soft_is_exact(autoencoder, folded, kind, budget):
+    proto = fitted(kind, budget, autoencoder, folded["fit"])
+    soft, hard = play(proto, folded["heldout"], C=8, sigma=0.0, games=200, seed=1)
+    # distinct candidates can still share a code after PCA / quantisation; allow rare ties
+    assert soft.mean() >= 0.97
+    assert soft.mean() >= hard.mean()
+
+
+def test_budget_fitting_latent(autoencoder, folded):
+    D = L // K * LATENT  # 32
+    assert fitted("vector", None, autoencoder, folded["fit"]).channel_uses(L) == D
+    pca = fitted("vector", 20, autoencoder, folded["fit"])
+    assert pca.channel_uses(L) == 20 and pca.code_size(L) == 20 and pca.basis.uses_pca
+    rep = fitted("vector", 50, autoencoder, folded["fit"])
+    assert rep.channel_uses(L) == 50 and rep.code_size(L) == D and not rep.basis.uses_pca
+    q = fitted("quantized", None, autoencoder, folded["fit"])
+    assert q.channel_uses(L) == 3 * D
+    q40 = fitted("quantized", 40, autoencoder, folded["fit"])
+    assert q40.channel_uses(L) == 40 and q40.code_size(L) == 13
+    for proto in (pca, rep, q, q40):
+        assert proto.encode(folded["heldout"][:3]).shape == (3, proto.channel_uses(L))
+
+
+PROTOCOL_CASES = [
+    ("token", None),
+    ("token", 50),
+    ("token", 300),
+    ("vector", None),
+    ("vector", 5),
+    ("vector", 20),
+    ("vector", 50),
+    ("quantized", None),
+    ("quantized", 40),
+    ("quantized", 200),
+]
+
+
+@pytest.mark.parametrize("kind, budget", PROTOCOL_CASES)
+def test_unit_power_on_heldout(autoencoder, folded, kind, budget):
+    """Mean power per symbol is 1 within 2% on passages the fit never saw (fixed train statistics).
+
+    On the validation split (other documents) the latent protocols drift further, because this
+    test autoencoder's latent scale differs between KJV and Shakespeare and the splits mix them
+    differently: asserted within 5% there, and printed.
+    """
+    proto = fitted(kind, budget, autoencoder, folded["fit"])
+    powers = {}
+    for split in ("unseen", "heldout"):
+        x = proto.encode(folded[split])
+        assert x.dtype == np.float32 and x.shape[1] == proto.channel_uses(L)
+        powers[split] = float(np.mean(x.astype(np.float64) ** 2))
+    print(f"{kind} budget={budget}: mean power {powers}")
+    assert abs(powers["unseen"] - 1.0) <= 0.02
+    assert abs(powers["heldout"] - 1.0) <= 0.05
+
+
+def test_encoding_is_per_message(autoencoder, folded):
+    """Fixed statistics: a message's symbols do not depend on the rest of its batch."""
+    ids = folded["heldout"][:64]
+    for kind, budget in [("vector", None), ("vector", 20), ("quantized", 40)]:
+        proto = fitted(kind, budget, autoencoder, folded["fit"])
+        np.testing.assert_allclose(proto.encode(ids)[:5], proto.encode(ids[:5]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, budget", [("token", None), ("vector", 20), ("quantized", 40)])
+def test_save_load_roundtrip(autoencoder, folded, tmp_path, kind, budget):
+    proto = fitted(kind, budget, autoencoder, folded["fit"])
+    proto.save(tmp_path)
+    assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "protocol.json").is_file()
+    loaded = load_protocol(tmp_path, autoencoder)
+    ids = folded["heldout"][:32]
+    np.testing.assert_array_equal(loaded.encode(ids), proto.encode(ids))
+    y = proto.encode(ids) + 0.5
+    np.testing.assert_array_equal(loaded.decode(y), proto.decode(y))
+
+
+def test_load_rejects_other_autoencoder(autoencoder, folded, tmp_path):
+    from calm.autoencoder import Autoencoder, AutoencoderConfig
+
+    fitted("vector", 20, autoencoder, folded["fit"]).save(tmp_path)
+    other = Autoencoder(
+        AutoencoderConfig(K=K, latent_dim=16, hidden_size=16, intermediate_size=16, vocab_size=V_SMALL)
+    )
+    with pytest.raises(ValueError, match="latent_dim"):
+        load_protocol(tmp_path, other)
+    with pytest.raises(ValueError, match="autoencoder"):
+        load_protocol(tmp_path)
+
+
+# ---- receivers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, budget", [("token", 60), ("vector", 20), ("quantized", 40)])
+def test_soft_at_least_as_accurate_as_hard(autoencoder, folded, kind, budget):
+    """At every sigma tried, the ML soft receiver is not worse than decode-then-match (paired test).
+
+    Per game d = soft_correct - hard_correct; the one-sided check fails only when mean(d) is below
+    zero by more than 3 standard errors.
+    """
+    proto = fitted(kind, budget, autoencoder, folded["fit"])
+    for i, sigma in enumerate((0.3, 0.7, 1.0, 2.0)):
+        soft, hard = play(proto, folded["heldout"], C=8, sigma=sigma, games=400, seed=10 + i)
+        d = soft.astype(float) - hard.astype(float)
+        se = d.std(ddof=1) / math.sqrt(len(d)) if d.any() else 0.0
+        print(f"{kind} sigma={sigma}: soft {soft.mean():.3f} hard {hard.mean():.3f}")
+        assert d.mean() >= -3 * se - 1e-12, f"{kind} sigma={sigma}: soft {soft.mean()} < hard {hard.mean()}"
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=24,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["token", "vector", "quantized"]),
+    log_sigma=st.floats(math.log(0.05), math.log(10.0)),
+    budget=st.integers(7, 48),
+    C=st.integers(2, 64),
+)
+def test_fano_bound_never_exceeds_capacity(autoencoder, folded, kind, log_sigma, budget, C):
+    """Fano's lower bound from the lower Wilson bound of measured soft accuracy <= capacity bits.
+
+    A protocol that beat capacity would be leaking information around the channel.
+    """
+    sigma = math.exp(log_sigma)
+    proto = fitted(kind, budget, autoencoder, folded["fit"])
+    n = proto.channel_uses(L)
+    games = 300
+    soft, _ = play(proto, folded["heldout"], C=C, sigma=sigma, games=games, seed=budget * 1000 + C)
+    low, _ = wilson_interval(int(soft.sum()), games, z=3.0)
+    delivered = fano_delivered_bits(low, C)
+    capacity = capacity_bits(n, sigma)
+    assert delivered <= capacity, (
+        f"{kind} n={n} sigma={sigma:.3f} C={C}: {delivered:.3f} > {capacity:.3f} bits"
+    )
+
+
+@pytest.mark.slow
+def test_fano_check_catches_a_power_leak(autoencoder, folded):
+    """The check above can fail: symbols sent at 100x the accounted power beat capacity."""
+    proto = fitted("vector", 5, autoencoder, folded["fit"])
+    sigma, C, games = 3.0, 16, 300
+    soft, _ = play(proto, folded["heldout"], C=C, sigma=sigma, games=games, seed=0, gain=10.0)
+    low, _ = wilson_interval(int(soft.sum()), games, z=3.0)
+    assert fano_delivered_bits(low, C) > capacity_bits(proto.channel_uses(L), sigma)
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_clear_errors(autoencoder, folded):
+    token = fitted("token", None, autoencoder, folded["fit"])
+    vector = fitted("vector", None, autoencoder, folded["fit"])
+    ids = folded["heldout"][:4]
+    cands = np.stack([ids, ids[::-1]], axis=1)  # (4, 2, L)
+    x = vector.encode(ids)
+    cases = [
+        (lambda: vector.score(x, cands, sigma=-0.1), "sigma"),
+        (lambda: vector.score(x, cands[:, :1]), "C >= 2"),
+        (lambda: vector.score(x, cands[:3]), "candidates"),
+        (lambda: vector.score(x, cands.astype(np.float32)), "integer dtype"),
+        (lambda: vector.encode(ids.astype(np.float64)), "integer dtype"),
+        (lambda: vector.encode(ids[:, :12]), "L=16"),
+        (lambda: vector.encode(ids + V_SMALL), "token ids"),
+        (lambda: vector.encode(torch.as_tensor(ids)), "numpy"),
+        (lambda: vector.decode(x[:, :5]), "n=32"),
+        (lambda: vector.decode(x.astype(np.int64)), "float dtype"),
+        (lambda: vector.decode(np.full_like(x, np.nan)), "finite"),
+        (lambda: token.decode(x), "n=112"),
+        (lambda: VectorProtocol(autoencoder).fit(folded["fit"][:10, :6]), "multiple of K=4"),
+        (lambda: vector.channel_uses(6), "multiple of K=4"),
+        (lambda: VectorProtocolConfig(budget=0), "budget"),
+        (lambda: QuantizedVectorProtocolConfig(bits_per_dim=0), "bits_per_dim"),
+        (lambda: QuantizedVectorProtocolConfig(clip=-1.0), "clip"),
+        (
+            lambda: QuantizedVectorProtocol(
+                autoencoder, QuantizedVectorProtocolConfig(bits_per_dim=4, budget=3)
+            ).fit(folded["fit"][:10]),
+            "budget",
+        ),
+        (lambda: TokenProtocolConfig(vocab_size=1), "vocab_size"),
+        (
+            lambda: VectorProtocol(autoencoder, VectorProtocolConfig(budget=20)).fit(folded["fit"][:10]),
+            "training passages",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        VectorProtocol(autoencoder).encode(ids)
