@@ -2,7 +2,7 @@
 
 The latent protocols run on a real CALM autoencoder trained for a few seconds in a fixture on the
 default corpus, with its bpe:8192 ids folded to the 127 most frequent ids plus one "other" id
-(V = 128) so that the training fits the test budget. The channel is AWGN drawn with numpy.
+(V = 128) so that the training fits the test budget. The channel is ``environments.channels.AWGN``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from environments.channels import AWGN
 from protocols import (
     QuantizedVectorProtocol,
     QuantizedVectorProtocolConfig,
@@ -136,8 +137,7 @@ def play(proto, pool: np.ndarray, *, C: int, sigma: float, games: int, seed: int
     cands = pool[rows]  # (G, C, L)
     target = rng.integers(0, C, size=games)
     x = proto.encode(cands[np.arange(games), target])  # (G, n)
-    y = gain * x + sigma * rng.standard_normal(x.shape)
-    y = y / gain
+    y = AWGN(sigma)(gain * x, rng) / gain  # the environments' channel
     soft = proto.score(y, cands, sigma=sigma).argmax(axis=1) == target
     hard = proto.hard_score(y, cands).argmax(axis=1) == target
     return soft, hard
