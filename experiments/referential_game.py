@@ -87,11 +87,11 @@ class Config:
     """override the preset's width d"""
     ae_intermediate_size: int | None = None
     """override the preset's SwiGLU width"""
-    ae_steps: int = 1500
+    ae_steps: int = 3000
     """optimiser steps when training the autoencoder"""
     ae_batch_size: int = 256
     """sequences (chunks of K tokens) per autoencoder training step"""
-    ae_time_limit: float = 420.0
+    ae_time_limit: float = 600.0
     """stop autoencoder training after this many seconds (0: no limit); keeps make demo under 20 min"""
     ae_seed: int = 0
     """seed of autoencoder training and of the passage draws"""
@@ -693,13 +693,16 @@ def plot_results(frame, run_dir: Path) -> None:
         ax.plot(g["capacity_bits"], g["delivered_bits"], styles.get(receiver, "-"), marker="o", ms=3,
                 color=colors.get(protocol), label=f"{protocol} / {receiver}")
     if len(fin):
-        top = float(fin["capacity_bits"].max())
-        ax.plot([0, top], [0, top], color="gray", lw=0.8, ls=":", label="capacity")
-    ax.axhline(math.log2(C), color="black", lw=0.8, ls="-.", label=f"log2 C = {math.log2(C):.1f}")
-    ax.set_xscale("symlog")
-    ax.set_xlabel("capacity bits per message (n/2 log2(1 + SNR))")
+        lo, hi = float(fin["capacity_bits"].min()), float(fin["capacity_bits"].max())
+        grid = np.geomspace(min(lo, 0.1), hi, 200)
+        ax.plot(grid, grid, color="gray", lw=0.8, ls=":", label="capacity (y = x)")
+        ax.set_xscale("log")
+    ax.axhline(math.log2(C), color="black", lw=0.8, ls="-.", label=f"log2 C = {math.log2(C):.1f} (the most a game carries)")
+    ax.set_ylim(0, 1.15 * math.log2(C))
+    ax.set_xlabel("capacity bits per message, n/2 log2(1 + SNR)")
     ax.set_ylabel("delivered bits (Fano lower bound)")
-    ax.legend(fontsize=8)
+    ax.set_title("Delivered vs capacity bits per message")
+    ax.legend(fontsize=7, loc="center left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run_dir / "delivered_vs_capacity.png", dpi=120)
