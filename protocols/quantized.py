@@ -119,11 +119,11 @@ class QuantizedVectorProtocol(Protocol):
         ids = self._check_train(train_ids)
         L = ids.shape[1]
         d = self.code_size(L)
-        if d < self.latent_size(L) and ids.shape[0] < d:
-            raise ValueError(f"PCA to {d} dims needs >= {d} training passages, got {ids.shape[0]}")
+        if d < self.latent_size(L) and ids.shape[0] < 2 * d:
+            raise ValueError(f"PCA to {d} dims needs >= {2 * d} training passages, got {ids.shape[0]}")
         mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)
-        self.basis.fit(mu, d)
-        self.code_std = np.maximum(self.basis.forward(mu).std(axis=0), STD_FLOOR)  # (d,)
+        calibration = self.basis.fit(mu, d)  # PCA on half the passages, the ranges on the other half
+        self.code_std = np.maximum(self.basis.forward(calibration).std(axis=0), STD_FLOOR)  # (d,)
         self.seq_len = int(L)
         return self
 

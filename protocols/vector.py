@@ -5,7 +5,8 @@
       -> [cyclic repetition to n when n > D] -> symbols (B, n)
 
 All statistics (mean, std, PCA basis, s) are fitted once on training passages; ``s`` makes the
-mean power per symbol exactly 1 on them. Budget ``n`` (channel uses):
+mean power per symbol exactly 1 on them (with PCA: on the half of them the basis was not fitted
+on, see ``LatentBasis.fit``). Budget ``n`` (channel uses):
 - ``None``: ``n = D``, every standardised latent coordinate once.
 - ``n < D``: the top ``n`` principal components of the standardised codes (fitted on train).
 - ``n > D``: all ``D`` coordinates, repeated cyclically (symbol ``j`` carries coordinate
@@ -98,11 +99,11 @@ class VectorProtocol(Protocol):
         ids = self._check_train(train_ids)
         L = ids.shape[1]
         d = self.code_size(L)
-        if d < self.latent_size(L) and ids.shape[0] < d:
-            raise ValueError(f"PCA to budget={d} needs >= {d} training passages, got {ids.shape[0]}")
+        if d < self.latent_size(L) and ids.shape[0] < 2 * d:
+            raise ValueError(f"PCA to budget={d} needs >= {2 * d} training passages, got {ids.shape[0]}")
         mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)  # (N, L/K, l)
-        self.basis.fit(mu, d)
-        x = cyclic_fill(self.basis.forward(mu), self.channel_uses(L))  # (N, n)
+        calibration = self.basis.fit(mu, d)  # PCA on half the passages, the scale on the other half
+        x = cyclic_fill(self.basis.forward(calibration), self.channel_uses(L))  # (N', n)
         power = float(np.mean(x**2))
         if not power > 0:
             raise ValueError("training passages give all-zero latent codes; cannot normalise power")

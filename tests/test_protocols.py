@@ -156,6 +156,23 @@ def test_cyclic_fill_and_combine():
     np.testing.assert_allclose(cyclic_combine(noisy, 3), x)
 
 
+def test_pca_scale_is_calibrated_on_passages_the_basis_did_not_see():
+    """With a flat spectrum the top sample components overstate their variance where they were
+    fitted; LatentBasis fits PCA on half the passages and returns the other half for calibration."""
+    from protocols.latent import LatentBasis
+
+    rng = np.random.default_rng(0)
+    mu = rng.standard_normal((2000, 32, 8))  # (M, N, l): an isotropic latent, D = 256
+    basis = LatentBasis()
+    calibration = basis.fit(mu, 16)
+    assert calibration.shape[0] == 1000
+    fitted_half = np.mean(basis.forward(mu[0::2]) ** 2)
+    calibrated = np.mean(basis.forward(calibration) ** 2)
+    fresh = np.mean(basis.forward(rng.standard_normal((2000, 32, 8))) ** 2)
+    assert fitted_half > 1.3 * fresh  # the bias that calibrating on the fitted half would bake in
+    assert abs(calibrated / fresh - 1) < 0.03
+
+
 # ---- token protocol -------------------------------------------------------------------------------
 
 
