@@ -111,30 +111,33 @@ def test_killing_an_agent_mid_sweep_still_yields_every_row_once(ray_session, bas
     seen: dict = {}
 
     def kill_listener_after_first_row():
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if rows_dir.is_dir() and any(rows_dir.glob("*.json")):
-                actor = ray.get_actor("killed-listener0", namespace="latentcomm")
-                seen["rows_at_kill"] = len(list(rows_dir.glob("*.json")))
-                seen["pid"] = ray.get(actor.pid.remote())
-                ray.kill(actor, no_restart=False)  # dies now; Ray restarts it, calls are replayed
-                seen["new_pid"] = ray.get(actor.pid.remote(), timeout=120)
-                return
-            time.sleep(0.2)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                if rows_dir.is_dir() and any(rows_dir.glob("*.json")):
+                    actor = ray.get_actor("killed-listener0", namespace="latentcomm")
+                    seen["rows_at_kill"] = len(list(rows_dir.glob("*.json")))
+                    seen["pid"] = ray.get(actor.pid.remote())
+                    ray.kill(actor, no_restart=False)  # dies now; Ray restarts it, calls are replayed
+                    seen["new_pid"] = ray.get(actor.pid.remote(), timeout=120)
+                    return
+                time.sleep(0.2)
+        except Exception as exc:  # reported by the assertions below
+            seen["error"] = repr(exc)
 
     killer = threading.Thread(target=kill_listener_after_first_row, daemon=True)
     killer.start()
     result = main(cfg)
     killer.join(timeout=60)
     grid_size = len(trial_grid(cfg))
-    assert "rows_at_kill" in seen, "the agent was never killed"
-    assert seen["rows_at_kill"] < grid_size, "the kill came after the sweep had finished"
-    assert seen["new_pid"] != seen["pid"]
-    assert result.failed == []
+    assert "rows_at_kill" in seen, f"the agent was never killed: {seen}"
+    assert seen["rows_at_kill"] < grid_size, f"the kill came after the sweep had finished: {seen}"
+    assert "error" not in seen and seen["new_pid"] != seen["pid"], seen
+    assert result.failed == [], (result, seen)
     frame = pd.read_csv(result.run_dir / "results.csv")
-    assert len(frame) == grid_size
+    assert len(frame) == grid_size, (len(frame), seen)
     assert not frame.duplicated(["protocol", "receiver", "sigma", "seed"]).any()
     # the restarted agent computed the same numbers as an undisturbed run
     clean = Path(cfg.results_dir) / "again" / "results.csv"
     if clean.is_file():
-        assert (result.run_dir / "results.csv").read_bytes() == clean.read_bytes()
+        pd.testing.assert_frame_equal(frame, pd.read_csv(clean))
