@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from calm.autoencoder import Autoencoder
+from calm.autoencoder import Autoencoder, AutoencoderConfig
 from calm.autoencoder import preset as ae_preset
 from calm.brier import evaluate_brier
 from calm.energy_transformer import (
@@ -151,8 +151,9 @@ def test_tiny_calm_overfits_a_few_batches():
     """Train a tiny autoencoder, then a tiny CALM on it: the energy loss falls and BrierLM rises."""
     torch.manual_seed(0)
     batches = toy_language(4, 16, 32, seed=0)
-    ae = Autoencoder(ae_preset("tiny", vocab_size=V, hidden_size=64, intermediate_size=128, latent_dim=16,
-                               token_dropout=0.0, latent_dropout=0.0))  # fmt: skip
+    # an explicit config (not a preset, which may be retuned): no dropouts, small init
+    ae = Autoencoder(AutoencoderConfig(K=4, vocab_size=V, hidden_size=64, intermediate_size=128, latent_dim=16,
+                                       num_layers=2, token_dropout=0.0, latent_dropout=0.0))  # fmt: skip
     opt = torch.optim.AdamW(ae.parameters(), lr=3e-3)
     for step in range(150):
         out = ae(batches[step % 4])
