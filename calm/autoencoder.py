@@ -84,6 +84,9 @@ class AutoencoderConfig:
     """training only: probability that an input token is replaced by pad_id"""
     latent_dropout: float = 0.15
     """training only: dropout probability on the sampled latent z (survivors scaled by 1/(1-p))"""
+    train_negatives: int = 0
+    """training only: if > 0, a sampled softmax over the batch's own tokens plus this many uniform random
+    ids replaces the full-vocabulary softmax (several times cheaper on CPU); 0 = full softmax"""
     kl_clip: float = 0.5
     """floor, in nats, of each dimension's batch-mean KL (free bits); 0 disables the floor"""
     kl_weight: float = 1e-3
@@ -112,6 +115,8 @@ class AutoencoderConfig:
             raise ValueError(f"AutoencoderConfig.kl_clip must be a finite number >= 0, got {self.kl_clip!r}")
         if not (self.kl_weight >= 0.0 and math.isfinite(self.kl_weight)):
             raise ValueError(f"AutoencoderConfig.kl_weight must be a finite number >= 0, got {self.kl_weight!r}")
+        if not isinstance(self.train_negatives, int) or self.train_negatives < 0:
+            raise ValueError(f"AutoencoderConfig.train_negatives must be an integer >= 0, got {self.train_negatives!r}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"AutoencoderConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}")
 
@@ -193,11 +198,13 @@ class AutoencoderOutput:
     accuracy: torch.Tensor
     """fraction of tokens whose argmax logit is the input token"""
     logits: torch.Tensor
-    """(B, L, V)"""
+    """(B, L, V); with a sampled softmax (training, train_negatives > 0) (B, L, C) over ``candidates``"""
     mu: torch.Tensor
     """(B, N, l)"""
     log_sigma: torch.Tensor
     """(B, N, l)"""
+    candidates: torch.Tensor | None = None
+    """(C,) sorted vocabulary ids the sampled softmax ran over, or None for the full softmax"""
 
 
 class Autoencoder(nn.Module):
@@ -279,15 +286,8 @@ class Autoencoder(nn.Module):
 
     # ---- decoder ----
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Token logits of each latent vector's K tokens.
-
-        Args:
-            z: (B, N, l) latent vectors.
-
-        Returns:
-            logits (B, N*K, V).
-        """
+    def decode_hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder up to the tied output layer: z (B, N, l) -> normalised states (B, N*K, d)."""
         if z.dim() != 3 or z.shape[-1] != self.config.latent_dim:
             raise ValueError(f"z must have shape (B, N, l={self.config.latent_dim}), got {tuple(z.shape)}")
         B, N, _ = z.shape
@@ -298,8 +298,18 @@ class Autoencoder(nn.Module):
         x = self.expand(x).view(B, N, K, d)  # (B, N, K, d)
         for block in self.dec_token_blocks:
             x = block(x)  # per token
-        x = self.dec_norm(x).view(B, N * K, d)  # (B, L, d)
-        return F.linear(x, self.embed.weight)  # (B, L, V), tied output embedding
+        return self.dec_norm(x).view(B, N * K, d)  # (B, L, d)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Token logits of each latent vector's K tokens.
+
+        Args:
+            z: (B, N, l) latent vectors.
+
+        Returns:
+            logits (B, N*K, V).
+        """
+        return F.linear(self.decode_hidden(z), self.embed.weight)  # (B, L, V), tied output embedding
 
     @torch.no_grad()
     def reconstruct(self, ids: torch.Tensor) -> torch.Tensor:
@@ -312,8 +322,9 @@ class Autoencoder(nn.Module):
     def forward(self, ids: torch.Tensor, *, generator: torch.Generator | None = None) -> AutoencoderOutput:
         """Loss of reconstructing ``ids``.
 
-        In training mode: token dropout, z = mu + sigma * eps, latent dropout, all drawn from ``generator``
-        (torch's default generator when None). In eval mode: z = mu, no dropout.
+        In training mode: token dropout, z = mu + sigma * eps, latent dropout (and the negatives of a sampled
+        softmax), all drawn from ``generator`` (torch's default generator when None). In eval mode: z = mu,
+        no dropout, full softmax.
 
         Args:
             ids: (B, L) token ids, L a multiple of K.
@@ -337,12 +348,21 @@ class Autoencoder(nn.Module):
                 z = z * keep / (1.0 - c.latent_dropout)
         else:
             z = mu
-        logits = self.decode(z)  # (B, L, V)
-        ce = F.cross_entropy(logits.reshape(B * L, -1).float(), ids.reshape(B * L))
+        candidates = None
+        if self.training and c.train_negatives > 0:
+            # sampled softmax: the batch's own ids plus uniform negatives; targets re-indexed into them
+            negatives = torch.randint(0, c.vocab_size, (c.train_negatives,), generator=generator, device=ids.device)
+            candidates = torch.unique(torch.cat([ids.reshape(-1), negatives]))  # (C,) sorted
+            targets = torch.searchsorted(candidates, ids)  # (B, L)
+            logits = F.linear(self.decode_hidden(z), self.embed.weight[candidates])  # (B, L, C)
+        else:
+            targets = ids
+            logits = self.decode(z)  # (B, L, V)
+        ce = F.cross_entropy(logits.reshape(B * L, -1).float(), targets.reshape(B * L))
         kl_dims = kl_per_dimension(mu.float(), log_sigma.float())  # (l,)
         kl = clipped_kl(kl_dims, c.kl_clip)
         loss = ce * c.K + c.kl_weight * kl
-        accuracy = (logits.detach().argmax(-1) == ids).float().mean()
+        accuracy = (logits.detach().argmax(-1) == targets).float().mean()
         return AutoencoderOutput(
             loss=loss,
             ce=ce,
@@ -352,4 +372,5 @@ class Autoencoder(nn.Module):
             logits=logits,
             mu=mu,
             log_sigma=log_sigma,
+            candidates=candidates,
         )

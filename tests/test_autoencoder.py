@@ -125,3 +125,15 @@ def test_tiny_model_overfits_64_chunks():
     model = train_autoencoder(config, stream, steps=300, batch_size=128, lr=1e-2, warmup=20)
     chunks = torch.from_numpy(stream.reshape(64, 4).astype(np.int64))
     assert (model.reconstruct(chunks) == chunks).all()
+
+
+def test_sampled_softmax_runs_over_the_batch_ids_plus_negatives():
+    model = Autoencoder(small_config(train_negatives=10)).train()
+    ids = torch.randint(0, 97, (6, 8))
+    out = model(ids, generator=torch.Generator().manual_seed(0))
+    C = len(out.candidates)
+    assert out.logits.shape == (6, 8, C) and C <= 48 + 10
+    assert torch.isin(ids, out.candidates).all()
+    assert (out.candidates[1:] > out.candidates[:-1]).all()  # sorted, unique
+    # eval mode always uses the full vocabulary
+    assert model.eval()(ids).logits.shape == (6, 8, 97) and model(ids).candidates is None
