@@ -140,7 +140,7 @@ class TrainConfig:
 # Training defaults per model preset. tiny: large lr and short warmup, sized for two CPU cores.
 # paper: the paper's AdamW settings (lr 3e-4, warmup 1000, wd 0.1, betas 0.9/0.95, clip 1.0).
 TRAIN_PRESETS: dict[str, dict] = {
-    "tiny": dict(steps=6000, batch_size=256, lr=3e-3, warmup=200),
+    "tiny": dict(steps=6000, batch_size=256, lr=3e-3, warmup=200, val_every=250, checkpoint_every=250),
     "paper": dict(steps=100_000, batch_size=512, lr=3e-4, warmup=1000),
 }
 
