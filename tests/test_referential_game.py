@@ -69,7 +69,7 @@ def test_grid_is_the_cross_product():
     assert len({spec["key"] for spec in grid}) == len(grid)
 
 
-def test_interrupted_sweep_reruns_only_missing_trials_and_is_deterministic(ray_session, base):
+def test_interrupted_sweep_reruns_only_missing_trials(ray_session, base):
     grid_size = len(trial_grid(base))
     # an interrupted sweep: it stops after 5 trials
     first = main(dataclasses.replace(base, run_name="resume", max_trials=5))
@@ -99,12 +99,8 @@ def test_interrupted_sweep_reruns_only_missing_trials_and_is_deterministic(ray_s
     for key in ("git_commit", "checkpoint_id", "ray_version", "torch_version", "settings_hash"):
         assert key in record
 
-    # same seed, fresh run directory: an identical results.csv
-    again = main(dataclasses.replace(base, run_name="again"))
-    assert (again.run_dir / "results.csv").read_bytes() == (second.run_dir / "results.csv").read_bytes()
 
-
-def test_killing_an_agent_mid_sweep_still_yields_every_row_once(ray_session, base):
+def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv(ray_session, base):
     ray = ray_session
     cfg = dataclasses.replace(base, run_name="killed", max_concurrent=1)
     rows_dir = Path(cfg.results_dir) / "killed" / "rows"
@@ -119,7 +115,12 @@ def test_killing_an_agent_mid_sweep_still_yields_every_row_once(ray_session, bas
                     seen["rows_at_kill"] = len(list(rows_dir.glob("*.json")))
                     seen["pid"] = ray.get(actor.pid.remote())
                     ray.kill(actor, no_restart=False)  # dies now; Ray restarts it, calls are replayed
-                    seen["new_pid"] = ray.get(actor.pid.remote(), timeout=120)
+                    # ray.kill is asynchronous: a call may still reach the old process; wait for the new one
+                    while time.time() < deadline:
+                        seen["new_pid"] = ray.get(actor.pid.remote(), timeout=120)
+                        if seen["new_pid"] != seen["pid"]:
+                            return
+                        time.sleep(0.2)
                     return
                 time.sleep(0.2)
         except Exception as exc:  # reported by the assertions below
@@ -137,7 +138,9 @@ def test_killing_an_agent_mid_sweep_still_yields_every_row_once(ray_session, bas
     frame = pd.read_csv(result.run_dir / "results.csv")
     assert len(frame) == grid_size, (len(frame), seen)
     assert not frame.duplicated(["protocol", "receiver", "sigma", "seed"]).any()
-    # the restarted agent computed the same numbers as an undisturbed run
-    clean = Path(cfg.results_dir) / "again" / "results.csv"
-    if clean.is_file():
-        pd.testing.assert_frame_equal(frame, pd.read_csv(clean))
+    # same settings and seed as the (interrupted, resumed) run of the test above: a byte-identical
+    # results.csv, though an agent died and was restarted in the middle of this one
+    other = Path(cfg.results_dir) / "resume" / "results.csv"
+    if other.is_file():
+        pd.testing.assert_frame_equal(frame, pd.read_csv(other))
+        assert (result.run_dir / "results.csv").read_bytes() == other.read_bytes()
