@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 
 import numpy as np
 import pytest
@@ -123,8 +124,12 @@ def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, pr
         before_pid = ray.get(agent.pid.remote())
         before = ray.get(agent.encode.remote("vector", passages[:8]))
         ray.kill(agent, no_restart=False)  # the process dies; Ray restarts it
+        # ray.kill is asynchronous: wait until calls reach the restarted process
+        deadline = time.time() + 120
+        while ray.get(agent.pid.remote(), timeout=120) == before_pid:
+            assert time.time() < deadline, "the agent was not restarted"
+            time.sleep(0.2)
         after = ray.get(agent.encode.remote("vector", passages[:8]), timeout=120)
-        assert ray.get(agent.pid.remote()) != before_pid
         np.testing.assert_array_equal(before, after)
     finally:
         ray.kill(agent, no_restart=True)
