@@ -514,7 +514,7 @@ def main(cfg: Config) -> SweepResult:
     import ray
 
     t0 = time.time()
-    # -------- seeding and derived quantities (printed once)
+    # -------- the grid and what is left of it (seeds live in the grid: game_seed(seed, step) per env step)
     grid = trial_grid(cfg)
     run_name = cfg.run_name or f"referential-{settings_hash(cfg)}"
     run_dir = (Path(cfg.results_dir).expanduser() / run_name).resolve()
@@ -571,7 +571,8 @@ def main(cfg: Config) -> SweepResult:
                         "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
                         "checkpoint": ckpt_id}
             failed = run_sweep(cfg, missing, run_dir, pairs, passages, settings)
-            ran = [spec["key"] for spec in missing if spec["key"] not in failed]
+            # what finished now (an interrupted sweep, ^C, leaves the rest for the next run)
+            ran = [spec["key"] for spec in missing if (rows_dir / f"{spec['key']}.json").is_file()]
         finally:
             for pair in pairs:
                 for actor in pair:
