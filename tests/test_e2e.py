@@ -31,6 +31,22 @@ def _can_run() -> str | None:
     return None
 
 
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster.local.yaml"])
+def test_cluster_configs_follow_rays_schema(name):
+    """Both launcher configs pass Ray's own schema check and pin the driver's Ray version."""
+    import ray
+    import yaml
+    from ray.autoscaler._private.util import validate_config
+
+    config = yaml.safe_load((ROOT / name).read_text())
+    validate_config(config)  # raises jsonschema.ValidationError naming the bad key
+    setup = " ".join(config["setup_commands"])
+    assert f"ray[default,train,tune]=={ray.__version__.rsplit('.', 1)[0]}.*" in setup
+    assert "pip install -q -e ~/latentcomm" in setup
+    assert config["file_mounts"]["~/latentcomm"] == "."
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.skipif(_can_run() is not None, reason=str(_can_run()))
