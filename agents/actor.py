@@ -12,9 +12,9 @@ protocols (``protocols.load_protocol``) that share its model, then serves batch 
 
 Placement: ``num_gpus="auto"`` asks Ray for 1 GPU per agent where the cluster has GPUs (a fraction
 when there are more agents than GPUs, so several share one), else 0. Inside the actor the model goes
-to CUDA when torch sees a GPU; when Ray gave the actor a GPU id but torch sees no CUDA (a CPU build
-of torch, or fake GPU resources as in ``ray.init(num_gpus=2)``) it falls back to the CPU and says so
-in one log line. Every method is a pure function of its inputs, so with ``max_restarts`` and
+to CUDA when Ray gave the actor a GPU and torch sees one (outside Ray: whenever torch sees one); when
+Ray gave it a GPU id but torch sees no CUDA (a CPU build of torch, or fake GPU resources as in
+``ray.init(num_gpus=2)``) it falls back to the CPU and says so in one log line. Every method is a pure function of its inputs, so with ``max_restarts`` and
 ``max_task_retries`` a killed agent is restarted and its in-flight calls are replayed with the same
 results.
 """
@@ -100,22 +100,29 @@ def resolve_num_gpus(spec: float | str, num_agents: int, cluster_gpus: float) ->
     return 1.0 / math.ceil(num_agents / gpus)
 
 
-def pick_device(gpu_ids: list, *, name: str) -> str:
-    """``cuda`` when torch sees one, else ``cpu``; logs the fallback when Ray granted GPU ids anyway."""
+def pick_device(gpu_ids: list | None, *, name: str) -> str:
+    """The torch device of an agent.
+
+    Args:
+        gpu_ids: the GPU ids Ray gave the actor, or None outside Ray.
+        name: shown in the log line.
+
+    Returns:
+        ``cuda`` when torch sees a GPU and (inside Ray) Ray granted one; else ``cpu``. When Ray granted
+        GPU ids but torch sees no CUDA (a CPU build of torch, or fake GPU resources) it logs the fallback.
+    """
     import torch
 
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if gpu_ids is None:
+        return "cuda" if cuda else "cpu"
+    if gpu_ids and cuda:
         return "cuda"
     if gpu_ids:
-        log.warning(
-            "agent %s: Ray assigned GPU id(s) %s but torch sees no CUDA device (torch %s); falling back to CPU",
-            name, list(gpu_ids), torch.__version__,
-        )
-        print(
-            f"[latentcomm] agent {name}: Ray assigned GPU id(s) {list(gpu_ids)} but torch sees no CUDA; "
-            "falling back to CPU",
-            flush=True,
-        )
+        message = (f"agent {name}: Ray assigned GPU id(s) {list(gpu_ids)} but torch {torch.__version__} sees no CUDA "
+                   "device; falling back to CPU")
+        log.warning(message)
+        print(f"[latentcomm] {message}", flush=True)
     return "cpu"
 
 
@@ -144,6 +151,7 @@ class CALMAgentCore:
         self.gpu_ids = _ray_gpu_ids()
         self.device = pick_device(self.gpu_ids, name=name)
         self.note = "falling back to CPU: torch sees no CUDA" if self.gpu_ids and self.device == "cpu" else ""
+        self.gpu_ids = self.gpu_ids or []
         self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device)
         self.checkpoint = str(checkpoint)
         self.protocols = {key: load_protocol(path, autoencoder=self.model) for key, path in protocols.items()}
@@ -221,13 +229,14 @@ class CALMAgentCore:
         return np.argmax(scores, axis=1).astype(np.int64), decoded
 
 
-def _ray_gpu_ids() -> list:
+def _ray_gpu_ids() -> list | None:
+    """GPU ids Ray assigned to this worker, or None when not running inside Ray."""
     try:
         import ray
 
-        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else None
     except Exception:
-        return []
+        return None
 
 
 def _remote_class():
