@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig, clipped_kl, kl_per_dimension, preset
+from calm.evaluate import COLLAPSE_THRESHOLD, evaluate_autoencoder
 from calm.train import train_autoencoder
 
 
@@ -125,6 +126,12 @@ def test_tiny_model_overfits_64_chunks():
     model = train_autoencoder(config, stream, steps=300, batch_size=128, lr=1e-2, warmup=20)
     chunks = torch.from_numpy(stream.reshape(64, 4).astype(np.int64))
     assert (model.reconstruct(chunks) == chunks).all()
+    # the evaluation report agrees, and noise far beyond the scale of mu costs accuracy
+    report = evaluate_autoencoder(model, chunks, sigmas=(0.0, 10.0), batch_size=16)
+    assert report.chunks == 64 and report.token_accuracy == 1.0 and report.chunk_accuracy == 1.0
+    assert report.noise_token_accuracy["0.0"] == 1.0 and report.noise_token_accuracy["10.0"] < 0.9
+    assert report.collapsed_dims == sum(k < COLLAPSE_THRESHOLD for k in report.kl_per_dim)
+    assert report.kl_total == pytest.approx(sum(report.kl_per_dim), rel=1e-4)
 
 
 def test_sampled_softmax_runs_over_the_batch_ids_plus_negatives():
