@@ -86,6 +86,9 @@ cleanup() {
   [ "$MADE_RUN_SSHD" = 1 ] && rmdir /run/sshd 2>/dev/null
   rm -f "/tmp/cluster-$CLUSTER.state" "/tmp/cluster-$CLUSTER.lock"
   rm -rf "/tmp/ray-$E2E_USER"
+  # the ssh ControlPath dir Ray made for this cluster (named by a hash of the cluster name)
+  ctl="$(printf %s "$CLUSTER" | sha256sum | cut -c1-10)"
+  for d in /tmp/ray_ssh_*/"$ctl"; do [ -d "$d" ] && rm -rf "$d"; done
   # Ray's cached copies of this run's cluster config
   grep -l "$CLUSTER" /tmp/ray-config-* 2>/dev/null | while read -r f; do rm -f "$f"; done
   if [ "$rc" != 0 ]; then
