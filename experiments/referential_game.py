@@ -507,6 +507,8 @@ class SweepResult:
     """keys of trials that failed after retries (rerun to retry them)"""
     rows: int
     """rows in results.csv"""
+    total: int
+    """grid points (rows < total: the sweep was interrupted or trials failed; rerun to finish)"""
 
 
 def main(cfg: Config) -> SweepResult:
@@ -589,7 +591,10 @@ def main(cfg: Config) -> SweepResult:
     if failed:
         print(f"[run] {len(failed)} trials failed ({', '.join(failed[:5])}...): rerun the same command to retry them",
               flush=True)
-    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame))
+    if len(frame) < len(grid):
+        print(f"[run] incomplete: {len(grid) - len(frame)} grid points have no row yet; rerun the same command",
+              flush=True)
+    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -711,4 +716,6 @@ def plot_results(frame, run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config, prog="python -m experiments.referential_game", description=__doc__.split("\n\n")[0]))
+    result = main(parse_config(Config, prog="python -m experiments.referential_game",
+                               description=__doc__.split("\n\n")[0]))
+    sys.exit(0 if result.rows == result.total else 1)

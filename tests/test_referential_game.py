@@ -73,7 +73,7 @@ def test_interrupted_sweep_reruns_only_missing_trials(ray_session, base):
     grid_size = len(trial_grid(base))
     # an interrupted sweep: it stops after 5 trials
     first = main(dataclasses.replace(base, run_name="resume", max_trials=5))
-    assert len(first.ran) == 5 and first.rows == 5
+    assert len(first.ran) == 5 and first.rows == 5 and first.total == grid_size
     # the same command again runs exactly the 7 missing trials
     second = main(dataclasses.replace(base, run_name="resume"))
     assert len(second.ran) == grid_size - 5
