@@ -9,6 +9,7 @@ protocols (``protocols.load_protocol``) that share its model, then serves batch 
     decode(protocol, symbols (B, n))                -> ids (B, L) int64       (hard receiver)
     score(protocol, symbols, candidates (B, C, L))  -> (B, C) float64         (soft or hard scores)
     listen(protocol, receiver, symbols, candidates) -> (choice (B,), decoded (B, L))
+    generate(prompts [B strings], max_tokens)       -> B continuations        (needs an lm_checkpoint)
 
 Placement: ``num_gpus="auto"`` asks Ray for 1 GPU per agent where the cluster has GPUs (a fraction
 when there are more agents than GPUs, so several share one), else 0. Inside the actor the model goes
@@ -46,6 +47,8 @@ class AgentConfig:
     """autoencoder checkpoint directory (``calm.checkpoint.save_pretrained`` layout)"""
     protocols: dict[str, str] = field(default_factory=dict)
     """protocol name -> directory of a saved, fitted protocol that uses this checkpoint's model"""
+    lm_checkpoint: str | None = None
+    """optional CALM language model (an EnergyTransformer checkpoint) for ``generate``"""
     num_gpus: float | Literal["auto"] = "auto"
     """GPUs per agent: a number >= 0 (fractions share a GPU) or auto (1 or a share where Ray sees GPUs, else 0)"""
     num_cpus: float = 0.5
@@ -132,12 +135,14 @@ class CALMAgentCore:
     Usable without Ray (tests, single-process tools): ``CALMAgentCore(checkpoint, {"vector": dir})``.
     """
 
-    def __init__(self, checkpoint: str, protocols: Mapping[str, str], *, threads: int = 1, name: str = "agent"):
-        """Load the autoencoder and the protocols.
+    def __init__(self, checkpoint: str, protocols: Mapping[str, str], *, lm_checkpoint: str | None = None,
+                 threads: int = 1, name: str = "agent"):
+        """Load the autoencoder, the protocols and (optionally) a CALM language model.
 
         Args:
             checkpoint: autoencoder checkpoint directory.
             protocols: protocol name -> saved protocol directory.
+            lm_checkpoint: EnergyTransformer checkpoint directory for ``generate``, or None.
             threads: torch CPU threads.
             name: shown in log lines.
         """
@@ -155,6 +160,8 @@ class CALMAgentCore:
         self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device)
         self.checkpoint = str(checkpoint)
         self.protocols = {key: load_protocol(path, autoencoder=self.model) for key, path in protocols.items()}
+        self.lm, self.lm_tokenizer = (None, None) if lm_checkpoint is None else load_pretrained(lm_checkpoint,
+                                                                                              device=self.device)
         self.calls = 0
 
     # ---- placement -------------------------------------------------------------------------------
@@ -229,6 +236,26 @@ class CALMAgentCore:
         return np.argmax(scores, axis=1).astype(np.int64), decoded
 
 
+    def generate(self, prompts: list[str], max_tokens: int, *, temperature: float = 1.0, seed: int = 0) -> list[str]:
+        """Continue each prompt with the CALM language model (``calm.generate``; prompt i uses seed + i).
+
+        Args:
+            prompts: B texts.
+            max_tokens: tokens to generate per prompt.
+            temperature: sampling temperature in (0, 1].
+            seed: seeds all sampling noise.
+
+        Returns:
+            B generated texts (without the prompts).
+        """
+        if self.lm is None:
+            raise ValueError("generate needs an lm_checkpoint (a calm EnergyTransformer checkpoint directory)")
+        from calm.generate import generate
+
+        return [generate(self.lm, self.lm_tokenizer, prompt, max_tokens, temperature=temperature, seed=seed + i)[0]
+                for i, prompt in enumerate(prompts)]
+
+
 def _ray_gpu_ids() -> list | None:
     """GPU ids Ray assigned to this worker, or None when not running inside Ray."""
     try:
@@ -289,4 +316,4 @@ def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus
         num_cpus=cfg.num_cpus,
         max_restarts=cfg.max_restarts,
         max_task_retries=cfg.max_task_retries,
-    ).remote(cfg.checkpoint, dict(cfg.protocols), threads=cfg.threads, name=name)
+    ).remote(cfg.checkpoint, dict(cfg.protocols), lm_checkpoint=cfg.lm_checkpoint, threads=cfg.threads, name=name)

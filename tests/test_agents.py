@@ -133,3 +133,20 @@ def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, pr
         np.testing.assert_array_equal(before, after)
     finally:
         ray.kill(agent, no_restart=True)
+
+
+def test_generate_with_a_calm_language_model(checkpoint, tmp_path):
+    """An (untrained) tiny EnergyTransformer around the agent's autoencoder: seeded, repeatable text."""
+    from calm.checkpoint import load_pretrained, save_pretrained
+    from calm.energy_transformer import EnergyTransformer, preset
+
+    ae, tok = load_pretrained(checkpoint)
+    cfg = preset("tiny", ae.config, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                 head_intermediate_size=32, max_patches=16)
+    save_pretrained(EnergyTransformer(cfg, autoencoder=ae), tmp_path / "lm", tok)
+    agent = CALMAgentCore(str(checkpoint), {}, lm_checkpoint=str(tmp_path / "lm"))
+    first = agent.generate(["In the beginning", "To be"], 8, seed=5)
+    assert len(first) == 2 and all(isinstance(t, str) and t for t in first)
+    assert agent.generate(["In the beginning", "To be"], 8, seed=5) == first
+    with pytest.raises(ValueError, match="lm_checkpoint"):
+        CALMAgentCore(str(checkpoint), {}).generate(["x"], 4)
