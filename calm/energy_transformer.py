@@ -386,11 +386,13 @@ class EnergyTransformer(nn.Module):
         batch_n: int = 0,
         generator: torch.Generator | None = None,
         coins: torch.Generator | None = None,
+        max_draws: int = 1_000_000,
     ) -> tuple[torch.Tensor, int]:
         """Sample the next chunk for every sequence: h (B, d) -> (ids (B, K), draws used).
 
-        T = 1 draws once. T < 1 uses the exact rejection sampler (batch_n = 0) or the approximate batch
-        sampler with batch_n draws (T must then be 1/n). `coins` is the CPU generator for the samplers.
+        T = 1 draws once. T < 1 uses the exact rejection sampler (batch_n = 0; it needs about
+        1 / sum_x P(x)^(1/T) draws, RuntimeError past max_draws) or the approximate batch sampler with
+        batch_n draws (T must then be 1/n). `coins` is the CPU generator for the samplers.
         """
         B = h.shape[0]
         split_temperature(temperature)  # validates T
@@ -412,7 +414,8 @@ class EnergyTransformer(nn.Module):
             def draw(n: int, hb: torch.Tensor = h[b]) -> list[tuple[int, ...]]:
                 return [tuple(c) for c in self.sample_chunks(hb, n, generator=generator).tolist()]
 
-            r = exact_temperature_sample(draw, temperature, generator=coins, block=4)
+            # batched draws: one head pass yields many samples (exactness is kept, see calm.sampling)
+            r = exact_temperature_sample(draw, temperature, generator=coins, block=8, attempts=32, max_draws=max_draws)
             out[b] = torch.tensor(r.value)
             draws += r.draws
         return out, draws
@@ -428,6 +431,7 @@ class EnergyTransformer(nn.Module):
         pad_id: int = 0,
         generator: torch.Generator | None = None,
         coins: torch.Generator | None = None,
+        max_draws: int = 1_000_000,
     ) -> torch.Tensor:
         """Continue prompts ids (B, T) by max_new_tokens tokens, one chunk of K per backbone step.
 
@@ -453,7 +457,9 @@ class EnergyTransformer(nn.Module):
         h = self.backbone(x, cache)[:, -1]  # (B, d)
         chunks = []
         for step in range(steps):
-            chunk, _ = self.next_chunk(h, temperature=temperature, batch_n=batch_n, generator=generator, coins=coins)
+            chunk, _ = self.next_chunk(
+                h, temperature=temperature, batch_n=batch_n, generator=generator, coins=coins, max_draws=max_draws
+            )
             chunks.append(chunk)
             if step + 1 < steps:
                 h = self.backbone(self.patch_inputs(chunk).view(B, 1, -1), cache)[:, -1]

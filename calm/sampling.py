@@ -85,6 +85,7 @@ def exact_temperature_sample(
     *,
     generator: torch.Generator,
     block: int = 1,
+    attempts: int = 1,
     max_draws: int = 10_000_000,
 ) -> SampleResult:
     """Draw one sample from P^(1/T)/Z exactly, using only draws from P.
@@ -95,6 +96,9 @@ def exact_temperature_sample(
         generator: the RNG for the sampler's own coins (the draw function owns its RNG).
         block: stage-2 draws are requested `block` at a time and consumed in order; unused ones are
             thrown away (still exact: they are independent of everything that decided to stop).
+        attempts: stage-1 attempts requested at once (n * attempts draws in one call) and tried in order;
+            unused ones wait for the next restart. The same process as one attempt at a time, since no
+            draw is looked at before it is consumed (a model draws many samples per pass).
         max_draws: give up with RuntimeError after this many consumed draws (P^(1/T) may be tiny).
 
     Returns:
@@ -103,10 +107,15 @@ def exact_temperature_sample(
     n, a = split_temperature(temperature)
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
     used = 0
+    pending: list = []  # stage-1 draws fetched but not yet consumed
     while used < max_draws:
         # stage 1: n samples, all equal, accepts x with probability P(x)^n
-        first = list(draw(n))
+        if not pending:
+            pending = list(draw(n * attempts))
+        first, pending = pending[:n], pending[n:]
         used += n
         x_star = first[0]
         if any(x != x_star for x in first[1:]):

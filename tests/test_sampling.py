@@ -60,11 +60,14 @@ def test_exact_sampler_matches_tempered_distribution(temperature):
     assert abs(mean_draws - expected) / expected < 0.10, (mean_draws, expected)
 
 
-def test_exact_sampler_blocked_stage2_is_still_exact():
+def test_exact_sampler_batched_draws_are_still_exact():
+    """Stage-2 draws in blocks and stage-1 attempts in batches (as generation does) change nothing."""
     draw = make_draw(P, seed=3)
     g = torch.Generator().manual_seed(4)
-    values = [exact_temperature_sample(draw, 0.4, generator=g, block=4).value for _ in range(12_000)]
-    assert tv(empirical(values, len(P)), tempered_distribution(P, 0.4)) < 0.02
+    results = [exact_temperature_sample(draw, 0.4, generator=g, block=4, attempts=8) for _ in range(12_000)]
+    assert tv(empirical([r.value for r in results], len(P)), tempered_distribution(P, 0.4)) < 0.02
+    mean_draws = np.mean([r.draws for r in results])
+    assert abs(mean_draws / expected_exact_draws(P, 0.4) - 1) < 0.10
 
 
 def test_expected_draws_formula_known_values():
