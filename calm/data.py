@@ -46,6 +46,7 @@ __all__ = [
     "load_token_ids",
     "make_passages",
     "corpus_stats",
+    "format_corpus_stats",
 ]
 
 DEFAULT_CORPUS = "kjv+shakespeare"
@@ -343,23 +344,32 @@ def corpus_stats(corpus: str = DEFAULT_CORPUS, tokenizer_spec: str | None = None
     return rows
 
 
+def format_corpus_stats(rows: list[dict], corpus: str, tokenizer_spec: str) -> str:
+    """The table ``corpus_stats`` rows print as: documents, characters and tokens per split."""
+    lines = [
+        f"corpus {corpus}, tokenizer {tokenizer_spec}",
+        f"{'split':<12}{'documents':>10}{'characters':>14}{'tokens':>12}{'chars/token':>13}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['split']:<12}{r['documents']:>10,}{r['characters']:>14,}{r['tokens']:>12,}"
+            f"{r['characters'] / max(r['tokens'], 1):>13.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print corpus statistics: ``python -m calm.data --corpus kjv+shakespeare --tokenizer bpe:8192``."""
     from calm.tokenizer import DEFAULT_TOKENIZER
 
     parser = argparse.ArgumentParser(prog="python -m calm.data", description=main.__doc__)
     parser.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"one of {', '.join(CORPORA)}")
-    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="gpt2 or bpe:<size>")
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="gpt2, bpe:<size> or a tokenizer.json")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     rows = corpus_stats(args.corpus, args.tokenizer)
-    print(f"corpus {args.corpus}, tokenizer {args.tokenizer} ({time.perf_counter() - t0:.1f} s)")
-    print(f"{'split':<12}{'documents':>10}{'characters':>14}{'tokens':>12}{'chars/token':>13}")
-    for r in rows:
-        print(
-            f"{r['split']:<12}{r['documents']:>10,}{r['characters']:>14,}{r['tokens']:>12,}"
-            f"{r['characters'] / max(r['tokens'], 1):>13.2f}"
-        )
+    print(format_corpus_stats(rows, args.corpus, args.tokenizer))
+    print(f"({time.perf_counter() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -539,6 +539,11 @@ def main(cfg: Config) -> SweepResult:
 
     checkpoint = ensure_checkpoint(cfg)
     ckpt_id = checkpoint_id(checkpoint)
+    # the data every game draws from, in the checkpoint's own tokens
+    from calm.data import corpus_stats, format_corpus_stats
+
+    tokenizer_file = str(checkpoint / "tokenizer.json")
+    print(format_corpus_stats(corpus_stats(cfg.corpus, tokenizer_file), cfg.corpus, f"of {ckpt_id}"), flush=True)
     dirs, facts, passages = fit_protocols(cfg, checkpoint, run_dir)
     model_facts = facts.pop("_model")
 
