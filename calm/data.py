@@ -114,6 +114,17 @@ def _shakespeare() -> list[Document]:
     return docs
 
 
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob starts from: its leading parts without wildcards (a plain file's folder)."""
+    fixed = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    root = Path(*fixed) if fixed else Path(".")
+    return root if root.is_dir() else root.parent
+
+
 def _local_text(pattern: str) -> list[Document]:
     import datasets
 
@@ -123,6 +134,8 @@ def _local_text(pattern: str) -> list[Document]:
     files = [f for f in files if os.path.isfile(f)]
     if not files:
         raise FileNotFoundError(f"corpus 'text:{pattern}': no file matches {pattern!r}")
+    # names relative to the glob's root, so that a document's split does not depend on where the data sits
+    root = _glob_root(os.path.expanduser(pattern))
     docs = []
     for path in files:
         if os.path.getsize(path) == 0:
@@ -138,7 +151,8 @@ def _local_text(pattern: str) -> list[Document]:
         texts = [t for t in texts if t and t.strip()]
         if not texts:
             raise ValueError(f"corpus 'text:{pattern}': file {path} holds no text")
-        docs.extend(Document(f"{os.path.abspath(path)}#{i}", t) for i, t in enumerate(texts))
+        name = Path(os.path.relpath(path, root)).as_posix()
+        docs.extend(Document(f"text/{name}#{i}", t) for i, t in enumerate(texts))
     return docs
 
 

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from calm import data, tokenizer as tk
+from calm import data
+from calm import tokenizer as tk
 
 
 def test_default_corpus_has_both_sources():
@@ -87,6 +88,19 @@ def test_local_text_corpus(tmp_path, tokenizer):
     assert len(docs) == 8 and docs[0].text.startswith("Paragraph one of file 0")
     (tmp_path / "rows.jsonl").write_text('{"text": "first row"}\n{"text": "second row"}\n')
     assert [d.text for d in data.load_documents(f"text:{tmp_path}/rows.jsonl")] == ["first row", "second row"]
+
+
+def test_local_split_does_not_depend_on_where_the_files_sit(tmp_path):
+    for where in ("a", "b/c"):
+        folder = tmp_path / where
+        folder.mkdir(parents=True)
+        for i in range(6):
+            (folder / f"f{i}.txt").write_text("".join(f"Paragraph {j} of file {i}.\n\n" for j in range(5)))
+    splits = [
+        {s: [d.name for d in ds] for s, ds in data.split_documents(data.load_documents(f"text:{tmp_path / w}/*.txt")).items()}
+        for w in ("a", "b/c")
+    ]
+    assert splits[0] == splits[1] and splits[0]["test"]
 
 
 def test_bad_corpora_raise_clear_errors(tmp_path):
