@@ -526,7 +526,8 @@ def train_autoencoder(
         **train_overrides: any other ``TrainConfig`` field (lr, batch_size, warmup, ...).
 
     Returns:
-        The trained model in eval mode.
+        The trained model in eval mode; its ``trained_steps`` attribute holds the optimiser steps that ran
+        (fewer than ``steps`` when a ``time_limit`` override stopped training).
 
     Raises:
         NonFiniteLossError: the loss became NaN or inf.
@@ -537,6 +538,7 @@ def train_autoencoder(
     result = train_local(AutoencoderTask(config), train_ids, cfg, val_ids=val_ids, progress=progress)
     if result.stopped:
         raise NonFiniteLossError(result.stopped)
+    result.model.trained_steps = result.step
     return result.model
 
 

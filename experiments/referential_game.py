@@ -290,10 +290,13 @@ def ensure_checkpoint(cfg: Config) -> Path:
     accuracy = reconstruction_accuracy(model, val_ids, ae_cfg.K)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_pretrained(model, tmp, tok)
-    (tmp / "train_info.json").write_text(json.dumps({**key, "seconds": seconds, "val_token_accuracy": accuracy},
+    (tmp / "train_info.json").write_text(json.dumps({**key, "seconds": seconds, "steps_done": model.trained_steps,
+                                                     "val_token_accuracy": accuracy},
                                                     indent=2) + "\n")
     tmp.replace(path)  # atomic: a half-written checkpoint is never picked up
-    print(f"[ae] trained in {seconds:.0f} s; held-out token accuracy {accuracy:.4f}", flush=True)
+    print(f"[ae] trained {model.trained_steps} steps in {seconds:.0f} s; held-out token accuracy {accuracy:.4f}"
+          + (" (stopped by --ae-time-limit: the weights depend on this machine's speed)"
+             if model.trained_steps < cfg.ae_steps else ""), flush=True)
     return path
 
 
@@ -518,7 +521,11 @@ def main(cfg: Config) -> SweepResult:
     t0 = time.time()
     # -------- the grid and what is left of it (seeds live in the grid: game_seed(seed, step) per env step)
     grid = trial_grid(cfg)
-    run_name = cfg.run_name or f"referential-{settings_hash(cfg)}"
+    # the checkpoint first: its weights name the run too, so a retrained autoencoder never mixes with old rows
+    # or reuses protocols fitted on other weights
+    checkpoint = ensure_checkpoint(cfg)
+    ckpt_id = checkpoint_id(checkpoint)
+    run_name = cfg.run_name or f"referential-{settings_hash(cfg)}-{ckpt_id.rsplit('@', 1)[1][:6]}"
     run_dir = (Path(cfg.results_dir).expanduser() / run_name).resolve()
     rows_dir = run_dir / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
@@ -528,6 +535,9 @@ def main(cfg: Config) -> SweepResult:
         if before.get("settings_hash") != settings_hash(cfg):
             raise ValueError(f"{run_dir} holds a run with different settings (hash {before.get('settings_hash')} != "
                              f"{settings_hash(cfg)}); pick another --run-name or the same settings")
+        if before.get("checkpoint_id") not in (None, ckpt_id):
+            raise ValueError(f"{run_dir} holds rows and protocols of checkpoint {before['checkpoint_id']}, not "
+                             f"{ckpt_id} (retrained or replaced); pick another --run-name or remove {run_dir}")
     done = {p.stem for p in rows_dir.glob("*.json")}
     missing = [spec for spec in grid if spec["key"] not in done]
     if cfg.max_trials is not None:
@@ -537,8 +547,6 @@ def main(cfg: Config) -> SweepResult:
           f"{len(missing)} to run; {cfg.episodes} games each, n={cfg.channel_uses} channel uses, C={cfg.candidates}",
           flush=True)
 
-    checkpoint = ensure_checkpoint(cfg)
-    ckpt_id = checkpoint_id(checkpoint)
     # the data every game draws from, in the checkpoint's own tokens
     from calm.data import corpus_stats, format_corpus_stats
 
@@ -590,6 +598,15 @@ def main(cfg: Config) -> SweepResult:
     # -------- tables and plots from every finished row of this grid
     frame = collect_rows(grid, rows_dir)
     write_results(frame, run_dir, plots=cfg.plots)
+    # DESIGN.md section 3: delivered bits above capacity (beyond sampling error) mean a leak in a protocol
+    if len(frame):
+        from protocols.metrics import fano_delivered_bits
+
+        floor = np.array([fano_delivered_bits(low, c) for low, c in zip(frame.success_ci_low, frame.candidates)])
+        leaks = frame[floor > frame.capacity_bits.to_numpy() + 1e-9]
+        for r in leaks.itertuples():
+            print(f"[run] WARNING: {r.protocol}/{r.receiver} at sigma {r.sigma} delivers >= {fano_delivered_bits(r.success_ci_low, r.candidates):.2f} "
+                  f"bits over a {r.capacity_bits:.2f}-bit channel: a protocol leaks information", flush=True)
     summary = summary_table(frame)
     print(summary, flush=True)
     print(f"[run] {len(frame)}/{len(grid)} rows in {run_dir / 'results.csv'} ({time.time() - t0:.0f} s)", flush=True)

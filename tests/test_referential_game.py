@@ -141,6 +141,23 @@ def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv
     # same settings and seed as the (interrupted, resumed) run of the test above: a byte-identical
     # results.csv, though an agent died and was restarted in the middle of this one
     other = Path(cfg.results_dir) / "resume" / "results.csv"
-    if other.is_file():
-        pd.testing.assert_frame_equal(frame, pd.read_csv(other))
-        assert (result.run_dir / "results.csv").read_bytes() == other.read_bytes()
+    if not other.is_file():  # this test alone: make the undisturbed reference run here
+        main(dataclasses.replace(base, run_name="resume"))
+    pd.testing.assert_frame_equal(frame, pd.read_csv(other))
+    assert (result.run_dir / "results.csv").read_bytes() == other.read_bytes()
+
+
+def test_a_run_directory_refuses_another_checkpoint(base):
+    """Rows and fitted protocols of one autoencoder never mix with another's (e.g. after retraining)."""
+    import json
+
+    from experiments.referential_game import settings_hash
+
+    cfg = dataclasses.replace(base, run_name="mismatch")
+    run_dir = Path(cfg.results_dir) / "mismatch"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(
+        json.dumps({"settings_hash": settings_hash(cfg), "checkpoint_id": "ae-old@000000000000"})
+    )
+    with pytest.raises(ValueError, match="checkpoint ae-old@000000000000"):
+        main(cfg)
