@@ -14,8 +14,10 @@ from agents.actor import (
     CALMAgent,
     CALMAgentCore,
     make_agent,
+    pack_directory,
     pick_device,
     resolve_num_gpus,
+    unpack_directory,
 )
 from agents.policies import ListenerPolicy, SpeakerPolicy, call
 
@@ -28,6 +30,8 @@ __all__ = [
     "SpeakerPolicy",
     "call",
     "make_agent",
+    "pack_directory",
     "pick_device",
     "resolve_num_gpus",
+    "unpack_directory",
 ]

@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +61,9 @@ class AgentConfig:
     """times Ray restarts a dead agent"""
     max_task_retries: int = 3
     """times a call interrupted by an agent's death is replayed on the restarted agent"""
+    ship_files: bool = True
+    """send the checkpoint and protocol files through Ray's object store, so that agents on other nodes
+    (GPU workers of a cluster) need no shared filesystem; False: agents read the paths themselves"""
 
     def __post_init__(self) -> None:
         if self.num_gpus != "auto" and not (isinstance(self.num_gpus, (int, float)) and self.num_gpus >= 0):
@@ -129,23 +134,60 @@ def pick_device(gpu_ids: list | None, *, name: str) -> str:
     return "cpu"
 
 
+#: a directory's top-level files as ``{file name: bytes}``: how checkpoints and protocols travel to agents
+FileBundle = Mapping[str, bytes]
+
+
+def pack_directory(path: str | os.PathLike) -> dict[str, bytes]:
+    """The top-level regular files of a checkpoint or protocol directory, as bytes (sub-folders are skipped:
+    a training checkpoint's ``ray/`` history is not needed to load the model)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no directory at {root}")
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def unpack_directory(files: FileBundle, directory: str | os.PathLike) -> str:
+    """Write a ``pack_directory`` bundle into ``directory``; returns its path."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"bundle file names must be plain names, got {name!r}")
+        (root / name).write_bytes(data)
+    return str(root)
+
+
 class CALMAgentCore:
     """The agent's state and methods; ``CALMAgent`` is this class as a Ray actor.
 
     Usable without Ray (tests, single-process tools): ``CALMAgentCore(checkpoint, {"vector": dir})``.
     """
 
-    def __init__(self, checkpoint: str, protocols: Mapping[str, str], *, lm_checkpoint: str | None = None,
-                 threads: int = 1, name: str = "agent"):
+    def __init__(self, checkpoint: str | FileBundle, protocols: Mapping[str, str | FileBundle], *,
+                 lm_checkpoint: str | FileBundle | None = None, threads: int = 1, name: str = "agent",
+                 checkpoint_name: str | None = None):
         """Load the autoencoder, the protocols and (optionally) a CALM language model.
 
         Args:
-            checkpoint: autoencoder checkpoint directory.
-            protocols: protocol name -> saved protocol directory.
-            lm_checkpoint: EnergyTransformer checkpoint directory for ``generate``, or None.
+            checkpoint: autoencoder checkpoint directory, or its files (``pack_directory``).
+            protocols: protocol name -> saved protocol directory, or its files.
+            lm_checkpoint: EnergyTransformer checkpoint directory (or its files) for ``generate``, or None.
             threads: torch CPU threads.
             name: shown in log lines.
+            checkpoint_name: what ``self.checkpoint`` reports when the checkpoint comes as files.
         """
+        if any(not isinstance(x, (str, os.PathLike)) for x in (checkpoint, lm_checkpoint or "", *protocols.values())):
+            # files shipped by the driver: unpack them on this node (the folder lives as long as the agent)
+            self._files = tempfile.TemporaryDirectory(prefix=f"latentcomm-{name}-")
+            local = Path(self._files.name)
+
+            def here(item, sub: str) -> str:
+                return str(item) if isinstance(item, (str, os.PathLike)) else unpack_directory(item, local / sub)
+
+            checkpoint = here(checkpoint, "checkpoint")
+            protocols = {key: here(value, f"protocols/{key}") for key, value in protocols.items()}
+            lm_checkpoint = None if lm_checkpoint is None else here(lm_checkpoint, "lm")
         import torch
 
         from calm.checkpoint import load_pretrained
@@ -158,7 +200,7 @@ class CALMAgentCore:
         self.note = "falling back to CPU: torch sees no CUDA" if self.gpu_ids and self.device == "cpu" else ""
         self.gpu_ids = self.gpu_ids or []
         self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device)
-        self.checkpoint = str(checkpoint)
+        self.checkpoint = checkpoint_name or str(checkpoint)
         self.protocols = {key: load_protocol(path, autoencoder=self.model) for key, path in protocols.items()}
         self.lm, self.lm_tokenizer = (None, None) if lm_checkpoint is None else load_pretrained(lm_checkpoint,
                                                                                               device=self.device)
@@ -310,10 +352,17 @@ def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus
     if cluster_gpus is None:
         cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
     num_gpus = resolve_num_gpus(cfg.num_gpus, num_agents, cluster_gpus)
+    checkpoint, protocols, lm_checkpoint = cfg.checkpoint, dict(cfg.protocols), cfg.lm_checkpoint
+    if cfg.ship_files:
+        # object refs as top-level arguments: Ray hands the actor the bundles, also on a restart
+        checkpoint = ray.put(pack_directory(checkpoint))
+        protocols = {key: pack_directory(path) for key, path in protocols.items()}
+        lm_checkpoint = None if lm_checkpoint is None else ray.put(pack_directory(lm_checkpoint))
     return CALMAgent.options(
         name=name,
         num_gpus=num_gpus,
         num_cpus=cfg.num_cpus,
         max_restarts=cfg.max_restarts,
         max_task_retries=cfg.max_task_retries,
-    ).remote(cfg.checkpoint, dict(cfg.protocols), lm_checkpoint=cfg.lm_checkpoint, threads=cfg.threads, name=name)
+    ).remote(checkpoint, protocols, lm_checkpoint=lm_checkpoint, threads=cfg.threads, name=name,
+             checkpoint_name=str(cfg.checkpoint))

@@ -115,12 +115,21 @@ def test_fake_gpus_four_agents_pack_two_per_gpu_and_fall_back_to_cpu(fake_gpu_ra
             ray.kill(a, no_restart=True)
 
 
-def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, protocol_dirs):
+def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, protocol_dirs, tmp_path):
+    """Also: the agent needs no path of the driver's (as on a cluster's worker node): its files travel through
+    Ray, so it restarts and answers after the driver's copies are gone."""
+    import shutil
+
     ray = fake_gpu_ray
     dirs, passages = protocol_dirs
-    cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dirs, num_gpus=0, num_cpus=0.25, max_restarts=2)
+    local_ckpt = shutil.copytree(checkpoint, tmp_path / "ckpt")
+    local_dirs = {k: str(shutil.copytree(v, tmp_path / "protocols" / k)) for k, v in dirs.items()}
+    cfg = AgentConfig(checkpoint=str(local_ckpt), protocols=local_dirs, num_gpus=0, num_cpus=0.25, max_restarts=2)
     agent = make_agent(cfg, name="restart-me")
     try:
+        ray.get(agent.pid.remote())
+        shutil.rmtree(tmp_path / "ckpt")
+        shutil.rmtree(tmp_path / "protocols")
         before_pid = ray.get(agent.pid.remote())
         before = ray.get(agent.encode.remote("vector", passages[:8]))
         ray.kill(agent, no_restart=False)  # the process dies; Ray restarts it
@@ -133,6 +142,19 @@ def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, pr
         np.testing.assert_array_equal(before, after)
     finally:
         ray.kill(agent, no_restart=True)
+
+
+def test_pack_and_unpack_a_directory(checkpoint, tmp_path):
+    from agents import pack_directory, unpack_directory
+
+    files = pack_directory(checkpoint)
+    assert "model.safetensors" in files and "config.json" in files
+    copy = unpack_directory(files, tmp_path / "copy")
+    assert pack_directory(copy) == files
+    with pytest.raises(ValueError, match="plain names"):
+        unpack_directory({"../evil": b""}, tmp_path / "x")
+    with pytest.raises(FileNotFoundError):
+        pack_directory(tmp_path / "missing")
 
 
 def test_generate_with_a_calm_language_model(checkpoint, tmp_path):
