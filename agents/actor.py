@@ -183,7 +183,13 @@ class CALMAgentCore:
             local = Path(self._files.name)
 
             def here(item, sub: str) -> str:
-                return str(item) if isinstance(item, (str, os.PathLike)) else unpack_directory(item, local / sub)
+                if isinstance(item, (str, os.PathLike)):
+                    return str(item)
+                if not isinstance(item, Mapping):  # an object ref nested in the protocols dict: Ray leaves those
+                    import ray
+
+                    item = ray.get(item)
+                return unpack_directory(item, local / sub)
 
             checkpoint = here(checkpoint, "checkpoint")
             protocols = {key: here(value, f"protocols/{key}") for key, value in protocols.items()}
@@ -335,6 +341,10 @@ class _LazyActorClass:
 CALMAgent = _LazyActorClass()
 
 
+#: agent name -> the object refs of the files shipped to it (kept alive so that a restarted agent finds them)
+_SHIPPED: dict[str, tuple] = {}
+
+
 def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus: float | None = None):
     """Start one named agent actor with ``cfg``'s placement and restart policy.
 
@@ -354,10 +364,13 @@ def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus
     num_gpus = resolve_num_gpus(cfg.num_gpus, num_agents, cluster_gpus)
     checkpoint, protocols, lm_checkpoint = cfg.checkpoint, dict(cfg.protocols), cfg.lm_checkpoint
     if cfg.ship_files:
-        # object refs as top-level arguments: Ray hands the actor the bundles, also on a restart
+        # object refs as top-level arguments: Ray hands the actor the bundles. A restart re-runs the constructor
+        # with the same refs, so the driver must keep them alive for the agent's lifetime (Ray frees an object
+        # once no reference holds it): _SHIPPED holds them per agent name.
         checkpoint = ray.put(pack_directory(checkpoint))
-        protocols = {key: pack_directory(path) for key, path in protocols.items()}
+        protocols = {key: ray.put(pack_directory(path)) for key, path in protocols.items()}
         lm_checkpoint = None if lm_checkpoint is None else ray.put(pack_directory(lm_checkpoint))
+        _SHIPPED[name] = (checkpoint, protocols, lm_checkpoint)
     return CALMAgent.options(
         name=name,
         num_gpus=num_gpus,

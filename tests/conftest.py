@@ -15,6 +15,17 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: on a shared 2-core machine two intra-op threads spin against each other (10-100x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The default CPU tokenizer (bpe:8192 on the default corpus), cached after the first build."""

@@ -11,15 +11,6 @@ from calm.evaluate import COLLAPSE_THRESHOLD, evaluate_autoencoder
 from calm.train import train_autoencoder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two threads on a shared two-core machine spin-wait and run several times slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_config(**overrides) -> AutoencoderConfig:
     base = dict(K=4, latent_dim=16, hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=97)
     return AutoencoderConfig(**{**base, **overrides})

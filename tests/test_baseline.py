@@ -11,16 +11,6 @@ from calm.backbone import Backbone, BackboneConfig, Branches
 from calm.baseline import BaselineConfig, TokenTransformer
 from calm.baseline import preset as baseline_preset
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin against each other (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 V = 40
 
 

@@ -20,15 +20,6 @@ from calm.brier import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin against each other (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_exact_brier_known_values():
     onehot = torch.tensor([[0.0, 1.0, 0.0]])
     assert exact_brier(onehot, torch.tensor([1])).item() == pytest.approx(1.0)

@@ -20,15 +20,6 @@ from calm.energy_transformer import preset as calm_preset
 V = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin against each other (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(K: int = 4, **overrides) -> EnergyTransformer:
     torch.manual_seed(0)
     ae = ae_preset("tiny", K=K, vocab_size=V, hidden_size=32, intermediate_size=64, latent_dim=8)

@@ -13,16 +13,6 @@ from calm.energy_transformer import EnergyTransformer
 from calm.energy_transformer import preset as calm_preset
 from calm.flops import autoencoder_flops, baseline_flops, baseline_parameters, calm_flops, calm_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin against each other (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LLAMA3_VOCAB = 128256
 
 

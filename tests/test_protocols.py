@@ -41,15 +41,6 @@ TRAIN_STEPS = 300
 # ---- fixtures -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These models are tiny: on a shared 2-core machine two intra-op threads are ~100x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def folded(train_ids, heldout_ids) -> dict[str, np.ndarray]:
     """Passages (N, L) of real text in a 128-id vocabulary (0 = any rarer id).

@@ -14,16 +14,6 @@ from calm.sampling import (
     tempered_distribution,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin against each other (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 P = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
 
 

@@ -24,15 +24,6 @@ TEXT = ("In the beginning God created the heaven and the earth. And the earth wa
         "'tis nobler in the mind to suffer the slings and arrows of outrageous fortune. ")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two threads on a shared two-core machine spin-wait and run several times slower than one
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
