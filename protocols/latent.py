@@ -7,10 +7,14 @@ Dim letters: B passages, L tokens, N = L/K chunks, l latent size, D = N*l, d cod
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from protocols.base import Protocol
 
 __all__ = ["LatentBasis", "autoencoder_dims", "decode_latents", "encode_means"]
 
@@ -144,3 +148,66 @@ class LatentBasis:
         self.std = stats["latent_std"]
         self.pca_mean = stats["pca_mean"]
         self.components = stats["pca_components"]
+
+
+def check_chunked_length(L: int, K: int) -> int:
+    """Validate a passage length for a K-token autoencoder: a positive multiple of K."""
+    if isinstance(L, bool) or int(L) != L or L < 1 or L % K:
+        raise ValueError(f"L (tokens per message) must be a positive multiple of K={K}, got {L}")
+    return int(L)
+
+
+def check_autoencoder(saved: dict[str, int], autoencoder: Any) -> None:
+    """Raise ValueError when the autoencoder's K, l or V differ from those a protocol was fitted with."""
+    K, latent_dim, V = autoencoder_dims(autoencoder)
+    have = {"K": K, "latent_dim": latent_dim, "vocab_size": V}
+    for key, value in saved.items():
+        if have[key] != value:
+            raise ValueError(
+                f"autoencoder {key}={have[key]} does not match the saved protocol's {key}={value}"
+            )
+
+
+class LatentProtocol(Protocol):
+    """What the protocols over a CALM autoencoder's latent means share: the model's dims, the latent size of a
+    message, the training-input check, the saved config and ``load``. Subclasses set ``config_class``."""
+
+    config_class: ClassVar[type]
+
+    def __init__(self, autoencoder: Any, config: Any | None = None) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.config = config or self.config_class()
+        self.K, self.latent_dim, self._vocab_size = autoencoder_dims(autoencoder)
+        self.basis = LatentBasis()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def latent_size(self, L: int) -> int:
+        """``D = L/K * l``: the latent coordinates of an ``L``-token message."""
+        return check_chunked_length(L, self.K) // self.K * self.latent_dim
+
+    def _check_train(self, train_ids: Any) -> np.ndarray:
+        ids = super()._check_train(train_ids)
+        check_chunked_length(ids.shape[1], self.K)
+        return ids
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self.config),
+            "autoencoder": {"K": self.K, "latent_dim": self.latent_dim, "vocab_size": self.vocab_size},
+        }
+
+    @classmethod
+    def load(cls, directory: str | Path, autoencoder: Any) -> LatentProtocol:
+        """Load a protocol written by ``save`` on top of the autoencoder it was fitted with."""
+        meta = cls.read_config(directory)
+        if meta["protocol"] != cls.name:
+            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
+        config = dict(meta["config"])
+        check_autoencoder(config.pop("autoencoder"), autoencoder)
+        proto = cls(autoencoder, cls.config_class(**config))
+        proto._load_stats(directory, meta["seq_len"])
+        return proto

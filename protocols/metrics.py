@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+from protocols.base import check_sigma
+
 __all__ = [
     "binary_entropy",
     "capacity_bits",
@@ -28,22 +30,15 @@ __all__ = [
 ]
 
 
-def _check_sigma(sigma: float) -> float:
-    sigma = float(sigma)
-    if not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be a finite standard deviation >= 0, got {sigma}")
-    return sigma
-
-
 def snr(sigma: float) -> float:
     """Signal-to-noise ratio ``1 / sigma^2`` of unit-power symbols under AWGN (inf at sigma 0)."""
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     return math.inf if sigma == 0 else 1.0 / sigma**2
 
 
 def snr_db(sigma: float) -> float:
     """SNR in decibels, ``-20 log10 sigma`` (inf at sigma 0)."""
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     return math.inf if sigma == 0 else -20.0 * math.log10(sigma)
 
 
@@ -59,7 +54,7 @@ def capacity_bits(n: int, sigma: float) -> float:
     """
     if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"n (channel uses) must be an integer >= 0, got {n}")
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     if n == 0:
         return 0.0
     if sigma == 0:

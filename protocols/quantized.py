@@ -25,17 +25,14 @@ Receivers:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocols.base import Protocol, check_budget, cyclic_combine, cyclic_fill
-from protocols.latent import STD_FLOOR, LatentBasis, autoencoder_dims, decode_latents, encode_means
-from protocols.vector import check_autoencoder, check_chunked_length
+from protocols.base import check_budget, cyclic_combine, cyclic_fill
+from protocols.latent import STD_FLOOR, LatentProtocol, decode_latents, encode_means
 
 __all__ = ["QuantizedVectorProtocol", "QuantizedVectorProtocolConfig"]
 
@@ -70,27 +67,16 @@ class QuantizedVectorProtocolConfig:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
 
 
-class QuantizedVectorProtocol(Protocol):
+class QuantizedVectorProtocol(LatentProtocol):
     """b-bit quantised latent means sent as BPSK over a CALM ``Autoencoder``."""
 
     name = "quantized"
+    config_class = QuantizedVectorProtocolConfig
 
     def __init__(self, autoencoder: Any, config: QuantizedVectorProtocolConfig | None = None) -> None:
-        super().__init__()
-        self.autoencoder = autoencoder
-        self.config = config or QuantizedVectorProtocolConfig()
-        self.K, self.latent_dim, self._vocab_size = autoencoder_dims(autoencoder)
+        super().__init__(autoencoder, config)
         self.bits = self.config.bits_per_dim
-        self.basis = LatentBasis()
         self.code_std: np.ndarray | None = None  # (d,) train std of each code dim
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    def latent_size(self, L: int) -> int:
-        """``D = L/K * l``: the latent coordinates of an ``L``-token message."""
-        return check_chunked_length(L, self.K) // self.K * self.latent_dim
 
     def code_size(self, L: int) -> int:
         """Code dims ``d`` quantised per message (``D``, or fewer under a tight budget)."""
@@ -108,11 +94,6 @@ class QuantizedVectorProtocol(Protocol):
     def channel_uses(self, L: int) -> int:
         d = self.code_size(L)
         return d * self.bits if self.config.budget is None else self.config.budget
-
-    def _check_train(self, train_ids: Any) -> np.ndarray:
-        ids = super()._check_train(train_ids)
-        check_chunked_length(ids.shape[1], self.K)
-        return ids
 
     def fit(self, train_ids: np.ndarray) -> QuantizedVectorProtocol:
         """Fit standardisation, PCA (under a tight budget) and each code dim's std on ``(N, L)``."""
@@ -165,12 +146,6 @@ class QuantizedVectorProtocol(Protocol):
         mu = self.basis.inverse(code, L // self.K)
         return decode_latents(self.autoencoder, mu)
 
-    def _config(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self.config),
-            "autoencoder": {"K": self.K, "latent_dim": self.latent_dim, "vocab_size": self.vocab_size},
-        }
-
     def _stats(self) -> dict[str, np.ndarray]:
         return {**self.basis.stats(), "code_std": self.code_std}
 
@@ -178,14 +153,3 @@ class QuantizedVectorProtocol(Protocol):
         self.basis.set_stats(stats)
         self.code_std = stats["code_std"]
 
-    @classmethod
-    def load(cls, directory: str | Path, autoencoder: Any) -> QuantizedVectorProtocol:
-        """Load a protocol written by ``save`` on top of the autoencoder it was fitted with."""
-        meta = cls.read_config(directory)
-        if meta["protocol"] != cls.name:
-            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
-        config = dict(meta["config"])
-        check_autoencoder(config.pop("autoencoder"), autoencoder)
-        proto = cls(autoencoder, QuantizedVectorProtocolConfig(**config))
-        proto._load_stats(directory, meta["seq_len"])
-        return proto

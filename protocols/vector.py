@@ -21,15 +21,13 @@ Receivers:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocols.base import Protocol, check_budget, cyclic_combine, cyclic_fill
-from protocols.latent import LatentBasis, autoencoder_dims, decode_latents, encode_means
+from protocols.base import check_budget, cyclic_combine, cyclic_fill
+from protocols.latent import LatentProtocol, decode_latents, encode_means
 
 __all__ = ["VectorProtocol", "VectorProtocolConfig"]
 
@@ -53,33 +51,15 @@ class VectorProtocolConfig:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
 
 
-def check_chunked_length(L: int, K: int) -> int:
-    """Validate a passage length for a K-token autoencoder: a positive multiple of K."""
-    if isinstance(L, bool) or int(L) != L or L < 1 or L % K:
-        raise ValueError(f"L (tokens per message) must be a positive multiple of K={K}, got {L}")
-    return int(L)
-
-
-class VectorProtocol(Protocol):
+class VectorProtocol(LatentProtocol):
     """Analog latent protocol over a CALM ``Autoencoder`` (``encode``/``decode``/``config``)."""
 
     name = "vector"
+    config_class = VectorProtocolConfig
 
     def __init__(self, autoencoder: Any, config: VectorProtocolConfig | None = None) -> None:
-        super().__init__()
-        self.autoencoder = autoencoder
-        self.config = config or VectorProtocolConfig()
-        self.K, self.latent_dim, self._vocab_size = autoencoder_dims(autoencoder)
-        self.basis = LatentBasis()
+        super().__init__(autoencoder, config)
         self.scale = 1.0  # s: the one power-normalising scalar
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    def latent_size(self, L: int) -> int:
-        """``D = L/K * l``: the latent coordinates of an ``L``-token message."""
-        return check_chunked_length(L, self.K) // self.K * self.latent_dim
 
     def channel_uses(self, L: int) -> int:
         D = self.latent_size(L)
@@ -88,11 +68,6 @@ class VectorProtocol(Protocol):
     def code_size(self, L: int) -> int:
         """Distinct coordinates ``d = min(n, D)`` sent before repetition."""
         return min(self.channel_uses(L), self.latent_size(L))
-
-    def _check_train(self, train_ids: Any) -> np.ndarray:
-        ids = super()._check_train(train_ids)
-        check_chunked_length(ids.shape[1], self.K)
-        return ids
 
     def fit(self, train_ids: np.ndarray) -> VectorProtocol:
         """Fit standardisation, PCA (when the budget is below ``D``) and the power scale on ``(N, L)``."""
@@ -122,12 +97,6 @@ class VectorProtocol(Protocol):
         mu = self.basis.inverse(code, L // self.K)  # (B, L/K, l)
         return decode_latents(self.autoencoder, mu)
 
-    def _config(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self.config),
-            "autoencoder": {"K": self.K, "latent_dim": self.latent_dim, "vocab_size": self.vocab_size},
-        }
-
     def _stats(self) -> dict[str, np.ndarray]:
         return {**self.basis.stats(), "scale": np.array([self.scale])}
 
@@ -135,25 +104,3 @@ class VectorProtocol(Protocol):
         self.basis.set_stats(stats)
         self.scale = float(stats["scale"][0])
 
-    @classmethod
-    def load(cls, directory: str | Path, autoencoder: Any) -> VectorProtocol:
-        """Load a protocol written by ``save`` on top of the autoencoder it was fitted with."""
-        meta = cls.read_config(directory)
-        if meta["protocol"] != cls.name:
-            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
-        config = dict(meta["config"])
-        check_autoencoder(config.pop("autoencoder"), autoencoder)
-        proto = cls(autoencoder, VectorProtocolConfig(**config))
-        proto._load_stats(directory, meta["seq_len"])
-        return proto
-
-
-def check_autoencoder(saved: dict[str, int], autoencoder: Any) -> None:
-    """Raise ValueError when the autoencoder's K, l or V differ from those a protocol was fitted with."""
-    K, latent_dim, V = autoencoder_dims(autoencoder)
-    have = {"K": K, "latent_dim": latent_dim, "vocab_size": V}
-    for key, value in saved.items():
-        if have[key] != value:
-            raise ValueError(
-                f"autoencoder {key}={have[key]} does not match the saved protocol's {key}={value}"
-            )
