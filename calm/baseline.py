@@ -130,10 +130,18 @@ class TokenTransformer(nn.Module):
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-        """logits (..., V) -> sampled ids (...,) from softmax(logits / T)."""
+        """logits (..., V) -> sampled ids (...,) from softmax(logits / T).
+
+        Inverse-CDF sampling: one uniform per row against the cumulative probabilities. Exact like
+        torch.multinomial, and 3-15x faster on CPU (95 -> 28 us at batch 1, 2.5 -> 0.17 ms at batch 32
+        over 2,048 ids), which matters for a fair generation-speed comparison with CALM.
+        """
         probs = F.softmax(logits.float() / temperature, dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+        cdf = probs.reshape(-1, probs.shape[-1]).cumsum(dim=-1)  # (R, V)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+        # first id whose cumulative probability exceeds u: zero-probability ids are never chosen
+        ids = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
+        return ids.view(probs.shape[:-1])
 
     @torch.no_grad()
     def generate(
@@ -225,6 +233,8 @@ class BaselineTask:
         self.config = config
         self.tokens_per_example = config.max_positions
         """tokens in one training window"""
+        self.brier_samples = 2
+        """sampled continuations per position in validation's Brier estimates (>= 2; more = less noise)"""
 
     @classmethod
     def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, **_) -> BaselineConfig:
@@ -268,6 +278,7 @@ class BaselineTask:
         model.eval()
         ce = sum(model(windows[i : i + 16]).loss.item() * len(windows[i : i + 16])
                  for i in range(0, len(windows), 16)) / len(windows)  # fmt: skip
-        scores = evaluate_brier(model, windows, stride=4, generator=torch.Generator(device=device).manual_seed(0))
+        scores = evaluate_brier(model, windows, stride=4, num_samples=self.brier_samples,
+                                generator=torch.Generator(device=device).manual_seed(0))
         model.train(was_training)
         return {"val_ce": ce, **{f"val_{k}": v for k, v in scores.as_dict().items()}}

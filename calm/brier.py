@@ -34,6 +34,9 @@ import torch.nn.functional as F
 __all__ = [
     "brier_from_samples",
     "brier_from_probability",
+    "brier_from_sample_set",
+    "brier_from_probability_set",
+    "collision_rate",
     "exact_brier",
     "brier_lm",
     "BrierScores",
@@ -65,6 +68,36 @@ def brier_from_probability(p_true: torch.Tensor, x1: torch.Tensor, x2: torch.Ten
         x1, x2: (..., n) two samples from the model.
     """
     return 2.0 * p_true - (x1 == x2).all(dim=-1).float()
+
+
+def collision_rate(x: torch.Tensor) -> torch.Tensor:
+    """Fraction of the S(S-1) ordered pairs s != s' of samples x (..., S, n) that agree: (...,).
+
+    An unbiased estimate of sum_x P(x)^2 for S >= 2 independent samples.
+    """
+    S = x.shape[-2]
+    if S < 2:
+        raise ValueError(f"collision_rate needs at least 2 samples, got {S}")
+    same = (x.unsqueeze(-2) == x.unsqueeze(-3)).all(dim=-1).float()  # (..., S, S), diagonal all ones
+    return (same.sum(dim=(-2, -1)) - S) / (S * (S - 1))
+
+
+def brier_from_sample_set(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased Brier estimate from S >= 2 samples: 2 mean_s 1{x_s=y} - mean_{s!=s'} 1{x_s=x_s'}.
+
+    With S = 2 this is `brier_from_samples`; more samples per position lower the variance (the
+    collision term uses all S(S-1) ordered pairs).
+
+    Args:
+        x: (..., S, n) samples; y: (..., n) the true n-grams.
+    """
+    hits = (x == y.unsqueeze(-2)).all(dim=-1).float().mean(dim=-1)
+    return 2.0 * hits - collision_rate(x)
+
+
+def brier_from_probability_set(p_true: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Unbiased Brier estimate with an exact accuracy term and S >= 2 samples x (..., S, n): 2 P(y) - collisions."""
+    return 2.0 * p_true - collision_rate(x)
 
 
 def exact_brier(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -99,16 +132,17 @@ class BrierScores:
 
 @torch.no_grad()
 def brier_sums_calm(
-    model, ids: torch.Tensor, *, max_n: int = 4, generator: torch.Generator | None = None
+    model, ids: torch.Tensor, *, max_n: int = 4, num_samples: int = 2, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums and counts of the two-sample Brier-n estimates of an EnergyTransformer on passages ids (B, L).
+    """Sums and counts of the Brier-n estimates of an EnergyTransformer on passages ids (B, L), from
+    num_samples (>= 2; the paper: 2) sampled continuations per position.
 
     Returns:
         (sums (max_n,), counts (max_n,)) over patch boundaries t >= 1 whose next n tokens lie in the passage.
     """
     B, L = ids.shape
     K = model.K
-    samples = model.rollouts(ids, max_n, 2, generator=generator)  # (B, P, 2, max_n)
+    samples = model.rollouts(ids, max_n, num_samples, generator=generator)  # (B, P, S, max_n)
     P = L // K
     sums = torch.zeros(max_n, dtype=torch.float64)
     counts = torch.zeros(max_n, dtype=torch.long)
@@ -120,8 +154,8 @@ def brier_sums_calm(
             continue
         idx = (t * K)[:, None] + torch.arange(n, device=ids.device)[None]  # (T, n)
         y = padded[:, idx]  # (B, T, n)
-        x = samples[:, t, :, :n]  # (B, T, 2, n)
-        est = brier_from_samples(x[:, :, 0], x[:, :, 1], y)
+        x = samples[:, t, :, :n]  # (B, T, S, n)
+        est = brier_from_sample_set(x, y)
         sums[n - 1] += est.double().sum().cpu()
         counts[n - 1] += est.numel()
     return sums, counts
@@ -129,15 +163,22 @@ def brier_sums_calm(
 
 @torch.no_grad()
 def brier_sums_baseline(
-    model, ids: torch.Tensor, *, stride: int = 4, max_n: int = 4, generator: torch.Generator | None = None
+    model,
+    ids: torch.Tensor,
+    *,
+    stride: int = 4,
+    max_n: int = 4,
+    num_samples: int = 2,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums and counts of Brier-n estimates (exact accuracy term) of a TokenTransformer on ids (B, L).
 
-    Scored at token offsets stride, 2*stride, ... whose next n tokens lie in the passage.
+    Scored at token offsets stride, 2*stride, ... whose next n tokens lie in the passage; the collision
+    term from num_samples (>= 2) sampled rollouts per position.
     """
     B, L = ids.shape
     starts = torch.arange(stride, L, stride, device=ids.device)
-    logp_true, samples = model.rollouts(ids, starts, max_n, 2, generator=generator)  # (B, L), (B, Q, 2, n)
+    logp_true, samples = model.rollouts(ids, starts, max_n, num_samples, generator=generator)  # (B, L), (B, Q, S, n)
     sums = torch.zeros(max_n, dtype=torch.float64)
     counts = torch.zeros(max_n, dtype=torch.long)
     # cumulative log-probability of the true n-gram starting at each position
@@ -149,8 +190,7 @@ def brier_sums_baseline(
             continue
         idx = s[:, None] + torch.arange(n, device=ids.device)[None]  # (Q', n)
         p_true = padded[:, idx].sum(-1).exp()  # (B, Q')
-        x = samples[:, keep, :, :n]
-        est = brier_from_probability(p_true, x[:, :, 0], x[:, :, 1])
+        est = brier_from_probability_set(p_true, samples[:, keep, :, :n])
         sums[n - 1] += est.double().sum().cpu()
         counts[n - 1] += est.numel()
     return sums, counts
@@ -164,12 +204,17 @@ def evaluate_brier(
     batch_size: int = 16,
     max_n: int = 4,
     stride: int | None = None,
+    num_samples: int = 2,
     generator: torch.Generator | None = None,
 ) -> BrierScores:
     """Brier-1..max_n and BrierLM of a CALM EnergyTransformer or a TokenTransformer on passages (N, L).
 
     For the baseline, `stride` defaults to 4 (the K of the CALM models it is compared with).
+    num_samples: sampled continuations per position (>= 2); the paper's estimator uses 2, more only
+    lower the variance (the estimate stays unbiased).
     """
+    if num_samples < 2:
+        raise ValueError(f"evaluate_brier: num_samples must be >= 2, got {num_samples}")
     from calm.baseline import TokenTransformer
     from calm.energy_transformer import EnergyTransformer
 
@@ -182,9 +227,10 @@ def evaluate_brier(
     for i in range(0, len(data), batch_size):
         ids = data[i : i + batch_size].to(device)
         if isinstance(model, EnergyTransformer):
-            s, c = brier_sums_calm(model, ids, max_n=max_n, generator=generator)
+            s, c = brier_sums_calm(model, ids, max_n=max_n, num_samples=num_samples, generator=generator)
         elif isinstance(model, TokenTransformer):
-            s, c = brier_sums_baseline(model, ids, stride=stride or 4, max_n=max_n, generator=generator)
+            s, c = brier_sums_baseline(model, ids, stride=stride or 4, max_n=max_n, num_samples=num_samples,
+                                       generator=generator)  # fmt: skip
         else:
             raise ValueError(f"evaluate_brier: unsupported model type {type(model).__name__}")
         sums += s

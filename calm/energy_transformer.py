@@ -519,6 +519,8 @@ class CalmTask:
         self.config = config
         self.tokens_per_example = config.max_patches * config.K
         """tokens in one training window"""
+        self.brier_samples = 2
+        """sampled continuations per position in validation's Brier estimates (>= 2; more = less noise)"""
 
     @classmethod
     def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, ae: str | None = None, **_) -> EnergyTransformerConfig:
@@ -584,6 +586,6 @@ class CalmTask:
         gen = torch.Generator(device=device).manual_seed(0)
         energy = sum(model(windows[i : i + 16], generator=gen).loss.item() * len(windows[i : i + 16])
                      for i in range(0, len(windows), 16)) / len(windows)  # fmt: skip
-        scores = evaluate_brier(model, windows, generator=gen)
+        scores = evaluate_brier(model, windows, num_samples=self.brier_samples, generator=gen)
         model.train(was_training)
         return {"val_energy": energy, **{f"val_{k}": v for k, v in scores.as_dict().items()}}

@@ -112,3 +112,29 @@ def test_train_task_generate_and_evaluate(tmp_path, tokenizer, capsys):
     assert capsys.readouterr().out.startswith("In the beginning") and texts[0]
     scores = evaluate.main(["baseline", str(tmp_path / "baseline"), "--max-passages", "2"])
     assert len(scores.brier) == 4 and scores.counts[3] > 0
+
+
+def test_sampler_draws_from_the_tempered_softmax():
+    """Inverse-CDF sampling matches softmax(logits / T), never picks a zero-probability id, keeps shapes."""
+    logits = torch.tensor([2.0, 0.0, -float("inf"), 1.0, -1.0])
+    g = torch.Generator().manual_seed(0)
+    for T in (1.0, 0.5):
+        probs = torch.softmax(logits / T, dim=-1)
+        draws = TokenTransformer._sample(logits.expand(200_000, -1), T, g)
+        freq = torch.bincount(draws, minlength=5).double() / draws.numel()
+        assert freq[2] == 0
+        assert 0.5 * (freq - probs.double()).abs().sum() < 0.01
+    assert TokenTransformer._sample(torch.randn(3, 4, 7), 1.0, g).shape == (3, 4)
+
+
+def test_rmsnorm_matches_its_formula():
+    """The fused float32 path and the low-precision path both compute x / rms(x) * weight."""
+    from calm.backbone import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(16)
+    norm.weight.data.normal_()
+    x = torch.randn(2, 3, 16)
+    want = (x.double() / x.double().pow(2).mean(-1, keepdim=True).add(norm.eps).sqrt() * norm.weight.double())
+    assert torch.allclose(norm(x).double(), want, atol=1e-5)
+    assert torch.allclose(norm(x.bfloat16()).double(), want, atol=0.05)

@@ -12,6 +12,8 @@ from calm.baseline import TokenTransformer
 from calm.baseline import preset as baseline_preset
 from calm.brier import (
     brier_from_probability,
+    brier_from_probability_set,
+    brier_from_sample_set,
     brier_from_samples,
     brier_lm,
     brier_sums_baseline,
@@ -50,6 +52,27 @@ def test_two_sample_estimators_are_unbiased(n):
         for est in (brier_from_samples(x1, x2, y), brier_from_probability(probs[y_index].expand(S), x1, x2)):
             se = est.std().item() / math.sqrt(S)
             assert abs(est.mean().item() - exact) < 4 * se + 1e-9, (est.mean().item(), exact, se)
+
+
+@pytest.mark.parametrize("S", [3, 8])
+def test_many_sample_estimators_are_unbiased_and_tighter(S):
+    """S samples per position: still unbiased for the exact Brier score, with a smaller variance than two."""
+    g = torch.Generator().manual_seed(S)
+    V, n, R = 4, 2, 100_000
+    probs = torch.softmax(2.0 * torch.randn(V**n, generator=g), dim=0)
+    outcomes = torch.tensor(list(itertools.product(range(V), repeat=n)))
+    x = outcomes[torch.multinomial(probs, R * S, replacement=True, generator=g).view(R, S)]  # (R, S, n)
+    y_index = int(probs.argmax())
+    y = outcomes[y_index].expand(R, n)
+    exact = exact_brier(probs, torch.tensor(y_index)).item()
+    two = brier_from_samples(x[:, 0], x[:, 1], y)
+    assert torch.equal(brier_from_sample_set(x[:, :2], y), two)
+    for est in (brier_from_sample_set(x, y), brier_from_probability_set(probs[y_index].expand(R), x)):
+        se = est.std().item() / math.sqrt(R)
+        assert abs(est.mean().item() - exact) < 4 * se + 1e-9, (est.mean().item(), exact, se)
+    assert brier_from_sample_set(x, y).var() < 0.8 * two.var()
+    with pytest.raises(ValueError, match="at least 2"):
+        brier_from_sample_set(x[:, :1], y)
 
 
 def test_baseline_estimator_is_unbiased_for_a_real_model():
