@@ -113,16 +113,24 @@ def flops_to_reach(points: list[dict], target: float, key: str = "brier_lm") -> 
 
 
 @torch.inference_mode()
-def tokens_per_second(model, prompts: torch.Tensor, max_new: int, seed: int, repeats: int = 3) -> float:
-    """Generated tokens per second at temperature 1 for a batch of prompts (B, T), best of `repeats`
-    (on a shared machine the best run is the least disturbed one)."""
-    g = torch.Generator().manual_seed(seed)
-    model.generate(prompts, 8, generator=g)  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = model.generate(prompts, max_new, generator=g)
-        best = max(best, out.numel() / (time.perf_counter() - t))
+def generation_speed(models: dict, prompts: torch.Tensor, max_new: int, seed: int, *, batch_sizes=(1, 32),
+                     rounds: int = 7) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Generated tokens per second at temperature 1: {model name: {"batch_B": best tokens/s}}.
+
+    The models take turns within every round (so a disturbance on the shared machine hits both alike)
+    and each keeps its best round, the least disturbed one. prompts (>= max(batch_sizes), T).
+    """
+    best = {name: {f"batch_{b}": 0.0 for b in batch_sizes} for name in models}
+    for model in models.values():  # warm-up
+        model.generate(prompts[:1], 8, generator=torch.Generator().manual_seed(seed))
+    for _ in range(rounds):
+        for b in batch_sizes:
+            for name, model in models.items():
+                g = torch.Generator().manual_seed(seed)
+                t = time.perf_counter()
+                out = model.generate(prompts[:b], max_new, generator=g)
+                rate = out.numel() / (time.perf_counter() - t)
+                best[name][f"batch_{b}"] = max(best[name][f"batch_{b}"], rate)
     return best
 
 
@@ -200,9 +208,8 @@ def main(cfg: BenchConfig) -> dict:
 
     # ---- 5. generation speed (temperature 1, prompts of 16 held-out tokens)
     prompts = torch.from_numpy(val_ids[: 32 * 16].astype(np.int64).reshape(32, 16))
-    speed = {}
-    for name, model in (("calm", calm.model.eval()), ("baseline", base.model.eval())):
-        speed[name] = {f"batch_{b}": tokens_per_second(model, prompts[:b], cfg.gen_tokens, cfg.seed) for b in (1, 32)}
+    speed = generation_speed({"calm": calm.model.eval(), "baseline": base.model.eval()}, prompts, cfg.gen_tokens,
+                             cfg.seed)  # fmt: skip
     speedup = {k: speed["calm"][k] / speed["baseline"][k] for k in speed["calm"]}
 
     save_pretrained(calm.model, out / "calm-k4", tok)
