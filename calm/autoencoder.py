@@ -24,11 +24,13 @@ Dim letters used in this module:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from calm.config import DictConfig
 
 __all__ = [
     "AutoencoderConfig",
@@ -65,7 +67,7 @@ class SwiGLUBlock(nn.Module):
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(DictConfig):
     """Hyperparameters of the autoencoder. Defaults are the paper's K=4 model (with its 128k vocabulary)."""
 
     K: int = 4
@@ -119,19 +121,6 @@ class AutoencoderConfig:
             raise ValueError(f"AutoencoderConfig.train_negatives must be an integer >= 0, got {self.train_negatives!r}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"AutoencoderConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}")
-
-    def to_dict(self) -> dict:
-        """The config as a JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> AutoencoderConfig:
-        """Inverse of ``to_dict``; unknown keys are an error (they mean a different model version)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"AutoencoderConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
 
 
 # Named sizes. `paper` is the paper's K=4 model. `tiny` is sized for 15 minutes on two CPU cores with the

@@ -8,19 +8,20 @@ Dim letters: B batch, L tokens, d hidden, V vocabulary, S samples, Q branches.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from calm.backbone import Backbone, BackboneConfig, Branches
+from calm.config import DictConfig
 
 __all__ = ["BaselineConfig", "BaselineOutput", "TokenTransformer", "BaselineTask", "PRESETS", "preset"]
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(DictConfig):
     """Hyperparameters of the token transformer."""
 
     vocab_size: int = 128256
@@ -52,19 +53,6 @@ class BaselineConfig:
             intermediate_size=self.intermediate_size,
             max_positions=self.max_positions,
         )
-
-    def to_dict(self) -> dict:
-        """The config as a JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> BaselineConfig:
-        """Inverse of `to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"BaselineConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
 
 
 # The paper's Transformer-S (281M with a 128k vocabulary) and a CPU size matching the tiny CALM backbone.

@@ -23,7 +23,7 @@ N model samples, M posterior samples, S samples in general.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from torch import nn
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig
 from calm.backbone import Backbone, BackboneConfig, Branches
+from calm.config import DictConfig
 from calm.sampling import batch_temperature_sample, exact_temperature_sample, split_temperature
 
 __all__ = [
@@ -146,7 +147,7 @@ class EnergyHead(nn.Module):
 
 
 @dataclass
-class EnergyTransformerConfig:
+class EnergyTransformerConfig(DictConfig):
     """Hyperparameters of the energy transformer. K, latent size and vocabulary come from the autoencoder."""
 
     autoencoder: dict = field(default_factory=dict)
@@ -216,19 +217,6 @@ class EnergyTransformerConfig:
             intermediate_size=self.intermediate_size,
             max_positions=self.max_patches + 1,
         )
-
-    def to_dict(self) -> dict:
-        """The config as a JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> EnergyTransformerConfig:
-        """Inverse of `to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"EnergyTransformerConfig: unknown fields {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
 
 
 # Backbone sizes of the paper (S, M, L, XL: head blocks = layers / 4, head width d) and a CPU size.

@@ -137,3 +137,21 @@ def test_optimizer_state_round_trip(tmp_path, tokenizers):
     for p in model.parameters():
         for key, value in opt.state[p].items():
             assert torch.equal(fresh.state[p][key], value), key
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "baseline", "calm"])
+def test_model_configs_round_trip_and_refuse_unknown_fields(kind):
+    """Every model config survives to_dict -> JSON -> from_dict and names a field it does not know."""
+    from calm.autoencoder import preset as ae_preset
+    from calm.baseline import BaselineConfig
+    from calm.baseline import preset as baseline_preset
+    from calm.energy_transformer import EnergyTransformerConfig
+    from calm.energy_transformer import preset as calm_preset
+
+    ae = ae_preset("tiny", vocab_size=64, latent_dim=16)
+    config = {"autoencoder": ae, "baseline": baseline_preset("tiny", 64), "calm": calm_preset("tiny", ae)}[kind]
+    cls = {"autoencoder": AutoencoderConfig, "baseline": BaselineConfig, "calm": EnergyTransformerConfig}[kind]
+    values = json.loads(json.dumps(config.to_dict()))
+    assert cls.from_dict(values) == config
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: unknown fields \['not_a_field'\]"):
+        cls.from_dict({**values, "not_a_field": 1})
