@@ -248,6 +248,7 @@ def evaluate_checkpoint(
     split: str = "test",
     max_passages: int = 64,
     seed: int = 0,
+    num_samples: int = 2,
     json_path: str | None = None,
 ) -> BrierScores:
     """Brier-1..4 and BrierLM of a calm or baseline checkpoint on a held-out split (`python -m calm.evaluate`).
@@ -272,13 +273,15 @@ def evaluate_checkpoint(
     length = c.max_patches * c.K if model_type == "calm" else c.max_positions
     ids = load_token_ids(corpus, tokenizer, split, progress=False)
     passages = make_passages(ids, length, max_passages=max_passages, seed=seed)
-    scores = evaluate_brier(model, passages, generator=torch.Generator(device=device).manual_seed(seed))
-    print(f"{model_type} {directory}  {split} split, {len(passages)} passages of {length} tokens")
+    scores = evaluate_brier(model, passages, num_samples=num_samples,
+                            generator=torch.Generator(device=device).manual_seed(seed))
+    print(f"{model_type} {directory}  {split} split, {len(passages)} passages of {length} tokens, "
+          f"{num_samples} samples per position")
     for n, b in enumerate(scores.brier, start=1):
         print(f"  Brier-{n}  {b:.4f}   ({scores.counts[n - 1]} positions)")
     print(f"  BrierLM  {scores.brier_lm:.2f}")
     out = Path(json_path) if json_path else Path(directory) / f"eval_brier_{split}.json"
     out.write_text(json.dumps({"checkpoint": str(directory), "model_type": model_type, "corpus": corpus,
-                               "split": split, "passages": len(passages), "length": length,
+                               "split": split, "passages": len(passages), "length": length, "samples": num_samples,
                                **scores.as_dict(), "counts": scores.counts}, indent=1) + "\n")  # fmt: skip
     return scores

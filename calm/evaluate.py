@@ -179,13 +179,16 @@ def main(argv: list[str] | None = None) -> AutoencoderReport:
         q.add_argument("--split", default="test", choices=["train", "validation", "test"], help="data split")
         q.add_argument("--max-passages", type=int, default=64, help="evaluate at most this many passages")
         q.add_argument("--seed", type=int, default=0, help="seed of the passage draw and the samples")
+        q.add_argument("--samples", type=int, default=2,
+                       help="sampled continuations per position (>= 2; the paper's 2, more lower the variance)")
         q.add_argument("--json", default=None, help="output path (default <checkpoint>/eval_brier_<split>.json)")
     args = parser.parse_args(argv)
     if args.model in ("calm", "baseline"):
         from calm.brier import evaluate_checkpoint
 
         return evaluate_checkpoint(args.checkpoint, model_type=args.model, corpus=args.corpus, split=args.split,
-                                   max_passages=args.max_passages, seed=args.seed, json_path=args.json)
+                                   max_passages=args.max_passages, seed=args.seed, num_samples=args.samples,
+                                   json_path=args.json)
 
     model, tokenizer = load_pretrained(args.checkpoint)
     ids = load_token_ids(args.corpus, tokenizer, args.split)

@@ -216,3 +216,7 @@ def test_train_task_checkpoints_generate_and_evaluate(tmp_path, tokenizer, capsy
     scores = evaluate.main(["calm", str(tmp_path / "calm"), "--max-passages", "2"])
     assert len(scores.brier) == 4 and scores.counts[0] > 0
     assert "BrierLM" in capsys.readouterr().out
+    more = evaluate.main(["calm", str(tmp_path / "calm"), "--max-passages", "2", "--samples", "6"])
+    assert more.counts == scores.counts and "6 samples per position" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="num_samples must be >= 2"):
+        evaluate.main(["calm", str(tmp_path / "calm"), "--max-passages", "2", "--samples", "1"])
