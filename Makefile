@@ -27,8 +27,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -ra
 
+# calm_diagnostics reads the checkpoint calm_vs_baseline writes, so it runs last
+BENCHES = $(filter-out bench/calm_diagnostics.py,$(sort $(wildcard bench/*.py))) bench/calm_diagnostics.py
+
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(OFFLINE) $(BIN)/python $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== $$b"; $(OFFLINE) $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check calm agents environments protocols experiments tests bench

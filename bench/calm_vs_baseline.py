@@ -170,12 +170,12 @@ def main(cfg: BenchConfig) -> dict:
 
     # ---- 2. baseline
     base_task = BaselineTask(BaselineTask.make_config("tiny", vocab_size=V, overrides={}))
-    base_task.brier_samples = cfg.brier_samples
     L = base_task.tokens_per_example
     val_size = cfg.eval_windows * L // 4  # validation_set counts 4-token chunks
     base_tpt = baseline_flops(base_task.config).training
     base_step_flops = base_tpt * cfg.batch_size * L
-    common = dict(batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, val_size=val_size, threads=cfg.threads)
+    common = dict(batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, val_size=val_size, threads=cfg.threads,
+                  brier_samples=cfg.brier_samples)
     t = time.time()
     base_cfg = TrainConfig(steps=cfg.steps, warmup=max(1, cfg.steps // 10), val_every=cfg.eval_every,
                            checkpoint_every=cfg.steps, **common)  # fmt: skip
@@ -185,7 +185,6 @@ def main(cfg: BenchConfig) -> dict:
     # ---- 3. CALM with the same FLOPs budget
     calm_overrides = json.loads(cfg.calm_overrides) if cfg.calm_overrides else {}
     calm_task = CalmTask(CalmTask.make_config("tiny", vocab_size=V, overrides=calm_overrides, ae=str(ae_dir)))
-    calm_task.brier_samples = cfg.brier_samples
     if calm_task.tokens_per_example != L:
         raise ValueError(f"CALM window {calm_task.tokens_per_example} != baseline window {L}")
     calm_tpt = calm_flops(calm_task.config).training
@@ -245,7 +244,8 @@ def main(cfg: BenchConfig) -> dict:
             "baseline": flops_to_reach(base_curve, base_curve[-1]["brier_1"], "brier_1"),
             "calm": flops_to_reach(calm_curve, base_curve[-1]["brier_1"], "brier_1"),
         },
-        # the other way round: what the baseline spent to get where CALM ended (null: below its first point)
+        # the other way round: the baseline's FLOPs at its first validation at or above where CALM ended
+        # (an upper bound when that is already its first point; null if the baseline never got there)
         "baseline_flops_to_match_calm_final": {
             key: flops_to_reach(base_curve, calm_curve[-1][key], key) for key in ("brier_lm", "brier_1", "brier_2")
         },

@@ -508,7 +508,8 @@ class CalmTask:
         self.tokens_per_example = config.max_patches * config.K
         """tokens in one training window"""
         self.brier_samples = 2
-        """sampled continuations per position in validation's Brier estimates (>= 2; more = less noise)"""
+        """sampled continuations per position in validation's Brier estimates (>= 2; more = less noise;
+        calm.train sets it from TrainConfig.brier_samples)"""
 
     @classmethod
     def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, ae: str | None = None, **_) -> EnergyTransformerConfig:

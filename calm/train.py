@@ -2,12 +2,17 @@
 
     python -m calm.train autoencoder --preset tiny --corpus kjv+shakespeare --out runs/ae-k4 \
         [--workers N] [--gpu auto|on|off] [--steps N] [--resume] [--kl-clip X] ...
+    python -m calm.train calm --ae runs/ae-k4 --preset tiny --out runs/calm-k4 [--brier-samples 8] ...
+    python -m calm.train baseline --preset tiny --out runs/baseline ...
+
+(calm and baseline must use the --tokenizer the autoencoder was trained with.)
 
 Layout (nanoGPT/cleanrl-like, with a Ray driver):
     1. TrainConfig: optimiser, schedule, batch, logging and checkpoint cadence (one dataclass).
     2. Tasks: a small object per model kind that builds the model from its config, draws a batch from
-       the token stream and computes the loss and metrics. ``AutoencoderTask`` is the only one here;
-       a new model kind is a new task class plus one line in ``TASKS``.
+       the token stream and computes the loss and metrics. ``AutoencoderTask`` lives here, ``CalmTask``
+       and ``BaselineTask`` next to their models; a new model kind is a new task class plus one line
+       in ``TASKS``.
     3. ``run_loop``: the step code shared by every path (warmup + cosine lr, AdamW, clipping, NaN
        guard, validation, checkpoints, progress bar). It knows nothing about Ray.
     4. ``train_local`` / ``train_autoencoder``: one process, no Ray (tests, other modules).
@@ -114,6 +119,9 @@ class TrainConfig:
     """stop (with a checkpoint) after this many seconds of training, the cosine ending then; 0: no limit"""
     threads: int = 0
     """torch CPU threads per worker; 0 means cores / workers"""
+    brier_samples: int = 2
+    """calm and baseline: sampled continuations per position in validation's Brier estimates (>= 2, the
+    paper's 2; more lower the noise of the estimate, which stays unbiased)"""
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "log_every", "val_every", "val_size", "checkpoint_every")
@@ -135,6 +143,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.threads < 0:
             raise ValueError(f"TrainConfig.threads must be >= 0, got {self.threads}")
+        if not isinstance(self.brier_samples, int) or self.brier_samples < 2:
+            raise ValueError(f"TrainConfig.brier_samples must be an integer >= 2, got {self.brier_samples!r}")
 
 
 # Training defaults per model preset. tiny: large lr and short warmup, sized for two CPU cores.
@@ -329,6 +339,8 @@ def run_loop(
     else:
         wrapped = model
     history = list(history or [])
+    if hasattr(task, "brier_samples"):  # the language-model tasks' validation draws this many samples
+        task.brier_samples = cfg.brier_samples
     val_set = task.validation_set(val_ids, cfg.val_size).to(device) if (val_ids is not None and rank == 0) else None
     bar = _make_progress(cfg.steps, start_step, in_ray) if (progress and rank == 0) else None
     model.train()

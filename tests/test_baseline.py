@@ -103,9 +103,12 @@ def test_train_task_generate_and_evaluate(tmp_path, tokenizer, capsys):
     task = task_cls(task_cls.make_config("tiny", vocab_size=len(tokenizer),
                                          overrides=dict(num_layers=1, max_positions=32)))  # fmt: skip
     stream = np.random.default_rng(0).integers(0, len(tokenizer), 4000).astype(np.int32)
-    cfg = TrainConfig(steps=2, batch_size=2, warmup=1, val_every=2, checkpoint_every=2, val_size=16)
+    cfg = TrainConfig(steps=2, batch_size=2, warmup=1, val_every=2, checkpoint_every=2, val_size=16, brier_samples=3)
     result = train_local(task, stream, cfg, val_ids=stream[:512])
     assert {"val_ce", "val_brier_lm"} <= set(result.history[-1])
+    assert task.brier_samples == 3  # validation used the configured number of samples
+    with pytest.raises(ValueError, match="brier_samples"):
+        TrainConfig(brier_samples=1)
     save_pretrained(result.model, tmp_path / "baseline", tokenizer)
     texts = generate.main([str(tmp_path / "baseline"), "--prompt", "In the beginning", "--temperature", "0.5",
                            "--max-tokens", "8"])  # fmt: skip

@@ -75,9 +75,10 @@ def test_many_sample_estimators_are_unbiased_and_tighter(S):
         brier_from_sample_set(x[:, :1], y)
 
 
-def test_baseline_estimator_is_unbiased_for_a_real_model():
-    """Brier-1 and Brier-2 of a (peaked) random TokenTransformer: the rollout estimator averages to the
-    exact value computed by enumerating every continuation with full forward passes."""
+@pytest.mark.parametrize("S", [2, 5])
+def test_baseline_estimator_is_unbiased_for_a_real_model(S):
+    """Brier-1 and Brier-2 of a (peaked) random TokenTransformer: the rollout estimator with S samples per
+    position averages to the exact value computed by enumerating every continuation with full forward passes."""
     torch.manual_seed(0)
     V, L, s = 12, 10, 6
     model = TokenTransformer(baseline_preset("tiny", V, num_layers=2, max_positions=32)).eval()
@@ -96,7 +97,7 @@ def test_baseline_estimator_is_unbiased_for_a_real_model():
     exact2 = exact_brier(joint, ids[0, s] * V + ids[0, s + 1]).item()
     R = 4000
     g = torch.Generator().manual_seed(1)
-    sums, counts = brier_sums_baseline(model, ids.expand(R, L), stride=s, max_n=2, generator=g)
+    sums, counts = brier_sums_baseline(model, ids.expand(R, L), stride=s, max_n=2, num_samples=S, generator=g)
     # starts are s only (2s > L - 2), one per row
     assert counts.tolist() == [R, R]
     assert 0.1 < exact2 < exact1 < 0.9  # a non-degenerate case
