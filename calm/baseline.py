@@ -16,6 +16,7 @@ from torch import nn
 
 from calm.backbone import Backbone, BackboneConfig, Branches
 from calm.config import DictConfig
+from calm.lm_task import WindowTask
 
 __all__ = ["BaselineConfig", "BaselineOutput", "TokenTransformer", "BaselineTask", "PRESETS", "preset"]
 
@@ -205,25 +206,16 @@ class TokenTransformer(nn.Module):
 # training task (used by calm.train: build, batch, loss, validation)
 
 
-class BaselineTask:
-    """Train a TokenTransformer on windows of max_positions tokens."""
+class BaselineTask(WindowTask):
+    """Train a TokenTransformer on windows of max_positions tokens (validation sizes count 4-token units,
+    as many tokens as a K=4 CALM's)."""
 
     name = "baseline"
     config_cls = BaselineConfig
     presets = PRESETS
-    # tiny: the same schedule as the tiny CALM; the others: the paper's AdamW settings
-    train_presets: dict[str, dict] = {
-        "tiny": dict(steps=3000, batch_size=16, lr=1e-3, warmup=100, val_every=250, checkpoint_every=250),
-        **{k: dict(steps=250_000, batch_size=64, lr=3e-4, warmup=2000) for k in ("S", "M", "L", "XL")},
-    }
 
     def __init__(self, config: BaselineConfig) -> None:
-        self.config = config
-        self.tokens_per_example = config.max_positions
-        """tokens in one training window"""
-        self.brier_samples = 2
-        """sampled continuations per position in validation's Brier estimates (>= 2; more = less noise;
-        calm.train sets it from TrainConfig.brier_samples)"""
+        super().__init__(config, tokens_per_example=config.max_positions, tokens_per_unit=4)
 
     @classmethod
     def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, **_) -> BaselineConfig:
@@ -234,28 +226,10 @@ class BaselineTask:
         """A freshly initialised model."""
         return TokenTransformer(self.config)
 
-    def sample_batch(self, ids, rng, batch_size: int) -> torch.Tensor:
-        """(B, L) int64 windows of L = max_positions tokens at uniform positions of the stream ids."""
-        import numpy as np
-
-        L = self.tokens_per_example
-        if len(ids) < L:
-            raise ValueError(f"the token stream has {len(ids)} ids, fewer than one window of {L}")
-        start = rng.integers(0, len(ids) - L + 1, size=batch_size)  # (B,)
-        return torch.from_numpy(ids[start[:, None] + np.arange(L)].astype(np.int64))
-
     def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
         """(cross-entropy, metrics to log)."""
         out = model(batch)
         return out.loss, {"ce": out.loss.detach()}
-
-    def validation_set(self, ids, size: int) -> torch.Tensor:
-        """Non-overlapping windows holding about size * 4 tokens (as many as a K=4 CALM's), at least one."""
-        import numpy as np
-
-        L = self.tokens_per_example
-        n = max(1, min(size * 4 // L, len(ids) // L))
-        return torch.from_numpy(np.asarray(ids[: n * L], dtype=np.int64).reshape(n, L))
 
     @torch.no_grad()
     def validate(self, model: TokenTransformer, windows: torch.Tensor) -> dict[str, float]:

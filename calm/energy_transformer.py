@@ -32,6 +32,7 @@ from torch import nn
 from calm.autoencoder import Autoencoder, AutoencoderConfig
 from calm.backbone import Backbone, BackboneConfig, Branches
 from calm.config import DictConfig
+from calm.lm_task import WindowTask
 from calm.sampling import batch_temperature_sample, exact_temperature_sample, split_temperature
 
 __all__ = [
@@ -491,25 +492,16 @@ class EnergyTransformer(nn.Module):
 # training task (used by calm.train: build, batch, loss, validation)
 
 
-class CalmTask:
-    """Train an EnergyTransformer on windows of max_patches * K tokens, around a trained autoencoder."""
+class CalmTask(WindowTask):
+    """Train an EnergyTransformer on windows of max_patches * K tokens, around a trained autoencoder
+    (validation sizes count K-token chunks)."""
 
     name = "calm"
     config_cls = EnergyTransformerConfig
     presets = PRESETS
-    # tiny: sized for two CPU cores; the others: the paper's AdamW settings (lr 3e-4, warmup 2000, wd 0.1)
-    train_presets: dict[str, dict] = {
-        "tiny": dict(steps=3000, batch_size=16, lr=1e-3, warmup=100, val_every=250, checkpoint_every=250),
-        **{k: dict(steps=250_000, batch_size=64, lr=3e-4, warmup=2000) for k in ("S", "M", "L", "XL")},
-    }
 
     def __init__(self, config: EnergyTransformerConfig) -> None:
-        self.config = config
-        self.tokens_per_example = config.max_patches * config.K
-        """tokens in one training window"""
-        self.brier_samples = 2
-        """sampled continuations per position in validation's Brier estimates (>= 2; more = less noise;
-        calm.train sets it from TrainConfig.brier_samples)"""
+        super().__init__(config, tokens_per_example=config.max_patches * config.K, tokens_per_unit=config.K)
 
     @classmethod
     def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, ae: str | None = None, **_) -> EnergyTransformerConfig:
@@ -541,28 +533,10 @@ class CalmTask:
             model.autoencoder.load_state_dict(weights, strict=True)
         return model
 
-    def sample_batch(self, ids, rng, batch_size: int) -> torch.Tensor:
-        """(B, L) int64 windows of L = max_patches * K tokens at uniform positions of the stream ids."""
-        import numpy as np
-
-        L = self.tokens_per_example
-        if len(ids) < L:
-            raise ValueError(f"the token stream has {len(ids)} ids, fewer than one window of {L}")
-        start = rng.integers(0, len(ids) - L + 1, size=batch_size)  # (B,)
-        return torch.from_numpy(ids[start[:, None] + np.arange(L)].astype(np.int64))
-
     def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
         """(energy loss, metrics to log)."""
         out = model(batch, generator=generator)
         return out.loss, {"xy": out.term_xy, "xx": out.term_xx, "mse": out.mse}
-
-    def validation_set(self, ids, size: int) -> torch.Tensor:
-        """Non-overlapping windows holding about size * K tokens (size counts K-token chunks), at least one."""
-        import numpy as np
-
-        L = self.tokens_per_example
-        n = max(1, min(size * self.config.K // L, len(ids) // L))
-        return torch.from_numpy(np.asarray(ids[: n * L], dtype=np.int64).reshape(n, L))
 
     @torch.no_grad()
     def validate(self, model: EnergyTransformer, windows: torch.Tensor) -> dict[str, float]:
