@@ -31,14 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocols import (  # noqa: E402
-    QuantizedVectorProtocol,
-    QuantizedVectorProtocolConfig,
-    TokenProtocol,
-    TokenProtocolConfig,
-    VectorProtocol,
-    VectorProtocolConfig,
-)
+from protocols import make_protocol  # noqa: E402
 
 
 @dataclass
@@ -139,13 +132,8 @@ def main(cfg: Config) -> dict:
     train = rng.integers(0, V, size=(4096, L))
     pool = rng.integers(0, V, size=(4096, L))
     n = cfg.channel_uses
-    protos = {
-        "token": TokenProtocol(TokenProtocolConfig(vocab_size=V, budget=n)),
-        "vector": VectorProtocol(model, VectorProtocolConfig(budget=n)),
-        "quantized": QuantizedVectorProtocol(
-            model, QuantizedVectorProtocolConfig(bits_per_dim=cfg.quantized_bits, budget=n)
-        ),
-    }
+    protos = {name: make_protocol(name, model, budget=n, quantized_bits=cfg.quantized_bits)
+              for name in ("token", "vector", "quantized")}  # fmt: skip
     # the limit: the best of two matmul measurements, before and after the games (a shared machine's
     # load varies; the best one is the closest to what the hardware can do)
     gflops = matmul_gflops(cfg.matmul_size, device)

@@ -21,14 +21,7 @@ import torch
 
 from calm.checkpoint import load_pretrained
 from calm.data import DEFAULT_CORPUS, load_token_ids, make_passages
-from protocols import (
-    QuantizedVectorProtocol,
-    QuantizedVectorProtocolConfig,
-    TokenProtocol,
-    TokenProtocolConfig,
-    VectorProtocol,
-    VectorProtocolConfig,
-)
+from protocols import make_protocol
 
 
 def newest_autoencoder(root: Path = Path(__file__).resolve().parent.parent / "runs") -> str:
@@ -74,14 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for split in ("train", "validation", "test")
     }
-    V = len(tok)
     rows = []
     for n in [int(b) for b in args.budgets.split(",")]:
-        protocols = {
-            "vector": VectorProtocol(model, VectorProtocolConfig(budget=n)),
-            "token": TokenProtocol(TokenProtocolConfig(vocab_size=V, budget=n)),
-            "quantized": QuantizedVectorProtocol(model, QuantizedVectorProtocolConfig(bits_per_dim=args.bits, budget=n)),
-        }
+        protocols = {name: make_protocol(name, model, budget=n, quantized_bits=args.bits)
+                     for name in ("vector", "token", "quantized")}  # fmt: skip
         for name, proto in protocols.items():
             proto.fit(split_passages["train"])
             row = {"protocol": name, "channel_uses": n}

@@ -324,15 +324,7 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path) -> tuple[dict[st
     """
     from calm.checkpoint import load_pretrained
     from calm.data import load_token_ids, make_passages
-    from protocols import (
-        QuantizedVectorProtocol,
-        QuantizedVectorProtocolConfig,
-        TokenProtocol,
-        TokenProtocolConfig,
-        VectorProtocol,
-        VectorProtocolConfig,
-        load_protocol,
-    )
+    from protocols import load_protocol, make_protocol
 
     model, tok = load_pretrained(checkpoint)
     K, ell, V = model.config.K, model.config.latent_dim, model.config.vocab_size
@@ -344,12 +336,6 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path) -> tuple[dict[st
     test = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), L,
                          max_passages=cfg.num_passages, seed=cfg.ae_seed + 1)
     n = cfg.channel_uses
-    build = {
-        "vector": lambda: VectorProtocol(model, VectorProtocolConfig(budget=n)),
-        "token": lambda: TokenProtocol(TokenProtocolConfig(vocab_size=V, budget=n)),
-        "quantized": lambda: QuantizedVectorProtocol(model, QuantizedVectorProtocolConfig(bits_per_dim=cfg.quantized_bits,
-                                                                                          budget=n)),
-    }
     # nominal payload per message (DESIGN.md section 3): bits before any channel coding
     nominal = {"vector": L // K * ell * 32, "token": L * math.log2(V), "quantized": L // K * ell * cfg.quantized_bits}
     dirs, facts = {}, {}
@@ -358,7 +344,7 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path) -> tuple[dict[st
         if (d / "protocol.json").is_file():
             p = load_protocol(d, autoencoder=model)
         else:
-            p = build[name]().fit(train)
+            p = make_protocol(name, model, budget=n, quantized_bits=cfg.quantized_bits).fit(train)
             p.save(d)
         uses = p.channel_uses(L)
         if uses != n:

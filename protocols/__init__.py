@@ -39,10 +39,29 @@ __all__ = [
     "efficiency",
     "fano_delivered_bits",
     "load_protocol",
+    "make_protocol",
     "snr",
     "snr_db",
     "wilson_interval",
 ]
+
+
+PROTOCOL_NAMES = ("vector", "token", "quantized")
+
+
+def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: int = 4) -> Protocol:
+    """A fresh (unfitted) protocol by name, sized for `budget` channel uses.
+
+    The token protocol uses the autoencoder's vocabulary (the tokenizer's); the latent ones its codes.
+    """
+    if name == "vector":
+        return VectorProtocol(autoencoder, VectorProtocolConfig(budget=budget))
+    if name == "token":
+        return TokenProtocol(TokenProtocolConfig(vocab_size=autoencoder.config.vocab_size, budget=budget))
+    if name == "quantized":
+        return QuantizedVectorProtocol(autoencoder, QuantizedVectorProtocolConfig(bits_per_dim=quantized_bits,
+                                                                                  budget=budget))  # fmt: skip
+    raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOL_NAMES)}")
 
 
 def load_protocol(directory: str | Path, autoencoder: Any | None = None) -> Protocol:

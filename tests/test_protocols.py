@@ -458,3 +458,16 @@ def test_bad_input_raises_clear_errors(autoencoder, folded):
             call()
     with pytest.raises(RuntimeError, match="not fitted"):
         VectorProtocol(autoencoder).encode(ids)
+
+
+def test_make_protocol_builds_each_kind_by_name(autoencoder):
+    """make_protocol: the three kinds at the requested budget, the token one on the autoencoder's vocabulary."""
+    from protocols import make_protocol
+
+    built = {name: make_protocol(name, autoencoder, budget=24, quantized_bits=3) for name in ("vector", "token", "quantized")}
+    assert isinstance(built["vector"], VectorProtocol) and built["vector"].config.budget == 24
+    assert isinstance(built["token"], TokenProtocol)
+    assert built["token"].config.vocab_size == autoencoder.config.vocab_size
+    assert isinstance(built["quantized"], QuantizedVectorProtocol) and built["quantized"].config.bits_per_dim == 3
+    with pytest.raises(ValueError, match="unknown protocol 'morse'"):
+        make_protocol("morse", autoencoder, budget=24)
