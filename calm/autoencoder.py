@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +41,7 @@ __all__ = [
     "preset",
     "kl_per_dimension",
     "clipped_kl",
+    "AutoencoderTask",
 ]
 
 
@@ -364,3 +366,69 @@ class Autoencoder(nn.Module):
             log_sigma=log_sigma,
             candidates=candidates,
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training task (used by calm.train: build, batch, loss, validation)
+
+
+class AutoencoderTask:
+    """Train the CALM autoencoder on random K-token windows of a token stream."""
+
+    name = "autoencoder"
+    config_cls = AutoencoderConfig
+    presets = PRESETS
+    # TrainConfig defaults per preset. tiny: large lr and short warmup, sized for two CPU cores.
+    # paper: the paper's AdamW settings (lr 3e-4, warmup 1000, wd 0.1, betas 0.9/0.95, clip 1.0).
+    train_presets: dict[str, dict] = {
+        "tiny": dict(steps=6000, batch_size=256, lr=3e-3, warmup=200, val_every=250, checkpoint_every=250),
+        "paper": dict(steps=100_000, batch_size=512, lr=3e-4, warmup=1000),
+    }
+
+    def __init__(self, config: AutoencoderConfig):
+        self.config = config
+
+    @classmethod
+    def make_config(cls, preset_name: str, *, vocab_size: int, pad_id: int, overrides: dict, **_) -> AutoencoderConfig:
+        """The config for `python -m calm.train autoencoder --preset NAME` (the tokenizer's vocabulary and pad id)."""
+        return preset(preset_name, vocab_size=vocab_size, pad_id=pad_id, **overrides)
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (seed torch before calling for a reproducible init)."""
+        return Autoencoder(self.config)
+
+    def sample_batch(self, ids: np.ndarray, rng: np.random.Generator, batch_size: int) -> torch.Tensor:
+        """(B, K) int64: windows of K consecutive tokens starting at uniform positions of ``ids``."""
+        K = self.config.K
+        if len(ids) < K:
+            raise ValueError(f"the token stream has {len(ids)} ids, fewer than K={K}")
+        start = rng.integers(0, len(ids) - K + 1, size=batch_size)  # (B,)
+        return torch.from_numpy(ids[start[:, None] + np.arange(K)].astype(np.int64))  # (B, K)
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
+        """(loss, metrics): the training objective and 0-dim tensors to log (``acc`` is token accuracy)."""
+        out = model(batch, generator=generator)
+        return out.loss, {"acc": out.accuracy.detach(), "ce": out.ce.detach(), "kl": out.kl.detach()}
+
+    def validation_set(self, ids: np.ndarray, size: int) -> torch.Tensor:
+        """(size, K): the first ``size`` non-overlapping, aligned chunks of the validation stream."""
+        K = self.config.K
+        n = min(size, len(ids) // K)
+        return torch.from_numpy(ids[: n * K].reshape(n, K).astype(np.int64))
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, chunks: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
+        """Held-out metrics of the deterministic (eval-mode) model: token and chunk accuracy, loss."""
+        was_training = model.training
+        model.eval()
+        correct = exact = loss = 0.0
+        for i in range(0, len(chunks), batch_size):
+            batch = chunks[i : i + batch_size]
+            out = model(batch)
+            hit = out.logits.argmax(-1) == batch  # (b, K)
+            correct += hit.float().sum().item()
+            exact += hit.all(-1).float().sum().item()
+            loss += out.ce.item() * len(batch)
+        model.train(was_training)
+        n = len(chunks)
+        return {"val_acc": correct / (n * self.config.K), "val_chunk_acc": exact / n, "val_ce": loss / n}

@@ -10,9 +10,9 @@
 Layout (nanoGPT/cleanrl-like, with a Ray driver):
     1. TrainConfig: optimiser, schedule, batch, logging and checkpoint cadence (one dataclass).
     2. Tasks: a small object per model kind that builds the model from its config, draws a batch from
-       the token stream and computes the loss and metrics. ``AutoencoderTask`` lives here, ``CalmTask``
-       and ``BaselineTask`` next to their models; a new model kind is a new task class plus one line
-       in ``TASKS``.
+       the token stream and computes the loss and metrics. Each lives next to its model
+       (``AutoencoderTask``, ``CalmTask``, ``BaselineTask``); a new model kind is a new task class plus
+       one line in ``TASKS``.
     3. ``run_loop``: the step code shared by every path (warmup + cosine lr, AdamW, clipping, NaN
        guard, validation, checkpoints, progress bar). It knows nothing about Ray.
     4. ``train_local`` / ``train_autoencoder``: one process, no Ray (tests, other modules).
@@ -47,8 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calm.autoencoder import PRESETS as AE_PRESETS
-from calm.autoencoder import Autoencoder, AutoencoderConfig
+from calm.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderTask
 from calm.baseline import BaselineTask
 from calm.checkpoint import (
     load_optimizer,
@@ -147,14 +146,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.brier_samples must be an integer >= 2, got {self.brier_samples!r}")
 
 
-# Training defaults per model preset. tiny: large lr and short warmup, sized for two CPU cores.
-# paper: the paper's AdamW settings (lr 3e-4, warmup 1000, wd 0.1, betas 0.9/0.95, clip 1.0).
-TRAIN_PRESETS: dict[str, dict] = {
-    "tiny": dict(steps=6000, batch_size=256, lr=3e-3, warmup=200, val_every=250, checkpoint_every=250),
-    "paper": dict(steps=100_000, batch_size=512, lr=3e-4, warmup=1000),
-}
-
-
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine to lr*min_lr_ratio.
 
@@ -179,63 +170,13 @@ def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
 # 2. tasks
 
 
-class AutoencoderTask:
-    """Train the CALM autoencoder on random K-token windows of a token stream."""
-
-    name = "autoencoder"
-    config_cls = AutoencoderConfig
-    presets = AE_PRESETS
-
-    def __init__(self, config: AutoencoderConfig):
-        self.config = config
-
-    def build_model(self) -> nn.Module:
-        """A freshly initialised model (seed torch before calling for a reproducible init)."""
-        return Autoencoder(self.config)
-
-    def sample_batch(self, ids: np.ndarray, rng: np.random.Generator, batch_size: int) -> torch.Tensor:
-        """(B, K) int64: windows of K consecutive tokens starting at uniform positions of ``ids``."""
-        K = self.config.K
-        if len(ids) < K:
-            raise ValueError(f"the token stream has {len(ids)} ids, fewer than K={K}")
-        start = rng.integers(0, len(ids) - K + 1, size=batch_size)  # (B,)
-        return torch.from_numpy(ids[start[:, None] + np.arange(K)].astype(np.int64))  # (B, K)
-
-    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
-        """(loss, metrics): the training objective and 0-dim tensors to log (``acc`` is token accuracy)."""
-        out = model(batch, generator=generator)
-        return out.loss, {"acc": out.accuracy.detach(), "ce": out.ce.detach(), "kl": out.kl.detach()}
-
-    def validation_set(self, ids: np.ndarray, size: int) -> torch.Tensor:
-        """(size, K): the first ``size`` non-overlapping, aligned chunks of the validation stream."""
-        K = self.config.K
-        n = min(size, len(ids) // K)
-        return torch.from_numpy(ids[: n * K].reshape(n, K).astype(np.int64))
-
-    @torch.no_grad()
-    def validate(self, model: nn.Module, chunks: torch.Tensor, batch_size: int = 2048) -> dict[str, float]:
-        """Held-out metrics of the deterministic (eval-mode) model: token and chunk accuracy, loss."""
-        was_training = model.training
-        model.eval()
-        correct = exact = loss = 0.0
-        for i in range(0, len(chunks), batch_size):
-            batch = chunks[i : i + batch_size]
-            out = model(batch)
-            hit = out.logits.argmax(-1) == batch  # (b, K)
-            correct += hit.float().sum().item()
-            exact += hit.all(-1).float().sum().item()
-            loss += out.ce.item() * len(batch)
-        model.train(was_training)
-        n = len(chunks)
-        return {"val_acc": correct / (n * self.config.K), "val_chunk_acc": exact / n, "val_ce": loss / n}
-
-
 # subcommand name -> task class. A task class has: name, config_cls (with to_dict/from_dict), presets,
 # build_model(), sample_batch(ids, rng, batch_size), loss(model, batch, generator), validation_set(ids, n),
 # validate(model, val_set).
 TASKS: dict[str, type] = {"autoencoder": AutoencoderTask, "calm": CalmTask, "baseline": BaselineTask}
-# a task may also have ``make_config(preset, vocab_size=, pad_id=, overrides=, **cli_args)`` (its config does not
-# take vocab_size/pad_id directly), ``train_presets`` (its own TRAIN_PRESETS) and ``tokens_per_example``.
+# each also has ``make_config(preset, vocab_size=, pad_id=, overrides=, **cli_args)`` and ``train_presets``
+# (TrainConfig defaults per preset); the language-model tasks have ``tokens_per_example``.
+TRAIN_PRESETS = AutoencoderTask.train_presets  # the autoencoder's TrainConfig defaults (train_autoencoder uses them)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -774,14 +715,9 @@ def configs_from_args(args: argparse.Namespace, task_cls, *, vocab_size: int, pa
     model_names = {f.name for f in fields(task_cls.config_cls)}
     model_over = {k: v for k, v in vars(args).items() if k in model_names and v is not None}
     train_over = {k: v for k, v in vars(args).items() if k in train_names and v is not None}
-    if hasattr(task_cls, "make_config"):
-        model_cfg = task_cls.make_config(args.preset, vocab_size=vocab_size, pad_id=pad_id, overrides=model_over,
-                                         ae=getattr(args, "ae", None))
-        train_cfg = TrainConfig(**{**task_cls.train_presets.get(args.preset, {}), **train_over})
-        return model_cfg, train_cfg
-    model_cfg = task_cls.config_cls(**{**task_cls.presets[args.preset], "vocab_size": vocab_size, "pad_id": pad_id,
-                                       **model_over})
-    train_cfg = TrainConfig(**{**TRAIN_PRESETS.get(args.preset, {}), **train_over})
+    model_cfg = task_cls.make_config(args.preset, vocab_size=vocab_size, pad_id=pad_id, overrides=model_over,
+                                     ae=getattr(args, "ae", None))
+    train_cfg = TrainConfig(**{**task_cls.train_presets.get(args.preset, {}), **train_over})
     return model_cfg, train_cfg
 
 
