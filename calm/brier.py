@@ -56,8 +56,7 @@ def brier_from_samples(x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor) -> t
     Returns:
         (...,) float estimates in {-1, 0, 1, 2}.
     """
-    eq = lambda a, b: (a == b).all(dim=-1).float()  # noqa: E731
-    return eq(x1, y) + eq(x2, y) - eq(x1, x2)
+    return brier_from_sample_set(torch.stack([x1, x2], dim=-2), y)
 
 
 def brier_from_probability(p_true: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -67,7 +66,7 @@ def brier_from_probability(p_true: torch.Tensor, x1: torch.Tensor, x2: torch.Ten
         p_true: (...,) the model's probability of the true outcome.
         x1, x2: (..., n) two samples from the model.
     """
-    return 2.0 * p_true - (x1 == x2).all(dim=-1).float()
+    return brier_from_probability_set(p_true, torch.stack([x1, x2], dim=-2))
 
 
 def collision_rate(x: torch.Tensor) -> torch.Tensor:
