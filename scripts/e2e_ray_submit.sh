@@ -92,7 +92,15 @@ cleanup() {
   # Ray's cached copies of this run's cluster config
   grep -l "$CLUSTER" /tmp/ray-config-* 2>/dev/null | while read -r f; do rm -f "$f"; done
   if [ "$rc" != 0 ]; then
-    for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "---- $f (tail)"; tail -n 40 "$f"; }; done
+    # the lines that say what went wrong, not whole ssh logs; E2E_LOG_DIR keeps the full logs
+    for f in "$WORK"/*.log; do
+      [ -f "$f" ] || continue
+      errs=$(grep -a -i -E 'error|fail|denied|no such|traceback' "$f" | grep -v -E 'VVINFO|syslogin' | tail -n 5)
+      [ -n "$errs" ] && { echo "---- $(basename "$f"):"; echo "$errs" | cut -c1-300; }
+    done
+    if [ -n "${E2E_LOG_DIR:-}" ]; then
+      mkdir -p "$E2E_LOG_DIR" && cp "$WORK"/*.log "$E2E_LOG_DIR"/ 2>/dev/null && log "full logs in $E2E_LOG_DIR"
+    fi
   fi
   rm -rf "$WORK"
   log "done in $(($(date +%s) - START))s"
@@ -145,7 +153,17 @@ ssh -i "$WORK/id_ed25519" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o U
 
 # ---- 3. cluster config for this sshd -------------------------------------------------------------
 GCS_PORT="$(free_port)"; CLIENT_PORT="$(free_port)"; DASH_PORT="$(free_port)"
-SITE="$("$HOST_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+HOST_SITE="$("$HOST_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# the throwaway user reads the host venv's packages from a hard-linked tree in $WORK (0755): the clone, and
+# so .venv, may sit under a directory only its owner can enter (`mktemp -d`, /root), which must stay so.
+# Hard links cost no space; a plain copy where they cannot cross filesystems.
+SITE="$WORK/site-packages"
+cp -al "$HOST_SITE/." "$SITE" 2>/dev/null || { rm -rf "$SITE"; log "hard links failed: copying $HOST_SITE"; cp -a "$HOST_SITE/." "$SITE"; }
+# the host's editable install of this project points into the clone; the cluster installs its own
+rm -rf "$SITE"/__editable__*latentcomm* "$SITE"/latentcomm-*.dist-info
+chmod 755 "$SITE"
+runuser -u "$E2E_USER" -- test -r "$SITE/ray/__init__.py" \
+  || die "user $E2E_USER cannot read $SITE/ray/__init__.py (is $WORK on a filesystem mounted noexec/nosuid or with odd ACLs?)"
 SYS_PY="$(command -v /usr/bin/python3.11 || command -v /usr/bin/python3)"  # not pyenv: /root is private
 # the venv gets no pip and no console scripts: a `ray` command that runs the CLI from the host packages
 mkdir -p "$WORK/bin"
