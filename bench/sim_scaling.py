@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents import AgentConfig, make_agent  # noqa: E402
+from calm.ray_runtime import init_ray  # noqa: E402
 from experiments.referential_game import Config, ensure_checkpoint, fit_protocols, game_seed  # noqa: E402
 
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
@@ -83,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dirs, facts, passages = fit_protocols(cfg, checkpoint, Path(tmp))
         vocab = facts.pop("_model")["vocab_size"]
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        init_ray(address="local", num_cpus=os.cpu_count(), log_to_driver=False)
         agent_cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dirs, num_gpus=0, num_cpus=0.25)
         pairs = [(make_agent(agent_cfg, name=f"bench-speaker{i}"), make_agent(agent_cfg, name=f"bench-listener{i}"))
                  for i in range(2)]

@@ -1,7 +1,7 @@
 """Training entry point: Ray Train on N workers (CPU with gloo, or GPUs), or one plain process.
 
     python -m calm.train autoencoder --preset tiny --corpus kjv+shakespeare --out runs/ae-k4 \
-        [--workers N] [--gpu auto|on|off] [--steps N] [--resume] [--kl-clip X] ...
+        [--workers N] [--gpu auto|on|off] [--steps N] [--resume] [--max-failures 3] [--kl-clip X] ...
     python -m calm.train calm --ae runs/ae-k4 --preset tiny --out runs/calm-k4 [--brier-samples 8] ...
     python -m calm.train baseline --preset tiny --out runs/baseline ...
 
@@ -532,7 +532,9 @@ def _ray_worker(config: dict) -> None:
         state = load_training_state(config["resume_from"], task, model, optimizer)
         start, history = state["step"], state["history"]
     if start and rank == 0:
-        print(f"[calm.train] resuming at step {start} of {cfg.steps}", flush=True)
+        source = "this run's newest checkpoint after a worker-group restart" if ray_ckpt is not None else \
+            config["resume_from"]
+        print(f"[calm.train] resuming at step {start} of {cfg.steps} from {source}", flush=True)
 
     def on_checkpoint(step: int, hist: list[dict]) -> None:
         metrics = {"step": step, **(hist[-1] if hist and hist[-1]["step"] == step else {})}
@@ -578,25 +580,31 @@ def train_with_ray(
     gpu: str = "auto",
     resume: bool = False,
     progress: bool = True,
+    max_failures: int = 3,
 ) -> FitResult:
     """Driver: train ``task`` with Ray Train on ``workers`` workers and export ``out`` (HF-style).
 
     Checkpoints live under ``out/ray/<run>/step_NNNNNNN``; ``resume`` continues from the newest one
     (same step, same data order). When training ends normally the final model is written to ``out``
     with ``save_pretrained`` (``model.safetensors``, ``config.json``, ``tokenizer.json``).
+    A worker that dies (preempted node, OOM kill) restarts the worker group up to ``max_failures``
+    times; the new group resumes from this run's newest checkpoint, with the same data order.
 
     Raises:
         NonFiniteLossError: a NaN/inf loss stopped training; the message names the last good checkpoint.
         FileExistsError: ``out`` already has checkpoints and ``resume`` is False.
     """
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from calm.ray_runtime import init_ray, train_logging_config, train_worker_env
     from calm.tokenizer import save_tokenizer
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if max_failures < 0:
+        raise ValueError(f"max_failures must be >= 0, got {max_failures}")
     use_gpu = _resolve_gpu(gpu)
     out = Path(out).resolve()
     storage = out / "ray"
@@ -611,11 +619,8 @@ def train_with_ray(
     save_tokenizer(tokenizer, tok_dir)
 
     status_path = storage / f"status-{os.getpid()}-{time.time_ns()}.json"
-    started_ray = False
-    if not ray.is_initialized():
-        ncpu = os.cpu_count() or 1
-        ray.init(num_cpus=max(ncpu, workers + 1), include_dashboard=False, log_to_driver=True)
-        started_ray = True
+    # joins a cluster under `ray submit`, else a local Ray (loopback only)
+    started_ray = init_ray(address="auto", num_cpus=max(os.cpu_count() or 1, workers + 1))
     try:
         loop_config = {
             "task": task.name,
@@ -637,7 +642,10 @@ def train_with_ray(
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             run_config=RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                                  storage_path=str(storage),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=None)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=None),
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 logging_config=train_logging_config(),
+                                 worker_runtime_env=train_worker_env()),
         )
         result = trainer.fit()
     finally:
@@ -702,6 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--gpu", default="auto", choices=["auto", "on", "off"], help="use GPUs (auto: if visible)")
         p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under out")
         p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        p.add_argument("--max-failures", type=int, default=3,
+                       help="worker-group restarts after a worker dies (each resumes from the newest checkpoint)")
         _add_dataclass_args(p, TrainConfig)
         _add_dataclass_args(p, task_cls.config_cls, skip=("vocab_size", "pad_id", "autoencoder_path"))
         if name == "calm":
@@ -750,7 +760,7 @@ def main(argv: list[str] | None = None) -> FitResult:
                       "train_config": asdict(train_cfg)}), flush=True)
     result = train_with_ray(task, train_cfg, tokenizer=tokenizer, train_ids=train_ids, val_ids=val_ids,
                             out=args.out, workers=args.workers, gpu=args.gpu, resume=args.resume,
-                            progress=args.progress)
+                            progress=args.progress, max_failures=args.max_failures)
     if result.history:
         print(json.dumps({"final": result.history[-1], "out": str(Path(args.out).resolve())}), flush=True)
     return result

@@ -195,37 +195,12 @@ def settings_hash(cfg: Config) -> str:
 
 
 def connect_ray(cfg: Config) -> bool:
-    """Join or start Ray as ``cfg.address`` says; returns True when this call started a local Ray."""
-    import ray
+    """Join or start Ray as ``cfg.address`` says (``calm.ray_runtime.init_ray``); True when it started one."""
+    from calm.ray_runtime import init_ray
 
-    if ray.is_initialized():
-        return False
     # ray submit fallback: the package is on sys.path only through our insert; pass it to workers
     runtime_env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if "PYTHONPATH" in os.environ else None
-    address = cfg.address
-    if address == "auto":
-        address = os.environ.get("RAY_ADDRESS") or _started_cluster()
-        address = "auto" if address else None
-    elif address == "local":
-        address = None
-    if address is None:
-        print(f"[ray] starting a local Ray ({cfg.num_cpus or os.cpu_count()} CPUs)", flush=True)
-        ray.init(num_cpus=cfg.num_cpus, namespace=NAMESPACE, include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=True)
-        return True
-    print(f"[ray] joining the Ray cluster at {address}", flush=True)
-    ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env)
-    return False
-
-
-def _started_cluster() -> str | None:
-    """The address a `ray start` on this node recorded (in Ray's temp dir), if any."""
-    try:
-        from ray._private.services import find_bootstrap_address
-
-        return find_bootstrap_address(None)
-    except Exception:  # private API: treat any change as "no cluster found"
-        return None
+    return init_ray(address=cfg.address, num_cpus=cfg.num_cpus, namespace=NAMESPACE, runtime_env=runtime_env)
 
 
 def git_commit() -> str:
@@ -466,6 +441,9 @@ def run_sweep(cfg: Config, missing: list[dict], run_dir: Path, pairs: list, pass
     trainable = tune.with_resources(tune.with_parameters(_trainable, pairs=pairs, passages=passages, settings=settings),
                                     {"cpu": cfg.trial_cpus})
     name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    # Tune's new console engine prints its experiment box and result paths even at verbose=0 (Ray 2.60);
+    # the legacy one (Ray's documented switch) stays silent, and our own lines say where rows go
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(missing)},

@@ -55,6 +55,8 @@ def ray_local():
     """One local Ray for the whole session (starting Ray costs seconds). Fake GPUs let placement tests run."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        from calm.ray_runtime import init_ray
+
+        init_ray(address="local", num_cpus=4, num_gpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agents import AgentConfig, CALMAgentCore, ListenerPolicy, SpeakerPolicy, make_agent, resolve_num_gpus
+from calm.ray_runtime import init_ray
 from experiments.referential_game import Config, ensure_checkpoint
 
 # a micro autoencoder: trained for a few steps, enough to exercise every code path in seconds
@@ -85,8 +86,7 @@ def fake_gpu_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=2, namespace="latentcomm-test-agents", include_dashboard=False,
-             log_to_driver=False)
+    init_ray(address="local", num_cpus=2, num_gpus=2, namespace="latentcomm-test-agents", log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from calm.ray_runtime import init_ray
 from experiments.referential_game import COLUMNS, Config, main, trial_grid
 
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
@@ -24,7 +25,7 @@ def ray_session():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, namespace="latentcomm", include_dashboard=False, log_to_driver=False)
+    init_ray(address="local", num_cpus=2, namespace="latentcomm", log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -10,6 +10,7 @@ from tokenizers import ByteLevelBPETokenizer
 
 from calm.autoencoder import AutoencoderConfig
 from calm.checkpoint import load_pretrained, read_safetensors
+from calm.ray_runtime import init_ray
 from calm.tokenizer import load_tokenizer
 from calm.train import (
     AutoencoderTask,
@@ -123,7 +124,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tok):
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(address="local", num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
 
