@@ -248,41 +248,41 @@ class CALMAgentCore:
         # arrays from Ray's object store are read-only views; torch wants writable memory
         return self._protocol(protocol).encode(np.array(ids))
 
-    def decode(self, protocol: str, symbols: np.ndarray) -> np.ndarray:
-        """Hard receiver: ``symbols (B, n)`` -> ids ``(B, L)`` int64."""
-        return self._protocol(protocol).decode(symbols)
+    def decode(self, protocol: str, symbols: np.ndarray, channel: Any = None, gain: np.ndarray | None = None) -> np.ndarray:
+        """Hard decoding to tokens: ``symbols (B, n)`` -> ids ``(B, L)`` int64 (protocols that send tokens)."""
+        return self._protocol(protocol).decode(np.array(symbols), channel=channel, gain=_writable(gain))
 
-    def score(self, protocol: str, symbols: np.ndarray, candidates: np.ndarray, receiver: Receiver = "soft") -> np.ndarray:
-        """Candidate scores ``(B, C)``: soft = Gaussian log-likelihood, hard = tokens agreeing with the decode."""
+    def score(self, protocol: str, symbols: np.ndarray, candidates: np.ndarray, receiver: Receiver = "soft",
+              channel: Any = None, gain: np.ndarray | None = None) -> np.ndarray:
+        """Candidate scores ``(B, C)``: soft = channel log-likelihood, hard = minus the distance in the
+        protocol's own domain (bits or latents); the argmax is the receiver's choice."""
         p = self._protocol(protocol)
+        symbols, candidates, gain = np.array(symbols), np.array(candidates), _writable(gain)
         if receiver == "soft":
-            return p.score(symbols, candidates)
+            return p.score(symbols, candidates, channel=channel, gain=gain)
         if receiver == "hard":
-            return p.hard_score(symbols, candidates).astype(np.float64)
+            return p.hard_score(symbols, candidates, channel=channel, gain=gain)
         raise ValueError(f"receiver must be one of {RECEIVERS}, got {receiver!r}")
 
     def listen(
-        self, protocol: str, receiver: Receiver, symbols: np.ndarray, candidates: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Listener step in one call: ``(choice (B,) int64, decoded ids (B, L) int64)``.
+        self, protocol: str, receiver: Receiver, symbols: np.ndarray, candidates: np.ndarray, channel: Any = None,
+        gain: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Listener step in one call: ``(choice (B,) int64, decoded ids (B, L) int64 or None)``.
 
         The choice is the argmax of ``score`` (the first candidate on ties; the env shuffles the
-        candidates, so a tie is a fair coin). ``decoded`` is the hard decode of ``symbols``, returned
-        for the token-accuracy metric whatever the receiver.
+        candidates, so a tie is a fair coin). ``channel`` (a channel model with ``log_likelihood``) and
+        ``gain (B, n)`` (fading gains) are what the receiver is told about the channel; None: AWGN, no
+        fading. ``decoded`` is the hard decode of ``symbols`` for the token-accuracy metric whatever the
+        receiver, or None for a protocol that sends no tokens (hash).
         """
         p = self._protocol(protocol)
         if receiver not in RECEIVERS:
             raise ValueError(f"receiver must be one of {RECEIVERS}, got {receiver!r}")
-        symbols, candidates = np.array(symbols), np.array(candidates)
-        decoded = p.decode(symbols)  # (B, L)
-        if receiver == "soft":
-            scores = p.score(symbols, candidates)  # (B, C)
-        else:
-            # the same rule as Protocol.hard_score, reusing the decode above
-            pos = p.informative_positions(candidates.shape[2])
-            scores = (candidates[:, :, pos] == decoded[:, None, pos]).sum(axis=-1)  # (B, C)
+        symbols, candidates, gain = np.array(symbols), np.array(candidates), _writable(gain)
+        decoded = p.decode(symbols, channel=channel, gain=gain) if p.decodes_tokens else None  # (B, L)
+        scores = self.score(protocol, symbols, candidates, receiver, channel, gain)  # (B, C)
         return np.argmax(scores, axis=1).astype(np.int64), decoded
-
 
     def generate(self, prompts: list[str], max_tokens: int, *, temperature: float = 1.0, seed: int = 0) -> list[str]:
         """Continue each prompt with the CALM language model (``calm.generate``; prompt i uses seed + i).
@@ -302,6 +302,11 @@ class CALMAgentCore:
 
         return [generate(self.lm, self.lm_tokenizer, prompt, max_tokens, temperature=temperature, seed=seed + i)[0]
                 for i, prompt in enumerate(prompts)]
+
+
+def _writable(a: np.ndarray | None) -> np.ndarray | None:
+    """A writable copy of an array from Ray's object store (read-only views), or None."""
+    return None if a is None else np.array(a)
 
 
 def _ray_gpu_ids() -> list | None:

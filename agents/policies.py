@@ -4,7 +4,8 @@ A policy wraps an agent (a ``CALMAgent`` actor handle, or a plain ``CALMAgentCor
 single-process use) and one protocol. It maps the env's observation to the env's action:
 
     SpeakerPolicy.act(target (B, L))                              -> symbols (B, n) float32
-    ListenerPolicy.act({"candidates": (B, C, L), "received": (B, n)}) -> (indices (B,), decoded (B, L))
+    ListenerPolicy.act({"candidates": (B, C, L), "received": (B, n), "gain": (B, n)})
+        -> (indices (B,), decoded (B, L) or None)
 
 The env lives with the caller; only numpy arrays cross to the actors (DESIGN.md section 2).
 """
@@ -55,15 +56,23 @@ class ListenerPolicy:
     protocol: str
     """name of a protocol the agent loaded (the speaker's)"""
     receiver: Receiver = "soft"
-    """soft: maximum likelihood over candidates; hard: decode to tokens, then match"""
+    """soft: maximum likelihood over candidates; hard: decide in the protocol's domain, pick the nearest"""
+    channel: Any = None
+    """the channel model the receiver is told (``log_likelihood``); None: AWGN"""
 
     def __post_init__(self) -> None:
         if self.receiver not in RECEIVERS:
             raise ValueError(f"receiver must be one of {RECEIVERS}, got {self.receiver!r}")
 
-    def act(self, observation: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Listener observation -> ``(indices (B,) int64, decoded ids (B, L) int64)``."""
+    def act(self, observation: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Listener observation -> ``(indices (B,) int64, decoded ids (B, L) int64 or None)``.
+
+        The observation's ``gain (B, n)`` (fading gains: the receiver's channel-state information), when
+        present, reaches the receiver with ``channel``.
+        """
         received = observation["received"]  # (B, n)
         candidates = observation["candidates"]  # (B, C, L)
-        choice, decoded = call(self.agent, "listen", self.protocol, self.receiver, received, candidates)
-        return np.asarray(choice, dtype=np.int64), np.asarray(decoded, dtype=np.int64)
+        gain = observation.get("gain")  # (B, n) or None
+        choice, decoded = call(self.agent, "listen", self.protocol, self.receiver, received, candidates,
+                               self.channel, gain)
+        return np.asarray(choice, dtype=np.int64), None if decoded is None else np.asarray(decoded, dtype=np.int64)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for n in [int(b) for b in args.budgets.split(",")]:
         protocols = {name: make_protocol(name, model, budget=n, quantized_bits=args.bits)
-                     for name in ("vector", "token", "quantized")}  # fmt: skip
+                     for name in ("vector", "uncoded-tokens", "quantized", "hash")}  # fmt: skip
         for name, proto in protocols.items():
             proto.fit(split_passages["train"])
             row = {"protocol": name, "channel_uses": n}

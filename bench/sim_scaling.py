@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from agents import AgentConfig, make_agent  # noqa: E402
 from calm.ray_runtime import init_ray  # noqa: E402
-from experiments.referential_game import Config, ensure_checkpoint, fit_protocols, game_seed  # noqa: E402
+from experiments.autoencoder import ensure_checkpoint  # noqa: E402
+from experiments.referential_game import Config, fit_protocols, game_seed, protocol_key  # noqa: E402
 
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
              ae_time_limit=0.0)
@@ -78,28 +79,30 @@ def main() -> None:
     import environments
 
     extra = {} if args.checkpoint else MICRO
-    cfg = Config(checkpoint=args.checkpoint, runs_dir=str(ROOT / "runs"), passage_length=8, channel_uses=32,
+    cfg = Config(checkpoint=args.checkpoint, runs_dir=str(ROOT / "runs"), passage_length=8, channel_uses=(32,),
+                 protocols=("vector", "uncoded-tokens", "quantized"),
                  num_passages=1024, fit_passages=1024, candidates=args.candidates, **extra)
     checkpoint = ensure_checkpoint(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        dirs, facts, passages = fit_protocols(cfg, checkpoint, Path(tmp))
+        dirs, facts, _, passages = fit_protocols(cfg, checkpoint, Path(tmp))
         vocab = facts.pop("_model")["vocab_size"]
         init_ray(address="local", num_cpus=os.cpu_count(), log_to_driver=False)
         agent_cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dirs, num_gpus=0, num_cpus=0.25)
         pairs = [(make_agent(agent_cfg, name=f"bench-speaker{i}"), make_agent(agent_cfg, name=f"bench-listener{i}"))
                  for i in range(2)]
         ray.get([a.placement.remote() for pair in pairs for a in pair])
-        envs = [environments.make("referential_v0", passages=passages, channel_uses=cfg.channel_uses,
+        envs = [environments.make("referential_v0", passages=passages, channel_uses=32,
                                   batch_size=args.batch_size, num_candidates=args.candidates,
                                   channel=environments.AWGN(0.5), vocab_size=vocab) for _ in range(2)]
         report: dict = {"bench": "sim_scaling", "cpus": os.cpu_count(), "load_avg_1min_before": os.getloadavg()[0],
                         "checkpoint": str(checkpoint), "batch_size": args.batch_size, "candidates": args.candidates,
-                        "channel_uses": cfg.channel_uses, "passage_length": cfg.passage_length, "per_protocol": {}}
-        for protocol in ("vector", "token", "quantized"):
+                        "channel_uses": 32, "passage_length": cfg.passage_length, "per_protocol": {}}
+        for name in ("vector", "uncoded-tokens", "quantized"):
+            protocol = protocol_key(name, 32)
             games_per_second(pairs[:1], envs[:1], protocol, "soft", 1.0)  # warm-up
             one = games_per_second(pairs[:1], envs[:1], protocol, "soft", args.seconds)
             two = games_per_second(pairs, envs, protocol, "soft", args.seconds)
-            report["per_protocol"][protocol] = {"games_per_s_1_pair": round(one, 1), "games_per_s_2_pairs": round(two, 1),
+            report["per_protocol"][name] = {"games_per_s_1_pair": round(one, 1), "games_per_s_2_pairs": round(two, 1),
                                                 "speedup": round(two / one, 3)}
         speedups = [v["speedup"] for v in report["per_protocol"].values()]
         # agents are the bottleneck only where a model runs (vector, quantized); the token protocol's agents do

@@ -1,4 +1,4 @@
-"""Noisy-channel environments for the text referential game: PettingZoo ParallelEnvs (numpy only).
+"""Noisy-channel environments for the text referential game: PettingZoo ParallelEnvs (numpy, plus scipy.special for the normal CDF).
 
 Construct by name, PettingZoo style::
 
@@ -19,7 +19,7 @@ from pettingzoo import ParallelEnv
 
 from environments import broadcast, reconstruction, referential, relay
 from environments.broadcast import BroadcastEnv
-from environments.channels import AWGN, Chain, Channel, Erasure, Quantize
+from environments.channels import AWGN, Chain, Channel, Erasure, Quantize, RayleighBlockFading
 from environments.reconstruction import ReconstructionEnv
 from environments.referential import ReferentialEnv, Round, SignallingGame, draw_round, token_overlap
 from environments.relay import RelayEnv
@@ -53,6 +53,7 @@ __all__ = [
     "Channel",
     "Erasure",
     "Quantize",
+    "RayleighBlockFading",
     "ReconstructionEnv",
     "ReferentialEnv",
     "RelayEnv",

@@ -9,12 +9,14 @@ agent              observation                                 action
 =================  ==========================================  ===================================
 ``speaker``        ``target (B, L) int64``                     ``symbols (B, n) float32`` (step 1)
 ``listener_<m>``   ``{"candidates": (B, C, L) int64,``         ``indices (B,) int`` (step 2)
-                   ``"received": (B, n) float32}``
+                   ``"received": (B, n) float32,``
+                   ``"gain": (B, n) float32}``
 =================  ==========================================  ===================================
 
-With ``task="reconstruct"`` listeners see only ``received`` and answer ids ``(B, L)``. Reward of
+``gain`` is listener m's own fading gain per symbol (ones when its channel does not fade). With
+``task="reconstruct"`` listeners see only ``received`` and ``gain`` and answer ids ``(B, L)``. Reward of
 listener m: its mean over the B games; the speaker's: the mean over listeners. Final infos: each
-listener gets the common record plus its own ``received``, ``noise_power``, ``choice``,
+listener gets the common record plus its own ``received``, ``gain``, ``noise_power``, ``choice``,
 ``reward_per_game``...; the speaker gets the common record plus ``listeners`` (name -> record).
 
 Version history: v0, first version.

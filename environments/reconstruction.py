@@ -1,11 +1,15 @@
 """Reconstruction variant of the referential game: the listener answers the target's token ids.
 
-=============  ==============================  ==============================================
-agent          observation                     action
-=============  ==============================  ==============================================
-``speaker``    ``target (B, L) int64``         ``symbols (B, n) float32`` (step 1 only)
-``listener``   ``{"received": (B, n) float32}``  ``ids (B, L) int`` in [0, V) (step 2 only)
-=============  ==============================  ==============================================
+=============  ==================================  ==============================================
+agent          observation                         action
+=============  ==================================  ==============================================
+``speaker``    ``target (B, L) int64``             ``symbols (B, n) float32`` (step 1 only)
+``listener``   ``{"received": (B, n) float32,``    ``ids (B, L) int`` in [0, V) (step 2 only)
+               ``"gain": (B, n) float32}``
+=============  ==================================  ==============================================
+
+``gain`` is the fading gain per symbol (channel-state information; ones when nothing fades), as
+in ``environments.referential``.
 
 No candidates are drawn. Reward per game = token accuracy (the fraction of the L positions
 answered right); every agent's reward is its mean over the B games. The final infos carry what

@@ -6,7 +6,7 @@ One ``reset`` starts B independent games; one round (DESIGN.md section 2):
    other passage; ``hard``: from a random pool of other passages, the C-1 that share the most
    distinct token ids with the target), and shuffles the listener's candidates.
 2. step 1, the speaker acts: ``symbols (B, n) float32``. The env sends them through its channel
-   with a generator seeded from reset's seed: ``received = channel(symbols, rng)``.
+   with a generator seeded from reset's seed: ``received, gain = channel.transmit(symbols, rng)``.
 3. step 2, the listener acts: ``indices (B,) int``. Reward per game 1 if it picked the target,
    else 0; the reward of every agent is the mean over the B games. The episode ends.
 
@@ -18,21 +18,29 @@ agent          observation                            action
 =============  =====================================  ==============================================
 ``speaker``    ``target (B, L) int64``                ``symbols (B, n) float32`` (step 1 only)
 ``listener``   ``{"candidates": (B, C, L) int64,``    ``indices (B,) int`` in [0, C) (step 2 only)
-               ``"received": (B, n) float32}``
+               ``"received": (B, n) float32,``
+               ``"gain": (B, n) float32}``
 =============  =====================================  ==============================================
 
-``received`` is zeros until the speaker has acted. Only the acting agent's action is read at each
-step; actions for the other live agents may be given (samplers and wrappers supply one for every
-agent) and are ignored. A wrong shape, dtype, range or a non-finite symbol raises ``ValueError``
-naming the agent and field.
+``received`` and ``gain`` are zeros until the speaker has acted. ``gain`` is the receiver's
+channel-state information (coherent detection, DESIGN.md section 3): the fading gain per symbol
+that the message met, ones when nothing fades (``received = gain * sent + noise`` for
+``RayleighBlockFading``). It is the product of the gains of the hops between the agent that sent
+the symbols (the speaker, or a re-encoding relay) and the receiver; the fixed amplify-and-forward
+gains of forwarding relays are not included (they are known constants, ``env.forward_gains``).
+Relays that re-encode observe ``{"received", "gain"}`` of their own incoming hop.
+
+Only the acting agent's action is read at each step; actions for the other live agents may be
+given (samplers and wrappers supply one for every agent) and are ignored. A wrong shape, dtype,
+range or a non-finite symbol raises ``ValueError`` naming the agent and field.
 
 Infos: ``reset`` and step 1 give ``{"phase": ...}`` only (nothing that names the answer). The
 final step gives every agent the round's record: ``sent`` (B, n), ``received`` (B, n),
 ``signal_power`` (measured mean of sent**2), ``noise_power`` (the channel's nominal power, or
-None where it has none), ``measured_noise_power`` (mean of (received - sent)**2),
-``target_index`` (B,) (the target's position among the candidates), ``choice`` (B,),
-``reward_per_game`` (B,) float32, ``target_passage`` (B,) and ``candidate_passages`` (B, C)
-(row indices into ``env.passages``).
+None where it has none), ``measured_noise_power`` (mean of (received - sent)**2), ``gain``
+(B, n) (as observed), ``target_index`` (B,) (the target's position among the candidates),
+``choice`` (B,), ``reward_per_game`` (B,) float32, ``target_passage`` (B,) and
+``candidate_passages`` (B, C) (row indices into ``env.passages``).
 
 Passages are deduplicated at construction (identical rows would make a game unwinnable and would
 be the first pick of ``hard`` distractors); ``env.passages`` holds the unique rows in their first
@@ -43,7 +51,8 @@ This module also holds the engine shared by the variants (``reconstruction``, ``
 ``relay``): a speaker, optional relays, one or more listeners, each listener at the end of its
 own route of channels.
 
-Version history: v0, first version.
+Version history: v0, first version; the ``gain`` observation and info were added within v0
+(channels gained ``transmit``).
 """
 
 from __future__ import annotations
@@ -393,19 +402,26 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
         def symbols() -> spaces.Box:
             return spaces.Box(-np.inf, np.inf, shape=(B, n), dtype=np.float32)
 
+        def gains() -> spaces.Box:
+            return spaces.Box(0.0, np.inf, shape=(B, n), dtype=np.float32)
+
         self.observation_spaces: dict[str, spaces.Space] = {SPEAKER: spaces.MultiDiscrete(np.full((B, L), V))}
         self.action_spaces: dict[str, spaces.Space] = {SPEAKER: symbols()}
         for relay in self.relays:
-            self.observation_spaces[relay] = spaces.Dict({"received": symbols()})
+            self.observation_spaces[relay] = spaces.Dict({"received": symbols(), "gain": gains()})
             self.action_spaces[relay] = symbols()
         for listener in self.listeners:
             if self.task == "choose":
                 self.observation_spaces[listener] = spaces.Dict(
-                    {"candidates": spaces.MultiDiscrete(np.full((B, C, L), V)), "received": symbols()}
+                    {
+                        "candidates": spaces.MultiDiscrete(np.full((B, C, L), V)),
+                        "received": symbols(),
+                        "gain": gains(),
+                    }
                 )
                 self.action_spaces[listener] = spaces.MultiDiscrete(np.full(B, C))
             else:
-                self.observation_spaces[listener] = spaces.Dict({"received": symbols()})
+                self.observation_spaces[listener] = spaces.Dict({"received": symbols(), "gain": gains()})
                 self.action_spaces[listener] = spaces.MultiDiscrete(np.full((B, L), V))
 
     def observation_space(self, agent: str) -> spaces.Space:
@@ -459,6 +475,7 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
         self._candidate_ids = self.passages[self.round.candidates]  # (B, C, L)
         zeros = np.zeros((B, n), dtype=np.float32)
         self._inbox = dict.fromkeys([*self.relays, *self.listeners], zeros)  # what each agent received
+        self._gains = dict.fromkeys([*self.relays, *self.listeners], zeros)  # the fading gain it met
         self._sent: np.ndarray | None = None
         self._hops: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
             listener: [] for listener in self.listeners
@@ -533,18 +550,26 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
     # ---------------------------------------------------------------- internals
 
     def _transmit(self, listener: str, hop: int, x: np.ndarray) -> None:
-        """Send ``x (B, n)`` over ``hop`` of the route to ``listener``; forward on if relays forward."""
+        """Send ``x (B, n)`` over ``hop`` of the route to ``listener``; forward on if relays forward.
+
+        The receiving agent's ``gain`` is the product of the fading gains of the hops crossed here
+        (from the sending agent on; forward gains excluded).
+        """
         route = self.routes[listener]
+        gain = np.ones(x.shape, dtype=np.float32)
         while True:
-            y = route[hop](x, self._channel_rngs[listener][hop])
+            y, hop_gain = route[hop].transmit(x, self._channel_rngs[listener][hop])
+            gain = gain * hop_gain
             self._hops[listener].append((x, y))
             hop += 1
             if hop == len(route):
                 self._inbox[listener] = y
+                self._gains[listener] = gain
                 return
             if self.relay_mode == "reencode":
                 relay = next(r for r, (lst, h) in self.relays.items() if lst == listener and h == hop)
                 self._inbox[relay] = y
+                self._gains[relay] = gain
                 return
             x = (self.forward_gains[listener][hop - 1] * y).astype(np.float32)
 
@@ -570,9 +595,9 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
         """Every live agent's observation."""
         obs: dict[str, Any] = {SPEAKER: self._target_ids.copy()}
         for relay in self.relays:
-            obs[relay] = {"received": self._inbox[relay].copy()}
+            obs[relay] = {"received": self._inbox[relay].copy(), "gain": self._gains[relay].copy()}
         for listener in self.listeners:
-            obs[listener] = {"received": self._inbox[listener].copy()}
+            obs[listener] = {"received": self._inbox[listener].copy(), "gain": self._gains[listener].copy()}
             if self.task == "choose":
                 obs[listener]["candidates"] = self._candidate_ids.copy()
         return obs
@@ -593,6 +618,7 @@ class SignallingGame(ParallelEnv[str, Any, np.ndarray]):
             hops = self._hops[listener]
             per_listener[listener] = {
                 "received": received,
+                "gain": self._gains[listener],
                 "noise_power": _nominal_noise_power(self.routes[listener]),
                 # over the whole route, against what the speaker sent
                 "measured_noise_power": float(np.mean(np.square(received - self._sent, dtype=np.float64))),

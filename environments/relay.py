@@ -9,9 +9,12 @@ Relay modes:
   the expected power after the previous hop for a unit-power input (``1 + sigma**2`` for AWGN),
   so every hop carries unit expected power. The gain is the same for every message: scaling each
   message by its own power would leak information (DESIGN.md section 3). Steps: speaker, listener.
+  The listener's ``gain`` observation is the product of the H hops' fading gains (this fixed
+  forward gain is not in it).
 - ``reencode`` (decode-and-forward): relays ``relay_0 .. relay_{H-2}`` are agents. Relay h
-  observes ``{"received": (B, n) float32}`` and its action is the symbols ``(B, n) float32`` it
-  sends on hop h+1 (the env applies no gain: re-encoding is the relay's job). Steps: speaker,
+  observes ``{"received": (B, n) float32, "gain": (B, n) float32}`` (the fading gain of hop h) and
+  its action is the symbols ``(B, n) float32`` it sends on hop h+1 (the env applies no gain:
+  re-encoding is the relay's job); the listener's ``gain`` is that of the last hop only. Steps: speaker,
   relay_0, ..., relay_{H-2}, listener: H+1 steps in all.
 
 Observations and actions of the speaker and listener as in ``environments.referential`` (or

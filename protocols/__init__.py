@@ -1,8 +1,16 @@
-"""Message <-> channel-symbol protocols with fair power and bandwidth accounting, and the metrics.
+"""Message <-> channel-symbol protocols with fair power and bandwidth accounting, receivers and metrics.
 
-``Protocol`` is the interface (``fit``, ``encode``, ``decode``, ``score``, ``channel_uses``,
-``save``/``load``); ``TokenProtocol``, ``VectorProtocol`` and ``QuantizedVectorProtocol``
-implement it. See docs/protocols.md for the fairness rules as implemented.
+``Protocol`` is the interface (``fit``, ``encode``, ``decode``, ``score``, ``hard_score``,
+``channel_uses``, ``bits_sent``, ``save``/``load``). The protocols, by registry name:
+
+- ``vector``: CALM latent means, PCA to the budget, sent as analog symbols (``VectorProtocol``);
+- ``quantized``: the same principal components quantised (default: their signs) -> BPSK;
+- ``hash``: a keyed hash of the whole passage -> BPSK, the random-coding ideal (``HashProtocol``);
+- ``coded``: hash or token bits -> Sionna 5G LDPC / Polar -> PAM/QAM, the digital baseline
+  (``CodedProtocol``; Sionna is imported only when one is built);
+- ``uncoded-tokens``: token ids -> bits -> BPSK with no code, the floor (``UncodedTokenProtocol``).
+
+Receivers take the channel model and the fading gains as explicit arguments. See docs/protocols.md.
 """
 
 from __future__ import annotations
@@ -10,8 +18,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from protocols.base import Protocol, cyclic_combine, cyclic_fill
+from protocols.base import (
+    ChannelModel,
+    Protocol,
+    bpsk_llr,
+    cyclic_combine,
+    cyclic_fill,
+    cyclic_sum,
+    hamming_score,
+)
+from protocols.hashing import HashProtocol, HashProtocolConfig, keyed_hash_bits
 from protocols.metrics import (
+    best_success,
     binary_entropy,
     capacity_bits,
     efficiency,
@@ -21,23 +39,32 @@ from protocols.metrics import (
     wilson_interval,
 )
 from protocols.quantized import QuantizedVectorProtocol, QuantizedVectorProtocolConfig
-from protocols.token import TokenProtocol, TokenProtocolConfig
+from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
 from protocols.vector import VectorProtocol, VectorProtocolConfig
 
 __all__ = [
+    "PROTOCOL_NAMES",
+    "ChannelModel",
+    "HashProtocol",
+    "HashProtocolConfig",
     "Protocol",
     "QuantizedVectorProtocol",
     "QuantizedVectorProtocolConfig",
-    "TokenProtocol",
-    "TokenProtocolConfig",
+    "UncodedTokenProtocol",
+    "UncodedTokenProtocolConfig",
     "VectorProtocol",
     "VectorProtocolConfig",
+    "best_success",
     "binary_entropy",
+    "bpsk_llr",
     "capacity_bits",
     "cyclic_combine",
     "cyclic_fill",
+    "cyclic_sum",
     "efficiency",
     "fano_delivered_bits",
+    "hamming_score",
+    "keyed_hash_bits",
     "load_protocol",
     "make_protocol",
     "snr",
@@ -46,32 +73,47 @@ __all__ = [
 ]
 
 
-PROTOCOL_NAMES = ("vector", "token", "quantized")
+PROTOCOL_NAMES = ("vector", "quantized", "hash", "coded", "uncoded-tokens")
 
 
-def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: int = 4) -> Protocol:
-    """A fresh (unfitted) protocol by name, sized for `budget` channel uses.
+def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: int = 1,
+                  coded: dict[str, Any] | None = None, hash_key: str = "latentcomm") -> Protocol:
+    """A fresh (unfitted) protocol by name, sized for ``budget`` channel uses.
 
-    The token protocol uses the autoencoder's vocabulary (the tokenizer's); the latent ones its codes.
+    The token and hash protocols use the autoencoder's vocabulary (the tokenizer's); the latent ones
+    its codes. ``coded`` holds ``CodedProtocolConfig`` fields (source, code, rate, modulation, ...).
     """
+    V = autoencoder.config.vocab_size
     if name == "vector":
         return VectorProtocol(autoencoder, VectorProtocolConfig(budget=budget))
-    if name == "token":
-        return TokenProtocol(TokenProtocolConfig(vocab_size=autoencoder.config.vocab_size, budget=budget))
+    if name == "uncoded-tokens":
+        return UncodedTokenProtocol(UncodedTokenProtocolConfig(vocab_size=V, budget=budget))
     if name == "quantized":
         return QuantizedVectorProtocol(autoencoder, QuantizedVectorProtocolConfig(bits_per_dim=quantized_bits,
                                                                                   budget=budget))  # fmt: skip
+    if name == "hash":
+        return HashProtocol(HashProtocolConfig(vocab_size=V, budget=budget, key=hash_key))
+    if name == "coded":
+        from protocols.coded import CodedProtocol, CodedProtocolConfig
+
+        return CodedProtocol(CodedProtocolConfig(vocab_size=V, budget=budget, key=hash_key, **(coded or {})))
     raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOL_NAMES)}")
 
 
 def load_protocol(directory: str | Path, autoencoder: Any | None = None) -> Protocol:
     """Load any saved protocol; the latent ones need the autoencoder they were fitted with."""
     kind = Protocol.read_config(directory)["protocol"]
-    if kind == TokenProtocol.name:
-        return TokenProtocol.load(directory)
+    if kind == UncodedTokenProtocol.name:
+        return UncodedTokenProtocol.load(directory)
+    if kind == HashProtocol.name:
+        return HashProtocol.load(directory)
+    if kind == "coded":
+        from protocols.coded import CodedProtocol
+
+        return CodedProtocol.load(directory)
     classes = {VectorProtocol.name: VectorProtocol, QuantizedVectorProtocol.name: QuantizedVectorProtocol}
     if kind not in classes:
-        raise ValueError(f"unknown protocol {kind!r} in {directory}; known: token, {', '.join(classes)}")
+        raise ValueError(f"unknown protocol {kind!r} in {directory}; known: {', '.join(PROTOCOL_NAMES)}")
     if autoencoder is None:
         raise ValueError(f"loading a {kind!r} protocol needs the autoencoder it was fitted with")
     return classes[kind].load(directory, autoencoder)

@@ -10,6 +10,12 @@ Dimension letters used in this package:
 Fairness (DESIGN.md section 3): every protocol emits float32 symbols with mean power 1 per symbol,
 normalised with statistics fixed by ``fit`` on training passages (never per message, which would
 leak information through the scale), and exactly ``channel_uses(L)`` symbols per message.
+
+Receivers learn the channel through explicit arguments, never from an environment's internals:
+``channel`` is a model of the channel the symbols crossed (anything with ``log_likelihood(y, x, gain)``,
+as every ``environments.channels`` class has) and ``gain (B, n)`` the fading gains the receiver is told
+(coherent detection; ones when nothing fades). Without a channel the receivers assume AWGN at unit
+noise variance, which ranks candidates exactly as AWGN at any sigma does.
 """
 
 from __future__ import annotations
@@ -18,11 +24,22 @@ import abc
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, runtime_checkable
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 
-__all__ = ["Protocol", "check_sigma", "cyclic_combine", "cyclic_fill"]
+__all__ = [
+    "ChannelModel",
+    "Protocol",
+    "bpsk_llr",
+    "check_sigma",
+    "cyclic_combine",
+    "cyclic_fill",
+    "cyclic_sum",
+    "hamming_score",
+    "log_likelihood",
+]
 
 CONFIG_FILE = "protocol.json"
 STATS_FILE = "protocol.safetensors"
@@ -54,15 +71,67 @@ def cyclic_combine(y: np.ndarray, m: int) -> np.ndarray:
     Under AWGN the copies are the same symbol plus independent noise, so their mean is the
     maximum-likelihood estimate of the symbol (maximal-ratio combining of equal-power copies).
     """
-    B, n = y.shape
+    n = y.shape[1]
+    counts = np.full(m, n // m, dtype=np.float64)
+    counts[: n % m] += 1
+    return cyclic_sum(y, m) / counts  # (B, m)
+
+
+def cyclic_sum(v: np.ndarray, m: int) -> np.ndarray:
+    """Sum the copies of each of the ``m`` symbols in ``v (B, n)`` laid out by ``cyclic_fill``: ``(B, m)``.
+
+    Log-likelihood ratios of independent copies of one bit add up (the exact combination on any
+    memoryless channel), so receivers combine LLRs with this and symbols with ``cyclic_combine``.
+    """
+    B, n = v.shape
     if n < m:
         raise ValueError(f"cannot combine n={n} channel uses into m={m} > n symbols")
     reps = -(-n // m)
     padded = np.zeros((B, reps * m), dtype=np.float64)
-    padded[:, :n] = y
-    counts = np.full(m, n // m, dtype=np.float64)
-    counts[: n % m] += 1
-    return padded.reshape(B, reps, m).sum(axis=1) / counts  # (B, m)
+    padded[:, :n] = v
+    return padded.reshape(B, reps, m).sum(axis=1)
+
+
+@runtime_checkable
+class ChannelModel(TypingProtocol):
+    """What a receiver needs to know of a channel: its per-symbol log-likelihood."""
+
+    def log_likelihood(self, y: np.ndarray, x: np.ndarray, gain: np.ndarray | None = None) -> np.ndarray:
+        """``log p(y | x)`` per symbol, up to terms that do not depend on ``x``; y, x, gain broadcast."""
+        ...
+
+
+def log_likelihood(y: np.ndarray, x: np.ndarray, channel: ChannelModel | None, gain: np.ndarray | None) -> np.ndarray:
+    """Per-symbol ``log p(y | x)`` under ``channel`` (None: AWGN at unit noise variance, with the gain)."""
+    if channel is None:
+        g = 1.0 if gain is None else gain
+        return -((y - g * x) ** 2) / 2.0
+    return channel.log_likelihood(y, x, gain)
+
+
+def bpsk_llr(y: np.ndarray, channel: ChannelModel | None, gain: np.ndarray | None) -> np.ndarray:
+    """Per-symbol LLR ``log p(y | +1) - log p(y | -1)`` of BPSK symbols ``y (B, n)`` (bit 0 <-> +1).
+
+    Exact for any memoryless channel the receiver is told about: an erased symbol gives 0 (no
+    information), a faded one is weighted by its known gain.
+    """
+    return log_likelihood(y, np.float64(1.0), channel, gain) - log_likelihood(y, np.float64(-1.0), channel, gain)
+
+
+def hamming_score(llr: np.ndarray, candidate_bits: np.ndarray) -> np.ndarray:
+    """Hard receiver in the bit domain: minus the Hamming distance from the hard bits to each candidate's.
+
+    Args:
+        llr: combined LLRs of the ``m`` sent bits ``(B, m)``; bit = 1 where llr < 0. A bit with llr
+            exactly 0 (every copy erased) is unknown and not counted.
+        candidate_bits: the bits each candidate would send ``(B, C, m)``, 0/1.
+
+    Returns:
+        float64 ``(B, C)``: ``-distance``, so the argmax is the candidate at minimum Hamming distance.
+    """
+    hard = (llr < 0)[:, None, :]  # (B, 1, m)
+    known = (llr != 0)[:, None, :]
+    return -((hard != candidate_bits.astype(bool)) & known).sum(axis=-1).astype(np.float64)
 
 
 class Protocol(abc.ABC):
@@ -75,6 +144,12 @@ class Protocol(abc.ABC):
 
     #: registry key written to ``protocol.json`` by ``save``
     name: ClassVar[str]
+    #: whether ``decode`` maps symbols back to token ids (a hash of the passage cannot be inverted)
+    decodes_tokens: ClassVar[bool] = True
+    #: the domain the hard receiver decides in (docs/protocols.md): "bits" or "latents"
+    hard_domain: ClassVar[str] = "bits"
+    #: the config dataclass the constructor takes (``load`` rebuilds the protocol from it)
+    config_class: ClassVar[type]
 
     def __init__(self) -> None:
         # passage length the protocol was fitted for; set by ``fit``
@@ -95,8 +170,17 @@ class Protocol(abc.ABC):
         """Validated ``ids (B, L)`` int64 -> symbols ``(B, n)`` float32."""
 
     @abc.abstractmethod
-    def _decode(self, symbols: np.ndarray) -> np.ndarray:
-        """Validated ``symbols (B, n)`` float64 -> ids ``(B, L)`` int64."""
+    def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
+        """Validated ``symbols (B, n)`` float64 (and gains) -> ids ``(B, L)`` int64."""
+
+    @abc.abstractmethod
+    def _hard_score(self, symbols: np.ndarray, candidates: np.ndarray, channel: ChannelModel | None,
+                    gain: np.ndarray) -> np.ndarray:
+        """Validated inputs -> ``(B, C)`` minus the distance in the protocol's own domain."""
+
+    def bits_sent(self, L: int) -> int | None:
+        """Payload bits one message of ``L`` tokens carries (None for an analog protocol)."""
+        return None
 
     @property
     @abc.abstractmethod
@@ -134,53 +218,67 @@ class Protocol(abc.ABC):
         ids = self._check_ids(ids, "ids")
         return self._encode(ids)
 
-    def decode(self, symbols: np.ndarray) -> np.ndarray:
-        """Hard receiver: map (noisy) symbols ``(B, n)`` back to token ids ``(B, L)`` int64."""
-        return self._decode(self._check_symbols(symbols))
+    def decode(self, symbols: np.ndarray, *, channel: ChannelModel | None = None,
+               gain: np.ndarray | None = None) -> np.ndarray:
+        """Hard decoding to tokens: (noisy) symbols ``(B, n)`` -> token ids ``(B, L)`` int64.
 
-    def score(self, symbols: np.ndarray, candidates: np.ndarray, *, sigma: float | None = None) -> np.ndarray:
-        """Soft receiver: Gaussian log-likelihood of each candidate, up to a constant.
+        Args:
+            symbols: received symbols ``(B, n)``.
+            channel: the channel model the receiver is told (see the module docstring); None: AWGN.
+            gain: fading gains ``(B, n)`` the receiver is told; None: ones.
+        """
+        if not self.decodes_tokens:
+            raise ValueError(f"the {self.name} protocol sends no tokens: its symbols cannot be decoded to ids")
+        y = self._check_symbols(symbols)
+        return self._decode(y, channel, self._check_gain(gain, y.shape))
 
-        ``log p(y | cand) = -||y - encode(cand)||^2 / (2 sigma^2) + const`` under AWGN; the
-        maximum-likelihood choice is its argmax. The ranking does not depend on sigma, so sigma
-        may be left out (it then defaults to 1: ``-||y - x||^2 / 2``); sigma 0 also uses 1.
+    def score(self, symbols: np.ndarray, candidates: np.ndarray, *, channel: ChannelModel | None = None,
+              gain: np.ndarray | None = None) -> np.ndarray:
+        """Soft receiver: the log-likelihood of each candidate under the channel, up to a constant.
+
+        ``log p(y | cand) = sum_j log p(y_j | x_j(cand), gain_j)`` with ``x(cand) = encode(cand)``:
+        the maximum-likelihood choice over the candidates is its argmax, exact for the channel the
+        receiver is told (AWGN, erasure, erasure then AWGN, quantisation, fading: see
+        ``environments.channels``). Without a channel: AWGN, ``-||y - gain * x||^2 / 2``.
 
         Args:
             symbols: received symbols ``(B, n)``.
             candidates: token ids ``(B, C, L)``, ``C >= 2``.
-            sigma: noise standard deviation >= 0, only a scale.
+            channel: the channel model (``log_likelihood(y, x, gain)``).
+            gain: fading gains ``(B, n)``; None: ones.
 
         Returns:
             float64 ``(B, C)``.
         """
         y = self._check_symbols(symbols)
         cands = self._check_candidates(candidates, y.shape[0])
-        scale = 1.0
-        if sigma is not None:
-            sigma = check_sigma(sigma)
-            scale = 1.0 if sigma == 0 else sigma
+        gain = self._check_gain(gain, y.shape)
         B, C, L = cands.shape
         x = self._encode(cands.reshape(B * C, L)).astype(np.float64).reshape(B, C, -1)  # (B, C, n)
-        d2 = ((x - y[:, None, :]) ** 2).sum(axis=-1)  # (B, C)
-        return -d2 / (2.0 * scale**2)
+        ll = log_likelihood(y[:, None, :], x, channel, gain[:, None, :])  # (B, C, n)
+        return ll.sum(axis=-1)
 
-    def hard_score(self, symbols: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Hard receiver over candidates: tokens of ``decode(symbols)`` each candidate agrees with.
+    def hard_score(self, symbols: np.ndarray, candidates: np.ndarray, *, channel: ChannelModel | None = None,
+                   gain: np.ndarray | None = None) -> np.ndarray:
+        """Hard receiver over candidates: decide in the protocol's own domain, then pick the nearest.
 
-        Only the positions the symbols carry count (``informative_positions``).
+        Digital protocols (``hard_domain == "bits"``) make hard bit decisions (the sign of the
+        combined LLRs; a channel decoder first where there is a code) and score each candidate by
+        minus its Hamming distance to them; the vector protocol estimates its code by least squares
+        and scores minus the Euclidean distance (docs/protocols.md says what each decodes).
 
         Args:
             symbols: received symbols ``(B, n)``.
             candidates: token ids ``(B, C, L)``, ``C >= 2``.
+            channel: the channel model (for the LLRs); None: AWGN.
+            gain: fading gains ``(B, n)``; None: ones.
 
         Returns:
-            int64 ``(B, C)`` agreement counts; the hard choice is their argmax.
+            float64 ``(B, C)``; the hard choice is the argmax (the nearest candidate).
         """
         y = self._check_symbols(symbols)
         cands = self._check_candidates(candidates, y.shape[0])
-        decoded = self._decode(y)  # (B, L)
-        pos = self.informative_positions(cands.shape[2])
-        return (cands[:, :, pos] == decoded[:, None, pos]).sum(axis=-1).astype(np.int64)
+        return self._hard_score(y, cands, channel, self._check_gain(gain, y.shape))
 
     def save(self, directory: str | Path) -> None:
         """Write ``protocol.json`` (type, config, seq_len) and ``protocol.safetensors`` (fitted stats)."""
@@ -193,6 +291,16 @@ class Protocol(abc.ABC):
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         stats = {k: np.ascontiguousarray(v) for k, v in self._stats().items()}
         save_file(stats, str(directory / STATS_FILE))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Protocol:
+        """Load a protocol written by ``save`` (one built from its ``config_class`` alone)."""
+        meta = cls.read_config(directory)
+        if meta["protocol"] != cls.name:
+            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
+        proto = cls(cls.config_class(**meta["config"]))
+        proto._load_stats(directory, meta["seq_len"])
+        return proto
 
     @staticmethod
     def read_config(directory: str | Path) -> dict[str, Any]:
@@ -261,6 +369,17 @@ class Protocol(abc.ABC):
         if not np.isfinite(symbols).all():
             raise ValueError("symbols must be finite (no NaN or inf)")
         return symbols.astype(np.float64, copy=False)
+
+    def _check_gain(self, gain: Any, shape: tuple[int, ...]) -> np.ndarray:
+        if gain is None:
+            return np.ones(shape, dtype=np.float64)
+        if not isinstance(gain, np.ndarray) or not np.issubdtype(gain.dtype, np.floating):
+            raise ValueError(f"gain must be a numpy float array {shape}, got {type(gain).__name__}")
+        if gain.shape != shape:
+            raise ValueError(f"gain must have the symbols' shape {shape}, got {gain.shape}")
+        if not (np.isfinite(gain).all() and (gain >= 0).all()):
+            raise ValueError("gain must hold finite fading gains >= 0")
+        return gain.astype(np.float64, copy=False)
 
     def _check_train(self, train_ids: Any) -> np.ndarray:
         ids = self._check_int_array(train_ids, "train_ids", 2)

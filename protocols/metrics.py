@@ -9,6 +9,8 @@ All logs are base 2, so every figure is in bits per message.
 - ``fano_delivered_bits(a, C) = log2 C - H_b(1 - a) - (1 - a) log2(C - 1)``: a lower bound on the
   mutual information between the target index (uniform over ``C`` candidates) and what the
   listener received, from the listener's accuracy ``a`` (Fano's inequality).
+- ``best_success(capacity, C)``: Fano inverted, the highest success any scheme can reach over a channel
+  of that capacity (the bound line on success-vs-SNR plots).
 - ``efficiency = delivered / capacity``.
 - ``wilson_interval``: the Wilson score interval for a success rate.
 """
@@ -20,6 +22,7 @@ import math
 from protocols.base import check_sigma
 
 __all__ = [
+    "best_success",
     "binary_entropy",
     "capacity_bits",
     "efficiency",
@@ -101,6 +104,34 @@ def fano_delivered_bits(accuracy: float, candidates: int) -> float:
     bits = math.log2(c) - binary_entropy(e) - e * math.log2(c - 1)
     # rounding can leave -1e-16 just above chance
     return max(bits, 0.0)
+
+
+def best_success(capacity: float, candidates: int) -> float:
+    """The highest success rate any protocol can reach over a channel of ``capacity`` bits per message.
+
+    Fano inverted: the largest ``a`` with ``fano_delivered_bits(a, C) <= capacity`` (the bound is
+    increasing in ``a`` above chance, so bisection finds it). 1 once ``capacity >= log2 C``.
+
+    Args:
+        capacity: bits per message >= 0 (inf allowed).
+        candidates: C >= 2.
+    """
+    capacity = float(capacity)
+    if not capacity >= 0:
+        raise ValueError(f"capacity must be >= 0 bits, got {capacity}")
+    if isinstance(candidates, bool) or int(candidates) != candidates or candidates < 2:
+        raise ValueError(f"candidates (C) must be an integer >= 2, got {candidates}")
+    c = int(candidates)
+    if capacity >= math.log2(c):
+        return 1.0
+    lo, hi = 1.0 / c, 1.0  # fano(lo) = 0 <= capacity < fano(hi) = log2 C
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if fano_delivered_bits(mid, c) <= capacity:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def efficiency(delivered_bits: float, capacity: float) -> float:

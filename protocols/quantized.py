@@ -16,11 +16,17 @@ Budget ``n`` with ``b = bits_per_dim``, natural count ``D b``:
   ``n < b`` raises); their ``d b`` bits are repeated cyclically to fill ``n``.
 - ``n >= D b``: all ``D`` coordinates; the ``D b`` bits are repeated cyclically to fill ``n``.
 
-Receivers:
-- hard (``decode``): average each bit's copies, sign -> bits -> Gray decode -> level centre
+The default ``b = 1`` sends the sign of each principal component: one bit per channel use, the
+digital twin of the vector protocol at the same bandwidth.
+
+Receivers (the channel and gains are explicit arguments, see ``protocols.base``):
+- hard (``hard_score``): per-symbol LLRs from the channel's likelihood, summed over each bit's
+  copies, sign -> the ``d b`` hard bits; the candidate whose quantiser bits are nearest in Hamming
+  distance wins (erased bits do not count).
+- ``decode`` (token accuracy): the same bits -> Gray decode -> level centre
   ``-clip + (q + 1/2) 2 clip / 2^b`` -> undo scaling, PCA and standardisation -> autoencoder
   decode -> argmax per token.
-- soft (``score``): ``-||y - encode(candidate)||^2 / (2 sigma^2)``.
+- soft (``score``): the channel log-likelihood of each candidate's symbols.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.base import check_budget, cyclic_combine, cyclic_fill
+from protocols.base import ChannelModel, bpsk_llr, check_budget, cyclic_fill, cyclic_sum, hamming_score
 from protocols.latent import STD_FLOOR, LatentProtocol, decode_latents, encode_means
 
 __all__ = ["QuantizedVectorProtocol", "QuantizedVectorProtocolConfig"]
@@ -43,8 +49,8 @@ MAX_BITS_PER_DIM = 16
 class QuantizedVectorProtocolConfig:
     """Settings of the quantised-vector protocol."""
 
-    bits_per_dim: int = 4
-    """b: bits per code dimension (2^b uniform levels), 1..16"""
+    bits_per_dim: int = 1
+    """b: bits per code dimension (2^b uniform levels), 1..16; 1 sends the sign of each principal component"""
     clip: float = 3.0
     """quantiser range [-clip, clip] in train standard deviations of each code dimension"""
     budget: int | None = None
@@ -119,22 +125,37 @@ class QuantizedVectorProtocol(LatentProtocol):
         c, levels = self.config.clip, 1 << self.bits
         return -c + (q + 0.5) * (2 * c / levels)
 
-    def _encode(self, ids: np.ndarray) -> np.ndarray:
-        B, L = ids.shape
+    def bits_sent(self, L: int) -> int:
+        """The ``d b`` quantiser bits of one message."""
+        return self.code_size(L) * self.bits
+
+    def code_bits(self, ids: np.ndarray) -> np.ndarray:
+        """Gray-coded quantiser bits of passages: ``ids (B, L)`` -> ``(B, d b)`` int64, MSB first per dim."""
+        B = ids.shape[0]
         mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)
         q = self.quantize(self.basis.forward(mu) / self.code_std)  # (B, d)
         gray = q ^ (q >> 1)
         shifts = np.arange(self.bits - 1, -1, -1, dtype=np.int64)  # MSB first
-        bits = (gray[:, :, None] >> shifts) & 1  # (B, d, b)
-        symbols = (1 - 2 * bits).reshape(B, -1).astype(np.float32)  # (B, d b), bit 0 -> +1
-        return cyclic_fill(symbols, self.channel_uses(L))
+        return ((gray[:, :, None] >> shifts) & 1).reshape(B, -1)  # (B, d b)
 
-    def _decode(self, symbols: np.ndarray) -> np.ndarray:
+    def _encode(self, ids: np.ndarray) -> np.ndarray:
+        symbols = (1 - 2 * self.code_bits(ids)).astype(np.float32)  # (B, d b), bit 0 -> +1
+        return cyclic_fill(symbols, self.channel_uses(ids.shape[1]))
+
+    def _llr(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
+        """Combined LLRs of the ``d b`` sent bits ``(B, d b)``."""
+        return cyclic_sum(bpsk_llr(symbols, channel, gain), self.bits_sent(self._require_fit()))
+
+    def _hard_score(self, symbols, candidates, channel, gain) -> np.ndarray:
+        B, C, L = candidates.shape
+        cand_bits = self.code_bits(candidates.reshape(B * C, L)).reshape(B, C, -1)
+        return hamming_score(self._llr(symbols, channel, gain), cand_bits)
+
+    def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
         L = self._require_fit()
         B = symbols.shape[0]
         d = self.code_size(L)
-        soft = cyclic_combine(symbols, d * self.bits)  # (B, d b)
-        bits = (soft < 0).astype(np.int64).reshape(B, d, self.bits)
+        bits = (self._llr(symbols, channel, gain) < 0).astype(np.int64).reshape(B, d, self.bits)
         gray = bits @ (1 << np.arange(self.bits - 1, -1, -1, dtype=np.int64))  # (B, d)
         # Gray -> binary: q = g ^ (g >> 1) ^ (g >> 2) ^ ...
         q = gray.copy()

@@ -1,21 +1,24 @@
-"""Token protocol: the digital baseline. Token ids -> ceil(log2 V) bits -> BPSK.
+"""Uncoded tokens: the first token ids -> ceil(log2 V) bits each -> BPSK. A floor, not a baseline.
 
 Each token id becomes ``b = ceil(log2 V)`` bits, most significant first, and each bit one symbol
-``+1`` (bit 0) or ``-1`` (bit 1), so every symbol has power exactly 1 without any statistics.
+``+1`` (bit 0) or ``-1`` (bit 1), so every symbol has power exactly 1 without any statistics. No
+channel code protects them: the coded protocol (``protocols.coded``) is the digital baseline a
+communications engineer would use; this one stays as the floor it must beat.
 
 Fitting a budget of ``n`` channel uses for a message of ``L`` tokens:
 - ``T = min(L, floor(n / b))`` tokens are sent: the first ``T`` (over budget the message is
-  truncated; ``n < b`` cannot carry one token and raises).
+  truncated; ``n < b`` cannot carry one token and raises). ``bits_sent = T b``.
 - Their ``m = T b`` symbols are repeated cyclically to exactly ``n`` symbols (symbol ``j`` is bit
   ``j mod m``): a repetition code under budget, and the ``n - T b < b`` leftover uses over budget
   repeat the first bits. Nothing is zero-padded, so the power stays exactly 1.
 
-Receivers:
-- hard (``decode``): average the copies of each bit (the maximum-likelihood combination under
-  AWGN), bit = 1 where the average is < 0 (an average of exactly 0, e.g. all copies erased, gives
-  bit 0), bits -> id. An id >= V (possible when V is not a power of two) maps to V - 1. Unsent
-  positions ``T..L-1`` get ``fill_id``; ``hard_score`` ignores them.
-- soft (``score``): ``-||y - encode(candidate)||^2 / (2 sigma^2)``, which only sees the sent
+Receivers (the channel and gains are explicit arguments, see ``protocols.base``):
+- hard (``hard_score``): per-symbol LLRs from the channel's likelihood, summed over each bit's
+  copies, sign -> the ``T b`` hard bits; the candidate at minimum Hamming distance to them wins
+  (an erased bit, LLR 0, does not count). One flipped bit costs one bit of distance, not a token.
+- ``decode`` (token accuracy): the same hard bits -> ids; an id >= V (possible when V is not a
+  power of two) maps to V - 1; unsent positions ``T..L-1`` get ``fill_id``.
+- soft (``score``): the channel log-likelihood of each candidate's symbols, which only sees the sent
   tokens; candidates that differ only in unsent tokens tie.
 """
 
@@ -24,19 +27,26 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocols.base import Protocol, check_budget, cyclic_combine, cyclic_fill
+from protocols.base import (
+    ChannelModel,
+    Protocol,
+    bpsk_llr,
+    check_budget,
+    cyclic_fill,
+    cyclic_sum,
+    hamming_score,
+)
 
-__all__ = ["TokenProtocol", "TokenProtocolConfig"]
+__all__ = ["UncodedTokenProtocol", "UncodedTokenProtocolConfig"]
 
 
 @dataclass
-class TokenProtocolConfig:
-    """Settings of the token (BPSK) protocol."""
+class UncodedTokenProtocolConfig:
+    """Settings of the uncoded-tokens (BPSK) protocol."""
 
     vocab_size: int
     """number of token ids V; each id takes ceil(log2 V) bits"""
@@ -57,12 +67,13 @@ class TokenProtocolConfig:
             raise ValueError(f"fill_id must be in [0, vocab_size={self.vocab_size}), got {self.fill_id}")
 
 
-class TokenProtocol(Protocol):
-    """Digital baseline: ``ids (B, L)`` -> bits -> BPSK symbols ``(B, n)``."""
+class UncodedTokenProtocol(Protocol):
+    """The floor: ``ids (B, L)`` -> uncoded bits -> BPSK symbols ``(B, n)``."""
 
-    name = "token"
+    name = "uncoded-tokens"
+    config_class = UncodedTokenProtocolConfig
 
-    def __init__(self, config: TokenProtocolConfig) -> None:
+    def __init__(self, config: UncodedTokenProtocolConfig) -> None:
         super().__init__()
         self.config = config
         # bits per token, b = ceil(log2 V)
@@ -95,7 +106,18 @@ class TokenProtocol(Protocol):
     def informative_positions(self, L: int) -> slice:
         return slice(0, self.tokens_sent(L))
 
-    def fit(self, train_ids: np.ndarray) -> TokenProtocol:
+    def bits_sent(self, L: int) -> int:
+        """The ``T b`` bits of the tokens sent."""
+        return self.tokens_sent(L) * self.bits
+
+    def token_bits(self, ids: np.ndarray) -> np.ndarray:
+        """Bits of the sent tokens: ``ids (..., L)`` -> ``(..., T b)`` int64, MSB first per token."""
+        T = self.tokens_sent(ids.shape[-1])
+        shifts = np.arange(self.bits - 1, -1, -1, dtype=np.int64)
+        bits = (ids[..., :T, None] >> shifts) & 1  # (..., T, b)
+        return bits.reshape(*ids.shape[:-1], T * self.bits)
+
+    def fit(self, train_ids: np.ndarray) -> UncodedTokenProtocol:
         """Record the passage length; BPSK needs no statistics (every symbol is +-1)."""
         ids = self._check_train(train_ids)
         self.tokens_sent(ids.shape[1])
@@ -103,19 +125,21 @@ class TokenProtocol(Protocol):
         return self
 
     def _encode(self, ids: np.ndarray) -> np.ndarray:
-        B, L = ids.shape
-        T = self.tokens_sent(L)
-        shifts = np.arange(self.bits - 1, -1, -1, dtype=np.int64)  # MSB first
-        bits = (ids[:, :T, None] >> shifts) & 1  # (B, T, b)
-        symbols = (1 - 2 * bits).reshape(B, T * self.bits).astype(np.float32)  # bit 0 -> +1
-        return cyclic_fill(symbols, self.channel_uses(L))
+        symbols = (1 - 2 * self.token_bits(ids)).astype(np.float32)  # (B, T b), bit 0 -> +1
+        return cyclic_fill(symbols, self.channel_uses(ids.shape[1]))
 
-    def _decode(self, symbols: np.ndarray) -> np.ndarray:
+    def _llr(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
+        """Combined LLRs of the ``T b`` sent bits ``(B, T b)``."""
+        return cyclic_sum(bpsk_llr(symbols, channel, gain), self.bits_sent(self._require_fit()))
+
+    def _hard_score(self, symbols, candidates, channel, gain) -> np.ndarray:
+        return hamming_score(self._llr(symbols, channel, gain), self.token_bits(candidates))
+
+    def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
         L = self._require_fit()
         B = symbols.shape[0]
         T = self.tokens_sent(L)
-        soft = cyclic_combine(symbols, T * self.bits)  # (B, T b)
-        bits = (soft < 0).astype(np.int64).reshape(B, T, self.bits)
+        bits = (self._llr(symbols, channel, gain) < 0).astype(np.int64).reshape(B, T, self.bits)
         weights = 1 << np.arange(self.bits - 1, -1, -1, dtype=np.int64)
         sent = np.minimum(bits @ weights, self.vocab_size - 1)  # (B, T)
         ids = np.full((B, L), self.config.fill_id, dtype=np.int64)
@@ -133,13 +157,3 @@ class TokenProtocol(Protocol):
             raise ValueError(
                 f"saved bits per token {int(stats['bits'][0])} != {self.bits} for this vocab_size"
             )
-
-    @classmethod
-    def load(cls, directory: str | Path) -> TokenProtocol:
-        """Load a protocol written by ``save``."""
-        meta = cls.read_config(directory)
-        if meta["protocol"] != cls.name:
-            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
-        proto = cls(TokenProtocolConfig(**meta["config"]))
-        proto._load_stats(directory, meta["seq_len"])
-        return proto

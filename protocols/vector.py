@@ -12,10 +12,14 @@ on, see ``LatentBasis.fit``). Budget ``n`` (channel uses):
 - ``n > D``: all ``D`` coordinates, repeated cyclically (symbol ``j`` carries coordinate
   ``j mod D``); nothing is zero-padded.
 
-Receivers:
-- hard (``decode``): average the copies of each coordinate, divide by ``s``, undo PCA
-  (least squares) and standardisation, decode with the autoencoder, argmax per token.
-- soft (``score``): ``-||y - encode(candidate)||^2 / (2 sigma^2)``, each candidate encoded
+Receivers (the channel and gains are explicit arguments, see ``protocols.base``):
+- hard (``hard_score``): the least-squares estimate of the ``d``-dim code from the received copies
+  (each copy weighted by its known fading gain; a symbol received as exactly 0, an erasure, is left
+  out), then the candidate whose code is nearest in Euclidean distance. On AWGN without fading this
+  is the soft receiver's choice too (the copy mean is a sufficient statistic).
+- ``decode`` (token accuracy): that code, divided by ``s``, PCA inverted (least squares) and
+  un-standardised, decoded by the autoencoder, argmax per token.
+- soft (``score``): the channel log-likelihood of each candidate's symbols, each candidate encoded
   exactly like a target.
 """
 
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.base import check_budget, cyclic_combine, cyclic_fill
+from protocols.base import ChannelModel, check_budget, cyclic_fill, cyclic_sum
 from protocols.latent import LatentProtocol, decode_latents, encode_means
 
 __all__ = ["VectorProtocol", "VectorProtocolConfig"]
@@ -56,6 +60,7 @@ class VectorProtocol(LatentProtocol):
 
     name = "vector"
     config_class = VectorProtocolConfig
+    hard_domain = "latents"
 
     def __init__(self, autoencoder: Any, config: VectorProtocolConfig | None = None) -> None:
         super().__init__(autoencoder, config)
@@ -86,14 +91,30 @@ class VectorProtocol(LatentProtocol):
         self.seq_len = int(L)
         return self
 
-    def _encode(self, ids: np.ndarray) -> np.ndarray:
+    def _code(self, ids: np.ndarray) -> np.ndarray:
+        """The scaled code ``(B, d)`` a passage sends before repetition."""
         mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)
-        code = self.basis.forward(mu) * self.scale  # (B, d)
-        return cyclic_fill(code, self.channel_uses(ids.shape[1])).astype(np.float32)
+        return self.basis.forward(mu) * self.scale
 
-    def _decode(self, symbols: np.ndarray) -> np.ndarray:
+    def _encode(self, ids: np.ndarray) -> np.ndarray:
+        return cyclic_fill(self._code(ids), self.channel_uses(ids.shape[1])).astype(np.float32)
+
+    def _least_squares(self, symbols: np.ndarray, gain: np.ndarray) -> np.ndarray:
+        """Code estimate ``(B, d)`` from ``y_j = gain_j * code_(j mod d) + noise``; erased (0) copies left out."""
+        d = self.code_size(self._require_fit())
+        weight = gain * (symbols != 0)  # (B, n)
+        num, den = cyclic_sum(weight * symbols, d), cyclic_sum(weight * gain, d)
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)  # nothing received: the mean, 0
+
+    def _hard_score(self, symbols, candidates, channel, gain) -> np.ndarray:
+        B, C, L = candidates.shape
+        code = self._least_squares(symbols, gain)  # (B, d)
+        cand = self._code(candidates.reshape(B * C, L)).reshape(B, C, -1)
+        return -((cand - code[:, None, :]) ** 2).sum(axis=-1)
+
+    def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
         L = self._require_fit()
-        code = cyclic_combine(symbols, self.code_size(L)) / self.scale  # (B, d)
+        code = self._least_squares(symbols, gain) / self.scale  # (B, d)
         mu = self.basis.inverse(code, L // self.K)  # (B, L/K, l)
         return decode_latents(self.autoencoder, mu)
 

@@ -23,9 +23,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOST_PY="${HOST_PY:-$REPO/.venv/bin/python}"
 RAY="$REPO/.venv/bin/ray"
 SCRIPT="${E2E_SCRIPT:-$REPO/experiments/referential_game.py}"
-# tiny sweep: 2 sigmas x 3 protocols x 2 receivers x 1 seed = 12 rows, with a micro autoencoder trained on
-# the head for a few steps (the path is what is tested here, not the numbers)
-ARGS="${E2E_ARGS:---run-name e2e --results-dir ~/results --runs-dir ~/runs --sigmas 0 1.5 --seeds 0 --episodes 64 --batch-size 64 --passage-length 8 --num-passages 256 --fit-passages 512 --ae-hidden-size 32 --ae-intermediate-size 64 --ae-latent-dim 16 --ae-steps 20 --ae-batch-size 32 --no-plots}"
+# tiny sweep: 2 sigmas x 3 protocols x 2 receivers x 1 seed x n=32 = 12 rows, with a micro autoencoder trained
+# on the head for a few steps (the path is what is tested here, not the numbers)
+ARGS="${E2E_ARGS:---run-name e2e --results-dir ~/results --runs-dir ~/runs --sigmas 0 1.5 --seeds 0 --protocols vector hash uncoded-tokens --channel-uses 32 --episodes 64 --batch-size 64 --passage-length 8 --num-passages 256 --fit-passages 512 --ae-hidden-size 32 --ae-intermediate-size 64 --ae-latent-dim 16 --ae-steps 20 --ae-batch-size 32 --no-plots}"
 EXPECT_ROWS="${E2E_EXPECT_ROWS:-12}"
 START=$(date +%s)
 

@@ -10,7 +10,8 @@ import pytest
 
 from agents import AgentConfig, CALMAgentCore, ListenerPolicy, SpeakerPolicy, make_agent, resolve_num_gpus
 from calm.ray_runtime import init_ray
-from experiments.referential_game import Config, ensure_checkpoint
+from experiments.autoencoder import ensure_checkpoint
+from experiments.referential_game import Config
 
 # a micro autoencoder: trained for a few steps, enough to exercise every code path in seconds
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
@@ -28,12 +29,17 @@ def checkpoint(tmp_path_factory):
 def protocol_dirs(checkpoint, tmp_path_factory):
     from calm.checkpoint import load_pretrained
     from calm.data import load_token_ids, make_passages
-    from protocols import TokenProtocol, TokenProtocolConfig, VectorProtocol, VectorProtocolConfig
+    from protocols import (
+        UncodedTokenProtocol,
+        UncodedTokenProtocolConfig,
+        VectorProtocol,
+        VectorProtocolConfig,
+    )
 
     model, tok = load_pretrained(checkpoint)
     train = make_passages(load_token_ids("kjv+shakespeare", tok, "train", progress=False), 8, max_passages=256)
     root = tmp_path_factory.mktemp("protocols")
-    TokenProtocol(TokenProtocolConfig(vocab_size=len(tok))).fit(train).save(root / "token")
+    UncodedTokenProtocol(UncodedTokenProtocolConfig(vocab_size=len(tok))).fit(train).save(root / "token")
     VectorProtocol(model, VectorProtocolConfig(budget=16)).fit(train).save(root / "vector")
     test = make_passages(load_token_ids("kjv+shakespeare", tok, "test", progress=False), 8, max_passages=128)
     return {"token": str(root / "token"), "vector": str(root / "vector")}, test

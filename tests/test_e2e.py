@@ -90,8 +90,8 @@ def test_ray_submit_end_to_end(tmp_path):
     assert "PASS" in proc.stdout
     frame = pd.read_csv(keep / "results.csv")
     assert list(frame.columns) == COLUMNS
-    assert len(frame) == 12  # 2 sigmas x 3 protocols x 2 receivers x 1 seed
-    assert set(frame.protocol) == {"vector", "token", "quantized"}
+    assert len(frame) == 12  # 2 sigmas x 3 protocols x 2 receivers x 1 seed x 1 n
+    assert set(frame.protocol) == {"vector", "hash", "uncoded-tokens"}
     assert (keep / "config.json").is_file()
     # nothing of the throwaway set-up is left behind
     assert "lce2e" not in subprocess.run(["getent", "passwd"], capture_output=True, text=True).stdout

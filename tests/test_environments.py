@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test
 
 import environments
-from environments import AWGN, Chain, Erasure, Quantize
+from environments import AWGN, Chain, Erasure, Quantize, RayleighBlockFading
 from environments.referential import draw_round, token_overlap, unique_rows
 
 N, L, V = 64, 8, 100  # passages, tokens per passage, vocabulary
@@ -53,6 +53,38 @@ VARIANTS = {
             channel=[AWGN(0.1), Quantize(3, 2.0), AWGN(0.2)],
         ),
     ),
+    # the same variants over Rayleigh block fading (the listener observes the gain)
+    "referential_fading": (
+        "referential_v0",
+        dict(channel_uses=L, batch_size=3, channel=RayleighBlockFading(0.5, block_length=3)),
+    ),
+    "reconstruction_fading": (
+        "reconstruction_v0",
+        dict(channel_uses=L, batch_size=3, channel=RayleighBlockFading(0.2)),
+    ),
+    "broadcast_fading": (
+        "broadcast_v0",
+        dict(channel_uses=L, batch_size=3, channels=[RayleighBlockFading(0.1, block_length=2), AWGN(0.3)]),
+    ),
+    "relay_forward_fading": (
+        "relay_v0",
+        dict(channel_uses=L, batch_size=3, hops=2, channel=RayleighBlockFading(0.3, block_length=4)),
+    ),
+    "relay_reencode_fading": (
+        "relay_v0",
+        dict(
+            channel_uses=L,
+            batch_size=3,
+            hops=3,
+            mode="reencode",
+            task="reconstruct",
+            channel=[
+                RayleighBlockFading(0.1),
+                Chain([RayleighBlockFading(0.2, block_length=2), AWGN(0.1)]),
+                AWGN(0.2),
+            ],
+        ),
+    ),
 }
 
 
@@ -72,7 +104,9 @@ def test_pettingzoo_parallel_api_and_seed(variant: str, passages: np.ndarray) ->
 
 # the AEC checker's style hints (unbounded Box, dict observations) are warnings, not breaches
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("variant", ["referential", "reconstruction", "relay_reencode", "broadcast"])
+@pytest.mark.parametrize(
+    "variant", ["referential", "reconstruction", "relay_reencode", "broadcast", "referential_fading"]
+)
 def test_aec_conversion_passes_api_test(variant: str, passages: np.ndarray) -> None:
     name, kwargs = VARIANTS[variant]
     module = environments.ENVIRONMENTS[name]
@@ -205,7 +239,7 @@ def test_reconstruction_reward_is_token_accuracy(passages: np.ndarray) -> None:
     B = 32
     env = environments.make("reconstruction_v0", passages=passages, channel_uses=L, batch_size=B)
     obs, _ = env.reset(seed=4)
-    assert set(obs["listener"]) == {"received"}
+    assert set(obs["listener"]) == {"received", "gain"}
     target = obs["speaker"]
     obs, *_ = env.step({"speaker": target.astype(np.float32)})
     answer = np.rint(obs["listener"]["received"]).astype(np.int64)
@@ -296,6 +330,142 @@ def test_relay_reencode_routes_relay_symbols(passages: np.ndarray) -> None:
     assert rewards == dict.fromkeys(env.possible_agents, 1.0)
     assert all(terms.values()) and env.agents == []
     np.testing.assert_array_equal(infos["relay_0"]["hop_sent"][1], relay0)
+
+
+# ---------------------------------------------------------------- channel state (gain)
+
+
+def test_listener_observes_the_fading_gain(passages: np.ndarray) -> None:
+    B, block = 32, 3
+    env = environments.make(
+        "referential_v0",
+        passages=passages,
+        channel_uses=L,
+        batch_size=B,
+        channel=RayleighBlockFading(0.0, block_length=block),
+    )
+    obs, _ = env.reset(seed=3)
+    assert env.observation_space("listener")["gain"].contains(obs["listener"]["gain"])
+    assert not obs["listener"]["gain"].any()  # zeros until the speaker has acted, like received
+    sent = np.random.default_rng(0).standard_normal((B, L), dtype=np.float32)
+    obs, *_ = env.step({"speaker": sent})
+    gain = obs["listener"]["gain"]
+    assert gain.shape == (B, L) and gain.dtype == np.float32 and (gain > 0).all()
+    # sigma = 0: received = h * sent exactly, so the observed gain is the channel's h
+    np.testing.assert_array_equal(obs["listener"]["received"], gain * sent)
+    for start in range(0, L, block):  # one gain per block of 3 symbols (the last block has 2)
+        blk = gain[:, start : start + block]
+        np.testing.assert_array_equal(blk, np.repeat(blk[:, :1], blk.shape[1], axis=1))
+    assert abs(np.mean(gain.astype(np.float64) ** 2) - 1) < 0.5  # E[h^2] = 1, 96 gains
+    _, _, _, _, infos = env.step({"listener": np.zeros(B, dtype=np.int64)})
+    np.testing.assert_array_equal(infos["listener"]["gain"], gain)
+    np.testing.assert_array_equal(infos["speaker"]["gain"], gain)
+
+
+def test_listener_gain_matches_the_channel_draw(passages: np.ndarray) -> None:
+    # with noise: the same seed gives the same gains, and received - gain * sent is the noise
+    B, sigma = 64, 0.3
+    make = functools.partial(
+        environments.make,
+        "referential_v0",
+        passages=passages,
+        channel_uses=L,
+        batch_size=B,
+        channel=RayleighBlockFading(sigma, block_length=4),
+    )
+    sent = np.random.default_rng(1).standard_normal((B, L), dtype=np.float32)
+    gains = []
+    for env in [make(), make()]:
+        env.reset(seed=8)
+        obs, *_ = env.step({"speaker": sent})
+        gains.append(obs["listener"]["gain"])
+        noise = obs["listener"]["received"] - gains[-1] * sent
+        assert noise.var() == pytest.approx(sigma**2, rel=0.2)
+    np.testing.assert_array_equal(gains[0], gains[1])
+
+
+@pytest.mark.parametrize("name", ["referential_v0", "reconstruction_v0"])
+def test_gain_is_ones_without_fading(passages: np.ndarray, name: str) -> None:
+    env = environments.make(name, passages=passages, channel_uses=L, batch_size=4, channel=AWGN(0.5))
+    obs, _ = env.reset(seed=0)
+    assert set(obs["listener"]) >= {"received", "gain"}
+    obs, *_ = env.step({"speaker": np.ones((4, L), dtype=np.float32)})
+    np.testing.assert_array_equal(obs["listener"]["gain"], np.ones((4, L), dtype=np.float32))
+
+
+def test_forward_relay_gain_is_the_product_of_hop_gains(passages: np.ndarray) -> None:
+    B = 16
+    env = environments.make(
+        "relay_v0", passages=passages, channel_uses=L, batch_size=B, hops=2, channel=RayleighBlockFading(0.0)
+    )
+    env.reset(seed=5)
+    x = np.random.default_rng(2).uniform(0.5, 1.5, (B, L)).astype(np.float32)
+    obs, *_ = env.step({"speaker": x})
+    gain = obs["listener"]["gain"]
+    _, _, _, _, infos = env.step({"listener": np.zeros(B, dtype=np.int64)})
+    info = infos["listener"]
+    h0 = info["hop_received"][0] / info["hop_sent"][0]
+    h1 = info["hop_received"][1] / info["hop_sent"][1]
+    np.testing.assert_allclose(gain, h0 * h1, rtol=1e-6)
+    # the fixed forward gain is not in the observed gain
+    forward = env.forward_gains["listener"][0]
+    np.testing.assert_allclose(obs["listener"]["received"], forward * gain * x, rtol=1e-5)
+
+
+def test_reencode_relays_observe_their_own_hop_gain(passages: np.ndarray) -> None:
+    B = 8
+    env = environments.make(
+        "relay_v0",
+        passages=passages,
+        channel_uses=L,
+        batch_size=B,
+        hops=2,
+        mode="reencode",
+        channel=[RayleighBlockFading(0.0), RayleighBlockFading(0.0)],
+    )
+    env.reset(seed=6)
+    x = np.ones((B, L), dtype=np.float32)
+    obs, *_ = env.step({"speaker": x})
+    np.testing.assert_array_equal(obs["relay_0"]["gain"], obs["relay_0"]["received"])
+    assert not obs["listener"]["gain"].any()
+    relay = np.full((B, L), 2.0, dtype=np.float32)
+    obs, *_ = env.step({"relay_0": relay})
+    # the listener's gain is the last hop's only: it relates the relay's symbols to what it receives
+    np.testing.assert_array_equal(obs["listener"]["received"], obs["listener"]["gain"] * relay)
+
+
+def test_broadcast_listeners_observe_their_own_gains(passages: np.ndarray) -> None:
+    B = 8
+    env = environments.make(
+        "broadcast_v0",
+        passages=passages,
+        channel_uses=L,
+        batch_size=B,
+        channels=[RayleighBlockFading(0.0), AWGN(0.1), RayleighBlockFading(0.0)],
+    )
+    env.reset(seed=7)
+    x = np.ones((B, L), dtype=np.float32)
+    obs, *_ = env.step({"speaker": x})
+    np.testing.assert_array_equal(obs["listener_0"]["gain"], obs["listener_0"]["received"])
+    np.testing.assert_array_equal(obs["listener_1"]["gain"], np.ones((B, L), dtype=np.float32))
+    assert not np.array_equal(obs["listener_0"]["gain"], obs["listener_2"]["gain"])
+
+
+def test_coherent_ml_listener_wins_over_fading(passages: np.ndarray) -> None:
+    # a listener scoring candidates with the channel's likelihood and the observed gain
+    B, n = 400, 32
+    channel = RayleighBlockFading(0.5, block_length=4)
+    env = environments.make(
+        "referential_v0", passages=passages, channel_uses=n, batch_size=B, num_candidates=8, channel=channel
+    )
+    codebook = np.random.default_rng(0).choice([-1.0, 1.0], size=(N, n)).astype(np.float32)  # +-1 per passage
+    obs, _ = env.reset(seed=1)
+    obs, *_ = env.step({"speaker": codebook[env.round.target]})
+    symbols = codebook[env.round.candidates]  # (B, C, n)
+    y, gain = obs["listener"]["received"], obs["listener"]["gain"]
+    scores = channel.log_likelihood(y[:, None, :], symbols, gain[:, None, :]).sum(-1)  # (B, C)
+    _, rewards, _, _, _ = env.step({"listener": scores.argmax(1)})
+    assert rewards["listener"] > 0.95
 
 
 # ---------------------------------------------------------------- drawing games

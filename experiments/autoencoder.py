@@ -1,0 +1,88 @@
+"""The autoencoder an experiment runs on: a given checkpoint, or the one trained once and cached.
+
+``ensure_checkpoint(cfg)`` returns ``cfg.checkpoint`` (checked), or trains the ``cfg.ae_preset``
+autoencoder on the corpus's train split once and caches it as ``<runs_dir>/ae-<preset>-<hash>/`` (the
+hash covers every setting that changes the weights); the next run with the same settings starts in
+seconds. ``checkpoint_id`` names a checkpoint by its weights, wherever it lives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.sweep import SweepConfig
+
+__all__ = ["checkpoint_id", "ensure_checkpoint", "reconstruction_accuracy"]
+
+
+def checkpoint_id(directory: Path) -> str:
+    """``<dir name>@<sha256[:12] of model.safetensors>``: names a checkpoint wherever it lives."""
+    h = hashlib.sha256()
+    with open(directory / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{directory.name}@{h.hexdigest()[:12]}"
+
+
+def ensure_checkpoint(cfg: SweepConfig) -> Path:
+    """The autoencoder checkpoint: ``cfg.checkpoint``, or one trained once and cached under ``runs_dir``."""
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint).expanduser()
+        if not (path / "model.safetensors").is_file():
+            raise ValueError(f"checkpoint {cfg.checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)")
+        return path.resolve()
+    from calm.autoencoder import preset
+    from calm.checkpoint import save_pretrained
+    from calm.data import load_token_ids
+    from calm.tokenizer import get_tokenizer, special_ids
+    from calm.train import train_autoencoder
+
+    tok = get_tokenizer(cfg.tokenizer, cfg.corpus)
+    pad_id, _ = special_ids(tok)
+    overrides = {k: v for k, v in (("latent_dim", cfg.ae_latent_dim), ("hidden_size", cfg.ae_hidden_size),
+                                   ("intermediate_size", cfg.ae_intermediate_size)) if v is not None}
+    ae_cfg = preset(cfg.ae_preset, vocab_size=len(tok), pad_id=pad_id, **overrides)
+    key = {"ae": ae_cfg.to_dict(), "corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "steps": cfg.ae_steps,
+           "batch_size": cfg.ae_batch_size, "time_limit": cfg.ae_time_limit, "seed": cfg.ae_seed}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    path = (Path(cfg.runs_dir).expanduser() / f"ae-{cfg.ae_preset}-{digest}").resolve()
+    if (path / "model.safetensors").is_file():
+        print(f"[ae] using the cached autoencoder {path}", flush=True)
+        return path
+    limit = f", at most {cfg.ae_time_limit:.0f} s" if cfg.ae_time_limit > 0 else ""
+    print(f"[ae] training the {cfg.ae_preset} autoencoder ({cfg.ae_steps} steps{limit}); "
+          f"cached at {path}", flush=True)
+    train_ids = load_token_ids(cfg.corpus, tok, "train")
+    val_ids = load_token_ids(cfg.corpus, tok, "validation")
+    t0 = time.time()
+    model = train_autoencoder(ae_cfg, train_ids, steps=cfg.ae_steps, val_ids=val_ids, seed=cfg.ae_seed,
+                              progress=True, time_limit=cfg.ae_time_limit, batch_size=cfg.ae_batch_size,
+                              val_size=2048)
+    seconds = time.time() - t0
+    accuracy = reconstruction_accuracy(model, val_ids, ae_cfg.K)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_pretrained(model, tmp, tok)
+    (tmp / "train_info.json").write_text(json.dumps({**key, "seconds": seconds, "steps_done": model.trained_steps,
+                                                     "val_token_accuracy": accuracy},
+                                                    indent=2) + "\n")
+    tmp.replace(path)  # atomic: a half-written checkpoint is never picked up
+    print(f"[ae] trained {model.trained_steps} steps in {seconds:.0f} s; held-out token accuracy {accuracy:.4f}"
+          + (" (--ae-time-limit: the weights depend on this machine's speed)" if cfg.ae_time_limit > 0 else ""),
+          flush=True)
+    return path
+
+
+def reconstruction_accuracy(model, ids: np.ndarray, K: int, *, tokens: int = 32768) -> float:
+    """Greedy token accuracy of ``model.reconstruct`` on the first ``tokens`` ids of a stream."""
+    import torch
+
+    n = min(len(ids), tokens) // (8 * K) * (8 * K)
+    x = torch.as_tensor(np.asarray(ids[:n], dtype=np.int64).reshape(-1, 8 * K))  # (B, 8K)
+    with torch.inference_mode():
+        return float((model.reconstruct(x) == x).float().mean())

@@ -1,0 +1,236 @@
+"""Tables, bounds, the leak check and plots of the referential game (rows as in DESIGN.md section 7).
+
+- ``pooled``: rows pooled over seeds per (protocol, receiver, channel, n, sigma), with a Wilson interval.
+- ``bound``: the best success any scheme can reach at the channel's capacity (Fano inverted).
+- ``snr_at_success``: per (protocol, receiver, channel, n) the SNR where success crosses 0.9,
+  interpolated linearly in dB between grid points.
+- ``leaks``: rows whose Fano bound at the lower end of the success interval exceeds the channel's
+  capacity: information reached the listener around the channel (a bug in a protocol).
+- ``write_report``: ``summary.md`` and the plots ``success_vs_snr.png``, ``delivered_vs_capacity.png``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["console_summary", "leaks", "pooled", "snr_at_success", "write_report"]
+
+GROUP = ["protocol", "receiver", "channel", "channel_uses"]
+COLORS = {"vector": "tab:blue", "quantized": "tab:green", "hash": "tab:purple", "coded": "tab:red",
+          "uncoded-tokens": "tab:orange"}
+STYLES = {"soft": "-", "hard": "--"}
+
+
+def pooled(frame):
+    """Rows pooled over seeds per (protocol, receiver, channel, n, sigma): success (Wilson), bound, bits."""
+    import pandas as pd
+
+    from protocols.metrics import best_success, fano_delivered_bits, wilson_interval
+
+    out = []
+    for key, g in frame.groupby([*GROUP, "sigma"], sort=False):
+        wins = int(round((g["success"] * g["episodes"]).sum()))
+        games = int(g["episodes"].sum())
+        low, high = wilson_interval(wins, games)
+        C = int(g["candidates"].iloc[0])
+        capacity = float(g["capacity_bits"].iloc[0])
+        out.append({**dict(zip([*GROUP, "sigma"], key)), "snr_db": g["snr_db"].iloc[0], "candidates": C,
+                    "success": wins / games, "low": low, "high": high, "games": games,
+                    "bound": best_success(capacity, C), "delivered_bits": fano_delivered_bits(wins / games, C),
+                    "capacity_bits": capacity, "bits_sent": g["bits_sent"].iloc[0],
+                    "token_accuracy": g["token_accuracy"].mean()})
+    return pd.DataFrame(out)
+
+
+def snr_at_success(table, target: float = 0.9):
+    """Per (protocol, receiver, channel, n): the SNR in dB where pooled success first reaches ``target``.
+
+    Linear interpolation in dB between the two grid points around the crossing (noise-free points,
+    SNR inf, are left out). ``-inf`` when even the noisiest point reaches it, ``inf`` when no finite-SNR
+    point does. ``snr_db_lo`` / ``snr_db_hi``: the grid's lowest and highest finite SNR.
+    """
+    import pandas as pd
+
+    out = []
+    for key, g in table.groupby(GROUP, sort=False):
+        g = g[np.isfinite(g["snr_db"])].sort_values("snr_db")
+        snr, success = g["snr_db"].to_numpy(), g["success"].to_numpy()
+        value = math.inf
+        if len(snr) and success[0] >= target:
+            value = -math.inf
+        else:
+            for i in range(1, len(snr)):
+                if success[i] >= target > success[i - 1]:
+                    frac = (target - success[i - 1]) / (success[i] - success[i - 1])
+                    value = float(snr[i - 1] + frac * (snr[i] - snr[i - 1]))
+                    break
+        out.append({**dict(zip(GROUP, key)), "snr_db_at_target": value,
+                    "snr_db_lo": float(snr[0]) if len(snr) else math.nan,
+                    "snr_db_hi": float(snr[-1]) if len(snr) else math.nan})
+    return pd.DataFrame(out)
+
+
+def leaks(frame):
+    """Rows whose Fano bound at ``success_ci_low`` exceeds their capacity (DESIGN.md section 3)."""
+    from protocols.metrics import fano_delivered_bits
+
+    if not len(frame):
+        return frame
+    floor = np.array([fano_delivered_bits(low, int(c)) for low, c in zip(frame.success_ci_low, frame.candidates)])
+    return frame[floor > frame.capacity_bits.to_numpy() + 1e-9]
+
+
+def _fmt_snr(value: float, lo: float, hi: float) -> str:
+    """A crossing in dB, or where the grid ends: ``< lo`` (reached everywhere), ``> hi`` (nowhere)."""
+    if value == -math.inf:
+        return f"< {lo:.1f}"
+    if value == math.inf:
+        return f"> {hi:.1f}"
+    return f"{value:.1f}"
+
+
+def _snr_db_header(sigma: float) -> str:
+    return "inf" if sigma == 0 else f"{-20 * math.log10(sigma) + 0.0:.1f}"
+
+
+def console_summary(frame) -> str:
+    """Pooled success as one small table per (channel, n): a row per protocol/receiver, a column per SNR."""
+    if not len(frame):
+        return "(no rows)"
+    table = pooled(frame)
+    blocks = []
+    for (channel, n), t in table.groupby(["channel", "channel_uses"], sort=False):
+        sigmas = sorted(t["sigma"].unique())
+        snrs = [_snr_db_header(s) for s in sigmas]
+        C = int(t["candidates"].iloc[0])
+        lines = [f"{channel}, n={n}, C={C}: success pooled over seeds (SNR dB across)",
+                 "| protocol / receiver | " + " | ".join(snrs) + " |",
+                 "|---|" + "---:|" * len(sigmas)]
+        for (protocol, receiver), g in t.groupby(["protocol", "receiver"], sort=False):
+            by = dict(zip(g["sigma"], g["success"]))
+            lines.append(f"| {protocol} / {receiver} | " + " | ".join(
+                f"{by[s]:.3f}" if s in by else "" for s in sigmas) + " |")
+        bound = t.drop_duplicates("sigma").set_index("sigma")["bound"]
+        lines.append("| bound (Fano at capacity) | " + " | ".join(f"{bound[s]:.3f}" for s in sigmas) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _full_table(table) -> str:
+    lines = ["| protocol | receiver | channel | n | sigma | SNR dB | bits sent | success (95% CI) | bound | "
+             "delivered bits | capacity bits | token acc |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in table.itertuples():
+        snr = "inf" if math.isinf(r.snr_db) else f"{r.snr_db:.1f}"
+        cap = "inf" if math.isinf(r.capacity_bits) else f"{r.capacity_bits:.2f}"
+        sent = "analog" if not np.isfinite(r.bits_sent) else f"{int(r.bits_sent)}"
+        acc = "" if not np.isfinite(r.token_accuracy) else f"{r.token_accuracy:.3f}"
+        lines.append(f"| {r.protocol} | {r.receiver} | {r.channel} | {r.channel_uses} | {r.sigma:g} | {snr} | {sent} "
+                     f"| {r.success:.3f} ({r.low:.3f}-{r.high:.3f}) | {r.bound:.3f} | {r.delivered_bits:.2f} | {cap} "
+                     f"| {acc} |")
+    return "\n".join(lines)
+
+
+def write_report(frame, run_dir: Path, *, plots: bool = True, target: float = 0.9) -> None:
+    """``summary.md`` (pooled tables, the SNR at ``target`` success, leaks) and the PNG plots."""
+    if not len(frame):
+        (run_dir / "summary.md").write_text(f"# Referential game: {run_dir.name}\n\n(no rows)\n")
+        return
+    table = pooled(frame)
+    at = snr_at_success(table, target)
+    columns = list(dict.fromkeys(zip(at["channel"], at["channel_uses"])))
+    snr_lines = ["| protocol / receiver | " + " | ".join(f"{ch}, n={n}" for ch, n in columns) + " |",
+                 "|---|" + "---:|" * len(columns)]
+    for (protocol, receiver), g in at.groupby(["protocol", "receiver"], sort=False):
+        by = {(r.channel, r.channel_uses): _fmt_snr(r.snr_db_at_target, r.snr_db_lo, r.snr_db_hi)
+              for r in g.itertuples()}
+        snr_lines.append(f"| {protocol} / {receiver} | " + " | ".join(by.get(c, "") for c in columns) + " |")
+    bad = leaks(frame)
+    leak_text = ("None: at every point the Fano bound at the lower end of the success interval stays within "
+                 "capacity." if not len(bad) else "\n".join(
+                     f"- {r.protocol}/{r.receiver} {r.channel} n={r.channel_uses} sigma={r.sigma:g} seed={r.seed}: "
+                     f"success >= {r.success_ci_low:.3f} over a {r.capacity_bits:.2f}-bit channel" for r in bad.itertuples()))
+    text = (f"# Referential game: {run_dir.name}\n\n"
+            "Success pooled over seeds (95% Wilson interval); bits per message. `bound`: the best success any "
+            "scheme can reach at the channel's capacity (Fano inverted).\n\n"
+            + console_summary(frame) + f"\n\n## SNR needed for {target:.0%} success\n\n"
+            "Interpolated linearly in dB between grid points; `< x`: already reached at the grid's lowest SNR x, "
+            "`> x`: not reached at any finite SNR up to x (the noise-free point does not count).\n\n"
+            + "\n".join(snr_lines) + "\n\n## Leak check\n\n" + leak_text + "\n\n## Every pooled point\n\n"
+            + _full_table(table) + "\n")
+    (run_dir / "summary.md").write_text(text)
+    if plots:
+        plot_results(table, run_dir)
+
+
+def plot_results(table, run_dir: Path) -> None:
+    """``success_vs_snr.png`` (a panel per channel and n; bands: 95% Wilson; the bound line) and
+    ``delivered_vs_capacity.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(table.groupby(["channel", "channel_uses"], sort=False))
+    finite = table["snr_db"][np.isfinite(table["snr_db"])]
+    inf_at = (finite.max() + 6.0) if len(finite) else 30.0  # where sigma = 0 (SNR inf) is drawn
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    for ax, ((channel, n), t) in zip(axes.flat, panels):
+        C = int(t["candidates"].iloc[0])
+        for (protocol, receiver), g in t.groupby(["protocol", "receiver"], sort=False):
+            x = np.where(np.isinf(g["snr_db"]), inf_at, g["snr_db"])
+            order = np.argsort(x)
+            ax.plot(x[order], g["success"].to_numpy()[order], STYLES.get(receiver, "-"), marker="o", ms=3,
+                    color=COLORS.get(protocol), label=f"{protocol} / {receiver}")
+            ax.fill_between(x[order], g["low"].to_numpy()[order], g["high"].to_numpy()[order], alpha=0.12,
+                            color=COLORS.get(protocol))
+        b = t.drop_duplicates("sigma")
+        xb = np.where(np.isinf(b["snr_db"]), inf_at, b["snr_db"])
+        order = np.argsort(xb)
+        ax.plot(xb[order], b["bound"].to_numpy()[order], color="black", lw=1.2, label="bound: Fano at capacity")
+        ax.axhline(1.0 / C, color="gray", lw=0.8, ls=":", label=f"chance (1/{C})")
+        ax.set_xlabel(f"SNR (dB); sigma 0 drawn at {inf_at:.0f}")
+        ax.set_ylabel("success")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{channel}, n={n} channel uses, C={C}")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    # one legend for every panel: a protocol left out at some n still has its entry
+    labels: dict[str, Any] = {}
+    for ax in axes.flat[: len(panels)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    fig.legend(list(labels.values()), list(labels), fontsize=8, loc="lower center", ncol=min(6, len(labels)),
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(labels) > 6), 1, 1))
+    fig.savefig(run_dir / "success_vs_snr.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fin = table[np.isfinite(table["capacity_bits"])]
+    C = int(table["candidates"].iloc[0])
+    for (protocol, receiver), g in fin.groupby(["protocol", "receiver"], sort=False):
+        ax.scatter(g["capacity_bits"], g["delivered_bits"], s=12, marker="o" if receiver == "soft" else "x",
+                   color=COLORS.get(protocol), label=f"{protocol} / {receiver}")
+    if len(fin):
+        lo, hi = float(fin["capacity_bits"].min()), float(fin["capacity_bits"].max())
+        grid = np.geomspace(min(lo, 0.1), hi, 200)
+        ax.plot(grid, np.minimum(grid, math.log2(C)), color="gray", lw=0.8, ls=":", label="min(capacity, log2 C)")
+        ax.set_xscale("log")
+    ax.axhline(math.log2(C), color="black", lw=0.8, ls="-.", label=f"log2 C = {math.log2(C):.1f}")
+    ax.set_ylim(0, 1.15 * math.log2(C))
+    ax.set_xlabel("capacity bits per message")
+    ax.set_ylabel("delivered bits (Fano lower bound)")
+    ax.set_title("Delivered vs capacity bits per message")
+    ax.legend(fontsize=6, loc="upper left", ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "delivered_vs_capacity.png", dpi=110)
+    plt.close(fig)
