@@ -207,7 +207,14 @@ class CALMAgentCore:
         self.gpu_ids = self.gpu_ids or []
         self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device)
         self.checkpoint = checkpoint_name or str(checkpoint)
-        self.protocols = {key: load_protocol(path, autoencoder=self.model) for key, path in protocols.items()}
+        from protocols.separation import is_bank, load_bank
+
+        self.protocols = {}
+        for key, path in protocols.items():
+            if is_bank(path):  # one budget's MCS menu: each entry as <key>#<mcs name>
+                self.protocols.update({f"{key}#{name}": p for name, p in load_bank(path).items()})
+            else:
+                self.protocols[key] = load_protocol(path, autoencoder=self.model)
         self.lm, self.lm_tokenizer = (None, None) if lm_checkpoint is None else load_pretrained(lm_checkpoint,
                                                                                               device=self.device)
         self.calls = 0
@@ -243,10 +250,17 @@ class CALMAgentCore:
         """Symbols n a message of L tokens takes under ``protocol``."""
         return int(self._protocol(protocol).channel_uses(L))
 
-    def encode(self, protocol: str, ids: np.ndarray) -> np.ndarray:
-        """Speaker: ``ids (B, L)`` -> unit-power symbols ``(B, n)`` float32."""
+    def encode(self, protocol: str, ids: np.ndarray, channel: Any = None) -> np.ndarray:
+        """Speaker: ``ids (B, L)`` -> unit-power symbols ``(B, n)`` float32.
+
+        ``channel``: the channel model the speaker is told, for protocols that adapt to it (jscc: SNR-adaptive);
+        the others ignore it.
+        """
+        p = self._protocol(protocol)
+        if channel is not None and hasattr(p, "with_channel"):
+            p = p.with_channel(channel)
         # arrays from Ray's object store are read-only views; torch wants writable memory
-        return self._protocol(protocol).encode(np.array(ids))
+        return p.encode(np.array(ids))
 
     def decode(self, protocol: str, symbols: np.ndarray, channel: Any = None, gain: np.ndarray | None = None) -> np.ndarray:
         """Hard decoding to tokens: ``symbols (B, n)`` -> ids ``(B, L)`` int64 (protocols that send tokens)."""

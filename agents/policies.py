@@ -41,10 +41,12 @@ class SpeakerPolicy:
     """a CALMAgent actor handle or a CALMAgentCore"""
     protocol: str
     """name of a protocol the agent loaded"""
+    channel: Any = None
+    """the channel model the speaker is told (SNR-adaptive protocols use it; None: not told)"""
 
     def act(self, target: np.ndarray) -> np.ndarray:
         """``target (B, L)`` token ids -> channel symbols ``(B, n)`` float32 with unit mean power."""
-        return np.asarray(call(self.agent, "encode", self.protocol, target), dtype=np.float32)
+        return np.asarray(call(self.agent, "encode", self.protocol, target, self.channel), dtype=np.float32)
 
 
 @dataclass

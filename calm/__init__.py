@@ -41,6 +41,9 @@ _EXPORTS = {
     "calm_flops": "calm.flops",
     "baseline_flops": "calm.flops",
     "train_autoencoder": "calm.train",
+    "JSCCConfig": "calm.jscc",
+    "JSCCModel": "calm.jscc",
+    "train_jscc": "calm.jscc",
     "evaluate_autoencoder": "calm.evaluate",
 }
 

@@ -31,6 +31,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MODEL_TYPES",
     "CheckpointError",
+    "autoencoder_config_for",
     "model_type_of",
     "save_pretrained",
     "load_pretrained",
@@ -51,6 +52,7 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "autoencoder": ("calm.autoencoder", "AutoencoderConfig", "Autoencoder"),
     "calm": ("calm.energy_transformer", "EnergyTransformerConfig", "EnergyTransformer"),
     "baseline": ("calm.baseline", "BaselineConfig", "TokenTransformer"),
+    "jscc": ("calm.jscc", "JSCCConfig", "JSCCModel"),
 }
 
 
@@ -141,6 +143,20 @@ def load_config(directory: str | os.PathLike) -> dict:
                               f"(this code reads version {FORMAT_VERSION})")
     return meta
 
+
+
+def autoencoder_config_for(ae: str | os.PathLike | None, vocab_size: int, what: str) -> dict:
+    """The config of the autoencoder checkpoint ``--ae`` that a ``what`` model is built on, checked against
+    the tokenizer's ``vocab_size`` (clear errors for a missing flag, another model type or another tokenizer)."""
+    if not ae:
+        raise ValueError(f"{what} training needs --ae DIR, a trained autoencoder checkpoint")
+    meta = load_config(ae)
+    if meta["model_type"] != "autoencoder":
+        raise ValueError(f"--ae {ae} holds a {meta['model_type']!r} checkpoint, not an autoencoder")
+    if meta["config"]["vocab_size"] != vocab_size:
+        raise ValueError(f"--ae {ae} has vocab_size {meta['config']['vocab_size']} but the tokenizer has "
+                         f"{vocab_size} ids; pass the --tokenizer the autoencoder was trained with")
+    return meta["config"]
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, with a clear error for a missing, truncated or foreign file."""

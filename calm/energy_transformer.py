@@ -509,17 +509,10 @@ class CalmTask(WindowTask):
         autoencoder checkpoint DIR (its vocabulary must be the tokenizer's)."""
         from pathlib import Path
 
-        from calm.checkpoint import load_config
+        from calm.checkpoint import autoencoder_config_for
 
-        if not ae:
-            raise ValueError("calm training needs --ae DIR, a trained autoencoder checkpoint")
-        meta = load_config(ae)
-        if meta["model_type"] != "autoencoder":
-            raise ValueError(f"--ae {ae} holds a {meta['model_type']!r} checkpoint, not an autoencoder")
-        if meta["config"]["vocab_size"] != vocab_size:
-            raise ValueError(f"--ae {ae} has vocab_size {meta['config']['vocab_size']} but the tokenizer has "
-                             f"{vocab_size} ids; pass the --tokenizer the autoencoder was trained with")
-        return preset(preset_name, meta["config"], autoencoder_path=str(Path(ae).resolve()), **overrides)
+        ae_config = autoencoder_config_for(ae, vocab_size, "calm")
+        return preset(preset_name, ae_config, autoencoder_path=str(Path(ae).resolve()), **overrides)
 
     def build_model(self) -> EnergyTransformer:
         """A fresh model; the autoencoder's weights come from config.autoencoder_path (if set)."""

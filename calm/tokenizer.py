@@ -14,6 +14,7 @@ Both come back as a ``transformers.PreTrainedTokenizerFast`` with ``clean_up_tok
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -30,6 +31,7 @@ __all__ = [
     "EOT_TOKEN",
     "DEFAULT_TOKENIZER",
     "get_tokenizer",
+    "cached_tokenizer",
     "load_tokenizer",
     "save_tokenizer",
     "tokenizer_fingerprint",
@@ -152,6 +154,15 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     if EOT_TOKEN in vocab:
         return _wrap(backend, eot=EOT_TOKEN, pad=EOT_TOKEN)
     raise ValueError(f"tokenizer {path} defines no {EOT_TOKEN!r} token")
+
+
+@functools.lru_cache(maxsize=8)
+def cached_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    """``load_tokenizer(path)``, loaded once per process (trial workers decode every batch with it).
+
+    It lives here, in an importable module, so that a trial function pickled from ``__main__`` (``python -m
+    experiments.x``) finds it by reference in the Ray worker."""
+    return load_tokenizer(path)
 
 
 def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | os.PathLike) -> Path:

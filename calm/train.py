@@ -56,6 +56,7 @@ from calm.checkpoint import (
     save_pretrained,
 )
 from calm.energy_transformer import CalmTask
+from calm.jscc import JSCCTask
 
 __all__ = [
     "TrainConfig",
@@ -173,7 +174,8 @@ def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
 # subcommand name -> task class. A task class has: name, config_cls (with to_dict/from_dict), presets,
 # build_model(), sample_batch(ids, rng, batch_size), loss(model, batch, generator), validation_set(ids, n),
 # validate(model, val_set).
-TASKS: dict[str, type] = {"autoencoder": AutoencoderTask, "calm": CalmTask, "baseline": BaselineTask}
+TASKS: dict[str, type] = {"autoencoder": AutoencoderTask, "calm": CalmTask, "baseline": BaselineTask,
+                          "jscc": JSCCTask}
 # each also has ``make_config(preset, vocab_size=, pad_id=, overrides=, **cli_args)`` and ``train_presets``
 # (TrainConfig defaults per preset); the language-model tasks have ``tokens_per_example``.
 TRAIN_PRESETS = AutoencoderTask.train_presets  # the autoencoder's TrainConfig defaults (train_autoencoder uses them)
@@ -714,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker-group restarts after a worker dies (each resumes from the newest checkpoint)")
         _add_dataclass_args(p, TrainConfig)
         _add_dataclass_args(p, task_cls.config_cls, skip=("vocab_size", "pad_id", "autoencoder_path"))
-        if name == "calm":
+        if name in ("calm", "jscc"):
             p.add_argument("--ae", required=True, help="trained autoencoder checkpoint directory (kept frozen)")
     return parser
 

@@ -3,7 +3,8 @@
 ``ensure_checkpoint(cfg)`` returns ``cfg.checkpoint`` (checked), or trains the ``cfg.ae_preset``
 autoencoder on the corpus's train split once and caches it as ``<runs_dir>/ae-<preset>-<hash>/`` (the
 hash covers every setting that changes the weights); the next run with the same settings starts in
-seconds. ``checkpoint_id`` names a checkpoint by its weights, wherever it lives.
+seconds. ``checkpoint_id`` names a checkpoint by its weights, wherever it lives. ``ensure_jscc`` does the
+same for a jscc channel adapter around that autoencoder.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from experiments.sweep import SweepConfig
 
-__all__ = ["checkpoint_id", "ensure_checkpoint", "reconstruction_accuracy"]
+__all__ = ["checkpoint_id", "ensure_checkpoint", "ensure_jscc", "reconstruction_accuracy"]
 
 
 def checkpoint_id(directory: Path) -> str:
@@ -86,3 +88,35 @@ def reconstruction_accuracy(model, ids: np.ndarray, K: int, *, tokens: int = 327
     x = torch.as_tensor(np.asarray(ids[:n], dtype=np.int64).reshape(-1, 8 * K))  # (B, 8K)
     with torch.inference_mode():
         return float((model.reconstruct(x) == x).float().mean())
+
+
+def ensure_jscc(cfg: Any, checkpoint: Path, model, train_ids: np.ndarray, val_ids: np.ndarray, n: int, *,
+                channels: tuple[str, ...], erasure_p: float) -> Path:
+    """The jscc adapter (``calm.jscc``) for n channel uses around ``checkpoint``'s autoencoder ``model``, trained
+    once on ``channels`` (``cfg.jscc_steps``, ``cfg.jscc_hidden_size``) and cached under ``runs_dir``."""
+    from calm.checkpoint import save_pretrained
+    from calm.jscc import preset, train_jscc
+    from calm.tokenizer import load_tokenizer
+
+    key = {"checkpoint": checkpoint_id(checkpoint), "n": n, "L": cfg.passage_length, "channels": list(channels),
+           "erasure_p": erasure_p, "steps": cfg.jscc_steps, "hidden": cfg.jscc_hidden_size, "seed": cfg.ae_seed}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    path = (Path(cfg.runs_dir).expanduser() / f"jscc-n{n}-{digest}").resolve()
+    if (path / "model.safetensors").is_file():
+        print(f"[jscc] using the cached adapter {path}", flush=True)
+        return path
+    print(f"[jscc] training the adapter for n={n} ({cfg.jscc_steps} steps on {', '.join(channels)}); cached at "
+          f"{path}", flush=True)
+    config = preset("tiny", model.config, channel_uses=n, passage_length=cfg.passage_length,
+                    channels=tuple(channels), erasure_p=erasure_p, hidden_size=cfg.jscc_hidden_size,
+                    autoencoder_path=str(checkpoint))
+    t0 = time.time()
+    adapter = train_jscc(config, train_ids, steps=cfg.jscc_steps, val_ids=val_ids, seed=cfg.ae_seed, progress=True,
+                         autoencoder=model)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_pretrained(adapter, tmp, load_tokenizer(str(checkpoint / "tokenizer.json")))
+    (tmp / "train_info.json").write_text(json.dumps({**key, "seconds": time.time() - t0,
+                                                     "history": getattr(adapter, "history", [])}, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"[jscc] trained n={n} in {time.time() - t0:.0f} s", flush=True)
+    return path

@@ -45,14 +45,14 @@ from experiments.sweep import (
     NOT_IN_HASH,
     SweepConfig,
     SweepResult,
-    agent_pairs,
     cli,
     collect_rows,
-    connect_ray,
     git_commit,
+    make_channel,
     missing_trials,
     open_run_dir,
-    run_trials,
+    print_outcome,
+    run_with_agents,
     settings_hash,
     write_frame,
 )
@@ -174,19 +174,6 @@ def trial_grid(cfg: Config, skip: set[tuple[str, int]] = frozenset()) -> list[di
         spec["index"] = i
         spec["key"] = trial_key(spec)
     return grid
-
-
-def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_block: int | None = None):
-    """The channel model of a grid point (the env applies it; the listener is told the same model)."""
-    import environments
-
-    if name == "awgn":
-        return environments.AWGN(sigma)
-    if name == "erasure":
-        return environments.Chain([environments.Erasure(erasure_p), environments.AWGN(sigma)])
-    if name == "rayleigh":
-        return environments.RayleighBlockFading(sigma, block_length=fading_block)
-    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure or rayleigh")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -355,22 +342,11 @@ def main(cfg: Config) -> SweepResult:
         record["autoencoder_training"] = json.loads(train_info.read_text())
     (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
-    ran, failed = [], []
-    if missing:
-        started = connect_ray(cfg.address, cfg.num_cpus)
-        try:
-            with agent_pairs(cfg, checkpoint, dirs, run_name) as pairs:
-                shared = {"pairs": pairs, "passages": passages, "settings": {
-                    "episodes": cfg.episodes, "batch_size": cfg.batch_size, "candidates": cfg.candidates,
-                    "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
-                    "checkpoint": ckpt_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block}}
-                failed = run_trials(_trial, missing, run_dir, trial_cpus=cfg.trial_cpus,
-                                    max_concurrent=cfg.max_concurrent, shared=shared)
-            # what finished now (an interrupted sweep, ^C, leaves the rest for the next run)
-            ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]
-        finally:
-            if started:
-                ray.shutdown()
+    ran, failed = run_with_agents(cfg, checkpoint, dirs, run_name, _trial, missing, run_dir, {
+        "passages": passages, "settings": {
+            "episodes": cfg.episodes, "batch_size": cfg.batch_size, "candidates": cfg.candidates,
+            "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
+            "checkpoint": ckpt_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block}})
 
     # -------- tables and plots from every finished row of this grid
     frame = collect_rows(grid, run_dir, COLUMNS)
@@ -382,14 +358,7 @@ def main(cfg: Config) -> SweepResult:
               f">= {r.success_ci_low:.3f} over a {r.capacity_bits:.2f}-bit channel: a protocol leaks information",
               flush=True)
     print(console_summary(frame), flush=True)
-    print(f"[run] {len(frame)}/{len(grid)} rows in {run_dir / 'results.csv'}, tables in summary.md "
-          f"({time.time() - t0:.0f} s)", flush=True)
-    if failed:
-        print(f"[run] {len(failed)} trials failed ({', '.join(failed[:5])}...): rerun the same command to retry them",
-              flush=True)
-    if len(frame) < len(grid):
-        print(f"[run] incomplete: {len(grid) - len(frame)} grid points have no row yet; rerun the same command",
-              flush=True)
+    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
     return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
 
 

@@ -6,9 +6,9 @@ columns and its tables and plots. This module does the rest:
 
     run_dir = open_run_dir(results_dir, run_name, settings_hash(cfg, NOT_IN_HASH), checkpoint_id)
     missing = missing_trials(grid, run_dir, cfg.max_trials)
-    started = connect_ray(cfg.address, cfg.num_cpus)
-    failed = run_trials(trial_fn, missing, run_dir, trial_cpus=..., max_concurrent=..., shared={...})
-    frame = collect_rows(grid, run_dir, COLUMNS); write_frame(frame, run_dir)
+    ran, failed = run_with_agents(cfg, checkpoint, protocols, run_name, trial_fn, missing, run_dir, shared={...})
+    frame = collect_rows(grid, run_dir, COLUMNS); write_frame(frame, run_dir)  # then the experiment's report
+    print_outcome(len(frame), len(grid), run_dir, seconds, failed)
 
 Every finished trial's row is written at once to ``<run_dir>/rows/<key>.json`` (atomically), so a sweep
 that dies, or is stopped with Ctrl-C, resumes without redoing finished trials. ``cli`` turns the
@@ -31,20 +31,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
-    "NAMESPACE",
-    "NOT_IN_HASH",
-    "SweepConfig",
-    "SweepResult",
-    "agent_pairs",
-    "cli",
-    "collect_rows",
-    "connect_ray",
-    "git_commit",
-    "missing_trials",
-    "open_run_dir",
-    "run_trials",
-    "settings_hash",
-    "write_frame",
+    "NAMESPACE", "NOT_IN_HASH", "SweepConfig", "SweepResult", "agent_pairs", "cli", "collect_rows", "connect_ray",
+    "git_commit", "make_channel", "missing_trials", "open_run_dir", "print_outcome", "run_trials", "run_with_agents",
+    "settings_hash", "write_frame",
 ]
 
 NAMESPACE = "latentcomm"
@@ -147,6 +136,23 @@ class SweepResult:
     """grid points (rows < total: the sweep was interrupted or trials failed; rerun to finish)"""
 
 
+def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_block: int | None = None):
+    """The channel model of a grid point by name (the env applies it; the receiver is told the same model).
+
+    ``awgn``: ``y = x + sigma N``; ``erasure``: each symbol erased (0) with prob ``erasure_p``, then AWGN;
+    ``rayleigh``: ``y = h x + sigma N``, one Rayleigh gain per message (or per ``fading_block`` symbols).
+    """
+    import environments
+
+    if name == "awgn":
+        return environments.AWGN(sigma)
+    if name == "erasure":
+        return environments.Chain([environments.Erasure(erasure_p), environments.AWGN(sigma)])
+    if name == "rayleigh":
+        return environments.RayleighBlockFading(sigma, block_length=fading_block)
+    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure or rayleigh")
+
+
 def settings_hash(cfg: Any, exclude: set[str]) -> str:
     """Hash of every setting of the dataclass ``cfg`` that changes a row (all fields but ``exclude``)."""
     key = {k: v for k, v in asdict(cfg).items() if k not in exclude}
@@ -240,11 +246,23 @@ def _trainable(config: dict, *, trial_fn: Callable[..., dict], shared: dict) -> 
     tune.report({"key": spec["key"], "row_json": json.dumps(row)})
 
 
-def _row_writer(rows_dir: Path):
-    """A Tune callback (in the driver) that writes each trial's row to ``rows_dir/<key>.json`` at once."""
+def _row_writer(rows_dir: Path, total: int):
+    """A Tune callback (in the driver) that writes each trial's row to ``rows_dir/<key>.json`` at once,
+    with a progress bar over the ``total`` trials (stderr; Tune's own output is silenced)."""
     from ray import tune
+    from tqdm import tqdm
 
     class RowWriter(tune.Callback):
+        def __init__(self) -> None:
+            self.bar, self.failed = None, 0
+
+        def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state: not the bar
+            return {**self.__dict__, "bar": None}
+
+        def setup(self, **info) -> None:
+            self.bar = tqdm(total=total, desc="[run] trials", unit="trial", dynamic_ncols=True, mininterval=2.0,
+                            file=sys.stderr)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "row_json" not in result:
                 return
@@ -252,6 +270,17 @@ def _row_writer(rows_dir: Path):
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(result["row_json"] + "\n")
             tmp.replace(path)  # atomic: a row is either complete or absent
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.failed += 1
+            if self.bar is not None:
+                self.bar.set_postfix(failed=self.failed)
+
+        def on_experiment_end(self, trials, **info):
+            if self.bar is not None:
+                self.bar.close()
 
     return RowWriter()
 
@@ -281,12 +310,47 @@ def run_trials(trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path
             name=name,
             storage_path=str((run_dir / "tune").resolve()),
             failure_config=tune.FailureConfig(max_failures=2),
-            callbacks=[_row_writer(run_dir / "rows")],
+            callbacks=[_row_writer(run_dir / "rows", len(missing))],
             verbose=0,
         ),
     )
     grid = tuner.fit()
     return [str(result.config["trial"]["key"]) for result in grid if result.error is not None]
+
+
+def run_with_agents(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str], run_name: str,
+                    trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path,
+                    shared: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Connect Ray, start the agent pairs and run the missing trials (``trial_fn(spec, pairs=..., **shared)``).
+
+    Returns ``(ran, failed)``: the keys that have a row now (an interrupted sweep, ^C, leaves the rest for
+    the next run) and those that still failed. Shuts down a Ray it started.
+    """
+    import ray
+
+    if not missing:
+        return [], []
+    started = connect_ray(cfg.address, cfg.num_cpus)
+    try:
+        with agent_pairs(cfg, checkpoint, protocols, run_name) as pairs:
+            failed = run_trials(trial_fn, missing, run_dir, trial_cpus=cfg.trial_cpus,
+                                max_concurrent=cfg.max_concurrent, shared={"pairs": pairs, **shared})
+        ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]
+    finally:
+        if started:
+            ray.shutdown()
+    return ran, failed
+
+
+def print_outcome(rows: int, total: int, run_dir: Path, seconds: float, failed: list[str]) -> None:
+    """The closing lines of a run: rows written, failed trials, and whether to rerun."""
+    print(f"[run] {rows}/{total} rows in {run_dir / 'results.csv'}, tables in summary.md ({seconds:.0f} s)",
+          flush=True)
+    if failed:
+        print(f"[run] {len(failed)} trials failed ({', '.join(failed[:5])}...): rerun the same command to retry them",
+              flush=True)
+    if rows < total:
+        print(f"[run] incomplete: {total - rows} grid points have no row yet; rerun the same command", flush=True)
 
 
 def collect_rows(grid: list[dict], run_dir: Path, columns: list[str]):

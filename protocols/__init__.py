@@ -8,7 +8,11 @@
 - ``hash``: a keyed hash of the whole passage -> BPSK, the random-coding ideal (``HashProtocol``);
 - ``coded``: hash or token bits -> Sionna 5G LDPC / Polar -> PAM/QAM, the digital baseline
   (``CodedProtocol``; Sionna is imported only when one is built);
-- ``uncoded-tokens``: token ids -> bits -> BPSK with no code, the floor (``UncodedTokenProtocol``).
+- ``uncoded-tokens``: token ids -> bits -> BPSK with no code, the floor (``UncodedTokenProtocol``);
+- ``jscc``: a learned channel adapter around the frozen CALM autoencoder (``protocols.jscc``), for
+  reconstruction;
+- ``separation``: entropy coding of the token ids (constriction) -> Sionna code -> PAM, the separated
+  digital link for reconstruction (``protocols.separation``; a *bank* holds one budget's MCS menu).
 
 Receivers take the channel model and the fading gains as explicit arguments. See docs/protocols.md.
 """
@@ -73,7 +77,7 @@ __all__ = [
 ]
 
 
-PROTOCOL_NAMES = ("vector", "quantized", "hash", "coded", "uncoded-tokens")
+PROTOCOL_NAMES = ("vector", "quantized", "hash", "coded", "uncoded-tokens", "jscc", "separation")
 
 
 def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: int = 1,
@@ -97,6 +101,9 @@ def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: i
         from protocols.coded import CodedProtocol, CodedProtocolConfig
 
         return CodedProtocol(CodedProtocolConfig(vocab_size=V, budget=budget, key=hash_key, **(coded or {})))
+    if name in ("jscc", "separation"):
+        raise ValueError(f"a {name} protocol is built from its own parts (protocols.{name}): a trained adapter, "
+                         "or a source model and an MCS")
     raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOL_NAMES)}")
 
 
@@ -111,6 +118,14 @@ def load_protocol(directory: str | Path, autoencoder: Any | None = None) -> Prot
         from protocols.coded import CodedProtocol
 
         return CodedProtocol.load(directory)
+    if kind == "separation":
+        from protocols.separation import SeparationProtocol
+
+        return SeparationProtocol.load(directory)
+    if kind == "jscc":
+        from protocols.jscc import JSCCProtocol
+
+        return JSCCProtocol.load(directory, autoencoder)
     classes = {VectorProtocol.name: VectorProtocol, QuantizedVectorProtocol.name: QuantizedVectorProtocol}
     if kind not in classes:
         raise ValueError(f"unknown protocol {kind!r} in {directory}; known: {', '.join(PROTOCOL_NAMES)}")

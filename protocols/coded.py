@@ -66,7 +66,7 @@ from protocols.base import ChannelModel, Protocol, check_budget, log_likelihood
 from protocols.hashing import keyed_hash_bits
 
 __all__ = ["CODES", "MODULATIONS", "MODULATION_BITS", "SOURCES", "CodedLink", "CodedProtocol",
-           "CodedProtocolConfig"]
+           "CodedProtocolConfig", "check_link_fields"]
 
 SOURCES = ("hash", "tokens")
 CODES = ("ldpc", "polar")
@@ -116,23 +116,28 @@ class CodedProtocolConfig:
         self.budget = check_budget(self.budget)
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.code not in CODES:
-            raise ValueError(f"code must be one of {', '.join(CODES)}, got {self.code!r}")
-        if (isinstance(self.rate, bool) or not isinstance(self.rate, (int, float, np.integer, np.floating))
-                or not math.isfinite(self.rate) or not 0.0 < self.rate < 1.0):
-            raise ValueError(f"rate must be a real number in (0, 1) (the target code rate), got {self.rate!r}")
-        self.rate = float(self.rate)
-        if self.modulation not in MODULATION_BITS:
-            raise ValueError(f"modulation must be one of {', '.join(MODULATIONS)}, got {self.modulation!r}")
+        check_link_fields(self)
         if not isinstance(self.key, str) or len(self.key.encode()) > 64:
             raise ValueError(f"key must be a string of at most 64 UTF-8 bytes, got {self.key!r}")
-        if not _is_int(self.bp_iterations) or self.bp_iterations < 1:
-            raise ValueError(f"bp_iterations must be an integer >= 1, got {self.bp_iterations!r}")
-        self.bp_iterations = int(self.bp_iterations)
-        if (not _is_int(self.list_size) or self.list_size < 1
-                or self.list_size & (self.list_size - 1)):
-            raise ValueError(f"list_size must be a power of two >= 1 (1, 2, 4, 8, ...), got {self.list_size!r}")
-        self.list_size = int(self.list_size)
+
+
+def check_link_fields(config: Any) -> None:
+    """Check and normalise, in place, the link fields every coded config has: ``code``, ``rate``,
+    ``modulation``, ``bp_iterations`` and ``list_size`` (``CodedProtocolConfig``, the separation config)."""
+    if config.code not in CODES:
+        raise ValueError(f"code must be one of {', '.join(CODES)}, got {config.code!r}")
+    if (isinstance(config.rate, bool) or not isinstance(config.rate, (int, float, np.integer, np.floating))
+            or not math.isfinite(config.rate) or not 0.0 < config.rate < 1.0):
+        raise ValueError(f"rate must be a real number in (0, 1) (the target code rate), got {config.rate!r}")
+    config.rate = float(config.rate)
+    if config.modulation not in MODULATION_BITS:
+        raise ValueError(f"modulation must be one of {', '.join(MODULATIONS)}, got {config.modulation!r}")
+    if not _is_int(config.bp_iterations) or config.bp_iterations < 1:
+        raise ValueError(f"bp_iterations must be an integer >= 1, got {config.bp_iterations!r}")
+    config.bp_iterations = int(config.bp_iterations)
+    if not _is_int(config.list_size) or config.list_size < 1 or config.list_size & (config.list_size - 1):
+        raise ValueError(f"list_size must be a power of two >= 1 (1, 2, 4, 8, ...), got {config.list_size!r}")
+    config.list_size = int(config.list_size)
 
 
 class CodedLink:

@@ -1,0 +1,568 @@
+"""JSCC: a learned channel adapter around a frozen CALM autoencoder (deep joint source-channel coding, for text).
+
+    ids (B, L) -> frozen CALM encoder -> mu (B, N, l) -> flatten (B, D)
+      -> encoder MLP on [mu, SNR, kind one-hot] -> n real symbols -> power normalisation (fixed statistics)
+      -> simulated channel (awgn | rayleigh | erasure), differentiable, noise from a torch.Generator
+      -> decoder MLP on [equalised y, gain, SNR, kind one-hot] -> D latents -> frozen CALM decoder
+      -> logits (B, L, V);  loss = token cross-entropy
+
+DeepJSCC (Bourtsoulatze, Burth Kurka, Gunduz 2019, arXiv:1809.01733) with the SNR given to both ends as in
+SNR-adaptive JSCC (Xu et al. 2021, arXiv:2012.00533): one model serves every SNR in
+[snr_db_min, snr_db_max] and every channel kind in ``channels``; one model per n (channel uses per message).
+The SNR fed to the MLPs is clamped to the trained range (extrapolating an MLP's conditioning is guesswork);
+the decoder's equaliser uses the true sigma.
+
+Power. Every protocol sends mean power 1 per symbol, with the scale fixed by training statistics, never per
+message (DESIGN.md section 3). A batch-norm-like rule: in training, a batch is split into G condition groups,
+each with one (kind, SNR) draw, and each group's symbols are divided by the root of that group's mean power
+(gradients flow through it, as through batch norm); a running mean of the batch's raw power is kept as a
+buffer and used as-is at eval. Normalising per group rather than over the whole batch stops the encoder from
+moving power from high-SNR messages to low-SNR ones, which would make the low SNRs look better than they are;
+within a group the encoder may spend more power on some messages than on others (an average power
+constraint). The cross-entropy cannot see a group's raw scale, so a penalty (log raw power of each group)^2
+holds it at 1 for every condition; one running scalar then serves every SNR and kind (measured after the tiny
+preset, n = 8, L = 32: raw power 0.994..1.002 over -6..20 dB). ``protocols.jscc`` recalibrates one scalar on training passages on top.
+
+Channels (sigma = 10^(-SNR_dB / 20), unit signal power):
+    awgn      y = x + sigma * N(0, 1)
+    rayleigh  y = h * x + sigma * N(0, 1), one h = sqrt(Exp(1)) per message (E[h^2] = 1), told to the receiver
+    erasure   each symbol zeroed with probability erasure_p, then AWGN (the receiver is not told which)
+
+Training runs through ``calm.train`` (``JSCCTask``, registered as ``jscc``): in process with
+``calm.train.train_local`` / ``train_jscc``, or ``python -m calm.train jscc --ae DIR --channel-uses 16 --out DIR``.
+
+Dim letters: B batch, L tokens per passage, K tokens per chunk, N = L/K chunks, l latent size, D = N*l
+latent coordinates, n channel uses, d hidden width, V vocabulary, G condition groups, C sampled-softmax ids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calm.autoencoder import Autoencoder, AutoencoderConfig, SwiGLUBlock
+from calm.config import DictConfig
+from calm.lm_task import WindowTask
+
+__all__ = [
+    "CHANNEL_KINDS",
+    "JSCCConfig",
+    "JSCCModel",
+    "JSCCOutput",
+    "JSCCTask",
+    "PRESETS",
+    "preset",
+    "simulate_channel",
+    "train_jscc",
+]
+
+ChannelKind = Literal["awgn", "rayleigh", "erasure"]
+# index of each kind in the one-hot condition (protocols.jscc keeps the same order)
+CHANNEL_KINDS: tuple[str, ...] = ("awgn", "rayleigh", "erasure")
+AWGN, RAYLEIGH, ERASURE = range(3)
+# running power: exponential moving average per training step, like BatchNorm's momentum (starts at 1, where
+# the power penalty holds the raw power)
+POWER_MOMENTUM = 0.02
+# the decoder's equaliser never sees a sigma below this (SNR 60 dB), so a noiseless channel stays finite
+MIN_SIGMA = 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the differentiable channel
+
+
+def simulate_channel(
+    x: torch.Tensor,
+    snr_db: torch.Tensor,
+    kind: torch.Tensor,
+    *,
+    erasure_p: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Send symbols through the simulated channel of each message; differentiable in x.
+
+    Args:
+        x: (B, n) symbols.
+        snr_db: (B,) SNR per message in dB; sigma = 10^(-snr_db / 20).
+        kind: (B,) int64 index into ``CHANNEL_KINDS`` per message.
+        erasure_p: erasure probability of the ``erasure`` kind.
+        generator: RNG on x's device (torch's default when None). The draws do not depend on the kinds: noise
+            (B, n), then fading (B,), then erasure uniforms (B, n), so one seed gives the same noise to any mix.
+
+    Returns:
+        (y, gain), each (B, n): received symbols and the fading gain per symbol the receiver is told
+        (h for rayleigh, ones otherwise; an erasure is not told).
+    """
+    B, n = x.shape
+    sigma = torch.pow(10.0, -snr_db.to(x.dtype) / 20.0)[:, None]  # (B, 1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    h = torch.empty(B, device=x.device, dtype=x.dtype).exponential_(generator=generator).sqrt()  # (B,)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    kind = kind[:, None]  # (B, 1)
+    gain = torch.where(kind == RAYLEIGH, h[:, None], torch.ones_like(h[:, None])).expand(B, n)
+    keep = (kind != ERASURE) | (u >= erasure_p)  # (B, n)
+    y = gain * x * keep + sigma * noise
+    return y, gain.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# blocks
+
+
+class MLP(nn.Module):
+    """in -> Linear d -> SwiGLU blocks (inner width 2d) -> RMSNorm -> Linear out. Acts on the last dim."""
+
+    def __init__(self, d_in: int, d: int, num_layers: int, d_out: int, eps: float) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, d)
+        self.blocks = nn.ModuleList(SwiGLUBlock(d, 2 * d, eps) for _ in range(num_layers))
+        self.norm = nn.RMSNorm(d, eps=eps)
+        self.out = nn.Linear(d, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(self.norm(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class JSCCConfig(DictConfig):
+    """Hyperparameters of the JSCC adapter. K, latent_dim and vocab_size come from the autoencoder."""
+
+    autoencoder: dict = field(default_factory=dict)
+    """AutoencoderConfig.to_dict() of the frozen autoencoder inside"""
+    autoencoder_path: str = ""
+    """checkpoint the autoencoder's weights are loaded from when training starts (the jscc checkpoint holds them)"""
+    passage_length: int = 32
+    """L: tokens per message, a multiple of K"""
+    channel_uses: int = 16
+    """n: real channel symbols per message"""
+    hidden_size: int = 256
+    """d: width of the encoder and decoder MLPs (SwiGLU inner width 2d)"""
+    num_layers: int = 2
+    """SwiGLU blocks in each of the encoder and decoder"""
+    channels: tuple[ChannelKind, ...] = ("awgn",)
+    """channel kinds to train on (awgn, rayleigh, erasure), one drawn uniformly per condition group"""
+    snr_db_min: float = -6.0
+    """lowest training SNR in dB (SNR drawn uniformly in dB)"""
+    snr_db_max: float = 20.0
+    """highest training SNR in dB"""
+    erasure_p: float = 0.1
+    """erasure probability of the erasure kind (not an input: the adapter is trained for this p only)"""
+    temperature: float = 10.0
+    """initial temperature the loss divides the CALM decoder's logits by (then learned): the frozen decoder was
+    trained to be sure (logits up to ~50), and a message that carries less than every token needs a softer
+    distribution for a useful gradient; argmax decoding does not change"""
+    finetune_decoder: bool = False
+    """also train the CALM decoder's blocks (the tied embedding stays frozen, so the CALM encoder is unchanged)"""
+    power_weight: float = 1.0
+    """weight of the penalty mean_g (log raw power of group g)^2, which holds the encoder's raw power at 1 for
+    every condition (the cross-entropy cannot see that scale), so one running power serves them all"""
+    condition_groups: int = 8
+    """G: a training batch is split into G groups with one (kind, SNR) draw each; power is normalised per group"""
+    train_negatives: int = 0
+    """training only: if > 0, a sampled softmax over the batch's ids plus this many uniform ids; 0 = full softmax"""
+    K: int | None = None
+    """tokens per chunk, copied from the autoencoder (checked against it)"""
+    latent_dim: int | None = None
+    """l, copied from the autoencoder (checked against it)"""
+    vocab_size: int | None = None
+    """V, copied from the autoencoder (checked against it)"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.autoencoder, AutoencoderConfig):
+            self.autoencoder = self.autoencoder.to_dict()
+        if not self.autoencoder:
+            raise ValueError("JSCCConfig.autoencoder must hold the autoencoder's config (see calm.jscc.preset)")
+        ae = AutoencoderConfig.from_dict(self.autoencoder)
+        for name in ("K", "latent_dim", "vocab_size"):
+            value, want = getattr(self, name), getattr(ae, name)
+            if value is None:
+                setattr(self, name, want)
+            elif value != want:
+                raise ValueError(f"JSCCConfig.{name}={value} does not match the autoencoder's {name}={want}")
+        for name in ("passage_length", "channel_uses", "hidden_size", "num_layers", "condition_groups"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"JSCCConfig.{name} must be a positive integer, got {value!r}")
+        if self.passage_length % self.K:
+            raise ValueError(f"JSCCConfig.passage_length={self.passage_length} must be a multiple of K={self.K}")
+        self.channels = tuple(self.channels) if not isinstance(self.channels, str) else (self.channels,)
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"JSCCConfig.channels must name distinct channel kinds, got {self.channels!r}")
+        for kind in self.channels:
+            if kind not in CHANNEL_KINDS:
+                raise ValueError(f"JSCCConfig.channels: unknown channel kind {kind!r}; choose from {CHANNEL_KINDS}")
+        for name in ("snr_db_min", "snr_db_max"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"JSCCConfig.{name} must be finite, got {getattr(self, name)}")
+        if self.snr_db_min > self.snr_db_max:
+            raise ValueError(f"JSCCConfig.snr_db_min={self.snr_db_min} exceeds snr_db_max={self.snr_db_max}")
+        if not (self.power_weight >= 0.0 and math.isfinite(self.power_weight)):
+            raise ValueError(f"JSCCConfig.power_weight must be a finite number >= 0, got {self.power_weight!r}")
+        if not (self.temperature > 0.0 and math.isfinite(self.temperature)):
+            raise ValueError(f"JSCCConfig.temperature must be a finite number > 0, got {self.temperature!r}")
+        if not 0.0 <= self.erasure_p < 1.0:
+            raise ValueError(f"JSCCConfig.erasure_p must be in [0, 1), got {self.erasure_p}")
+        if isinstance(self.train_negatives, bool) or not isinstance(self.train_negatives, int) or self.train_negatives < 0:
+            raise ValueError(f"JSCCConfig.train_negatives must be an integer >= 0, got {self.train_negatives!r}")
+
+    def to_dict(self) -> dict:
+        """The config as a JSON-ready dict (channels as a list, so it equals its JSON round trip)."""
+        out = super().to_dict()
+        out["channels"] = list(self.channels)
+        return out
+
+    @property
+    def ae_config(self) -> AutoencoderConfig:
+        """The autoencoder's config."""
+        return AutoencoderConfig.from_dict(self.autoencoder)
+
+    @property
+    def latent_size(self) -> int:
+        """D = L/K * l: latent coordinates per message."""
+        return self.passage_length // self.K * self.latent_dim
+
+
+# Sizes. tiny: sized for two CPU cores (see the TrainConfig defaults in JSCCTask.train_presets);
+# tiny-mixed: the same trained on all three channel kinds (the CLI has no --channels flag).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=256, num_layers=2, train_negatives=1024),
+    "tiny-mixed": dict(hidden_size=256, num_layers=2, train_negatives=1024, channels=CHANNEL_KINDS),
+}
+
+
+def preset(name: str, autoencoder: AutoencoderConfig | dict, **overrides) -> JSCCConfig:
+    """A JSCCConfig from a named preset around an autoencoder config (its K, l, V are copied)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown jscc preset {name!r}; choose one of {sorted(PRESETS)}")
+    ae = autoencoder.to_dict() if isinstance(autoencoder, AutoencoderConfig) else dict(autoencoder)
+    return JSCCConfig(autoencoder=ae, **{**PRESETS[name], **overrides})
+
+
+def check_autoencoder_config(config: JSCCConfig, ae: dict) -> None:
+    """Raise ValueError naming the first field where an autoencoder config ``ae`` differs from the adapter's."""
+    for name in ("K", "latent_dim", "vocab_size", *sorted(config.autoencoder)):
+        if ae.get(name) != config.autoencoder.get(name):
+            raise ValueError(f"autoencoder {name}={ae.get(name)!r} does not match the jscc adapter's "
+                             f"{name}={config.autoencoder.get(name)!r}")
+    extra = sorted(set(ae) - set(config.autoencoder))
+    if extra:
+        raise ValueError(f"autoencoder config has fields {extra} the jscc adapter's does not")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class JSCCOutput:
+    """What ``JSCCModel.forward`` returns. Scalars are 0-dim tensors."""
+
+    loss: torch.Tensor
+    """the training objective: ce + power_weight * the raw-power penalty (training mode only)"""
+    ce: torch.Tensor
+    """mean token cross-entropy (nats)"""
+    accuracy: torch.Tensor
+    """fraction of tokens whose argmax logit is the sent token"""
+    power: torch.Tensor
+    """mean power per symbol of the sent symbols (a diagnostic: 1 in training, about 1 at eval)"""
+
+
+class JSCCModel(nn.Module):
+    """Encoder MLP + simulated channel + decoder MLP around a frozen CALM ``Autoencoder``."""
+
+    def __init__(self, config: JSCCConfig, autoencoder: Autoencoder | None = None) -> None:
+        super().__init__()
+        self.config = c = config
+        if autoencoder is not None:
+            check_autoencoder_config(c, autoencoder.config.to_dict())
+        self.autoencoder = autoencoder if autoencoder is not None else Autoencoder(c.ae_config)
+        self.autoencoder.requires_grad_(False)
+        if c.finetune_decoder:
+            ae = self.autoencoder
+            for module in (ae.from_latent, ae.dec_chunk_blocks, ae.expand, ae.dec_token_blocks, ae.dec_norm):
+                module.requires_grad_(True)
+        self.autoencoder.eval()
+        eps = c.ae_config.rms_norm_eps
+        cond = 1 + len(CHANNEL_KINDS)  # SNR + kind one-hot
+        self.encoder = MLP(c.latent_size + cond, c.hidden_size, c.num_layers, c.channel_uses, eps)
+        # decoder input: equalised y (n), gain (n), condition
+        self.decoder = MLP(2 * c.channel_uses + cond, c.hidden_size, c.num_layers, c.latent_size, eps)
+        for module in (self.encoder, self.decoder):
+            for m in module.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+        # the encoder starts at raw power ~1 per symbol (its input is RMS-normalised), where the penalty holds it
+        nn.init.normal_(self.encoder.out.weight, std=c.hidden_size**-0.5)
+        # learned log temperature of the logits in the loss (a scalar: no weight decay)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(c.temperature)))
+        # mean raw power per symbol, a running mean over training batches; divides every message at eval
+        self.register_buffer("running_power", torch.ones(()))
+
+    def num_parameters(self) -> int:
+        """Parameters of the adapter, without the autoencoder."""
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("autoencoder."))
+
+    def train(self, mode: bool = True) -> JSCCModel:
+        """Training mode for the adapter; the autoencoder stays in eval mode."""
+        super().train(mode)
+        self.autoencoder.eval()
+        return self
+
+    # ---- pieces ----
+
+    def _check_ids(self, ids: torch.Tensor) -> tuple[int, int]:
+        if ids.dim() != 2 or ids.shape[1] != self.config.passage_length:
+            raise ValueError(f"ids must have shape (B, L={self.config.passage_length}), got {tuple(ids.shape)}")
+        return ids.shape
+
+    @torch.no_grad()
+    def latents(self, ids: torch.Tensor) -> torch.Tensor:
+        """The frozen CALM encoder's posterior means: ids (B, L) -> mu (B, N, l)."""
+        self._check_ids(ids)
+        return self.autoencoder.encode(ids)[0]
+
+    def condition(self, snr_db: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """(B,) SNR in dB and (B,) kind index -> (B, 1 + kinds): the SNR scaled to [-1, 1] over the trained
+        range (clamped to it) and the kind one-hot."""
+        c = self.config
+        mid, half = (c.snr_db_max + c.snr_db_min) / 2, max((c.snr_db_max - c.snr_db_min) / 2, 1.0)
+        snr = ((snr_db.clamp(c.snr_db_min, c.snr_db_max) - mid) / half)[:, None]  # (B, 1)
+        onehot = F.one_hot(kind, len(CHANNEL_KINDS)).to(snr.dtype)  # (B, kinds)
+        return torch.cat([snr, onehot], dim=-1)
+
+    def encode(self, mu: torch.Tensor, snr_db: torch.Tensor, kind: torch.Tensor, *,
+               group: torch.Tensor | None = None) -> torch.Tensor:
+        """Channel symbols of unit mean power: mu (B, N, l) -> x (B, n).
+
+        In training mode each group (``group`` (B,) int64, all members sharing one condition; None: one group)
+        is divided by the root of its mean power and the running power is updated; in eval mode every message
+        is divided by the root of the running power, so a message's symbols do not depend on its batch.
+        """
+        return self._encode(mu, snr_db, kind, group)[0]
+
+    def _encode(self, mu, snr_db, kind, group):
+        """(x (B, n), raw mean power per group (G,) in training mode, else None)."""
+        B = mu.shape[0]
+        raw = self.encoder(torch.cat([mu.reshape(B, -1), self.condition(snr_db, kind)], dim=-1))  # (B, n)
+        per_message = raw.pow(2).mean(-1)  # (B,)
+        if not self.training:
+            return raw / self.running_power.sqrt(), None
+        group = torch.zeros(B, dtype=torch.long, device=mu.device) if group is None else group
+        G = int(group.max()) + 1
+        counts = torch.bincount(group, minlength=G).to(raw.dtype)  # (G,)
+        power = torch.zeros(G, dtype=raw.dtype, device=raw.device).index_add(0, group, per_message) / counts
+        with torch.no_grad():
+            self.running_power += POWER_MOMENTUM * (per_message.mean() - self.running_power)
+        return raw / power[group].sqrt()[:, None], power
+
+    def decode(self, y: torch.Tensor, gain: torch.Tensor, snr_db: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """Received symbols -> latent estimates: y (B, n), gain (B, n), snr_db (B,), kind (B,) -> z (B, N, l).
+
+        The input is the linear MMSE estimate gain * y / (gain^2 + sigma^2) per symbol, the gain and the condition.
+        """
+        B = y.shape[0]
+        c = self.config
+        sigma = torch.pow(10.0, -snr_db.to(y.dtype) / 20.0).clamp(min=MIN_SIGMA)[:, None]  # (B, 1)
+        y_eq = gain * y / (gain.pow(2) + sigma.pow(2))  # (B, n)
+        z = self.decoder(torch.cat([y_eq, gain, self.condition(snr_db, kind)], dim=-1))  # (B, D)
+        return z.view(B, c.passage_length // c.K, c.latent_dim)
+
+    def sample_conditions(self, B: int, generator: torch.Generator | None, device: torch.device):
+        """Training conditions: (snr_db (B,), kind (B,), group (B,)), one uniform draw per contiguous group."""
+        c = self.config
+        G = min(c.condition_groups, B)
+        group = torch.arange(B, device=device) * G // B  # (B,)
+        allowed = torch.tensor([CHANNEL_KINDS.index(k) for k in c.channels], device=device)
+        kind = allowed[torch.randint(len(allowed), (G,), generator=generator, device=device)]  # (G,)
+        snr = c.snr_db_min + (c.snr_db_max - c.snr_db_min) * torch.rand(G, generator=generator, device=device)
+        return snr[group], kind[group], group
+
+    # ---- training ----
+
+    def forward(self, ids: torch.Tensor, *, generator: torch.Generator | None = None,
+                snr_db: float | torch.Tensor | None = None, kind: str | torch.Tensor | None = None) -> JSCCOutput:
+        """Token cross-entropy of sending ids (B, L) through the simulated channel.
+
+        Conditions (SNR, kind) are drawn per group from ``generator`` unless given (``snr_db`` a float or (B,),
+        ``kind`` a name or (B,) indices; both or neither). Channel noise also comes from ``generator``.
+        """
+        B, L = self._check_ids(ids)
+        c = self.config
+        device = ids.device
+        group = None
+        if snr_db is None and kind is None:
+            snr_db, kind, group = self.sample_conditions(B, generator, device)
+        elif snr_db is None or kind is None:
+            raise ValueError("JSCCModel.forward: give both snr_db and kind, or neither")
+        else:
+            if isinstance(kind, str):
+                if kind not in CHANNEL_KINDS:
+                    raise ValueError(f"unknown channel kind {kind!r}; choose from {CHANNEL_KINDS}")
+                kind = torch.full((B,), CHANNEL_KINDS.index(kind), dtype=torch.long, device=device)
+            snr_db = torch.as_tensor(snr_db, dtype=torch.float32, device=device).expand(B)
+        mu = self.latents(ids)  # (B, N, l)
+        x, group_power = self._encode(mu, snr_db, kind, group)  # (B, n)
+        y, gain = simulate_channel(x, snr_db, kind, erasure_p=c.erasure_p, generator=generator)
+        z = self.decode(y, gain, snr_db, kind)  # (B, N, l)
+        if self.training and c.train_negatives > 0:
+            # sampled softmax, as the autoencoder's: the batch's own ids plus uniform negatives
+            negatives = torch.randint(0, c.vocab_size, (c.train_negatives,), generator=generator, device=device)
+            candidates = torch.unique(torch.cat([ids.reshape(-1), negatives]))  # (C,) sorted
+            targets = torch.searchsorted(candidates, ids)  # (B, L)
+            logits = F.linear(self.autoencoder.decode_hidden(z), self.autoencoder.embed.weight[candidates])
+        else:
+            targets = ids
+            logits = self.autoencoder.decode(z)  # (B, L, V)
+        ce = F.cross_entropy((logits / self.log_temperature.exp()).reshape(B * L, -1).float(), targets.reshape(B * L))
+        loss = ce
+        if group_power is not None and c.power_weight > 0:
+            loss = ce + c.power_weight * group_power.float().log().pow(2).mean()
+        accuracy = (logits.detach().argmax(-1) == targets).float().mean()
+        return JSCCOutput(loss=loss, ce=ce.detach(), accuracy=accuracy, power=x.detach().pow(2).mean())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training task (used by calm.train: build, batch, loss, validation)
+
+
+class JSCCTask(WindowTask):
+    """Train a JSCC adapter on windows of passage_length tokens around a trained autoencoder
+    (validation sizes count K-token chunks, as for the other tasks)."""
+
+    name = "jscc"
+    config_cls = JSCCConfig
+    presets = PRESETS
+    # tiny: sized for two CPU cores (L = 32 around the tiny autoencoder, n = 8..32, l = 32 or 128: 5.7 steps/s
+    # with 2 threads, so 1500 steps take about 4.5 minutes); the tiny preset's sampled softmax makes a step about
+    # 3x cheaper than the full 8192-id softmax (1.9 steps/s)
+    train_presets: dict[str, dict] = {
+        name: dict(steps=1500, batch_size=128, lr=2e-3, warmup=100, val_every=500, checkpoint_every=500)
+        for name in PRESETS
+    }
+    #: SNRs (dB) validation reports token accuracy at, clipped to the trained range
+    val_snrs_db: tuple[float, ...] = (-6.0, 0.0, 6.0, 12.0, 20.0)
+
+    def __init__(self, config: JSCCConfig, *, autoencoder: Autoencoder | None = None) -> None:
+        super().__init__(config, tokens_per_example=config.passage_length, tokens_per_unit=config.K)
+        self.autoencoder = autoencoder
+        """an in-memory autoencoder to copy the frozen weights from (else config.autoencoder_path)"""
+
+    @classmethod
+    def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, ae: str | None = None,
+                    **_) -> JSCCConfig:
+        """The config for `python -m calm.train jscc --ae DIR --preset NAME`: the preset around the autoencoder
+        checkpoint DIR (its vocabulary must be the tokenizer's)."""
+        from pathlib import Path
+
+        from calm.checkpoint import autoencoder_config_for
+
+        ae_config = autoencoder_config_for(ae, vocab_size, "jscc")
+        return preset(preset_name, ae_config, autoencoder_path=str(Path(ae).resolve()), **overrides)
+
+    def build_model(self) -> JSCCModel:
+        """A fresh adapter around the autoencoder's weights (from ``autoencoder`` or config.autoencoder_path)."""
+        from pathlib import Path
+
+        from calm.checkpoint import load_config, read_safetensors
+
+        model = JSCCModel(self.config)
+        if next(model.parameters()).is_meta:
+            return model
+        if self.autoencoder is not None:
+            check_autoencoder_config(self.config, self.autoencoder.config.to_dict())
+            weights = self.autoencoder.state_dict()
+        elif self.config.autoencoder_path:
+            meta = load_config(self.config.autoencoder_path)
+            if meta["model_type"] != "autoencoder":
+                raise ValueError(f"{self.config.autoencoder_path} holds a {meta['model_type']!r} checkpoint, "
+                                 "not an autoencoder")
+            check_autoencoder_config(self.config, meta["config"])
+            weights = read_safetensors(Path(self.config.autoencoder_path) / "model.safetensors")
+        else:
+            raise ValueError("JSCCTask needs the trained autoencoder: set config.autoencoder_path or pass "
+                             "autoencoder=")
+        model.autoencoder.load_state_dict(weights, strict=True)
+        return model
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
+        """(token cross-entropy, metrics to log: token accuracy ``acc`` and the sent power)."""
+        out = model(batch, generator=generator)
+        return out.loss, {"acc": out.accuracy.detach(), "ce": out.ce, "power": out.power}
+
+    @torch.no_grad()
+    def validate(self, model: JSCCModel, windows: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+        """Held-out token accuracy per trained channel kind at fixed SNRs (fixed seed), and their mean ``val_acc``."""
+        c = self.config
+        was_training = model.training
+        model.eval()
+        device = windows.device
+        scores = {}
+        snrs = sorted({float(np.clip(s, c.snr_db_min, c.snr_db_max)) for s in self.val_snrs_db})
+        for kind in c.channels:
+            for snr in snrs:
+                gen = torch.Generator(device=device).manual_seed(0)
+                correct = 0.0
+                for i in range(0, len(windows), batch_size):
+                    batch = windows[i : i + batch_size]
+                    correct += model(batch, generator=gen, snr_db=snr, kind=kind).accuracy.item() * len(batch)
+                scores[f"val_acc_{kind}_{snr:g}dB"] = correct / len(windows)
+        model.train(was_training)
+        return {"val_acc": float(np.mean(list(scores.values()))), **scores}
+
+
+def train_jscc(
+    config: JSCCConfig,
+    train_ids: np.ndarray,
+    *,
+    steps: int,
+    val_ids: np.ndarray | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    autoencoder: Autoencoder | None = None,
+    **train_overrides,
+) -> JSCCModel:
+    """A briefly trained JSCC adapter, in this process (``calm.train.train_local``, the tiny preset's schedule).
+
+    Args:
+        config: the adapter config (``preset("tiny", ae.config, channel_uses=n, passage_length=L)``).
+        train_ids: flat int token stream.
+        steps: optimiser steps.
+        val_ids: optional stream to validate on (``history`` holds the result).
+        seed: seeds init, data order, conditions and channel noise.
+        autoencoder: the trained autoencoder (else its weights are read from config.autoencoder_path).
+        **train_overrides: any other ``TrainConfig`` field (lr, batch_size, warmup, ...).
+
+    Returns:
+        The trained model in eval mode, with ``trained_steps`` and ``history`` (validation records) attributes.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or inf.
+    """
+    from calm.train import NonFiniteLossError, TrainConfig, train_local
+
+    tiny = JSCCTask.train_presets["tiny"]
+    defaults = {**tiny, "warmup": min(tiny["warmup"], max(1, steps // 10))}
+    cfg = TrainConfig(**{**defaults, "steps": steps, "seed": seed, "val_every": steps, "checkpoint_every": steps,
+                         **train_overrides})
+    result = train_local(JSCCTask(config, autoencoder=autoencoder), train_ids, cfg, val_ids=val_ids,
+                         progress=progress)
+    if result.stopped:
+        raise NonFiniteLossError(result.stopped)
+    result.model.trained_steps = result.step
+    result.model.history = result.history
+    return result.model

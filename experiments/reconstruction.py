@@ -1,0 +1,382 @@
+"""Reconstruction over the channel: the listener has no candidates and writes out the L token ids.
+
+    python -m experiments.reconstruction                       # default sweep, local Ray
+    python -m experiments.reconstruction --help
+    ray submit cluster.yaml experiments/reconstruction.py -- --channels awgn rayleigh erasure
+
+The DeepJSCC question for a continuous-vector language model: the message must compress (source
+coding) and survive noise (channel coding) at once. One trial = one (protocol, channel, rho, sigma,
+seed), rho = n / L the bandwidth ratio: ``episodes`` passages sent by a speaker agent and decoded by a
+listener agent (``reconstruction_v0``). Protocols:
+
+- ``vector``: CALM latent means, PCA to n, sent analog; least squares + the CALM decoder.
+- ``jscc``: a learned channel adapter around the frozen CALM autoencoder (``calm.jscc``), trained once
+  per n through a simulated channel at sampled SNRs (the SNR and channel kind given to both ends) and
+  cached under ``runs/`` like the autoencoder.
+- ``separation``: range coding of the token ids under a bigram model fitted on train (constriction) ->
+  Sionna 5G LDPC / Polar -> Gray PAM, with **oracle rate adaptation**: every (rate, modulation) of the
+  menu plays ``pilot_passages`` with the same noise and the best one plays the trial (what 5G link
+  adaptation approximates; the ``mcs`` column). Wrong frame bits decode to wrong tokens, counted wrong;
+  unsent positions get the source model's best guess; a budget no 5G code fits sends nothing.
+- ``uncoded-tokens``: the first token ids as raw bits (the floor).
+
+Rows carry token accuracy, chunk and passage exact match and chrF (sacrebleu, detokenised text) with
+95% intervals, capacity bits, bits sent and the **separation bound**: the best token accuracy any
+separated scheme can reach (tokens deliverable at capacity under the bigram's measured entropy rate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+# `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
+try:
+    import agents  # noqa: F401
+except ImportError:  # pragma: no cover - only on a node without the package installed
+    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
+        if _root and os.path.isdir(os.path.join(_root, "agents")):
+            sys.path.insert(0, _root)
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
+            break
+
+import numpy as np
+
+from agents import SpeakerPolicy, call
+from calm.tokenizer import cached_tokenizer
+from experiments.autoencoder import checkpoint_id, ensure_checkpoint, ensure_jscc
+from experiments.reconstruction_report import (
+    console_summary,
+    examples,
+    mean_interval,
+    passage_metrics,
+    write_report,
+)
+from experiments.sweep import (
+    NOT_IN_HASH,
+    SweepConfig,
+    SweepResult,
+    cli,
+    collect_rows,
+    git_commit,
+    make_channel,
+    missing_trials,
+    open_run_dir,
+    print_outcome,
+    run_with_agents,
+    settings_hash,
+    write_frame,
+)
+
+__all__ = ["COLUMNS", "Config", "main", "play_trial", "trial_grid"]
+
+ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens"]
+ChannelName = Literal["awgn", "erasure", "rayleigh"]
+PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")
+METRICS = ("token_accuracy", "chunk_exact", "passage_exact", "chrf")
+COLUMNS = [
+    "protocol", "channel", "sigma", "snr_db", "rho", "channel_uses", "passage_length", "bits_sent", "capacity_bits",
+    "bound_accuracy", *[f"{m}{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high")], "mcs", "example",
+    "example_target", "episodes", "seed", "checkpoint",
+]
+
+
+@dataclass
+class Config(SweepConfig):
+    """The reconstruction sweep. Grid axes: protocols x channels x rhos x sigmas x seeds."""
+
+    passage_length: int = 32
+    """L, tokens per passage (a multiple of the autoencoder's K)"""
+    rhos: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    """bandwidth ratios rho = n / L (channel uses per token); n = round(rho L)"""
+    channels: tuple[ChannelName, ...] = ("awgn", "rayleigh")
+    """awgn; rayleigh (one gain per message, told to the receiver); erasure (erasure_p, then AWGN)"""
+    erasure_p: float = 0.1
+    """erasure probability of the erasure channel (the jscc adapter is trained at it)"""
+    fading_block: int | None = None
+    """rayleigh: symbols per fading block (none: one gain per message)"""
+    sigmas: tuple[float, ...] = (0.0, 0.1, 0.178, 0.316, 0.5, 0.708, 1.0, 2.0)
+    """noise standard deviations (SNR_dB = -20 log10 sigma: inf, 20, 15, 10, 6, 3, 0, -6)"""
+    protocols: tuple[ProtocolName, ...] = PROTOCOLS
+    """protocols to compare (module docstring)"""
+    source_model: Literal["unigram", "bigram"] = "bigram"
+    """separation: the entropy coder's token model (fitted on train)"""
+    separation_codes: tuple[Literal["ldpc", "polar"], ...] = ("ldpc", "polar")
+    """separation: the 5G codes whose (rate, modulation) menus the oracle picks from"""
+    pilot_passages: int = 64
+    """separation: passages every MCS of the menu plays before the oracle picks the best for the whole trial"""
+    jscc_steps: int = 800
+    """jscc: adapter training steps (per n, about 2.5 min on 2 idle cores; cached under runs_dir)"""
+    jscc_hidden_size: int = 256
+    """jscc: width of the adapter's MLPs"""
+    seeds: tuple[int, ...] = (0, 1)
+    """passage and noise seeds (each seed: the same passages and noise draws for every protocol)"""
+    episodes: int = 256
+    """passages per trial"""
+    batch_size: int = 256
+    """passages per env step"""
+    num_passages: int = 2000
+    """held-out (test split) passages the trials draw from"""
+    fit_passages: int = 4000
+    """training passages the protocols are fitted on (the source model uses the whole train split)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("passage_length", "episodes", "batch_size", "num_passages", "fit_passages", "jscc_steps",
+                     "jscc_hidden_size", "pilot_passages"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.episodes % min(self.batch_size, self.episodes):
+            raise ValueError(f"episodes ({self.episodes}) must be a multiple of batch_size ({self.batch_size})")
+        if not self.rhos or any(not (r > 0 and round(r * self.passage_length) >= 1) for r in self.rhos):
+            raise ValueError(f"rhos must be > 0 with round(rho * passage_length) >= 1, got {self.rhos}")
+        for s in self.sigmas:
+            if not (math.isfinite(s) and s >= 0):
+                raise ValueError(f"sigmas must be finite and >= 0, got {s}")
+        for name, allowed in (("protocols", PROTOCOLS), ("channels", ("awgn", "erasure", "rayleigh")),
+                              ("separation_codes", ("ldpc", "polar"))):
+            bad = [v for v in getattr(self, name) if v not in allowed]
+            if bad or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
+        if not self.sigmas or not self.seeds:
+            raise ValueError("sigmas and seeds must each hold at least one value")
+        if not 0.0 <= self.erasure_p < 1.0:
+            raise ValueError(f"erasure_p must be a probability in [0, 1), got {self.erasure_p}")
+
+
+_NOT_IN_HASH = NOT_IN_HASH | {"sigmas", "protocols", "seeds", "channels", "rhos"}
+
+
+def channel_uses(cfg: Config, rho: float) -> int:
+    """n = round(rho L)."""
+    return int(round(rho * cfg.passage_length))
+
+
+def trial_grid(cfg: Config, skip: set[tuple[str, int]] = frozenset()) -> list[dict[str, Any]]:
+    """Every grid point in a fixed order but the (protocol, n) pairs in ``skip``; ``index`` picks the agents."""
+    grid = [{"protocol": p, "channel": ch, "rho": float(rho), "channel_uses": channel_uses(cfg, rho),
+             "sigma": float(s), "seed": int(seed)}
+            for p in cfg.protocols for ch in cfg.channels for rho in cfg.rhos for s in cfg.sigmas
+            for seed in cfg.seeds if (p, channel_uses(cfg, rho)) not in skip]
+    for i, spec in enumerate(grid):
+        spec["index"] = i
+        spec["key"] = (f"{spec['protocol']}-{spec['channel']}-rho{spec['rho']!r}-s{spec['sigma']!r}"
+                       f"-seed{spec['seed']}")
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------------------
+# protocols
+
+
+def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
+    """Fit (or reload) every protocol at every n; draw the held-out passages.
+
+    Returns:
+        ``(dirs, variants, facts, skipped, passages)``: ``protocol@n -> saved dir`` (a separation
+        directory is a bank of its MCS menu); ``protocol@n -> the agent keys to try`` (several for
+        separation); facts (bits sent per key, the source model's entropy rate, its fill accuracy);
+        ``{(protocol, n): why}`` for budgets a protocol cannot be built at; the test passages ``(N, L)``.
+    """
+    from calm.checkpoint import load_pretrained
+    from calm.data import load_token_ids, make_passages
+    from protocols import load_protocol, make_protocol
+    from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
+    from protocols.separation import SeparationProtocol, TokenSourceModel, load_bank, mcs_menu, save_bank
+    from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
+
+    model, tok = load_pretrained(checkpoint)
+    K, V, L = model.config.K, model.config.vocab_size, cfg.passage_length
+    if L % K:
+        raise ValueError(f"passage_length must be a multiple of the autoencoder's K={K}, got {L}")
+    train_ids = load_token_ids(cfg.corpus, tok, "train", progress=False)
+    val_ids = load_token_ids(cfg.corpus, tok, "validation", progress=False)
+    train = make_passages(train_ids, L, max_passages=cfg.fit_passages, seed=cfg.ae_seed)
+    test = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), L, max_passages=cfg.num_passages,
+                         seed=cfg.ae_seed + 1)
+    source = None
+    if "separation" in cfg.protocols:  # one source model for every budget and MCS, on the whole train split
+        source = TokenSourceModel(V, cfg.source_model).fit(make_passages(train_ids, L, seed=cfg.ae_seed))
+    dirs, variants, facts, skipped = {}, {}, {"bits_sent": {}}, {}
+    # where nothing arrives every protocol that decodes tokens fills in the same best guess: the unigram's mode
+    facts["guess"] = int(np.bincount(train.ravel(), minlength=V).argmax())
+    for name in cfg.protocols:
+        for n in sorted({channel_uses(cfg, r) for r in cfg.rhos}):
+            key, d = f"{name}@{n}", run_dir / "protocols" / f"{name}@{n}"
+            try:
+                if name == "separation":
+                    menu = [c for code in cfg.separation_codes
+                            for c in mcs_menu(n, vocab_size=V, source_model=cfg.source_model, code=code)]
+                    if not menu:  # no link at all: the listener can only guess (counted, not left out)
+                        print(f"[run] separation at n={n}: no 5G code of the menu fits, the listener guesses",
+                              flush=True)
+                        variants[key] = []
+                        continue
+                    if not (d / "protocol.json").is_file():
+                        save_bank([SeparationProtocol(c, source=source).fit(train) for c in menu], d)
+                    bank = load_bank(d)
+                    variants[key] = [f"{key}#{m}" for m in bank]
+                    facts["bits_sent"].update({f"{key}#{m}": p.bits_sent(L) for m, p in bank.items()})
+                else:
+                    if (d / "protocol.json").is_file():
+                        p = load_protocol(d, autoencoder=model)
+                    elif name == "jscc":
+                        adapter = ensure_jscc(cfg, checkpoint, model, train_ids, val_ids, n,
+                                              channels=cfg.channels, erasure_p=cfg.erasure_p)
+                        p = JSCCProtocol.from_pretrained(adapter, JSCCProtocolConfig(budget=n), autoencoder=model)
+                        p.with_channel(make_channel(cfg.channels[0], 1.0, erasure_p=cfg.erasure_p))  # check kinds
+                        p.fit(train).save(d)
+                    elif name == "uncoded-tokens":  # the unsent positions get the best guess, as in separation
+                        p = UncodedTokenProtocol(UncodedTokenProtocolConfig(vocab_size=V, budget=n,
+                                                                            fill_id=facts["guess"])).fit(train)
+                        p.save(d)
+                    else:
+                        p = make_protocol(name, model, budget=n).fit(train)
+                        p.save(d)
+                    variants[key] = [key]
+                    facts["bits_sent"][key] = p.bits_sent(L)
+            except ValueError as exc:
+                skipped[(name, n)] = str(exc)
+                continue
+            dirs[key] = str(d)
+    # the separation bound: the best source model's entropy rate, measured on held-out passages, and how often
+    # the best guess (the unigram's mode) is right where nothing arrives
+    bound_model = source or TokenSourceModel(V, cfg.source_model).fit(train)
+    heldout = make_passages(val_ids, L, max_passages=2000, seed=cfg.ae_seed)
+    facts["entropy_bits_per_token"] = float(bound_model.entropy_rate(heldout))
+    facts["fill_accuracy"] = float((heldout == facts["guess"]).mean())
+    facts["K"], facts["vocab_size"] = K, V
+    return dirs, variants, facts, skipped, test
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one trial
+
+
+def game_seed(seed: int, step: int) -> int:
+    """Seed of env step ``step``: the same passages and noise for every protocol, channel and sigma."""
+    return int(np.random.SeedSequence([seed, step, 7]).generate_state(1)[0])
+
+
+def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
+          episodes: int) -> dict:
+    """``episodes`` passages of the trial sent with agent protocol ``key`` (None: nothing can be sent, the
+    listener guesses the source model's most likely token): per-passage metrics and the first decode."""
+    import environments
+
+    n, B = spec["channel_uses"], min(settings["batch_size"], episodes)
+    env = environments.make("reconstruction_v0", passages=passages, channel_uses=n, batch_size=B, channel=channel,
+                            vocab_size=settings["vocab_size"])
+    speak = SpeakerPolicy(speaker, key, channel=channel) if key else None  # SNR-adaptive protocols are told it
+    tok = cached_tokenizer(settings["tokenizer_path"])
+    parts, first = [], None
+    for step in range(episodes // B):
+        obs, _ = env.reset(seed=game_seed(spec["seed"], step))
+        target = obs["speaker"]  # (B, L)
+        if key is None:
+            decoded = np.full_like(target, settings["guess"])
+        else:
+            obs, *_ = env.step({"speaker": speak.act(target)})
+            heard = obs["listener"]
+            decoded = np.asarray(call(listener, "decode", key, heard["received"], channel, heard["gain"]),
+                                 dtype=np.int64)
+        texts = (tok.batch_decode(decoded.tolist()), tok.batch_decode(target.tolist()))
+        parts.append(passage_metrics(decoded, target, settings["K"], texts))
+        first = (texts[0][0], texts[1][0]) if first is None else first
+    metrics = {m: np.concatenate([p[m] for p in parts]) for m in METRICS}
+    return {"metrics": metrics, "example": first, "key": key}
+
+
+def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.ndarray, settings: dict[str, Any]) -> dict:
+    """One grid point: the row (``COLUMNS``). For separation every MCS of the menu plays the same passages
+    and noise, and the best token accuracy is reported (oracle rate adaptation)."""
+    from protocols.metrics import snr_db
+    from protocols.separation import separation_bound_accuracy
+
+    n, L = spec["channel_uses"], settings["passage_length"]
+    channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
+                           fading_block=settings["fading_block"])
+    keys = settings["variants"][f"{spec['protocol']}@{n}"] or [None]
+    if len(keys) > 1:  # oracle rate adaptation: every MCS plays `pilot` passages drawn from the trial's seed
+        # (the same passages and noise for each), the best one then plays the whole trial
+        pilot = min(settings["pilot"], settings["episodes"])
+        trials = [_play(key, spec, speaker, listener, passages, channel, settings, episodes=pilot) for key in keys]
+        keys = [max(trials, key=lambda r: r["metrics"]["token_accuracy"].mean())["key"]]
+    best = _play(keys[0], spec, speaker, listener, passages, channel, settings, episodes=settings["episodes"])
+    capacity = n * channel.capacity_per_use()
+    bits = settings["bits_sent"].get(best["key"], 0)
+    row = {"protocol": spec["protocol"], "channel": spec["channel"], "sigma": spec["sigma"],
+           "snr_db": snr_db(spec["sigma"]) + 0.0, "rho": spec["rho"], "channel_uses": n, "passage_length": L,
+           "bits_sent": float("nan") if bits is None else float(bits), "capacity_bits": capacity,
+           "bound_accuracy": float(separation_bound_accuracy(capacity, settings["entropy_bits_per_token"], L,
+                                                             settings["fill_accuracy"])),
+           "mcs": best["key"].split("#", 1)[1] if best["key"] and "#" in best["key"] else
+           ("none fits: the listener guesses" if best["key"] is None else None), "example": best["example"][0],
+           "example_target": best["example"][1],
+           "episodes": settings["episodes"], "seed": spec["seed"], "checkpoint": settings["checkpoint"]}
+    for m in METRICS:
+        row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean_interval(best["metrics"][m])
+    return {k: row[k] for k in COLUMNS}
+
+
+def _trial(spec: dict[str, Any], *, pairs: list, passages: np.ndarray, settings: dict[str, Any]) -> dict:
+    speaker, listener = pairs[spec["index"] % len(pairs)]
+    return play_trial(spec, speaker, listener, passages, settings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# main
+
+
+def main(cfg: Config) -> SweepResult:
+    """Run (or resume) the sweep and write the run directory; prints the summary tables."""
+    import ray
+    import torch
+
+    t0 = time.time()
+    checkpoint = ensure_checkpoint(cfg)
+    ckpt_id = checkpoint_id(checkpoint)
+    settings = settings_hash(cfg, _NOT_IN_HASH)
+    run_name = cfg.run_name or f"reconstruction-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
+    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
+    dirs, variants, facts, skipped, passages = fit_protocols(cfg, checkpoint, run_dir)
+    for (name, n), why in skipped.items():
+        print(f"[run] {name} cannot be built at n={n}, left out: {why}", flush=True)
+    grid = trial_grid(cfg, set(skipped))
+    missing = missing_trials(grid, run_dir, cfg.max_trials)
+    print(f"[run] {run_dir}: {len(grid)} trials ({len(cfg.protocols)} protocols x {len(cfg.channels)} channels x "
+          f"rho in {list(cfg.rhos)} x {len(cfg.sigmas)} sigmas x {len(cfg.seeds)} seeds, less {len(skipped)} "
+          f"infeasible protocol/n), {len(grid) - len(missing)} done, {len(missing)} to run; {cfg.episodes} passages "
+          f"of L={cfg.passage_length} each; the source model spends {facts['entropy_bits_per_token']:.2f} bits/token",
+          flush=True)
+    record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
+              "checkpoint_id": ckpt_id, "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
+              "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "variants": variants,
+              "ray_version": ray.__version__, "torch_version": torch.__version__, "columns": COLUMNS}
+    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    ran, failed = run_with_agents(cfg, checkpoint, dirs, run_name, _trial, missing, run_dir, {
+        "passages": passages, "settings": {
+            "episodes": cfg.episodes, "batch_size": cfg.batch_size, "passage_length": cfg.passage_length,
+            "vocab_size": facts["vocab_size"], "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
+            "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
+            "guess": facts["guess"], "pilot": cfg.pilot_passages, "checkpoint": ckpt_id, "erasure_p": cfg.erasure_p,
+            "fading_block": cfg.fading_block, "tokenizer_path": str(checkpoint / "tokenizer.json")}})
+
+    frame = collect_rows(grid, run_dir, COLUMNS)
+    write_frame(frame, run_dir)
+    write_report(frame, run_dir, examples=examples(frame) if len(frame) else None, plots=cfg.plots)
+    print(console_summary(frame), flush=True)
+    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
+    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main, Config, prog="python -m experiments.reconstruction", description=__doc__.split("\n\n")[0]))

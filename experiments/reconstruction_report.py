@@ -1,0 +1,329 @@
+"""Tables, bounds and plots of the reconstruction experiment (one row per grid point, ``COLUMNS``).
+
+- ``passage_metrics``: per-passage token accuracy, chunk and passage exact match, and chrF
+  (sacrebleu, on the detokenised text) of decoded passages against their targets.
+- ``pooled``: rows pooled over seeds per (protocol, channel, rho, sigma): means with 95% intervals.
+- ``snr_at_accuracy``: per (protocol, channel, rho) the SNR where pooled token accuracy reaches 0.9.
+- ``snr_gap``: the SNR two protocols need for the same token accuracy (jscc vs separation), and the
+  steepest fall of each curve (a cliff).
+- ``write_report``: ``summary.md`` (accuracy tables with the separation bound, the SNR for target token
+  accuracies, the jscc-vs-separation gap, decoded examples) and ``accuracy_vs_snr.png`` / ``chrf_vs_snr.png`` (a panel per channel
+  and rho).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["console_summary", "examples", "passage_metrics", "pooled", "snr_at_accuracy", "snr_gap", "write_report"]
+
+GROUP = ["protocol", "channel", "rho", "channel_uses"]
+COLORS = {"vector": "tab:blue", "jscc": "tab:cyan", "separation": "tab:red", "uncoded-tokens": "tab:orange",
+          "quantized": "tab:green"}
+
+
+def passage_metrics(decoded: np.ndarray, target: np.ndarray, K: int, texts: tuple[list[str], list[str]] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Per-passage metrics of ``decoded (B, L)`` against ``target (B, L)`` token ids.
+
+    Returns ``token_accuracy``, ``chunk_exact`` (fraction of the L/K chunks of K tokens all right) and
+    ``passage_exact`` (all L right), each ``(B,)``; with ``texts = (decoded texts, target texts)`` also
+    ``chrf`` (sacrebleu's sentence chrF, 0..100).
+    """
+    right = decoded == target  # (B, L)
+    B, L = right.shape
+    out = {"token_accuracy": right.mean(axis=1), "chunk_exact": right.reshape(B, L // K, K).all(axis=2).mean(axis=1),
+           "passage_exact": right.all(axis=1).astype(np.float64)}
+    if texts is not None:
+        from sacrebleu.metrics import CHRF
+
+        chrf = CHRF()
+        out["chrf"] = np.array([chrf.sentence_score(hyp, [ref]).score for hyp, ref in zip(*texts)])
+    return out
+
+
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-passage values with a 95% normal interval (clipped to the values' range)."""
+    values = np.asarray(values, dtype=np.float64)
+    m = float(values.mean())
+    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return m, max(float(values.min()), m - half), min(float(values.max()), m + half)
+
+
+def pooled(frame):
+    """Rows pooled over seeds: episode-weighted means; intervals from the pooled standard errors."""
+    import pandas as pd
+
+    out = []
+    for key, g in frame.groupby([*GROUP, "sigma"], sort=False):
+        w = g["episodes"].to_numpy(dtype=np.float64)
+        row = {**dict(zip([*GROUP, "sigma"], key)), "snr_db": g["snr_db"].iloc[0], "episodes": int(w.sum()),
+               "capacity_bits": g["capacity_bits"].iloc[0], "bits_sent": g["bits_sent"].iloc[0],
+               "bound_accuracy": g["bound_accuracy"].iloc[0], "mcs": ", ".join(sorted(set(g["mcs"].dropna())))}
+        for metric in ("token_accuracy", "chunk_exact", "passage_exact", "chrf"):
+            mean = float(np.average(g[metric], weights=w))
+            # the half-width of each seed's interval is 1.96 SE; pool the SEs of independent seeds
+            se = np.sqrt(np.sum((w * (g[f"{metric}_ci_high"] - g[f"{metric}_ci_low"]) / (2 * 1.96)) ** 2)) / w.sum()
+            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean, mean - 1.96 * se, mean + 1.96 * se
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def snr_at_accuracy(table, target: float = 0.9, metric: str = "token_accuracy"):
+    """Per (protocol, channel, rho): the SNR (dB) where ``metric`` first reaches ``target``, interpolated in dB.
+
+    ``-inf``: reached at the lowest SNR of the grid; ``inf``: not reached at any finite SNR.
+    """
+    import pandas as pd
+
+    out = []
+    for key, g in table.groupby(GROUP, sort=False):
+        g = g[np.isfinite(g["snr_db"])].sort_values("snr_db")
+        snr, value = g["snr_db"].to_numpy(), g[metric].to_numpy()
+        at = math.inf
+        if len(snr) and value[0] >= target:
+            at = -math.inf
+        else:
+            for i in range(1, len(snr)):
+                if value[i] >= target > value[i - 1]:
+                    at = float(snr[i - 1] + (target - value[i - 1]) / (value[i] - value[i - 1]) * (snr[i] - snr[i - 1]))
+                    break
+        out.append({**dict(zip(GROUP, key)), "snr_db_at_target": at,
+                    "snr_db_lo": float(snr[0]) if len(snr) else math.nan,
+                    "snr_db_hi": float(snr[-1]) if len(snr) else math.nan})
+    return pd.DataFrame(out)
+
+
+def _snr_for(snr: np.ndarray, value: np.ndarray, level: float) -> float:
+    """The lowest SNR (dB, interpolated) from which the curve stays >= ``level`` (nan: never)."""
+    above = value >= level
+    if not above[-1]:
+        return math.nan
+    i = len(above) - 1
+    while i > 0 and above[i - 1]:
+        i -= 1
+    if i == 0:
+        return float(snr[0]) if value[0] == level else -math.inf
+    return float(snr[i - 1] + (level - value[i - 1]) / (value[i] - value[i - 1]) * (snr[i] - snr[i - 1]))
+
+
+def snr_gap(table, a: str = "jscc", b: str = "separation", levels: int = 4):
+    """Per (channel, rho): the SNR ``a`` and ``b`` need for the same token accuracy, and the gap ``b - a`` (dB).
+
+    The accuracy levels are spread over the range both curves cover on the finite-SNR grid (from the higher
+    of their lowest values to the lower of their highest); a positive gap means ``a`` needs less SNR. Also per
+    curve the steepest fall between neighbouring grid points (accuracy per dB): a cliff shows as a large one.
+    """
+    import pandas as pd
+
+    out = []
+    for (channel, rho, n), t in table[np.isfinite(table["snr_db"])].groupby(["channel", "rho", "channel_uses"],
+                                                                              sort=False):
+        curves = {}
+        for name in (a, b):
+            g = t[t["protocol"] == name].sort_values("snr_db")
+            if len(g) >= 2:
+                curves[name] = (g["snr_db"].to_numpy(), g["token_accuracy"].to_numpy())
+        if len(curves) < 2:
+            continue
+        lo = max(v.min() for _, v in curves.values())
+        hi = min(v.max() for _, v in curves.values())
+        # accuracy gained per dB between neighbouring SNRs: the fall seen going down in SNR
+        steep = {name: float(np.max(np.diff(v) / np.diff(x))) for name, (x, v) in curves.items()}
+        cross = _crossing(curves[a], curves[b])
+        for level in np.linspace(lo, hi, levels + 2)[1:-1] if hi > lo else []:
+            sa, sb = (_snr_for(*curves[name], level) for name in (a, b))
+            out.append({"channel": channel, "rho": rho, "channel_uses": n, "token_accuracy": float(level),
+                        f"snr_db_{a}": sa, f"snr_db_{b}": sb, "gap_db": sb - sa,
+                        f"{b}_overtakes_db": cross, f"steepest_{a}": steep[a], f"steepest_{b}": steep[b],
+                        f"best_{a}": float(curves[a][1].max()), f"best_{b}": float(curves[b][1].max())})
+    return pd.DataFrame(out)
+
+
+def _crossing(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """The SNR (dB, interpolated) above which curve ``b`` stays above curve ``a`` (on a shared grid; nan: never,
+    -inf: everywhere)."""
+    if not np.array_equal(a[0], b[0]):
+        return math.nan
+    x, d = a[0], b[1] - a[1]
+    if d[-1] <= 0:
+        return math.nan
+    i = len(d) - 1
+    while i > 0 and d[i - 1] > 0:
+        i -= 1
+    return -math.inf if i == 0 else float(x[i - 1] + (0 - d[i - 1]) / (d[i] - d[i - 1]) * (x[i] - x[i - 1]))
+
+
+def _fmt_cross(value: float) -> str:
+    return "never" if math.isnan(value) else "everywhere" if value == -math.inf else f"{value:.1f}"
+
+
+def gap_table(table, a: str = "jscc", b: str = "separation") -> str:
+    """Markdown of ``snr_gap``: one line per (channel, rho, accuracy level)."""
+    gaps = snr_gap(table, a, b)
+    if not len(gaps):
+        return f"(needs {a} and {b} at two or more finite SNRs)"
+    lines = [f"| channel | rho | token accuracy | SNR {a} (dB) | SNR {b} (dB) | gap (dB, + favours {a}) | "
+             f"{b} overtakes {a} above (dB) | steepest fall {a} / {b} (acc/dB) | best {a} / {b} (finite SNR) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in gaps.itertuples(index=False):
+        d = r._asdict()
+        lines.append(f"| {r.channel} | {r.rho:g} | {r.token_accuracy:.3f} | {d[f'snr_db_{a}']:.1f} | {d[f'snr_db_{b}']:.1f} "
+                     f"| {r.gap_db:+.1f} | {_fmt_cross(d[f'{b}_overtakes_db'])} | {d[f'steepest_{a}']:.4f} / {d[f'steepest_{b}']:.4f} "
+                     f"| {d[f'best_{a}']:.3f} / {d[f'best_{b}']:.3f} |")
+    return "\n".join(lines)
+
+
+def _fmt_snr(value: float, lo: float, hi: float) -> str:
+    if value == -math.inf:
+        return f"< {lo:.1f}"
+    if value == math.inf:
+        return f"> {hi:.1f}"
+    return f"{value:.1f}"
+
+
+def _snr_header(sigma: float) -> str:
+    return "inf" if sigma == 0 else f"{-20 * math.log10(sigma) + 0.0:.1f}"
+
+
+def console_summary(frame, metric: str = "token_accuracy") -> str:
+    """Pooled ``metric`` as one table per (channel, rho): a row per protocol, a column per SNR, the bound."""
+    if not len(frame):
+        return "(no rows)"
+    table = pooled(frame)
+    blocks = []
+    for (channel, rho, n), t in table.groupby(["channel", "rho", "channel_uses"], sort=False):
+        sigmas = sorted(t["sigma"].unique())
+        lines = [f"{channel}, rho={rho:g} (n={n}): {metric.replace('_', ' ')} pooled over seeds (SNR dB across)",
+                 "| protocol | " + " | ".join(_snr_header(s) for s in sigmas) + " |", "|---|" + "---:|" * len(sigmas)]
+        fmt = "{:.1f}" if metric == "chrf" else "{:.3f}"
+        for protocol, g in t.groupby("protocol", sort=False):
+            by = dict(zip(g["sigma"], g[metric]))
+            lines.append(f"| {protocol} | " + " | ".join(fmt.format(by[s]) if s in by else "" for s in sigmas) + " |")
+        if metric == "token_accuracy":
+            bound = t.drop_duplicates("sigma").set_index("sigma")["bound_accuracy"]
+            lines.append("| separation bound | " + " | ".join(f"{bound[s]:.3f}" for s in sigmas) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def snr_table(table, targets: tuple[float, ...]) -> str:
+    """Markdown: per protocol and target token accuracy, the SNR (dB) needed, a column per (channel, rho)."""
+    lines = []
+    for target in targets:
+        at = snr_at_accuracy(table, target)
+        columns = list(dict.fromkeys(zip(at["channel"], at["rho"])))
+        lines += ["| protocol, accuracy >= " + f"{target:g} | " + " | ".join(f"{ch}, rho={rho:g}" for ch, rho in columns)
+                  + " |", "|---|" + "---:|" * len(columns)]
+        for protocol, g in at.groupby("protocol", sort=False):
+            by = {(r.channel, r.rho): _fmt_snr(r.snr_db_at_target, r.snr_db_lo, r.snr_db_hi) for r in g.itertuples()}
+            lines.append(f"| {protocol} | " + " | ".join(by.get(c, "") for c in columns) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None = None, plots: bool = True,
+                 targets: tuple[float, ...] = (0.9, 0.5, 0.25)) -> None:
+    """``summary.md`` and the plots. ``examples``: decoded texts of one passage (see ``examples_table``)."""
+    if not len(frame):
+        (run_dir / "summary.md").write_text(f"# Reconstruction: {run_dir.name}\n\n(no rows)\n")
+        return
+    table = pooled(frame)
+    mcs = table[table["mcs"] != ""][["channel", "rho", "sigma", "mcs"]].drop_duplicates()
+    mcs_lines = [f"- {r.channel}, rho={r.rho:g}, sigma={r.sigma:g}: {r.mcs}" for r in mcs.itertuples()]
+    text = (f"# Reconstruction: {run_dir.name}\n\n"
+            "Token accuracy pooled over seeds; `separation bound`: the tokens a separated scheme can deliver at "
+            "capacity under the best source model's entropy rate (the rest filled with the best guess).\n\n"
+            + console_summary(frame) + "\n\n## chrF (sacrebleu, detokenised text)\n\n" + console_summary(frame, "chrf")
+            + "\n\n## SNR needed for a token accuracy\n\nInterpolated in dB between grid points; `< x`: reached at the "
+            "grid's lowest SNR x; `> x`: not reached at any finite SNR up to x.\n\n" + snr_table(table, targets)
+            + "\n\n## jscc vs separation: SNR at equal token accuracy\n\nLevels spread over the accuracy range both "
+            "curves cover at finite SNR; the lowest SNR from which each curve stays at or above the level, interpolated "
+            "in dB (`-inf`: already at the grid's lowest SNR). Steepest fall: the largest accuracy change per dB "
+            "between neighbouring grid SNRs (a cliff shows as a large one).\n\n" + gap_table(table)
+            + "\n\n## Separation: the code rate and modulation the oracle picked\n\n" + ("\n".join(mcs_lines) or "-")
+            + "\n")
+    if examples:
+        text += "\n## One passage as each protocol delivers it\n\n" + examples_table(examples) + "\n"
+    (run_dir / "summary.md").write_text(text)
+    if plots:
+        plot_metric(table, run_dir / "accuracy_vs_snr.png", "token_accuracy", "token accuracy", bound=True)
+        plot_metric(table, run_dir / "chrf_vs_snr.png", "chrf", "chrF")
+
+
+def examples_table(examples: list[dict[str, Any]]) -> str:
+    """A markdown table: protocol, channel, rho, SNR and the decoded text (``|`` escaped)."""
+    lines = ["| protocol | channel | rho | SNR dB | decoded text |", "|---|---|---:|---:|---|"]
+    for e in examples:
+        text = " ".join(e["text"].split()).replace("|", "\\|")
+        lines.append(f"| {e['protocol']} | {e['channel']} | {e['rho']:g} | {_snr_header(e['sigma'])} | {text} |")
+    return "\n".join(lines)
+
+
+def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = False) -> None:
+    """One panel per (channel, rho): ``metric`` vs SNR per protocol, 95% bands, the separation bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    channels = list(dict.fromkeys(table["channel"]))
+    rhos = sorted(table["rho"].unique())
+    finite = table["snr_db"][np.isfinite(table["snr_db"])]
+    inf_at = (finite.max() + 6.0) if len(finite) else 30.0
+    fig, axes = plt.subplots(len(channels), len(rhos), figsize=(4.2 * len(rhos), 3.6 * len(channels)),
+                             squeeze=False, sharey=True)
+    # the curves use a fraction of the full scale at this model size: zoom to what is drawn
+    drawn = [table[f"{metric}_high"].max()] + ([table.loc[np.isfinite(table["snr_db"]), "bound_accuracy"].max()]
+                                               if bound else [])
+    top = min(100.0 if metric == "chrf" else 1.0, 1.1 * float(np.nanmax(drawn)))
+    for i, channel in enumerate(channels):
+        for j, rho in enumerate(rhos):
+            ax = axes[i, j]
+            t = table[(table["channel"] == channel) & (table["rho"] == rho)]
+            for protocol, g in t.groupby("protocol", sort=False):
+                x = np.where(np.isinf(g["snr_db"]), inf_at, g["snr_db"])
+                order = np.argsort(x)
+                ax.plot(x[order], g[metric].to_numpy()[order], marker="o", ms=3, color=COLORS.get(protocol),
+                        label=protocol)
+                ax.fill_between(x[order], g[f"{metric}_low"].to_numpy()[order], g[f"{metric}_high"].to_numpy()[order],
+                                alpha=0.15, color=COLORS.get(protocol))
+            if bound and len(t):  # at finite SNR only: with no noise the capacity is infinite (the bound is 1)
+                b = t.drop_duplicates("sigma")
+                b = b[np.isfinite(b["snr_db"])]
+                xb = np.where(np.isinf(b["snr_db"]), inf_at, b["snr_db"])
+                order = np.argsort(xb)
+                ax.plot(xb[order], b["bound_accuracy"].to_numpy()[order], color="black", lw=1.2, ls="--",
+                        label="separation bound")
+            n = int(t["channel_uses"].iloc[0]) if len(t) else 0
+            ax.set_title(f"{channel}, rho={rho:g} (n={n})", fontsize=9)
+            ax.set_ylim(0, top)
+            ax.grid(alpha=0.3)
+            if i == len(channels) - 1:
+                ax.set_xlabel(f"SNR (dB); sigma 0 at {inf_at:.0f}")
+            if j == 0:
+                ax.set_ylabel(label)
+    labels: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(name, handle)
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def examples(frame, sigmas: int = 3) -> list[dict[str, Any]]:
+    """One passage as each protocol delivers it at a few SNRs (the first channel and the largest rho)."""
+    rows = frame[(frame["seed"] == frame["seed"].min()) & (frame["channel"] == frame["channel"].iloc[0])
+                 & (frame["rho"] == frame["rho"].max())]
+    chosen = sorted(rows["sigma"].unique())
+    chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, min(sigmas, len(chosen))).round().astype(int)]
+    out = [{"protocol": "(sent)", "channel": rows["channel"].iloc[0], "rho": rows["rho"].iloc[0], "sigma": 0.0,
+            "text": rows["example_target"].iloc[0]}] if len(rows) else []
+    return out + [{"protocol": r.protocol, "channel": r.channel, "rho": r.rho, "sigma": r.sigma, "text": r.example}
+                  for r in rows[rows["sigma"].isin(chosen)].itertuples()]

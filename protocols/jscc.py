@@ -1,0 +1,374 @@
+"""The jscc protocol: a trained JSCC adapter (``calm.jscc.JSCCModel``) as a ``Protocol``.
+
+    ids (B, L) -> CALM encoder mu -> adapter encoder, told the channel's (kind, SNR) -> x (B, n) * s
+    y (B, n), gain -> adapter decoder, told (kind, SNR) -> latents -> CALM decoder -> argmax ids (B, L)
+
+``s`` is the one power-normalising scalar, fitted by ``fit`` on training passages (mean power 1 there,
+like ``protocols.vector``); the adapter's own normalisation is already close to 1.
+
+How each end learns the channel (SNR-adaptive JSCC gives the SNR to both ends):
+- the speaker: ``encode(ids)`` takes nothing extra and uses the channel the protocol is bound to, given at
+  construction (``channel=``) or by ``with_channel(channel)``, which returns a view sharing the adapter and
+  the fitted scale. Encoding with no channel bound is a ValueError. ``score`` encodes the candidates the same way.
+- the receiver: ``decode(symbols, *, channel, gain)`` reads the SNR and the kind from the ``channel`` passed
+  to it (None: the bound channel), and the fading gains from ``gain``.
+``channel_snr_db(channel)`` turns a channel model into that (kind, SNR, erasure p); it reads only public
+fields. The adapter must have been trained on the kind (and, for erasures, on the same p); SNRs outside its
+training range are accepted, its MLPs then see the nearest end of the range. Fading is trained with one gain per
+message; a ``RayleighBlockFading`` with blocks shorter than n gives per-symbol gains the decoder takes as they come.
+
+This protocol is for reconstruction: ``decode`` gives tokens. Its hard receiver (``hard_score``) decodes, then
+scores each candidate by minus the number of tokens that differ (``hard_domain = "tokens"``); the soft
+receiver (``score``, from ``Protocol``) is the channel likelihood of each candidate's symbols. ``bits_sent``
+is None (analog).
+
+Saving: ``protocol.json`` holds the config, with the adapter's checkpoint directory (``calm.checkpoint``) and
+the sha256 of its ``model.safetensors``; ``protocol.safetensors`` holds the scale. ``load`` refuses an adapter
+whose weights changed.
+
+Dim letters: B passages, L tokens, n channel uses, C candidates.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from environments.channels import AWGN, Chain, Erasure, RayleighBlockFading
+from protocols.base import ChannelModel, check_budget
+from protocols.latent import LatentProtocol, check_autoencoder
+
+__all__ = ["ChannelState", "JSCCProtocol", "JSCCProtocolConfig", "channel_snr_db", "file_sha256"]
+
+# kind names, as calm.jscc.CHANNEL_KINDS orders them (index = the adapter's kind input)
+KINDS = ("awgn", "rayleigh", "erasure")
+# logits held in memory at once by decode: rows * L * V <= this many floats
+MAX_LOGITS = 1 << 25
+# passages per fit draw of training conditions (fixed seed: fit is deterministic)
+FIT_SEED = 0
+
+
+class ChannelState(NamedTuple):
+    """What both ends of the jscc protocol are told about a channel."""
+
+    kind: str
+    """awgn, rayleigh or erasure"""
+    snr_db: float
+    """-20 log10 sigma (inf for sigma = 0)"""
+    erasure_p: float
+    """erasure probability (0 for awgn and rayleigh)"""
+
+
+def _snr_db(sigma: float) -> float:
+    return math.inf if sigma == 0 else -20.0 * math.log10(sigma)
+
+
+def channel_snr_db(channel: Any) -> ChannelState:
+    """The (kind, SNR in dB, erasure p) of a channel model, from its public fields (sigma, p).
+
+    Handles ``AWGN(sigma)`` (awgn), ``RayleighBlockFading(sigma, block_length)`` (rayleigh),
+    ``Chain([Erasure(p), AWGN(sigma)])`` and ``Chain([AWGN(sigma), Erasure(p)])`` (erasure), and a chain of
+    one of these (nested chains are flattened).
+
+    >>> channel_snr_db(AWGN(0.1))
+    ChannelState(kind='awgn', snr_db=20.0, erasure_p=0.0)
+
+    Raises:
+        ValueError: any other channel.
+    """
+    if isinstance(channel, AWGN):
+        return ChannelState("awgn", _snr_db(channel.sigma), 0.0)
+    if isinstance(channel, RayleighBlockFading):
+        return ChannelState("rayleigh", _snr_db(channel.sigma), 0.0)
+    if isinstance(channel, Chain):
+        stages: list[Any] = []
+        todo = list(channel.channels)
+        while todo:
+            stage = todo.pop(0)
+            if isinstance(stage, Chain):
+                todo = list(stage.channels) + todo
+            else:
+                stages.append(stage)
+        if len(stages) == 1:
+            return channel_snr_db(stages[0])
+        if len(stages) == 2:
+            erasure = next((s for s in stages if isinstance(s, Erasure)), None)
+            awgn = next((s for s in stages if isinstance(s, AWGN)), None)
+            if erasure is not None and awgn is not None:
+                return ChannelState("erasure", _snr_db(awgn.sigma), float(erasure.p))
+    raise ValueError(f"the jscc protocol cannot use channel {channel!r}; supported: AWGN, RayleighBlockFading, "
+                     "Chain([Erasure, AWGN]), Chain([AWGN, Erasure])")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class JSCCProtocolConfig:
+    """Settings of the jscc protocol."""
+
+    budget: int | None = None
+    """channel uses n per message; must equal the adapter's channel_uses (None: the adapter's)"""
+    adapter_path: str = ""
+    """the adapter's checkpoint directory (calm.checkpoint.save_pretrained); needed to save the protocol"""
+    adapter_sha256: str = ""
+    """sha256 of adapter_path/model.safetensors (filled in when empty); a changed adapter is refused"""
+    batch_size: int = 256
+    """passages per adapter forward pass"""
+
+    def __post_init__(self) -> None:
+        self.budget = check_budget(self.budget)
+        if isinstance(self.batch_size, bool) or int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
+
+
+class JSCCProtocol(LatentProtocol):
+    """Analog protocol through a trained JSCC adapter around its frozen CALM autoencoder."""
+
+    name = "jscc"
+    config_class = JSCCProtocolConfig
+    hard_domain = "tokens"
+
+    def __init__(self, adapter: Any, config: JSCCProtocolConfig | None = None, *, autoencoder: Any | None = None,
+                 channel: Any | None = None) -> None:
+        """Wrap ``adapter`` (a ``calm.jscc.JSCCModel``, put in eval mode).
+
+        Args:
+            adapter: the trained adapter; its frozen autoencoder is the one used.
+            config: protocol settings (budget, adapter checkpoint path).
+            autoencoder: if given, checked to be the adapter's autoencoder (same config, same weights).
+            channel: the channel the speaker is told (see the module docstring); None: bind one later.
+
+        Raises:
+            ValueError: budget differs from the adapter's channel_uses; an autoencoder that differs from the
+                adapter's (the message names the field); adapter_path's weights differ from ``adapter``'s
+                or from ``adapter_sha256``.
+        """
+        config = dataclasses.replace(config) if config is not None else JSCCProtocolConfig()
+        n = int(adapter.config.channel_uses)
+        if config.budget is None:
+            config.budget = n
+        elif config.budget != n:
+            raise ValueError(f"budget={config.budget} must equal the jscc adapter's channel_uses={n} "
+                             "(one adapter per n)")
+        if autoencoder is not None:
+            _check_same_autoencoder(autoencoder, adapter.autoencoder)
+        super().__init__(adapter.autoencoder, config)
+        self.adapter = adapter.eval()
+        self.scale = 1.0  # s: the one power-normalising scalar
+        self.state: ChannelState | None = None
+        self.channel = None
+        if config.adapter_path:
+            self._check_adapter_file()
+        if channel is not None:
+            self._bind(channel)
+
+    @classmethod
+    def from_pretrained(cls, adapter_dir: str | Path, config: JSCCProtocolConfig | None = None, *,
+                        autoencoder: Any | None = None, channel: Any | None = None) -> JSCCProtocol:
+        """A protocol around the adapter checkpoint ``adapter_dir`` (its path and sha256 go in the config)."""
+        from calm.checkpoint import load_pretrained
+
+        adapter, _ = load_pretrained(adapter_dir)
+        config = dataclasses.replace(config or JSCCProtocolConfig(), adapter_path=str(Path(adapter_dir).resolve()))
+        return cls(adapter, config, autoencoder=autoencoder, channel=channel)
+
+    def with_channel(self, channel: Any) -> JSCCProtocol:
+        """A view of this protocol (same adapter, same fitted scale) whose speaker is told ``channel``."""
+        view = copy.copy(self)
+        view._bind(channel)
+        return view
+
+    # ---- channel state ----
+
+    def _state_of(self, channel: Any) -> ChannelState:
+        state = channel_snr_db(channel)
+        c = self.adapter.config
+        if state.kind not in c.channels:
+            raise ValueError(f"the jscc adapter was trained on channels {list(c.channels)}, not {state.kind!r}")
+        if state.kind == "erasure" and not math.isclose(state.erasure_p, c.erasure_p):
+            raise ValueError(f"the jscc adapter was trained at erasure p={c.erasure_p}, the channel has "
+                             f"p={state.erasure_p}")
+        return state
+
+    def _bind(self, channel: Any) -> None:
+        self.state = self._state_of(channel)
+        self.channel = channel
+
+    def _condition(self, state: ChannelState, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(snr_db (B,), kind (B,)) tensors on the adapter's device; an infinite SNR goes in as 1000 dB."""
+        device = self._device()
+        snr = torch.full((B,), min(state.snr_db, 1000.0), dtype=torch.float32, device=device)
+        kind = torch.full((B,), KINDS.index(state.kind), dtype=torch.long, device=device)
+        return snr, kind
+
+    def _device(self) -> torch.device:
+        return next(self.adapter.parameters()).device
+
+    # ---- Protocol ----
+
+    def channel_uses(self, L: int) -> int:
+        self._check_length(L)
+        return int(self.config.budget)
+
+    def _check_length(self, L: int) -> int:
+        want = self.adapter.config.passage_length
+        if L != want:
+            raise ValueError(f"the jscc adapter sends passages of L={want} tokens, got L={L}")
+        return L
+
+    def fit(self, train_ids: np.ndarray) -> JSCCProtocol:
+        """Fit the power scale on training passages ``(N, L)``: mean power 1 per symbol over them, each passage
+        sent under a training condition (kind and SNR drawn like the adapter's training, fixed seed)."""
+        ids = self._check_train(train_ids)
+        self._check_length(ids.shape[1])
+        c = self.adapter.config
+        rng = np.random.default_rng(FIT_SEED)
+        N = ids.shape[0]
+        kinds = np.array([KINDS.index(k) for k in c.channels])[rng.integers(0, len(c.channels), N)]
+        snrs = rng.uniform(c.snr_db_min, c.snr_db_max, N)
+        x = self._raw_symbols(ids, torch.as_tensor(snrs, dtype=torch.float32), torch.as_tensor(kinds))
+        power = float(np.mean(x.astype(np.float64) ** 2))
+        if not power > 0:
+            raise ValueError("training passages give all-zero jscc symbols; cannot normalise power")
+        self.scale = 1.0 / math.sqrt(power)
+        self.seq_len = int(ids.shape[1])
+        return self
+
+    def _raw_symbols(self, ids: np.ndarray, snr_db: torch.Tensor, kind: torch.Tensor) -> np.ndarray:
+        """The adapter's symbols ``(B, n)`` float32 before the protocol's scale, per-passage conditions (B,)."""
+        device = self._device()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, ids.shape[0], self.config.batch_size):
+                sl = slice(start, start + self.config.batch_size)
+                batch = torch.as_tensor(ids[sl], dtype=torch.long, device=device)
+                mu = self.adapter.latents(batch)
+                out.append(self.adapter.encode(mu, snr_db[sl].to(device), kind[sl].to(device)).float().cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+    def _encode(self, ids: np.ndarray) -> np.ndarray:
+        if self.state is None:
+            raise ValueError("the jscc speaker is told the channel: bind one with with_channel(channel) "
+                             "(or channel= at construction) before encode or score")
+        snr, kind = self._condition(self.state, ids.shape[0])
+        return (self._raw_symbols(ids, snr.cpu(), kind.cpu()) * self.scale).astype(np.float32)
+
+    def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
+        L = self._require_fit()
+        if channel is not None:
+            state = self._state_of(channel)
+        elif self.state is not None:
+            state = self.state
+        else:
+            raise ValueError("the jscc receiver is told the channel: pass channel= (or bind one to the protocol)")
+        B = symbols.shape[0]
+        device = self._device()
+        # y / s = gain * x + (sigma / s) noise: the adapter sees its own symbols at SNR + 20 log10 s
+        state = state._replace(snr_db=state.snr_db + 20.0 * math.log10(self.scale))
+        snr, kind = self._condition(state, B)
+        rows = max(1, MAX_LOGITS // (L * self.vocab_size))
+        out = []
+        with torch.inference_mode():
+            for start in range(0, B, rows):
+                sl = slice(start, start + rows)
+                y = torch.as_tensor(symbols[sl] / self.scale, dtype=torch.float32, device=device)
+                g = torch.as_tensor(gain[sl], dtype=torch.float32, device=device)
+                z = self.adapter.decode(y, g, snr[sl], kind[sl])  # (b, L/K, l)
+                out.append(self.adapter.autoencoder.decode(z).argmax(-1).cpu().numpy())
+        return np.concatenate(out, axis=0).astype(np.int64)
+
+    def _hard_score(self, symbols, candidates, channel, gain) -> np.ndarray:
+        ids = self._decode(symbols, channel, gain)  # (B, L)
+        return -(ids[:, None, :] != candidates).sum(axis=-1).astype(np.float64)  # (B, C)
+
+    def _stats(self) -> dict[str, np.ndarray]:
+        return {"scale": np.array([self.scale])}
+
+    def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
+        self.scale = float(stats["scale"][0])
+
+    # ---- saving ----
+
+    def _check_adapter_file(self) -> None:
+        """adapter_path's weights must be the adapter's (and, when recorded, have the recorded sha256)."""
+        from calm.checkpoint import read_safetensors
+
+        path = Path(self.config.adapter_path) / "model.safetensors"
+        sha = file_sha256(path) if path.is_file() else None
+        if sha is None:
+            raise ValueError(f"adapter_path {self.config.adapter_path}: {path.name} is missing")
+        if self.config.adapter_sha256 and sha != self.config.adapter_sha256:
+            raise ValueError(f"the jscc adapter at {self.config.adapter_path} changed: model.safetensors has sha256 "
+                             f"{sha[:16]}..., the protocol was fitted with {self.config.adapter_sha256[:16]}...")
+        stored = read_safetensors(path)
+        for key, value in self.adapter.state_dict().items():
+            if key not in stored or not torch.equal(stored[key], value.detach().cpu()):
+                raise ValueError(f"the adapter's weights differ from {path} (tensor {key!r})")
+        self.config.adapter_sha256 = sha
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``protocol.json`` (with the adapter's path and sha256) and ``protocol.safetensors`` (the scale)."""
+        if not self.config.adapter_path:
+            raise ValueError("saving a jscc protocol needs config.adapter_path, the adapter's checkpoint "
+                             "directory (save it with calm.checkpoint.save_pretrained; see from_pretrained)")
+        super().save(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, autoencoder: Any | None = None, *, channel: Any | None = None) -> JSCCProtocol:
+        """Load a protocol written by ``save``: the adapter from its recorded path (refused if its sha256 changed).
+
+        Raises:
+            ValueError: a changed adapter; an ``autoencoder`` whose K, latent_dim or vocab_size (or other
+                config field, or weights) differ from the adapter's (the message names the field).
+        """
+        from calm.checkpoint import load_pretrained
+
+        meta = cls.read_config(directory)
+        if meta["protocol"] != cls.name:
+            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
+        values = dict(meta["config"])
+        dims = values.pop("autoencoder")
+        config = JSCCProtocolConfig(**values)
+        path = Path(config.adapter_path) / "model.safetensors"
+        if not path.is_file():
+            raise ValueError(f"the jscc adapter {config.adapter_path} recorded in {directory} is missing")
+        sha = file_sha256(path)
+        if sha != config.adapter_sha256:
+            raise ValueError(f"the jscc adapter at {config.adapter_path} changed: model.safetensors has sha256 "
+                             f"{sha[:16]}..., the protocol was fitted with {config.adapter_sha256[:16]}...")
+        if autoencoder is not None:
+            check_autoencoder(dims, autoencoder)
+        adapter, _ = load_pretrained(config.adapter_path)
+        proto = cls(adapter, config, autoencoder=autoencoder, channel=channel)
+        proto._load_stats(directory, meta["seq_len"])
+        return proto
+
+
+def _check_same_autoencoder(autoencoder: Any, inside: Any) -> None:
+    """Raise ValueError unless ``autoencoder`` has the config (naming the first differing field) and the
+    weights of the adapter's frozen autoencoder ``inside``."""
+    have, want = autoencoder.config.to_dict(), inside.config.to_dict()
+    for name in ("K", "latent_dim", "vocab_size", *sorted(want)):
+        if have.get(name) != want.get(name):
+            raise ValueError(f"autoencoder {name}={have.get(name)!r} does not match the jscc adapter's "
+                             f"autoencoder {name}={want.get(name)!r}")
+    theirs = inside.state_dict()
+    for key, value in autoencoder.state_dict().items():
+        if not torch.equal(value.detach().cpu(), theirs[key].detach().cpu()):
+            raise ValueError(f"the autoencoder's weights differ from the jscc adapter's frozen autoencoder "
+                             f"(tensor {key!r}): the adapter was trained on another autoencoder")
