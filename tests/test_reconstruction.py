@@ -31,10 +31,10 @@ def base(tmp_path_factory):
 def test_config_and_grid():
     cfg = Config()
     grid = trial_grid(cfg)
-    assert len(grid) == 4 * 2 * 4 * 8 * 2  # protocols x channels x rhos x sigmas x seeds
-    assert {spec["channel_uses"] for spec in grid} == {4, 8, 16, 32}  # rho L for L = 32
+    assert len(grid) == 4 * 2 * 3 * 8 * 2  # protocols x channels x rhos x sigmas x seeds
+    assert {spec["channel_uses"] for spec in grid} == {8, 16, 32}  # rho L for L = 32
     assert len({spec["key"] for spec in grid}) == len(grid)
-    assert len(trial_grid(cfg, {("uncoded-tokens", 4)})) == len(grid) - 2 * 8 * 2
+    assert len(trial_grid(cfg, {("uncoded-tokens", 8)})) == len(grid) - 2 * 8 * 2
     with pytest.raises(ValueError, match="rhos"):
         Config(rhos=(0.01,))
     with pytest.raises(ValueError, match="protocols"):
