@@ -1,18 +1,25 @@
-"""Tiny CALM (K=4) against the tiny token baseline on the same backbone: BrierLM vs training FLOPs, speed.
+"""Tiny CALM (K=4, or K=2) against the tiny token baseline on the same backbone: BrierLM vs training FLOPs, speed.
 
     python bench/calm_vs_baseline.py [--steps 600] [--ae-steps 1500] [--ae-latent 32] [--out runs/bench]
+    python bench/calm_vs_baseline.py --preset tiny-k2 --ae-latent 0 --out runs/bench-k2     # the K = 2 CALM
 
-1. Trains the tiny autoencoder preset (K=4) on the default corpus, or loads one with --ae DIR.
+1. Trains the autoencoder of --preset (tiny: K=4; tiny-k2: K=2, l=16) on the default corpus, or loads one
+   with --ae DIR.
 2. Trains the tiny token baseline for --steps steps, validating BrierLM every --eval-every steps.
 3. Trains the tiny CALM (same backbone preset, frozen autoencoder) with --calm-budget times the
    baseline's training FLOPs (default 2), validating at the same FLOPs interval.
 4. Measures generation tokens/s of both at batch 1 and batch 32 (temperature 1, KV cache).
-5. Saves the three checkpoints under --out (ae-k4, calm-k4, baseline), writes result.json and
+5. Saves the three checkpoints under --out (ae-k<K>, calm-k<K>, baseline), writes result.json and
    brier_vs_flops.png there, and prints the JSON.
 
 FLOPs are analytic (calm.flops, tested against torch's counter): per training step,
 flops_per_token.training * batch * window. CALM's figure includes the frozen encoder's forward; the
 autoencoder's own training FLOPs are reported separately (`ae_train_flops`).
+
+The final models are scored once more on --eval-windows held-out windows with 95% bootstrap intervals
+over windows (``final``), CALM also with the on-manifold fraction of its head's samples; the validation
+curves carry the on-manifold fraction too. With --preset tiny-k2 the CALM window is 128 patches of 2
+tokens (256, as the baseline's), each step accumulates --calm-grad-accum micro-batches.
 
 "flops_to_target" is the first validation point whose BrierLM reaches the baseline's final BrierLM
 (null when CALM never does). The paper's headline is CALM at 56% of the baseline's training FLOPs;
@@ -57,6 +64,8 @@ class BenchConfig:
     """corpus (see calm.data)"""
     tokenizer: str = "bpe:2048"
     """tokenizer spec; a small vocabulary keeps CPU training cheap"""
+    preset: str = "tiny"
+    """autoencoder and CALM preset: tiny (K = 4) or tiny-k2 (K = 2, l = 16, 128 patches)"""
     ae: str = ""
     """reuse this trained autoencoder checkpoint instead of training one"""
     ae_steps: int = 1500
@@ -64,7 +73,8 @@ class BenchConfig:
     ae_batch: int = 256
     """autoencoder batch size in chunks"""
     ae_latent: int = 32
-    """autoencoder latent size l (0: the tiny preset's 128, which the tiny CALM learns from more slowly)"""
+    """autoencoder latent size l (0: the preset's: 128 for tiny, which the tiny CALM learns from more slowly; 16
+    for tiny-k2)"""
     ae_kl_weight: float = 0.01
     """autoencoder KL weight (0: the preset's 1e-3); larger widens the posterior (mean sigma 0.03 at 1e-3,
     0.09 at 0.01, 0.20 at 0.05 for l = 32 after 1,500 steps, all >= 99.85% token accuracy)"""
@@ -83,6 +93,8 @@ class BenchConfig:
     samples keep the estimate unbiased and lower its variance)"""
     calm_budget: float = 2.0
     """CALM's training FLOPs budget as a multiple of the baseline's"""
+    calm_grad_accum: int = 1
+    """CALM micro-batches per optimiser step (tiny-k2 with batch 8: 4 gives 4,096 patches per step)"""
     calm_overrides: str = ""
     """JSON object of EnergyTransformerConfig fields to change in the tiny CALM preset, e.g. '{"head_blocks": 2}'"""
     gen_tokens: int = 64
@@ -96,12 +108,24 @@ class BenchConfig:
 
 
 def curve(history: list[dict], flops_per_step: float) -> list[dict]:
-    """Validation records -> [{step, flops, brier_lm, brier_1..4}]."""
+    """Validation records -> [{step, flops, brier_lm, brier_1..4[, on_manifold]}]."""
     return [
         {"step": r["step"], "flops": r["step"] * flops_per_step, "brier_lm": r["val_brier_lm"],
-         **{f"brier_{n}": r[f"val_brier_{n}"] for n in range(1, 5)}}
+         **{f"brier_{n}": r[f"val_brier_{n}"] for n in range(1, 5)},
+         **({"on_manifold": r["val_on_manifold"]} if "val_on_manifold" in r else {})}
         for r in history if "val_brier_lm" in r
     ]  # fmt: skip
+
+
+def final_scores(model, windows: torch.Tensor, samples: int, seed: int) -> dict:
+    """Brier-1..4 and BrierLM with 95% bootstrap intervals over windows (and CALM's on-manifold fraction)."""
+    from calm.brier import evaluate_brier
+
+    scores = evaluate_brier(model, windows, num_samples=samples, generator=torch.Generator().manual_seed(seed))
+    out = {**scores.as_dict(), "interval_95": scores.interval(seed=seed)}
+    if hasattr(model, "on_manifold"):
+        out.update(model.on_manifold(windows[:64], generator=torch.Generator().manual_seed(seed)))
+    return out
 
 
 def flops_to_reach(points: list[dict], target: float, key: str = "brier_lm") -> float | None:
@@ -155,7 +179,7 @@ def main(cfg: BenchConfig) -> dict:
         overrides = {"latent_dim": cfg.ae_latent} if cfg.ae_latent else {}
         if cfg.ae_kl_weight:
             overrides["kl_weight"] = cfg.ae_kl_weight
-        ae_cfg = ae_preset("tiny", vocab_size=V, pad_id=pad_id, **overrides)
+        ae_cfg = ae_preset(cfg.preset, vocab_size=V, pad_id=pad_id, **overrides)
         ae = train_autoencoder(ae_cfg, train_ids, steps=cfg.ae_steps, batch_size=cfg.ae_batch, lr=3e-3, seed=cfg.seed)
         ae_steps = cfg.ae_steps
     ae_task = AutoencoderTask(ae.config)
@@ -163,7 +187,8 @@ def main(cfg: BenchConfig) -> dict:
     ae_val = ae_task.validate(ae, ae_windows)
     with torch.no_grad():
         ae_sigma = ae.encode(ae_windows)[1].exp().mean().item()  # how wide the posterior targets are
-    ae_dir = save_pretrained(ae, out / "ae-k4", tok)
+    K = ae.config.K
+    ae_dir = save_pretrained(ae, out / f"ae-k{K}", tok)
     ae_f = autoencoder_flops(ae.config)
     ae_train_flops = 3.0 * (ae_f["encoder"] + ae_f["decoder"]) * cfg.ae_batch * ae_steps
     ae_seconds = time.time() - t
@@ -184,16 +209,16 @@ def main(cfg: BenchConfig) -> dict:
 
     # ---- 3. CALM with the same FLOPs budget
     calm_overrides = json.loads(cfg.calm_overrides) if cfg.calm_overrides else {}
-    calm_task = CalmTask(CalmTask.make_config("tiny", vocab_size=V, overrides=calm_overrides, ae=str(ae_dir)))
+    calm_task = CalmTask(CalmTask.make_config(cfg.preset, vocab_size=V, overrides=calm_overrides, ae=str(ae_dir)))
     if calm_task.tokens_per_example != L:
         raise ValueError(f"CALM window {calm_task.tokens_per_example} != baseline window {L}")
     calm_tpt = calm_flops(calm_task.config).training
-    calm_step_flops = calm_tpt * cfg.batch_size * L
+    calm_step_flops = calm_tpt * cfg.batch_size * cfg.calm_grad_accum * L
     calm_steps = max(1, math.ceil(cfg.calm_budget * cfg.steps * base_step_flops / calm_step_flops))
     calm_every = max(1, round(cfg.eval_every * base_step_flops / calm_step_flops))
     t = time.time()
     calm_cfg = TrainConfig(steps=calm_steps, warmup=max(1, calm_steps // 10), val_every=calm_every,
-                           checkpoint_every=calm_steps, **common)  # fmt: skip
+                           checkpoint_every=calm_steps, grad_accum=cfg.calm_grad_accum, **common)  # fmt: skip
     calm = train_local(calm_task, train_ids, calm_cfg, val_ids=val_ids)
     calm_seconds = time.time() - t
 
@@ -205,17 +230,23 @@ def main(cfg: BenchConfig) -> dict:
     calm_needed = flops_to_reach(calm_curve, target)
     ratio = calm_needed / base_needed if (calm_needed is not None and base_needed) else None
 
+    # ---- final scores with intervals, on the held-out windows both were validated on
+    windows = base_task.validation_set(val_ids, val_size)
+    final = {"baseline": final_scores(base.model.eval(), windows, cfg.brier_samples, cfg.seed),
+             "calm": final_scores(calm.model.eval(), windows, cfg.brier_samples, cfg.seed)}
+
     # ---- 5. generation speed (temperature 1, prompts of 16 held-out tokens)
     prompts = torch.from_numpy(val_ids[: 32 * 16].astype(np.int64).reshape(32, 16))
     speed = generation_speed({"calm": calm.model.eval(), "baseline": base.model.eval()}, prompts, cfg.gen_tokens,
                              cfg.seed)  # fmt: skip
     speedup = {k: speed["calm"][k] / speed["baseline"][k] for k in speed["calm"]}
 
-    save_pretrained(calm.model, out / "calm-k4", tok)
+    save_pretrained(calm.model, out / f"calm-k{K}", tok)
     save_pretrained(base.model, out / "baseline", tok)
     result = {
         "config": asdict(cfg),
         "vocab_size": V,
+        "K": K,
         "window_tokens": L,
         "autoencoder": {"steps": ae_steps, "val_token_accuracy": ae_val["val_acc"],
                         "val_chunk_accuracy": ae_val["val_chunk_acc"], "train_flops": ae_train_flops,
@@ -233,6 +264,9 @@ def main(cfg: BenchConfig) -> dict:
         "curve": {"baseline": base_curve, "calm": calm_curve},
         "target_brier_lm": target,
         "final_brier_lm": {"baseline": target, "calm": calm_curve[-1]["brier_lm"]},
+        "final": final,
+        "goal_brier_lm_interval_excludes_0": final["calm"]["interval_95"]["brier_lm"][0] > 0,
+        "goal_brier_1_ge_half_baseline": final["calm"]["brier_1"] >= 0.5 * final["baseline"]["brier_1"],
         "best_brier_lm": {"baseline": max(p["brier_lm"] for p in base_curve),
                           "calm": max(p["brier_lm"] for p in calm_curve)},  # fmt: skip
         "flops_to_target": {"baseline": base_needed, "calm": calm_needed,
@@ -253,7 +287,7 @@ def main(cfg: BenchConfig) -> dict:
         "generation_tokens_per_s": speed,
         "generation_speedup": speedup,
         "goal_speedup_ge_3": all(v >= 3 for v in speedup.values()),
-        "checkpoints": {k: str(out / k) for k in ("ae-k4", "calm-k4", "baseline")},
+        "checkpoints": {k: str(out / k) for k in (f"ae-k{K}", f"calm-k{K}", "baseline")},
         "wall_seconds": round(time.time() - t_start, 1),
     }
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -279,7 +313,7 @@ def plot_curves(result: dict, path: Path) -> None:
         ax.set_xlabel("cumulative training FLOPs")
         ax.set_title(key.replace("brier_lm", "BrierLM").replace("brier_", "Brier-"))
         ax.legend()
-    fig.suptitle(f"tiny CALM (K=4, l={result['autoencoder']['latent_dim']}) vs tiny token baseline, "
+    fig.suptitle(f"tiny CALM (K={result['K']}, l={result['autoencoder']['latent_dim']}) vs tiny token baseline, "
                  f"validation split")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)

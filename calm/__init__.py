@@ -13,10 +13,10 @@ from typing import Any
 
 # public name -> the submodule that owns it
 _EXPORTS = {
-    "Document": "calm.data",
-    "load_documents": "calm.data",
-    "split_documents": "calm.data",
-    "load_split": "calm.data",
+    "Document": "calm.corpus",
+    "load_documents": "calm.corpus",
+    "split_documents": "calm.corpus",
+    "load_split": "calm.corpus",
     "load_token_ids": "calm.data",
     "make_passages": "calm.data",
     "get_tokenizer": "calm.tokenizer",
@@ -40,7 +40,7 @@ _EXPORTS = {
     "batch_temperature_sample": "calm.sampling",
     "calm_flops": "calm.flops",
     "baseline_flops": "calm.flops",
-    "train_autoencoder": "calm.train",
+    "train_autoencoder": "calm.tasks",
     "JSCCConfig": "calm.jscc",
     "JSCCModel": "calm.jscc",
     "train_jscc": "calm.jscc",

@@ -86,6 +86,9 @@ class BaselineOutput:
 class TokenTransformer(nn.Module):
     """Next-token prediction on the shared backbone."""
 
+    brier_estimator = "probability"
+    """exact next-token probabilities: Brier with the exact accuracy term (calm.brier)"""
+
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__()
         self.config = config

@@ -17,6 +17,9 @@ mean of Brier-1..4.
 - token baseline: the exact teacher-forced probability P(y) = prod_j p(y_j | prefix, y_<j) for the
   accuracy term and two sampled n-token rollouts for the collision term: 2 P(y) - 1{x1 = x2}.
 
+Only the models' sampling interface is used (``brier_estimator``, ``rollouts``): this module imports no
+model class, and the models import it. ``python -m calm.evaluate calm|baseline DIR`` scores a checkpoint.
+
 Both are scored at the same positions: token offsets K, 2K, ... of each passage (the first patch has no
 context for CALM and none for the baseline), counting an n-gram only when it lies inside the passage.
 """
@@ -43,7 +46,6 @@ __all__ = [
     "brier_sums_calm",
     "brier_sums_baseline",
     "evaluate_brier",
-    "evaluate_checkpoint",
 ]
 
 
@@ -121,6 +123,8 @@ class BrierScores:
     """100 * geometric mean of `brier`"""
     counts: list[int] = field(default_factory=list)
     """scored positions for each n"""
+    per_passage: np.ndarray | None = field(default=None, repr=False)
+    """(N, max_n): each passage's mean Brier-n estimate (every passage has the same positions)"""
 
     def as_dict(self) -> dict[str, float]:
         """{"brier_1": .., ..., "brier_lm": ..} for logs and JSON."""
@@ -128,22 +132,40 @@ class BrierScores:
         out["brier_lm"] = self.brier_lm
         return out
 
+    def interval(self, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap intervals over passages: {"brier_1": (low, high), ..., "brier_lm": (low, high)}.
+
+        Passages are the independent units (positions inside one share its context); BrierLM is recomputed
+        from each resample's Brier-1..n, so its interval includes 0 wherever some resample's Brier-n is <= 0.
+        """
+        if self.per_passage is None or len(self.per_passage) < 2:
+            raise ValueError("interval needs the per-passage estimates of two or more passages")
+        rows = np.random.default_rng(seed).integers(0, len(self.per_passage), (resamples, len(self.per_passage)))
+        means = self.per_passage[rows].mean(axis=1)  # (resamples, max_n)
+        lms = np.array([brier_lm(m) for m in means])
+        q = ((1 - level) / 2 * 100, (1 + level) / 2 * 100)
+        out = {f"brier_{n + 1}": tuple(float(v) for v in np.percentile(means[:, n], q)) for n in range(means.shape[1])}
+        out["brier_lm"] = tuple(float(v) for v in np.percentile(lms, q))
+        return out
+
 
 @torch.no_grad()
 def brier_sums_calm(
-    model, ids: torch.Tensor, *, max_n: int = 4, num_samples: int = 2, generator: torch.Generator | None = None
+    model, ids: torch.Tensor, *, max_n: int = 4, num_samples: int = 2, generator: torch.Generator | None = None,
+    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums and counts of the Brier-n estimates of an EnergyTransformer on passages ids (B, L), from
     num_samples (>= 2; the paper: 2) sampled continuations per position.
 
     Returns:
-        (sums (max_n,), counts (max_n,)) over patch boundaries t >= 1 whose next n tokens lie in the passage.
+        (sums (max_n,), counts (max_n,)) over patch boundaries t >= 1 whose next n tokens lie in the passage;
+        with ``per_row`` the sums per passage (B, max_n) and the counts of one passage.
     """
     B, L = ids.shape
     K = model.K
     samples = model.rollouts(ids, max_n, num_samples, generator=generator)  # (B, P, S, max_n)
     P = L // K
-    sums = torch.zeros(max_n, dtype=torch.float64)
+    sums = torch.zeros(B, max_n, dtype=torch.float64)
     counts = torch.zeros(max_n, dtype=torch.long)
     padded = F.pad(ids, (0, max_n))  # tokens past the end never count (masked below)
     for n in range(1, max_n + 1):
@@ -154,10 +176,10 @@ def brier_sums_calm(
         idx = (t * K)[:, None] + torch.arange(n, device=ids.device)[None]  # (T, n)
         y = padded[:, idx]  # (B, T, n)
         x = samples[:, t, :, :n]  # (B, T, S, n)
-        est = brier_from_sample_set(x, y)
-        sums[n - 1] += est.double().sum().cpu()
-        counts[n - 1] += est.numel()
-    return sums, counts
+        est = brier_from_sample_set(x, y)  # (B, T)
+        sums[:, n - 1] += est.double().sum(dim=1).cpu()
+        counts[n - 1] += est.shape[1]
+    return (sums, counts) if per_row else (sums.sum(0), counts * B)
 
 
 @torch.no_grad()
@@ -169,8 +191,10 @@ def brier_sums_baseline(
     max_n: int = 4,
     num_samples: int = 2,
     generator: torch.Generator | None = None,
+    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums and counts of Brier-n estimates (exact accuracy term) of a TokenTransformer on ids (B, L).
+    """Sums and counts of Brier-n estimates (exact accuracy term) of a TokenTransformer on ids (B, L)
+    (``per_row``: the sums per passage (B, max_n) and the counts of one passage).
 
     Scored at token offsets stride, 2*stride, ... whose next n tokens lie in the passage; the collision
     term from num_samples (>= 2) sampled rollouts per position.
@@ -178,7 +202,7 @@ def brier_sums_baseline(
     B, L = ids.shape
     starts = torch.arange(stride, L, stride, device=ids.device)
     logp_true, samples = model.rollouts(ids, starts, max_n, num_samples, generator=generator)  # (B, L), (B, Q, S, n)
-    sums = torch.zeros(max_n, dtype=torch.float64)
+    sums = torch.zeros(B, max_n, dtype=torch.float64)
     counts = torch.zeros(max_n, dtype=torch.long)
     # cumulative log-probability of the true n-gram starting at each position
     padded = F.pad(logp_true, (0, max_n))
@@ -189,10 +213,10 @@ def brier_sums_baseline(
             continue
         idx = s[:, None] + torch.arange(n, device=ids.device)[None]  # (Q', n)
         p_true = padded[:, idx].sum(-1).exp()  # (B, Q')
-        est = brier_from_probability_set(p_true, samples[:, keep, :, :n])
-        sums[n - 1] += est.double().sum().cpu()
-        counts[n - 1] += est.numel()
-    return sums, counts
+        est = brier_from_probability_set(p_true, samples[:, keep, :, :n])  # (B, Q')
+        sums[:, n - 1] += est.double().sum(dim=1).cpu()
+        counts[n - 1] += est.shape[1]
+    return (sums, counts) if per_row else (sums.sum(0), counts * B)
 
 
 @torch.no_grad()
@@ -208,79 +232,38 @@ def evaluate_brier(
 ) -> BrierScores:
     """Brier-1..max_n and BrierLM of a CALM EnergyTransformer or a TokenTransformer on passages (N, L).
 
+    Only the sampling interface is used: a model with ``brier_estimator = "samples"`` (CALM: ``K`` and
+    ``rollouts(ids, max_n, S)`` -> sampled continuations at patch boundaries) or ``"probability"`` (the token
+    baseline: ``rollouts(ids, starts, max_n, S)`` -> the true tokens' log-probabilities and sampled rollouts).
+
     For the baseline, `stride` defaults to 4 (the K of the CALM models it is compared with).
     num_samples: sampled continuations per position (>= 2); the paper's estimator uses 2, more only
     lower the variance (the estimate stays unbiased).
     """
     if num_samples < 2:
         raise ValueError(f"evaluate_brier: num_samples must be >= 2, got {num_samples}")
-    from calm.baseline import TokenTransformer
-    from calm.energy_transformer import EnergyTransformer
-
+    estimator = getattr(model, "brier_estimator", None)
+    if estimator not in ("samples", "probability"):
+        raise ValueError(f"evaluate_brier: unsupported model type {type(model).__name__} (it declares no "
+                         "brier_estimator: 'samples' with rollouts(ids, n, S) or 'probability' with "
+                         "rollouts(ids, starts, n, S))")
     device = next(model.parameters()).device
     data = torch.as_tensor(np.asarray(passages), dtype=torch.long)
     was_training = model.training
     model.eval()
-    sums = torch.zeros(max_n, dtype=torch.float64)
-    counts = torch.zeros(max_n, dtype=torch.long)
+    rows, counts = [], torch.zeros(max_n, dtype=torch.long)
     for i in range(0, len(data), batch_size):
         ids = data[i : i + batch_size].to(device)
-        if isinstance(model, EnergyTransformer):
-            s, c = brier_sums_calm(model, ids, max_n=max_n, num_samples=num_samples, generator=generator)
-        elif isinstance(model, TokenTransformer):
-            s, c = brier_sums_baseline(model, ids, stride=stride or 4, max_n=max_n, num_samples=num_samples,
-                                       generator=generator)  # fmt: skip
+        if estimator == "samples":
+            s, c = brier_sums_calm(model, ids, max_n=max_n, num_samples=num_samples, generator=generator, per_row=True)
         else:
-            raise ValueError(f"evaluate_brier: unsupported model type {type(model).__name__}")
-        sums += s
-        counts += c
+            s, c = brier_sums_baseline(model, ids, stride=stride or 4, max_n=max_n, num_samples=num_samples,
+                                       generator=generator, per_row=True)  # fmt: skip
+        rows.append(s)
+        counts = c  # the same positions in every passage (one length L)
     model.train(was_training)
-    briers = (sums / counts.clamp(min=1)).tolist()
-    return BrierScores(brier=briers, brier_lm=brier_lm(briers), counts=counts.tolist())
-
-
-def evaluate_checkpoint(
-    directory: str,
-    *,
-    model_type: str,
-    corpus: str = "kjv+shakespeare",
-    split: str = "test",
-    max_passages: int = 64,
-    seed: int = 0,
-    num_samples: int = 2,
-    json_path: str | None = None,
-) -> BrierScores:
-    """Brier-1..4 and BrierLM of a calm or baseline checkpoint on a held-out split (`python -m calm.evaluate`).
-
-    Passages are windows of the model's training length (calm: max_patches * K, baseline: max_positions),
-    up to max_passages of them drawn with `seed`. Prints a table and writes JSON (default
-    <checkpoint>/eval_brier_<split>.json).
-    """
-    import json
-    from pathlib import Path
-
-    from calm.backbone import default_device
-    from calm.checkpoint import load_config, load_pretrained
-    from calm.data import load_token_ids, make_passages
-
-    meta = load_config(directory)
-    if meta["model_type"] != model_type:
-        raise ValueError(f"{directory} holds a {meta['model_type']!r} checkpoint, not {model_type!r}")
-    device = default_device()
-    model, tokenizer = load_pretrained(directory, device=device)
-    c = model.config
-    length = c.max_patches * c.K if model_type == "calm" else c.max_positions
-    ids = load_token_ids(corpus, tokenizer, split, progress=False)
-    passages = make_passages(ids, length, max_passages=max_passages, seed=seed)
-    scores = evaluate_brier(model, passages, num_samples=num_samples,
-                            generator=torch.Generator(device=device).manual_seed(seed))
-    print(f"{model_type} {directory}  {split} split, {len(passages)} passages of {length} tokens, "
-          f"{num_samples} samples per position")
-    for n, b in enumerate(scores.brier, start=1):
-        print(f"  Brier-{n}  {b:.4f}   ({scores.counts[n - 1]} positions)")
-    print(f"  BrierLM  {scores.brier_lm:.2f}")
-    out = Path(json_path) if json_path else Path(directory) / f"eval_brier_{split}.json"
-    out.write_text(json.dumps({"checkpoint": str(directory), "model_type": model_type, "corpus": corpus,
-                               "split": split, "passages": len(passages), "length": length, "samples": num_samples,
-                               **scores.as_dict(), "counts": scores.counts}, indent=1) + "\n")  # fmt: skip
-    return scores
+    sums = torch.cat(rows)  # (N, max_n)
+    briers = (sums.sum(0) / (counts * len(sums)).clamp(min=1)).tolist()
+    per_passage = (sums / counts.clamp(min=1)).numpy()
+    return BrierScores(brier=briers, brier_lm=brier_lm(briers), counts=(counts * len(sums)).tolist(),
+                       per_passage=per_passage)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calm.autoencoder import Autoencoder, AutoencoderConfig
+from calm.autoencoder import Autoencoder, AutoencoderConfig, manifold_distance
 from calm.backbone import Backbone, BackboneConfig, Branches
 from calm.config import DictConfig
 from calm.lm_task import WindowTask
@@ -43,9 +43,15 @@ __all__ = [
     "EnergyOutput",
     "energy_loss",
     "energy_terms",
+    "ON_MANIFOLD_TOL",
     "PRESETS",
     "preset",
 ]
+
+#: a head sample counts as on the autoencoder's manifold within this distance of the re-encoding of its own
+#: decoded tokens (the audit's threshold: real latents of the tiny K = 4 model lie at a median 0.5, its head
+#: samples at 2.9)
+ON_MANIFOLD_TOL = 1.5
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,6 +230,9 @@ class EnergyTransformerConfig(DictConfig):
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, head_blocks=1,
                  head_intermediate_size=128, max_patches=64),
+    # the CPU-scale CALM on the tiny-k2 autoencoder: the same backbone over 128 patches of K = 2 (256 tokens)
+    "tiny-k2": dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352, head_blocks=1,
+                    head_intermediate_size=128, max_patches=128),
     "S": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=2048, head_blocks=3,
               head_intermediate_size=768),
     "M": dict(hidden_size=1024, num_layers=16, num_heads=16, intermediate_size=2752, head_blocks=4,
@@ -263,6 +272,9 @@ class EnergyOutput:
 
 class EnergyTransformer(nn.Module):
     """Backbone over patches + energy head, with a frozen autoencoder inside."""
+
+    brier_estimator = "samples"
+    """CALM can only sample: Brier from sampled continuations (calm.brier)"""
 
     def __init__(self, config: EnergyTransformerConfig, autoencoder: Autoencoder | None = None) -> None:
         super().__init__()
@@ -455,6 +467,24 @@ class EnergyTransformer(nn.Module):
         return torch.cat(chunks, dim=1)[:, :max_new_tokens]
 
     @torch.no_grad()
+    def on_manifold(self, ids: torch.Tensor, *, num_samples: int = 2, tol: float = ON_MANIFOLD_TOL,
+                    generator: torch.Generator | None = None) -> dict[str, float]:
+        """Whether the head's samples land on the autoencoder's manifold (``calm.autoencoder.manifold_distance``).
+
+        At every patch of ids (B, L), teacher-forced, ``num_samples`` head samples are drawn. Returns the
+        fraction within ``tol`` of the re-encoding of their own decoded tokens (``on_manifold``), their median
+        distance, and the median distance of the real chunks' latent means (the reference a good model's
+        samples should match). The progress the energy loss hides: a blob around the context mean has a
+        near-optimal energy and almost no sample on the manifold.
+        """
+        self._check_ids(ids)
+        z = self.head.sample(self.hidden(ids), num_samples, generator=generator)  # (B, P, S, l)
+        samples = manifold_distance(self.autoencoder, z)
+        data = manifold_distance(self.autoencoder, self.autoencoder.encode(ids)[0])
+        return {"on_manifold": float((samples <= tol).float().mean()), "sample_distance": float(samples.median()),
+                "data_distance": float(data.median())}
+
+    @torch.no_grad()
     def rollouts(
         self, ids: torch.Tensor, num_tokens: int, num_samples: int, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -533,7 +563,7 @@ class CalmTask(WindowTask):
 
     @torch.no_grad()
     def validate(self, model: EnergyTransformer, windows: torch.Tensor) -> dict[str, float]:
-        """Held-out energy loss and Brier-1..4 / BrierLM (fixed seed)."""
+        """Held-out energy loss, Brier-1..4 / BrierLM and the head samples' on-manifold fraction (fixed seed)."""
         from calm.brier import evaluate_brier
 
         device = next(model.parameters()).device
@@ -543,5 +573,7 @@ class CalmTask(WindowTask):
         energy = sum(model(windows[i : i + 16], generator=gen).loss.item() * len(windows[i : i + 16])
                      for i in range(0, len(windows), 16)) / len(windows)  # fmt: skip
         scores = evaluate_brier(model, windows, num_samples=self.brier_samples, generator=gen)
+        manifold = model.on_manifold(windows[:64], generator=gen)
         model.train(was_training)
-        return {"val_energy": energy, **{f"val_{k}": v for k, v in scores.as_dict().items()}}
+        return {"val_energy": energy, **{f"val_{k}": v for k, v in scores.as_dict().items()},
+                **{f"val_{k}": v for k, v in manifold.items()}}

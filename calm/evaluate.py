@@ -2,7 +2,7 @@
 
     python -m calm.evaluate autoencoder runs/ae-k4 [--corpus kjv+shakespeare] [--split test]
         [--max-chunks N] [--sigmas 0.1,0.2,0.3,0.5,1.0] [--json PATH]
-    python -m calm.evaluate calm|baseline DIR [--split test] [--max-passages 64]   (BrierLM, calm.brier)
+    python -m calm.evaluate calm|baseline DIR [--split test] [--max-passages 64]   (BrierLM; calm: on-manifold)
 
 For the autoencoder: token accuracy and exact-chunk accuracy of greedy reconstruction from mu; the same
 when Gaussian noise of standard deviation sigma is added to mu (the latent robustness CALM relies on);
@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from calm.autoencoder import Autoencoder
+from calm.brier import BrierScores, evaluate_brier
 
 __all__ = ["AutoencoderReport", "COLLAPSE_THRESHOLD", "DEFAULT_SIGMAS", "chunk_stream", "evaluate_autoencoder",
-           "format_report", "main"]
+           "evaluate_checkpoint", "format_report", "main"]
 
 DEFAULT_SIGMAS = (0.1, 0.2, 0.3, 0.5, 1.0)
 COLLAPSE_THRESHOLD = 0.01
@@ -157,6 +158,58 @@ def format_report(report: AutoencoderReport) -> str:
     return "\n".join(lines)
 
 
+def evaluate_checkpoint(
+    directory: str,
+    *,
+    model_type: str,
+    corpus: str = "kjv+shakespeare",
+    split: str = "test",
+    max_passages: int = 64,
+    seed: int = 0,
+    num_samples: int = 2,
+    json_path: str | None = None,
+) -> BrierScores:
+    """Brier-1..4 and BrierLM of a calm or baseline checkpoint on a held-out split (`python -m calm.evaluate`);
+    for calm also the on-manifold fraction of its head's samples (``EnergyTransformer.on_manifold``).
+
+    Passages are windows of the model's training length (calm: max_patches * K, baseline: max_positions),
+    up to max_passages of them drawn with `seed`. Prints a table and writes JSON (default
+    <checkpoint>/eval_brier_<split>.json).
+    """
+    from calm.backbone import default_device
+    from calm.checkpoint import load_config, load_pretrained
+    from calm.data import load_token_ids, make_passages
+
+    meta = load_config(directory)
+    if meta["model_type"] != model_type:
+        raise ValueError(f"{directory} holds a {meta['model_type']!r} checkpoint, not {model_type!r}")
+    device = default_device()
+    model, tokenizer = load_pretrained(directory, device=device)
+    c = model.config
+    length = c.max_patches * c.K if model_type == "calm" else c.max_positions
+    ids = load_token_ids(corpus, tokenizer, split, progress=False)
+    passages = make_passages(ids, length, max_passages=max_passages, seed=seed)
+    scores = evaluate_brier(model, passages, num_samples=num_samples,
+                            generator=torch.Generator(device=device).manual_seed(seed))
+    print(f"{model_type} {directory}  {split} split, {len(passages)} passages of {length} tokens, "
+          f"{num_samples} samples per position")
+    for n, b in enumerate(scores.brier, start=1):
+        print(f"  Brier-{n}  {b:.4f}   ({scores.counts[n - 1]} positions)")
+    print(f"  BrierLM  {scores.brier_lm:.2f}")
+    manifold = {}
+    if model_type == "calm":  # the head's samples: on the autoencoder's manifold, or a blob between its codes
+        manifold = model.on_manifold(torch.as_tensor(passages[:64], dtype=torch.long, device=device),
+                                     generator=torch.Generator(device=device).manual_seed(seed))
+        print(f"  on-manifold {100 * manifold['on_manifold']:.1f}% of head samples (distance to the re-encoding "
+              f"of their decoded tokens: median {manifold['sample_distance']:.3f}, real chunks "
+              f"{manifold['data_distance']:.3f})")
+    out = Path(json_path) if json_path else Path(directory) / f"eval_brier_{split}.json"
+    out.write_text(json.dumps({"checkpoint": str(directory), "model_type": model_type, "corpus": corpus,
+                               "split": split, "passages": len(passages), "length": length, "samples": num_samples,
+                               **scores.as_dict(), **manifold, "counts": scores.counts}, indent=1) + "\n")  # fmt: skip
+    return scores
+
+
 def main(argv: list[str] | None = None) -> AutoencoderReport:
     """CLI entry point (see the module docstring)."""
     from calm.checkpoint import load_pretrained
@@ -184,8 +237,6 @@ def main(argv: list[str] | None = None) -> AutoencoderReport:
         q.add_argument("--json", default=None, help="output path (default <checkpoint>/eval_brier_<split>.json)")
     args = parser.parse_args(argv)
     if args.model in ("calm", "baseline"):
-        from calm.brier import evaluate_checkpoint
-
         return evaluate_checkpoint(args.checkpoint, model_type=args.model, corpus=args.corpus, split=args.split,
                                    max_passages=args.max_passages, seed=args.seed, num_samples=args.samples,
                                    json_path=args.json)

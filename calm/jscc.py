@@ -29,7 +29,7 @@ Channels (sigma = 10^(-SNR_dB / 20), unit signal power):
     erasure   each symbol zeroed with probability erasure_p, then AWGN (the receiver is not told which)
 
 Training runs through ``calm.train`` (``JSCCTask``, registered as ``jscc``): in process with
-``calm.train.train_local`` / ``train_jscc``, or ``python -m calm.train jscc --ae DIR --channel-uses 16 --out DIR``.
+``calm.loop.train_local`` / ``train_jscc``, or ``python -m calm.train jscc --ae DIR --channel-uses 16 --out DIR``.
 
 Dim letters: B batch, L tokens per passage, K tokens per chunk, N = L/K chunks, l latent size, D = N*l
 latent coordinates, n channel uses, d hidden width, V vocabulary, G condition groups, C sampled-softmax ids.
@@ -536,7 +536,7 @@ def train_jscc(
     autoencoder: Autoencoder | None = None,
     **train_overrides,
 ) -> JSCCModel:
-    """A briefly trained JSCC adapter, in this process (``calm.train.train_local``, the tiny preset's schedule).
+    """A briefly trained JSCC adapter, in this process (``calm.loop.train_local``, the tiny preset's schedule).
 
     Args:
         config: the adapter config (``preset("tiny", ae.config, channel_uses=n, passage_length=L)``).
@@ -553,7 +553,7 @@ def train_jscc(
     Raises:
         NonFiniteLossError: the loss became NaN or inf.
     """
-    from calm.train import NonFiniteLossError, TrainConfig, train_local
+    from calm.loop import NonFiniteLossError, TrainConfig, train_local
 
     tiny = JSCCTask.train_presets["tiny"]
     defaults = {**tiny, "warmup": min(tiny["warmup"], max(1, steps // 10))}

@@ -20,6 +20,9 @@ class WindowTask:
     # (lr 3e-4, warmup 2000, wd 0.1)
     train_presets: dict[str, dict] = {
         "tiny": dict(steps=3000, batch_size=16, lr=1e-3, warmup=100, val_every=250, checkpoint_every=250),
+        # 16 windows of 128 patches, 2 micro-batches: 4,096 patches per optimiser step on one worker
+        "tiny-k2": dict(steps=3000, batch_size=16, grad_accum=2, lr=1e-3, warmup=100, val_every=250,
+                        checkpoint_every=250),
         **{k: dict(steps=250_000, batch_size=64, lr=3e-4, warmup=2000) for k in ("S", "M", "L", "XL")},
     }
 

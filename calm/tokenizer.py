@@ -24,6 +24,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from calm.corpus import cache_root, load_split
+
 __all__ = [
     "PAD_ID",
     "EOT_ID",
@@ -49,14 +51,6 @@ GPT2_VOCAB_SIZE = 50257
 # CPU presets train on this vocabulary: small embedding tables make CPU training several times faster
 DEFAULT_TOKENIZER = "bpe:8192"
 MIN_BPE_SIZE = 260  # 256 bytes + specials, and room for a few merges
-
-
-def cache_root() -> Path:
-    """The folder for cached tokenizers and token arrays (``$LATENTCOMM_CACHE`` or ``~/.cache/latentcomm``)."""
-    root = os.environ.get("LATENTCOMM_CACHE") or os.path.join(Path.home(), ".cache", "latentcomm")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _wrap(backend: Tokenizer, *, eot: str, pad: str) -> PreTrainedTokenizerFast:
@@ -90,8 +84,6 @@ def _gpt2() -> PreTrainedTokenizerFast:
 
 def _train_bpe(size: int, corpus: str) -> Tokenizer:
     from tokenizers import ByteLevelBPETokenizer
-
-    from calm.data import load_split
 
     docs = load_split(corpus, "train")
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,26 @@ def test_baseline_estimator_is_unbiased_for_a_real_model(S):
 def test_evaluate_brier_rejects_unknown_models():
     with pytest.raises(ValueError, match="unsupported model"):
         evaluate_brier(torch.nn.Linear(2, 2), torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_bootstrap_interval_over_passages():
+    from calm.brier import BrierScores, brier_lm
+
+    rng = np.random.default_rng(0)
+    per = np.clip(rng.normal([0.2, 0.05, 0.01, 0.004], [0.05, 0.02, 0.01, 0.01], size=(200, 4)), -1, 1)
+    means = per.mean(0)
+    scores = BrierScores(brier=means.tolist(), brier_lm=brier_lm(means), counts=[1] * 4, per_passage=per)
+    ci = scores.interval(resamples=500)
+    for n in range(4):
+        low, high = ci[f"brier_{n + 1}"]
+        assert low < means[n] < high
+        se = per[:, n].std(ddof=1) / np.sqrt(len(per))
+        assert high - low == pytest.approx(2 * 1.96 * se, rel=0.2)  # the normal interval, roughly
+    # every Brier-n is clearly positive (Brier-4: mean 0.004, SE 0.0007), so BrierLM's interval excludes 0
+    assert ci["brier_lm"][0] > 0 and ci["brier_lm"][0] < scores.brier_lm < ci["brier_lm"][1]
+    # a Brier-n whose interval includes 0 puts 0 inside BrierLM's
+    per[:, 3] = rng.normal(0.0, 0.01, 200)
+    weak = BrierScores(brier=per.mean(0).tolist(), brier_lm=brier_lm(per.mean(0)), counts=[1] * 4, per_passage=per)
+    assert weak.interval(resamples=500)["brier_lm"][0] == 0.0
+    with pytest.raises(ValueError, match="two or more"):
+        BrierScores(brier=[0.1], brier_lm=10.0).interval()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import math
 
 import pytest
 import torch
@@ -198,7 +200,9 @@ def test_train_task_checkpoints_generate_and_evaluate(tmp_path, tokenizer, capsy
     common = dict(batch_size=2, warmup=1, val_every=2, checkpoint_every=2, val_size=16, lr=1e-3)
     first = train_local(task, stream, TrainConfig(steps=2, **common), val_ids=stream[:512], tokenizer=tokenizer,
                         checkpoint_dir=tmp_path / "ck")  # fmt: skip
-    assert {"val_energy", "val_brier_1", "val_brier_lm"} <= set(first.history[-1])
+    assert {"val_energy", "val_brier_1", "val_brier_lm", "val_on_manifold", "val_sample_distance",
+            "val_data_distance"} <= set(first.history[-1])
+    assert 0.0 <= first.history[-1]["val_on_manifold"] <= 1.0
     # the frozen autoencoder inside is the checkpoint's, untouched by training
     for k, v in ae.state_dict().items():
         torch.testing.assert_close(first.model.autoencoder.state_dict()[k], v)
@@ -215,8 +219,55 @@ def test_train_task_checkpoints_generate_and_evaluate(tmp_path, tokenizer, capsy
     assert printed.startswith("In the beginning") and len(texts) == 1 and texts[0]
     scores = evaluate.main(["calm", str(tmp_path / "calm"), "--max-passages", "2"])
     assert len(scores.brier) == 4 and scores.counts[0] > 0
-    assert "BrierLM" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "BrierLM" in out and "on-manifold" in out
+    assert {"on_manifold", "sample_distance", "data_distance"} <= set(
+        json.loads((tmp_path / "calm" / "eval_brier_test.json").read_text()))
     more = evaluate.main(["calm", str(tmp_path / "calm"), "--max-passages", "2", "--samples", "6"])
     assert more.counts == scores.counts and "6 samples per position" in capsys.readouterr().out
     with pytest.raises(ValueError, match="num_samples must be >= 2"):
         evaluate.main(["calm", str(tmp_path / "calm"), "--max-passages", "2", "--samples", "1"])
+
+
+class _Codebook:
+    """A synthetic autoencoder (K = 1) whose manifold is a codebook: token v <-> the point c_v, and a vector
+    decodes to its nearest point. ``manifold_distance`` of z is then exactly its distance to that point."""
+
+    def __init__(self, points: torch.Tensor) -> None:
+        self.points = points  # (V, l)
+
+    def encode(self, ids: torch.Tensor):
+        return self.points[ids], torch.zeros_like(self.points[ids])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return -torch.cdist(z, self.points.expand(z.shape[0], -1, -1))  # (B, n, V): argmax = nearest point
+
+
+def test_manifold_distance_on_a_synthetic_manifold():
+    from calm.autoencoder import manifold_distance
+
+    points = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    ae = _Codebook(points)
+    z = torch.tensor([[0.0, 0.0], [4.0, 0.0], [1.0, 0.0], [3.0, 0.5], [2.0, 2.0], [0.0, 3.9]])
+    expected = torch.tensor([0.0, 0.0, 1.0, math.hypot(1.0, 0.5), math.hypot(2.0, 2.0), 0.1])
+    torch.testing.assert_close(manifold_distance(ae, z), expected)
+    # any leading shape, and pieces smaller than the input give the same answer
+    torch.testing.assert_close(manifold_distance(ae, z.view(2, 3, 2), batch=2), expected.view(2, 3))
+    # a blob around the codebook's mean: mostly off the manifold; samples at the points: all on it
+    # (the mean (4, 4) of the points (0, 0), (12, 0), (0, 12) is 5.7 from each: the blob stays > 4 away)
+    wide = _Codebook(3 * points)
+    blob = 3 * points.mean(0) + 0.3 * torch.randn(1000, 2, generator=torch.Generator().manual_seed(0))
+    assert (manifold_distance(wide, blob) > 4.0).all()
+    assert (manifold_distance(wide, 3 * points[torch.randint(0, 3, (100,))]) == 0).all()
+
+
+def test_k2_presets_fit_together():
+    from calm.autoencoder import preset as ae_preset_
+    from calm.energy_transformer import preset as calm_preset
+    from calm.lm_task import WindowTask
+
+    ae = ae_preset_("tiny-k2", vocab_size=300)
+    calm = calm_preset("tiny-k2", ae)
+    assert (ae.K, ae.latent_dim, calm.K, calm.max_patches) == (2, 16, 2, 128)
+    train = WindowTask.train_presets["tiny-k2"]
+    assert train["batch_size"] * train["grad_accum"] * calm.max_patches >= 4096  # patches per step, one worker

@@ -10,12 +10,12 @@ from tokenizers import ByteLevelBPETokenizer
 
 from calm.autoencoder import AutoencoderConfig
 from calm.checkpoint import load_pretrained, read_safetensors
+from calm.loop import lr_at
 from calm.ray_runtime import init_ray
 from calm.tokenizer import load_tokenizer
 from calm.train import (
     AutoencoderTask,
     TrainConfig,
-    lr_at,
     newest_checkpoint,
     train_local,
 )
@@ -157,3 +157,35 @@ def test_ray_two_workers_checkpoint_then_resume(tmp_path, monkeypatch, ray_clust
     newest = read_safetensors(newest_checkpoint(out / "ray") / "model.safetensors")
     for k, v in model.state_dict().items():
         assert torch.equal(v, newest[k]), k
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    """grad_accum = 2: micro-batch 0 is the batch a step without accumulation draws, micro-batch 1 comes from
+    [seed, step, rank, 1]; the update uses the mean of their gradients and the logged loss is their mean."""
+    from calm.loop import _accumulate, step_seed
+
+    task, ids = tiny_task(300), stream()
+    cfg1, cfg2 = TrainConfig(steps=1, batch_size=8, seed=3), TrainConfig(steps=1, batch_size=8, seed=3, grad_accum=2)
+    torch.manual_seed(0)
+    model = task.build_model()
+    grads, losses = [], []
+    for m in range(2):
+        model.zero_grad(set_to_none=True)
+        rng = np.random.default_rng([3, 7, 0] if m == 0 else [3, 7, 0, m])
+        gen = torch.Generator().manual_seed(step_seed(3, 7, 0, 1 if m == 0 else 100 + m))
+        loss, _ = task.loss(model, task.sample_batch(ids, rng, 8), gen)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        losses.append(loss.item())
+    model.zero_grad(set_to_none=True)
+    single, _ = _accumulate(task, model, model, ids, cfg1, 7, 0, torch.device("cpu"), False)
+    assert single.item() == pytest.approx(losses[0])
+    for p, g in zip(model.parameters(), grads[0]):
+        torch.testing.assert_close(p.grad, g)
+    model.zero_grad(set_to_none=True)
+    mean, metrics = _accumulate(task, model, model, ids, cfg2, 7, 0, torch.device("cpu"), False)
+    assert mean.item() == pytest.approx(sum(losses) / 2) and set(metrics)
+    for p, g0, g1 in zip(model.parameters(), grads[0], grads[1]):
+        torch.testing.assert_close(p.grad, (g0 + g1) / 2)
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(grad_accum=0)

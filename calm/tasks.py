@@ -1,0 +1,63 @@
+"""The model kinds ``calm.train`` can train: subcommand name -> task class, and an in-process helper.
+
+A task lives next to its model (``AutoencoderTask``, ``CalmTask``, ``BaselineTask``, ``JSCCTask``); a new
+model kind is a new task class plus one line in ``TASKS``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from calm.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderTask
+from calm.baseline import BaselineTask
+from calm.energy_transformer import CalmTask
+from calm.jscc import JSCCTask
+from calm.loop import NonFiniteLossError, TrainConfig, train_local
+
+__all__ = ["TASKS", "TRAIN_PRESETS", "train_autoencoder"]
+
+# subcommand name -> task class. A task class has: name, config_cls (with to_dict/from_dict), presets,
+# build_model(), sample_batch(ids, rng, batch_size), loss(model, batch, generator), validation_set(ids, n),
+# validate(model, val_set).
+TASKS: dict[str, type] = {"autoencoder": AutoencoderTask, "calm": CalmTask, "baseline": BaselineTask,
+                          "jscc": JSCCTask}
+# each also has ``make_config(preset, vocab_size=, pad_id=, overrides=, **cli_args)`` and ``train_presets``
+# (TrainConfig defaults per preset); the language-model tasks have ``tokens_per_example``.
+TRAIN_PRESETS = AutoencoderTask.train_presets  # the autoencoder's TrainConfig defaults (train_autoencoder uses them)
+
+
+def train_autoencoder(
+    config: AutoencoderConfig,
+    train_ids: np.ndarray,
+    *,
+    steps: int,
+    val_ids: np.ndarray | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    **train_overrides,
+) -> Autoencoder:
+    """A briefly trained autoencoder, in this process, in seconds for a tiny config.
+
+    Args:
+        config: the model config (its vocab_size must cover ``train_ids``).
+        train_ids: flat int token stream.
+        steps: optimiser steps.
+        val_ids: optional stream to validate on (history is printed when ``progress``).
+        seed: seeds init, data order and noise.
+        **train_overrides: any other ``TrainConfig`` field (lr, batch_size, warmup, ...).
+
+    Returns:
+        The trained model in eval mode; its ``trained_steps`` attribute holds the optimiser steps that ran
+        (fewer than ``steps`` when a ``time_limit`` override stopped training).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or inf.
+    """
+    defaults = {**TRAIN_PRESETS["tiny"], "warmup": min(TRAIN_PRESETS["tiny"]["warmup"], max(1, steps // 10))}
+    cfg = TrainConfig(**{**defaults, "steps": steps, "seed": seed, "val_every": steps, "checkpoint_every": steps,
+                         **train_overrides})
+    result = train_local(AutoencoderTask(config), train_ids, cfg, val_ids=val_ids, progress=progress)
+    if result.stopped:
+        raise NonFiniteLossError(result.stopped)
+    result.model.trained_steps = result.step
+    return result.model
