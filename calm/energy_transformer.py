@@ -473,14 +473,16 @@ class EnergyTransformer(nn.Module):
 
         At every patch of ids (B, L), teacher-forced, ``num_samples`` head samples are drawn. Returns the
         fraction within ``tol`` of the re-encoding of their own decoded tokens (``on_manifold``), their median
-        distance, and the median distance of the real chunks' latent means (the reference a good model's
-        samples should match). The progress the energy loss hides: a blob around the context mean has a
+        distance, and the median distance of posterior samples of the real chunks (the targets the head is
+        trained on: the reference a good model's samples should match). The progress the energy loss hides: a blob around the context mean has a
         near-optimal energy and almost no sample on the manifold.
         """
         self._check_ids(ids)
         z = self.head.sample(self.hidden(ids), num_samples, generator=generator)  # (B, P, S, l)
         samples = manifold_distance(self.autoencoder, z)
-        data = manifold_distance(self.autoencoder, self.autoencoder.encode(ids)[0])
+        mu, log_sigma = self.autoencoder.encode(ids)  # the targets the head is trained on: posterior samples
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        data = manifold_distance(self.autoencoder, mu + log_sigma.exp() * eps)
         return {"on_manifold": float((samples <= tol).float().mean()), "sample_distance": float(samples.median()),
                 "data_distance": float(data.median())}
 
