@@ -21,6 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -203,8 +204,6 @@ def _accumulate(task, model: nn.Module, wrapped: nn.Module, train_ids: np.ndarra
     step without accumulation does; micro-batch m > 0 from ``[seed, step, rank, m]`` and stream 100 + m. Under
     DDP only the last backward all-reduces the gradients.
     """
-    from contextlib import nullcontext
-
     n = cfg.grad_accum
     total, sums = torch.zeros((), device=device), {}
     for m in range(n):

@@ -267,16 +267,17 @@ def game_seed(seed: int, step: int) -> int:
 
 
 def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
-          episodes: int) -> dict:
+          episodes: int, text: bool = True) -> dict:
     """``episodes`` passages of the trial sent with agent protocol ``key`` (None: nothing can be sent, the
-    listener guesses the source model's most likely token): per-passage metrics and the first decode."""
+    listener guesses the source model's most likely token): per-passage metrics and the first decode.
+    ``text=False`` (the oracle's pilot plays, which only compare token accuracy): no detokenising, no chrF."""
     import environments
 
     n, B = spec["channel_uses"], min(settings["batch_size"], episodes)
     env = environments.make("reconstruction_v0", passages=passages, channel_uses=n, batch_size=B, channel=channel,
                             vocab_size=settings["vocab_size"])
     speak = SpeakerPolicy(speaker, key, channel=channel) if key else None  # SNR-adaptive protocols are told it
-    tok = cached_tokenizer(settings["tokenizer_path"])
+    tok = cached_tokenizer(settings["tokenizer_path"]) if text else None
     parts, first = [], None
     for step in range(episodes // B):
         obs, _ = env.reset(seed=game_seed(spec["seed"], step))
@@ -288,10 +289,10 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
             heard = obs["listener"]
             decoded = np.asarray(call(listener, "decode", key, heard["received"], channel, heard["gain"]),
                                  dtype=np.int64)
-        texts = (tok.batch_decode(decoded.tolist()), tok.batch_decode(target.tolist()))
+        texts = (tok.batch_decode(decoded.tolist()), tok.batch_decode(target.tolist())) if text else None
         parts.append(passage_metrics(decoded, target, settings["K"], texts))
-        first = (texts[0][0], texts[1][0]) if first is None else first
-    metrics = {m: np.concatenate([p[m] for p in parts]) for m in METRICS}
+        first = (texts[0][0], texts[1][0]) if first is None and text else first
+    metrics = {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
     return {"metrics": metrics, "example": first, "key": key}
 
 
@@ -308,7 +309,8 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
     if len(keys) > 1:  # oracle rate adaptation: every MCS plays `pilot` passages drawn from the trial's seed
         # (the same passages and noise for each), the best one then plays the whole trial
         pilot = min(settings["pilot"], settings["episodes"])
-        trials = [_play(key, spec, speaker, listener, passages, channel, settings, episodes=pilot) for key in keys]
+        trials = [_play(key, spec, speaker, listener, passages, channel, settings, episodes=pilot, text=False)
+                  for key in keys]
         keys = [max(trials, key=lambda r: r["metrics"]["token_accuracy"].mean())["key"]]
     best = _play(keys[0], spec, speaker, listener, passages, channel, settings, episodes=settings["episodes"])
     capacity = n * channel.capacity_per_use()

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.tables import fmt_snr, snr_at_target, snr_db_header
+
 __all__ = ["console_summary", "examples", "passage_metrics", "pooled", "snr_at_accuracy", "snr_gap", "write_report"]
 
 GROUP = ["protocol", "channel", "rho", "channel_uses"]
@@ -74,28 +76,9 @@ def pooled(frame):
 
 
 def snr_at_accuracy(table, target: float = 0.9, metric: str = "token_accuracy"):
-    """Per (protocol, channel, rho): the SNR (dB) where ``metric`` first reaches ``target``, interpolated in dB.
-
-    ``-inf``: reached at the lowest SNR of the grid; ``inf``: not reached at any finite SNR.
-    """
-    import pandas as pd
-
-    out = []
-    for key, g in table.groupby(GROUP, sort=False):
-        g = g[np.isfinite(g["snr_db"])].sort_values("snr_db")
-        snr, value = g["snr_db"].to_numpy(), g[metric].to_numpy()
-        at = math.inf
-        if len(snr) and value[0] >= target:
-            at = -math.inf
-        else:
-            for i in range(1, len(snr)):
-                if value[i] >= target > value[i - 1]:
-                    at = float(snr[i - 1] + (target - value[i - 1]) / (value[i] - value[i - 1]) * (snr[i] - snr[i - 1]))
-                    break
-        out.append({**dict(zip(GROUP, key)), "snr_db_at_target": at,
-                    "snr_db_lo": float(snr[0]) if len(snr) else math.nan,
-                    "snr_db_hi": float(snr[-1]) if len(snr) else math.nan})
-    return pd.DataFrame(out)
+    """Per (protocol, channel, rho): the SNR (dB) where ``metric`` first reaches ``target``, interpolated in dB
+    (``experiments.tables.snr_at_target``: ``-inf`` reached at the lowest SNR of the grid, ``inf`` never)."""
+    return snr_at_target(table, GROUP, metric, target)
 
 
 def _snr_for(snr: np.ndarray, value: np.ndarray, level: float) -> float:
@@ -178,18 +161,6 @@ def gap_table(table, a: str = "jscc", b: str = "separation") -> str:
     return "\n".join(lines)
 
 
-def _fmt_snr(value: float, lo: float, hi: float) -> str:
-    if value == -math.inf:
-        return f"< {lo:.1f}"
-    if value == math.inf:
-        return f"> {hi:.1f}"
-    return f"{value:.1f}"
-
-
-def _snr_header(sigma: float) -> str:
-    return "inf" if sigma == 0 else f"{-20 * math.log10(sigma) + 0.0:.1f}"
-
-
 def console_summary(frame, metric: str = "token_accuracy") -> str:
     """Pooled ``metric`` as one table per (channel, rho): a row per protocol, a column per SNR, the bound."""
     if not len(frame):
@@ -199,7 +170,7 @@ def console_summary(frame, metric: str = "token_accuracy") -> str:
     for (channel, rho, n), t in table.groupby(["channel", "rho", "channel_uses"], sort=False):
         sigmas = sorted(t["sigma"].unique())
         lines = [f"{channel}, rho={rho:g} (n={n}): {metric.replace('_', ' ')} pooled over seeds (SNR dB across)",
-                 "| protocol | " + " | ".join(_snr_header(s) for s in sigmas) + " |", "|---|" + "---:|" * len(sigmas)]
+                 "| protocol | " + " | ".join(snr_db_header(s) for s in sigmas) + " |", "|---|" + "---:|" * len(sigmas)]
         fmt = "{:.1f}" if metric == "chrf" else "{:.3f}"
         for protocol, g in t.groupby("protocol", sort=False):
             by = dict(zip(g["sigma"], g[metric]))
@@ -220,7 +191,7 @@ def snr_table(table, targets: tuple[float, ...]) -> str:
         lines += ["| protocol, accuracy >= " + f"{target:g} | " + " | ".join(f"{ch}, rho={rho:g}" for ch, rho in columns)
                   + " |", "|---|" + "---:|" * len(columns)]
         for protocol, g in at.groupby("protocol", sort=False):
-            by = {(r.channel, r.rho): _fmt_snr(r.snr_db_at_target, r.snr_db_lo, r.snr_db_hi) for r in g.itertuples()}
+            by = {(r.channel, r.rho): fmt_snr(r.snr_db_at_target, r.snr_db_lo, r.snr_db_hi) for r in g.itertuples()}
             lines.append(f"| {protocol} | " + " | ".join(by.get(c, "") for c in columns) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -260,7 +231,7 @@ def examples_table(examples: list[dict[str, Any]]) -> str:
     lines = ["| protocol | channel | rho | SNR dB | decoded text |", "|---|---|---:|---:|---|"]
     for e in examples:
         text = " ".join(e["text"].split()).replace("|", "\\|")
-        lines.append(f"| {e['protocol']} | {e['channel']} | {e['rho']:g} | {_snr_header(e['sigma'])} | {text} |")
+        lines.append(f"| {e['protocol']} | {e['channel']} | {e['rho']:g} | {snr_db_header(e['sigma'])} | {text} |")
     return "\n".join(lines)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.tables import fmt_snr, snr_at_target, snr_db_header
+
 __all__ = ["console_summary", "leaks", "pooled", "snr_at_success", "write_report"]
 
 GROUP = ["protocol", "receiver", "channel", "channel_uses"]
@@ -47,31 +49,9 @@ def pooled(frame):
 
 
 def snr_at_success(table, target: float = 0.9):
-    """Per (protocol, receiver, channel, n): the SNR in dB where pooled success first reaches ``target``.
-
-    Linear interpolation in dB between the two grid points around the crossing (noise-free points,
-    SNR inf, are left out). ``-inf`` when even the noisiest point reaches it, ``inf`` when no finite-SNR
-    point does. ``snr_db_lo`` / ``snr_db_hi``: the grid's lowest and highest finite SNR.
-    """
-    import pandas as pd
-
-    out = []
-    for key, g in table.groupby(GROUP, sort=False):
-        g = g[np.isfinite(g["snr_db"])].sort_values("snr_db")
-        snr, success = g["snr_db"].to_numpy(), g["success"].to_numpy()
-        value = math.inf
-        if len(snr) and success[0] >= target:
-            value = -math.inf
-        else:
-            for i in range(1, len(snr)):
-                if success[i] >= target > success[i - 1]:
-                    frac = (target - success[i - 1]) / (success[i] - success[i - 1])
-                    value = float(snr[i - 1] + frac * (snr[i] - snr[i - 1]))
-                    break
-        out.append({**dict(zip(GROUP, key)), "snr_db_at_target": value,
-                    "snr_db_lo": float(snr[0]) if len(snr) else math.nan,
-                    "snr_db_hi": float(snr[-1]) if len(snr) else math.nan})
-    return pd.DataFrame(out)
+    """Per (protocol, receiver, channel, n): the SNR in dB where pooled success first reaches ``target``
+    (``experiments.tables.snr_at_target``)."""
+    return snr_at_target(table, GROUP, "success", target)
 
 
 def leaks(frame):
@@ -84,19 +64,6 @@ def leaks(frame):
     return frame[floor > frame.capacity_bits.to_numpy() + 1e-9]
 
 
-def _fmt_snr(value: float, lo: float, hi: float) -> str:
-    """A crossing in dB, or where the grid ends: ``< lo`` (reached everywhere), ``> hi`` (nowhere)."""
-    if value == -math.inf:
-        return f"< {lo:.1f}"
-    if value == math.inf:
-        return f"> {hi:.1f}"
-    return f"{value:.1f}"
-
-
-def _snr_db_header(sigma: float) -> str:
-    return "inf" if sigma == 0 else f"{-20 * math.log10(sigma) + 0.0:.1f}"
-
-
 def console_summary(frame) -> str:
     """Pooled success as one small table per (channel, n): a row per protocol/receiver, a column per SNR."""
     if not len(frame):
@@ -105,7 +72,7 @@ def console_summary(frame) -> str:
     blocks = []
     for (channel, n), t in table.groupby(["channel", "channel_uses"], sort=False):
         sigmas = sorted(t["sigma"].unique())
-        snrs = [_snr_db_header(s) for s in sigmas]
+        snrs = [snr_db_header(s) for s in sigmas]
         C = int(t["candidates"].iloc[0])
         lines = [f"{channel}, n={n}, C={C}: success pooled over seeds (SNR dB across)",
                  "| protocol / receiver | " + " | ".join(snrs) + " |",
@@ -146,7 +113,7 @@ def write_report(frame, run_dir: Path, *, plots: bool = True, target: float = 0.
     snr_lines = ["| protocol / receiver | " + " | ".join(f"{ch}, n={n}" for ch, n in columns) + " |",
                  "|---|" + "---:|" * len(columns)]
     for (protocol, receiver), g in at.groupby(["protocol", "receiver"], sort=False):
-        by = {(r.channel, r.channel_uses): _fmt_snr(r.snr_db_at_target, r.snr_db_lo, r.snr_db_hi)
+        by = {(r.channel, r.channel_uses): fmt_snr(r.snr_db_at_target, r.snr_db_lo, r.snr_db_hi)
               for r in g.itertuples()}
         snr_lines.append(f"| {protocol} / {receiver} | " + " | ".join(by.get(c, "") for c in columns) + " |")
     bad = leaks(frame)
