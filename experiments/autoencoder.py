@@ -4,7 +4,8 @@
 autoencoder on the corpus's train split once and caches it as ``<runs_dir>/ae-<preset>-<hash>/`` (the
 hash covers every setting that changes the weights); the next run with the same settings starts in
 seconds. ``checkpoint_id`` names a checkpoint by its weights, wherever it lives. ``ensure_jscc`` does the
-same for a jscc channel adapter around that autoencoder.
+same for a jscc channel adapter around that autoencoder, ``ensure_calm`` for a CALM language model (an
+energy transformer) on it, the backbone of the LM-prior listener and the latent dialogue.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from experiments.sweep import SweepConfig
 
-__all__ = ["checkpoint_id", "ensure_checkpoint", "ensure_jscc", "reconstruction_accuracy"]
+__all__ = ["checkpoint_id", "ensure_calm", "ensure_checkpoint", "ensure_jscc", "reconstruction_accuracy"]
 
 
 def checkpoint_id(directory: Path) -> str:
@@ -119,4 +120,62 @@ def ensure_jscc(cfg: Any, checkpoint: Path, model, train_ids: np.ndarray, val_id
                                                      "history": getattr(adapter, "history", [])}, indent=1) + "\n")
     tmp.replace(path)
     print(f"[jscc] trained n={n} in {time.time() - t0:.0f} s", flush=True)
+    return path
+
+
+def ensure_calm(checkpoint: Path, *, lm_checkpoint: str | None = None, runs_dir: str = "runs", corpus: str = "kjv+shakespeare",
+                preset: str = "tiny-k2",
+                steps: int = 300, batch_size: int = 8, grad_accum: int = 4, lr: float = 2e-3, seed: int = 0) -> Path:
+    """The CALM language model (``calm.energy_transformer``) on the autoencoder ``checkpoint``.
+
+    ``lm_checkpoint`` if given (checked: an EnergyTransformer whose autoencoder has ``checkpoint``'s weights);
+    else the ``preset`` energy transformer trained once for ``steps`` optimiser steps of ``batch_size`` windows x
+    ``grad_accum`` micro-batches on ``corpus`` (the autoencoder's), cached as ``<runs_dir>/calm-<preset>-<hash>/``.
+    The default (tiny-k2 on a K = 2 autoencoder, 300 x 8 x 4 windows of 128 patches) takes about 6 minutes on
+    two cores and reaches Brier-1 about 0.035 (``docs/brierlm.md``).
+    """
+    from calm.checkpoint import load_pretrained, save_pretrained
+    from calm.data import load_token_ids
+    from calm.energy_transformer import CalmTask, EnergyTransformer
+    from calm.loop import TrainConfig, train_local
+    from calm.tokenizer import load_tokenizer
+
+    if lm_checkpoint is not None:
+        path = Path(lm_checkpoint).expanduser()
+        if not (path / "model.safetensors").is_file():
+            raise ValueError(f"lm_checkpoint {lm_checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)")
+        model, _ = load_pretrained(path)
+        if not isinstance(model, EnergyTransformer):
+            raise ValueError(f"lm_checkpoint {lm_checkpoint!r} is a {type(model).__name__}, not an EnergyTransformer")
+        ae, _ = load_pretrained(checkpoint)
+        mine, theirs = ae.state_dict(), model.autoencoder.state_dict()
+        if mine.keys() != theirs.keys() or any(not mine[k].equal(theirs[k]) for k in mine):
+            raise ValueError(f"lm_checkpoint {lm_checkpoint!r} was trained on another autoencoder than {checkpoint}")
+        return path.resolve()
+    tok = load_tokenizer(str(checkpoint / "tokenizer.json"))
+    key = {"checkpoint": checkpoint_id(checkpoint), "preset": preset, "steps": steps, "batch_size": batch_size,
+           "grad_accum": grad_accum, "lr": lr, "seed": seed, "corpus": corpus}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    path = (Path(runs_dir).expanduser() / f"calm-{preset}-{digest}").resolve()
+    if (path / "model.safetensors").is_file():
+        print(f"[calm] using the cached CALM {path}", flush=True)
+        return path
+    print(f"[calm] training the {preset} CALM ({steps} steps x {batch_size} x {grad_accum} windows); cached at {path}",
+          flush=True)
+    task = CalmTask(CalmTask.make_config(preset, vocab_size=len(tok), overrides={}, ae=str(checkpoint)))
+    train_ids = load_token_ids(corpus, tok, "train")
+    val_ids = load_token_ids(corpus, tok, "validation")
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=max(1, steps // 10),
+                      val_every=steps, checkpoint_every=steps, val_size=512, seed=seed, brier_samples=4)
+    t0 = time.time()
+    result = train_local(task, train_ids, cfg, val_ids=val_ids, progress=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_pretrained(result.model, tmp, tok)
+    (tmp / "train_info.json").write_text(json.dumps({**key, "seconds": time.time() - t0, "history": result.history},
+                                                    indent=1) + "\n")
+    tmp.replace(path)
+    last = result.history[-1] if result.history else {}
+    print(f"[calm] trained {result.step} steps in {time.time() - t0:.0f} s; validation Brier-1 "
+          f"{last.get('val_brier_1', float('nan')):.4f}, on-manifold {last.get('val_on_manifold', float('nan')):.2f}",
+          flush=True)
     return path
