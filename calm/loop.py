@@ -400,18 +400,19 @@ def train_local(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> FitResult:
     """Train in this process (no Ray, no torch.distributed). Same step code as the Ray workers.
 
     With ``checkpoint_dir`` (needs ``tokenizer``), checkpoints go to ``checkpoint_dir/step_NNNNNNN``;
-    with ``resume`` it continues from the newest of them.
+    with ``resume`` it continues from the newest of them. ``device``: where the model trains (cpu or cuda).
     """
     if checkpoint_dir is not None and tokenizer is None:
         raise ValueError("checkpoint_dir needs the tokenizer (checkpoints store tokenizer.json)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = task.build_model()
+    model = task.build_model().to(device)
     optimizer = make_optimizer(model, cfg)
     start, history = 0, []
     if resume:
@@ -426,6 +427,7 @@ def train_local(
                             step=step, cfg=cfg, history=hist, world_size=1)
 
     result = run_loop(task, model, optimizer, train_ids, val_ids, cfg, start_step=start, history=history,
-                      on_checkpoint=on_checkpoint if checkpoint_dir is not None else None, progress=progress)
+                      on_checkpoint=on_checkpoint if checkpoint_dir is not None else None, progress=progress,
+                      device=device)
     result.model.eval()
     return result

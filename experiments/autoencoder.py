@@ -33,8 +33,12 @@ def checkpoint_id(directory: Path) -> str:
     return f"{directory.name}@{h.hexdigest()[:12]}"
 
 
-def ensure_checkpoint(cfg: SweepConfig) -> Path:
-    """The autoencoder checkpoint: ``cfg.checkpoint``, or one trained once and cached under ``runs_dir``."""
+def ensure_checkpoint(cfg: SweepConfig, *, overrides: dict[str, Any] | None = None) -> Path:
+    """The autoencoder checkpoint: ``cfg.checkpoint``, or one trained once and cached under ``runs_dir``.
+
+    ``overrides``: further AutoencoderConfig fields of the trained one (e.g. ``{"kl_weight": 0.01}``); they
+    enter the cache key only when given, so the caches of runs without them keep their names.
+    """
     if cfg.checkpoint is not None:
         path = Path(cfg.checkpoint).expanduser()
         if not (path / "model.safetensors").is_file():
@@ -48,9 +52,9 @@ def ensure_checkpoint(cfg: SweepConfig) -> Path:
 
     tok = get_tokenizer(cfg.tokenizer, cfg.corpus)
     pad_id, _ = special_ids(tok)
-    overrides = {k: v for k, v in (("latent_dim", cfg.ae_latent_dim), ("hidden_size", cfg.ae_hidden_size),
-                                   ("intermediate_size", cfg.ae_intermediate_size)) if v is not None}
-    ae_cfg = preset(cfg.ae_preset, vocab_size=len(tok), pad_id=pad_id, **overrides)
+    fields = {k: v for k, v in (("latent_dim", cfg.ae_latent_dim), ("hidden_size", cfg.ae_hidden_size),
+                                ("intermediate_size", cfg.ae_intermediate_size)) if v is not None}
+    ae_cfg = preset(cfg.ae_preset, vocab_size=len(tok), pad_id=pad_id, **{**(overrides or {}), **fields})
     key = {"ae": ae_cfg.to_dict(), "corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "steps": cfg.ae_steps,
            "batch_size": cfg.ae_batch_size, "time_limit": cfg.ae_time_limit, "seed": cfg.ae_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
