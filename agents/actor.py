@@ -317,6 +317,74 @@ class CALMAgentCore:
         return [generate(self.lm, self.lm_tokenizer, prompt, max_tokens, temperature=temperature, seed=seed + i)[0]
                 for i, prompt in enumerate(prompts)]
 
+    # ---- LM-prior listener (protocols.prior, experiments.reconstruction) ------------------------------
+
+    def decode_prior(self, protocol: str, symbols: np.ndarray, channel: Any = None, gain: np.ndarray | None = None,
+                     samples: int = 32, weight: float = 1.0, rule: str = "map", seed: int = 0) -> np.ndarray:
+        """Decode a vector protocol's ``symbols (B, n)`` chunk by chunk with the CALM language model as the prior
+        (``protocols.prior.lm_prior_decode``: ``samples`` head draws per chunk, ``rule`` map or snap): ids (B, L)."""
+        from protocols.prior import lm_prior_decode
+
+        if self.lm is None:
+            raise ValueError("decode_prior needs an lm_checkpoint (a calm EnergyTransformer checkpoint directory)")
+        ids, _ = lm_prior_decode(self._protocol(protocol), self.lm, np.array(symbols), channel, _writable(gain),
+                                 samples=int(samples), weight=float(weight), rule=rule, seed=int(seed))
+        return ids
+
+    # ---- latent dialogue (experiments.dialogue) ---------------------------------------------------
+
+    def dialogue_generate(self, context: np.ndarray, num_chunks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Continue a token context by ``num_chunks`` CALM steps and return the vectors themselves.
+
+        Each step draws one head sample ``z`` (temperature 1, as ``EnergyTransformer.generate``: the same
+        noise stream gives the same chunks), decodes it to K tokens (argmax) and feeds those back as the
+        next patch input, with the KV cache. The context ``(T,)`` is left-padded with the pad id to a
+        multiple of K and keeps only its last ``max_patches - num_chunks`` patches.
+
+        Returns:
+            ``(latents (M, l) float32, ids (M K,) int64)``: the sampled vectors and their decoded tokens.
+        """
+        import torch
+
+        lm = self._dialogue_lm()
+        K, M = lm.K, int(num_chunks)
+        keep = (lm.config.max_patches - M) * K
+        if M < 1 or keep < K:
+            raise ValueError(f"num_chunks must be in [1, max_patches - 1 = {lm.config.max_patches - 1}], got {M}")
+        ids = np.array(context, dtype=np.int64).reshape(-1)[-keep:]
+        if ids.size == 0:
+            raise ValueError("dialogue_generate needs a non-empty context")
+        ids = np.concatenate([np.full((-ids.size) % K, lm.autoencoder.config.pad_id, dtype=np.int64), ids])
+        x = torch.as_tensor(ids, device=self.device).view(1, -1)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        zs, chunks = [], []
+        with torch.no_grad():
+            cache = lm.backbone.new_cache(1, x.shape[1] // K + M)
+            h = lm.backbone(torch.cat([lm.start.expand(1, 1, -1), lm.patch_inputs(x)], dim=1), cache)[:, -1]
+            for step in range(M):
+                z = lm.head.sample(h, 1, generator=gen)[:, 0]  # (1, l)
+                chunk = lm.decode_chunks(z)  # (1, K)
+                zs.append(z)
+                chunks.append(chunk)
+                if step + 1 < M:
+                    h = lm.backbone(lm.patch_inputs(chunk).view(1, 1, -1), cache)[:, -1]
+        latents = torch.cat(zs).float().cpu().numpy()
+        return latents, torch.cat(chunks, dim=1).reshape(-1).cpu().numpy().astype(np.int64)
+
+    def dialogue_decode(self, latents: np.ndarray) -> np.ndarray:
+        """Received vectors ``(M, l)`` -> their tokens ``(M K,)`` int64 (the CALM's autoencoder, argmax)."""
+        import torch
+
+        lm = self._dialogue_lm()
+        z = torch.as_tensor(np.array(latents, dtype=np.float32), device=self.device)
+        return lm.decode_chunks(z.to(next(lm.parameters()).dtype)).reshape(-1).cpu().numpy().astype(np.int64)
+
+    def _dialogue_lm(self):
+        if self.lm is None:
+            raise ValueError("the dialogue needs an lm_checkpoint (a calm EnergyTransformer checkpoint directory)")
+        self.calls += 1
+        return self.lm
+
 
 def _writable(a: np.ndarray | None) -> np.ndarray | None:
     """A writable copy of an array from Ray's object store (read-only views), or None."""

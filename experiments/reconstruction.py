@@ -19,6 +19,15 @@ listener agent (``reconstruction_v0``). Protocols:
   adaptation approximates; the ``mcs`` column). Wrong frame bits decode to wrong tokens, counted wrong;
   unsent positions get the source model's best guess; a budget no 5G code fits sends nothing.
 - ``uncoded-tokens``: the first token ids as raw bits (the floor).
+- ``vector-prior`` / ``vector-snap`` (off by default): the vector protocol's symbols decoded by the
+  **LM-prior listener** (``protocols.prior``): chunk by chunk, the listener's CALM language model draws
+  ``prior_samples`` candidates given the decoded prefix; ``vector-prior`` picks by channel likelihood x
+  prior (sample counts; the plain estimate stays a candidate, so a flat prior gives plain decoding),
+  ``vector-snap`` snaps the least-squares estimate to the most likely sample. The CALM is ``lm_checkpoint``
+  or trained once on the autoencoder (``experiments.autoencoder.ensure_calm``, ``lm_steps``). E.g.
+
+      python -m experiments.reconstruction --checkpoint runs/bench-k2/ae-k2 --lm-checkpoint runs/bench-k2/calm-k2 \
+          --protocols vector vector-prior --channels awgn --rhos 8 --sigmas 2 1 0.5 0.1 --episodes 256
 
 Rows carry token accuracy, chunk and passage exact match and chrF (sacrebleu, detokenised text) with
 95% intervals, capacity bits, bits sent and the **separation bound**: the best token accuracy any
@@ -76,9 +85,12 @@ from experiments.sweep import (
 
 __all__ = ["COLUMNS", "Config", "main", "play_trial", "trial_grid"]
 
-ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens"]
+ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens", "vector-prior", "vector-snap"]
 ChannelName = Literal["awgn", "erasure", "rayleigh"]
-PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")
+PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")  # the default comparison
+#: the LM-prior listeners on the vector protocol's symbols: protocol name -> protocols.prior rule
+PRIOR_PROTOCOLS = {"vector-prior": "map", "vector-snap": "snap"}
+ALL_PROTOCOLS = PROTOCOLS + tuple(PRIOR_PROTOCOLS)
 METRICS = ("token_accuracy", "chunk_exact", "passage_exact", "chrf")
 COLUMNS = [
     "protocol", "channel", "sigma", "snr_db", "rho", "channel_uses", "passage_length", "bits_sent", "capacity_bits",
@@ -105,7 +117,17 @@ class Config(SweepConfig):
     sigmas: tuple[float, ...] = (0.0, 0.1, 0.178, 0.316, 0.5, 0.708, 1.0, 2.0)
     """noise standard deviations (SNR_dB = -20 log10 sigma: inf, 20, 15, 10, 6, 3, 0, -6)"""
     protocols: tuple[ProtocolName, ...] = PROTOCOLS
-    """protocols to compare (module docstring)"""
+    """protocols to compare (module docstring); vector-prior and vector-snap (the LM-prior listener) are off by
+    default"""
+    lm_checkpoint: str | None = None
+    """vector-prior/vector-snap: the listener's CALM language model (an EnergyTransformer checkpoint on the
+    autoencoder); none: train one once (lm_steps) and cache it under runs_dir"""
+    lm_steps: int = 300
+    """vector-prior/vector-snap without lm_checkpoint: CALM training steps (300: about 6 min on 2 cores)"""
+    prior_samples: int = 32
+    """vector-prior/vector-snap: CALM head samples N per chunk (the prior's candidates)"""
+    prior_weight: float = 1.0
+    """vector-prior: weight of the log prior in the score (0: the likelihood alone, i.e. plain decoding)"""
     source_model: Literal["unigram", "bigram"] = "bigram"
     """separation: the entropy coder's token model (fitted on train)"""
     separation_codes: tuple[Literal["ldpc", "polar"], ...] = ("ldpc", "polar")
@@ -130,7 +152,7 @@ class Config(SweepConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("passage_length", "episodes", "batch_size", "num_passages", "fit_passages", "jscc_steps",
-                     "jscc_hidden_size", "pilot_passages"):
+                     "jscc_hidden_size", "pilot_passages", "lm_steps", "prior_samples"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -141,7 +163,9 @@ class Config(SweepConfig):
         for s in self.sigmas:
             if not (math.isfinite(s) and s >= 0):
                 raise ValueError(f"sigmas must be finite and >= 0, got {s}")
-        for name, allowed in (("protocols", PROTOCOLS), ("channels", ("awgn", "erasure", "rayleigh")),
+        if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
+            raise ValueError(f"prior_weight must be finite and >= 0, got {self.prior_weight}")
+        for name, allowed in (("protocols", ALL_PROTOCOLS), ("channels", ("awgn", "erasure", "rayleigh")),
                               ("separation_codes", ("ldpc", "polar"))):
             bad = [v for v in getattr(self, name) if v not in allowed]
             if bad or not getattr(self, name):
@@ -153,6 +177,13 @@ class Config(SweepConfig):
 
 
 _NOT_IN_HASH = NOT_IN_HASH | {"sigmas", "protocols", "seeds", "channels", "rhos"}
+# the LM-prior settings name the run only when changed from their defaults: runs without them keep their hash
+_PRIOR_FIELDS = {"lm_checkpoint": None, "lm_steps": 300, "prior_samples": 32, "prior_weight": 1.0}
+
+
+def run_settings_hash(cfg: Config) -> str:
+    """The settings hash naming a run: every setting that changes a row, the LM-prior ones only when set."""
+    return settings_hash(cfg, _NOT_IN_HASH | {k for k, v in _PRIOR_FIELDS.items() if getattr(cfg, k) == v})
 
 
 def channel_uses(cfg: Config, rho: float) -> int:
@@ -208,7 +239,8 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
     dirs, variants, facts, skipped = {}, {}, {"bits_sent": {}}, {}
     # where nothing arrives every protocol that decodes tokens fills in the same best guess: the unigram's mode
     facts["guess"] = int(np.bincount(train.ravel(), minlength=V).argmax())
-    for name in cfg.protocols:
+    # the LM-prior listeners decode the vector protocol's symbols: they fit nothing of their own
+    for name in dict.fromkeys("vector" if p in PRIOR_PROTOCOLS else p for p in cfg.protocols):
         for n in sorted({channel_uses(cfg, r) for r in cfg.rhos}):
             key, d = f"{name}@{n}", run_dir / "protocols" / f"{name}@{n}"
             try:
@@ -247,6 +279,12 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
                 skipped[(name, n)] = str(exc)
                 continue
             dirs[key] = str(d)
+    for name in set(cfg.protocols) & set(PRIOR_PROTOCOLS):
+        for n in sorted({channel_uses(cfg, r) for r in cfg.rhos}):
+            if ("vector", n) in skipped:
+                skipped[(name, n)] = skipped[("vector", n)]
+            else:
+                variants[f"{name}@{n}"] = [f"vector@{n}"]
     # the separation bound: the best source model's entropy rate, measured on held-out passages, and how often
     # the best guess (the unigram's mode) is right where nothing arrives
     bound_model = source or TokenSourceModel(V, cfg.source_model).fit(train)
@@ -287,8 +325,13 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
         else:
             obs, *_ = env.step({"speaker": speak.act(target)})
             heard = obs["listener"]
-            decoded = np.asarray(call(listener, "decode", key, heard["received"], channel, heard["gain"]),
-                                 dtype=np.int64)
+            if spec["protocol"] in PRIOR_PROTOCOLS:  # the LM-prior listener, its sampling noise seeded per step
+                decoded = call(listener, "decode_prior", key, heard["received"], channel, heard["gain"],
+                               settings["prior_samples"], settings["prior_weight"],
+                               PRIOR_PROTOCOLS[spec["protocol"]], game_seed(spec["seed"], step))
+            else:
+                decoded = call(listener, "decode", key, heard["received"], channel, heard["gain"])
+            decoded = np.asarray(decoded, dtype=np.int64)
         texts = (tok.batch_decode(decoded.tolist()), tok.batch_decode(target.tolist())) if text else None
         parts.append(passage_metrics(decoded, target, settings["K"], texts))
         first = (texts[0][0], texts[1][0]) if first is None and text else first
@@ -346,7 +389,13 @@ def main(cfg: Config) -> SweepResult:
     t0 = time.time()
     checkpoint = ensure_checkpoint(cfg)
     ckpt_id = checkpoint_id(checkpoint)
-    settings = settings_hash(cfg, _NOT_IN_HASH)
+    settings = run_settings_hash(cfg)
+    lm = None
+    if set(cfg.protocols) & set(PRIOR_PROTOCOLS):  # the listener's CALM language model
+        from experiments.autoencoder import ensure_calm
+
+        lm = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=cfg.runs_dir, corpus=cfg.corpus,
+                         steps=cfg.lm_steps)
     run_name = cfg.run_name or f"reconstruction-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
     run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
     dirs, variants, facts, skipped, passages = fit_protocols(cfg, checkpoint, run_dir)
@@ -360,7 +409,7 @@ def main(cfg: Config) -> SweepResult:
           f"of L={cfg.passage_length} each; the source model spends {facts['entropy_bits_per_token']:.2f} bits/token",
           flush=True)
     record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
-              "checkpoint_id": ckpt_id, "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
+              "checkpoint_id": ckpt_id, "lm_checkpoint": None if lm is None else str(lm), "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
               "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "variants": variants,
               "ray_version": ray.__version__, "torch_version": torch.__version__, "columns": COLUMNS}
     (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -371,7 +420,8 @@ def main(cfg: Config) -> SweepResult:
             "vocab_size": facts["vocab_size"], "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
             "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
             "guess": facts["guess"], "pilot": cfg.pilot_passages, "checkpoint": ckpt_id, "erasure_p": cfg.erasure_p,
-            "fading_block": cfg.fading_block, "tokenizer_path": str(checkpoint / "tokenizer.json")}})
+            "fading_block": cfg.fading_block, "tokenizer_path": str(checkpoint / "tokenizer.json"),
+            "prior_samples": cfg.prior_samples, "prior_weight": cfg.prior_weight}}, lm_checkpoint=lm)
 
     frame = collect_rows(grid, run_dir, COLUMNS)
     write_frame(frame, run_dir)

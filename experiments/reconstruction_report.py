@@ -21,11 +21,14 @@ import numpy as np
 
 from experiments.tables import fmt_snr, snr_at_target, snr_db_header
 
-__all__ = ["console_summary", "examples", "passage_metrics", "pooled", "snr_at_accuracy", "snr_gap", "write_report"]
+__all__ = ["console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled", "prior_gain",
+           "prior_gain_table", "snr_at_accuracy", "snr_gap", "write_report"]
 
 GROUP = ["protocol", "channel", "rho", "channel_uses"]
 COLORS = {"vector": "tab:blue", "jscc": "tab:cyan", "separation": "tab:red", "uncoded-tokens": "tab:orange",
-          "quantized": "tab:green"}
+          "quantized": "tab:green", "vector-prior": "tab:purple", "vector-snap": "tab:brown"}
+#: the LM-prior listeners, compared with plain decoding of the same symbols (``vector``)
+PRIOR_LISTENERS = ("vector-prior", "vector-snap")
 
 
 def passage_metrics(decoded: np.ndarray, target: np.ndarray, K: int, texts: tuple[list[str], list[str]] | None = None
@@ -218,12 +221,74 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
             "between neighbouring grid SNRs (a cliff shows as a large one).\n\n" + gap_table(table)
             + "\n\n## Separation: the code rate and modulation the oracle picked\n\n" + ("\n".join(mcs_lines) or "-")
             + "\n")
+    gains = prior_gain(table)
+    if len(gains):
+        text += ("\n## LM-prior listener: token accuracy gain over plain decoding\n\nThe same symbols decoded by the "
+                 "listener with its CALM as the prior minus plain decoding (`vector`), pooled over seeds; 95% "
+                 "intervals from the two pooled standard errors added in quadrature (conservative: the passages and "
+                 "noise are the same, the difference is paired).\n\n" + prior_gain_table(gains) + "\n")
     if examples:
         text += "\n## One passage as each protocol delivers it\n\n" + examples_table(examples) + "\n"
     (run_dir / "summary.md").write_text(text)
     if plots:
         plot_metric(table, run_dir / "accuracy_vs_snr.png", "token_accuracy", "token accuracy", bound=True)
         plot_metric(table, run_dir / "chrf_vs_snr.png", "chrf", "chrF")
+        if len(gains):
+            plot_prior_gain(gains, run_dir / "prior_gain_vs_snr.png")
+
+
+def prior_gain(table, metric: str = "token_accuracy"):
+    """Per LM-prior listener, channel, rho and sigma of the pooled ``table``: its ``metric`` minus plain decoding's
+    (``vector``) with a 95% interval (the two standard errors in quadrature). Empty without such rows."""
+    import pandas as pd
+
+    out = []
+    plain = table[table["protocol"] == "vector"].set_index(["channel", "rho", "sigma"])
+    for r in table[table["protocol"].isin(PRIOR_LISTENERS)].itertuples():
+        if (r.channel, r.rho, r.sigma) not in plain.index:
+            continue
+        b = plain.loc[(r.channel, r.rho, r.sigma)]
+        se = np.hypot((getattr(r, f"{metric}_high") - getattr(r, f"{metric}_low")) / 3.92,
+                      (b[f"{metric}_high"] - b[f"{metric}_low"]) / 3.92)
+        gain = getattr(r, metric) - b[metric]
+        out.append({"listener": r.protocol, "channel": r.channel, "rho": r.rho, "sigma": r.sigma, "snr_db": r.snr_db,
+                    "plain": b[metric], "prior": getattr(r, metric), "gain": gain, "gain_low": gain - 1.96 * se,
+                    "gain_high": gain + 1.96 * se})
+    return pd.DataFrame(out)
+
+
+def prior_gain_table(gains) -> str:
+    """Markdown: plain and prior-listener token accuracy and the gain with its interval, per SNR."""
+    lines = ["| listener | channel | rho | SNR dB | plain | prior | gain [95% CI] |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in gains.sort_values(["listener", "channel", "rho", "snr_db"]).itertuples():
+        lines.append(f"| {r.listener} | {r.channel} | {r.rho:g} | {snr_db_header(r.sigma)} | {r.plain:.3f} | "
+                     f"{r.prior:.3f} | {r.gain:+.3f} [{r.gain_low:+.3f}, {r.gain_high:+.3f}] |")
+    return "\n".join(lines)
+
+
+def plot_prior_gain(gains, path: Path) -> None:
+    """Token accuracy gain of each LM-prior listener over plain decoding vs SNR, one line per (listener, channel,
+    rho), 95% bands, the zero line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    finite = gains[np.isfinite(gains["snr_db"])]
+    for key, g in finite.groupby(["listener", "channel", "rho"], sort=False):
+        g = g.sort_values("snr_db")
+        line, = ax.plot(g["snr_db"], g["gain"], marker="o", ms=3, label=f"{key[0]}, {key[1]}, rho={key[2]:g}",
+                        color=COLORS.get(key[0]) if finite["rho"].nunique() == 1 else None)
+        ax.fill_between(g["snr_db"], g["gain_low"], g["gain_high"], alpha=0.15, color=line.get_color())
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel("token accuracy gain over plain decoding")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def examples_table(examples: list[dict[str, Any]]) -> str:

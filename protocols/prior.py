@@ -1,0 +1,193 @@
+"""The LM-prior listener: decode the vector protocol chunk by chunk with a CALM language model as the prior.
+
+Dim letters: B passages, C = L/K chunks, K tokens per chunk, l latent size, d code size, N prior samples.
+
+The vector protocol sends ``code = s P^T (x - m)`` (``protocols.vector``): ``x`` the standardised encoder
+means of the C chunks, flattened (``D = C l``), ``P`` the PCA basis (identity without PCA), ``m`` its mean,
+``s`` the power scale. Its receiver forms the least-squares code estimate ``c_hat`` (copies combined with
+their gains, erasures left out); on a Gaussian channel of noise power ``sigma^2`` code coordinate ``j`` is
+then observed with precision ``Q_j = den_j / sigma^2`` (``den_j``: the sum of the squared gains of its
+received copies), and the exact log-likelihood of any ``x`` is, up to a constant,
+
+    log p(y | x) = -1/2 sum_j Q_j (s P^T (x - x_hat))_j^2,     x_hat = m + P c_hat / s  (the plain estimate).
+
+Plain decoding decodes ``x_hat`` with the autoencoder. The prior listener (``sequential_decode``) walks the
+chunks in order. At chunk ``c`` it has candidates: the plain estimate's chunk ``x_hat_c`` (candidate 0, with
+the plain decoding's tokens) and ``N`` chunks proposed by the prior given the tokens decoded so far (the CALM
+head's samples, decoded to tokens and re-encoded: exactly the latents a speaker sends for those tokens). Each
+candidate is scored by the log-likelihood above with the earlier chunks at the listener's choices and the
+later ones at the plain estimate, plus ``weight`` times its log prior probability, estimated by counting
+how many of the N samples decode to the same K tokens (add-``smoothing``). Rules:
+
+- ``map``: the argmax of likelihood x prior over all candidates (ties: the plain estimate). The plain
+  estimate is a continuous point, the likelihood's maximum: it has absorbed the noise of the ``k_c`` code
+  dims that observe chunk c, which a token chunk (even the true one) pays for, ``k_c / 2`` nats on average.
+  Its prior term is therefore its token count's log prior minus that Occam penalty ``k_c / 2`` (``k_c``:
+  the sum over code coordinates of chunk c's share of each one's energy in ``maps``; ``l`` without PCA,
+  ``d / C`` on average with it). With a flat prior (``weight = 0``) the score is the likelihood alone and
+  the listener returns plain decoding exactly; at high SNR the likelihood is so sharp that any wrong
+  chunk loses by far more than the prior can add, so the listener can only return (nearly) plain decoding.
+The later chunks held at the plain estimate make the likelihood exact when every chunk has code dims of its
+own (no PCA, ``n >= D``: the chunks' likelihoods factorise). With PCA (``n < D``) it is an approximation:
+the later chunks cannot move to explain what a candidate leaves, and the pseudo-inverse's per-chunk
+estimate is noisy, so the prior tends to take over there (measured: it then hurts with a weak CALM).
+
+- ``snap``: the sample nearest the received signal (the likelihood's argmax over the samples only, no
+  prior weighting, the plain estimate not a candidate): the least-squares estimate snapped onto the prior's
+  support.
+
+``lm_prior_decode`` is the glue for a fitted ``VectorProtocol`` and an ``EnergyTransformer`` (agents call it);
+``sequential_decode`` is the pure algorithm (numpy, any proposal function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["PRIOR_RULES", "count_log_prior", "lm_prior_decode", "noise_power", "sequential_decode", "vector_geometry"]
+
+PRIOR_RULES = ("map", "snap")
+Rule = Literal["map", "snap"]
+#: ``propose(c, prefix (B, c K) decoded token ids) -> (tokens (B, N, K) int, latents (B, N, l) standardised)``
+Proposal = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def count_log_prior(samples: np.ndarray, queries: np.ndarray, smoothing: float = 0.5) -> np.ndarray:
+    """Monte-Carlo log prior of token chunks: ``log((count + smoothing) / (N + smoothing))``.
+
+    Args:
+        samples: ``(B, N, K)`` token chunks drawn from the prior.
+        queries: ``(B, M, K)`` token chunks to score.
+        smoothing: pseudo-count of a chunk never sampled (> 0).
+
+    Returns:
+        ``(B, M)`` float64.
+    """
+    if not smoothing > 0:
+        raise ValueError(f"smoothing must be > 0, got {smoothing}")
+    counts = (queries[:, :, None, :] == samples[:, None, :, :]).all(-1).sum(-1)  # (B, M)
+    return np.log((counts + smoothing) / (samples.shape[1] + smoothing))
+
+
+def sequential_decode(anchor_latents: np.ndarray, anchor_tokens: np.ndarray, precision: np.ndarray,
+                      maps: np.ndarray, propose: Proposal, *, weight: float = 1.0, smoothing: float = 0.5,
+                      rule: Rule = "map") -> tuple[np.ndarray, dict[str, float]]:
+    """Chunk-by-chunk decoding with a prior (module docstring).
+
+    Args:
+        anchor_latents: ``(B, C, l)`` the plain (least-squares) estimate of every chunk's latent, standardised.
+        anchor_tokens: ``(B, C, K)`` plain decoding's tokens.
+        precision: ``(B, d)`` the precision ``Q_j`` of each code coordinate's estimate (finite, >= 0).
+        maps: ``(C, l, d)`` the linear map of each chunk's latent into the code (``code = sum_c x_c @ maps[c]``
+            plus a constant).
+        propose: the prior's candidates for chunk ``c`` given the decoded prefix (``Proposal``).
+        weight: the prior's weight in the score (0: the likelihood alone, i.e. plain decoding under ``map``).
+        smoothing: the count prior's pseudo-count.
+        rule: ``map`` or ``snap``.
+
+    Returns:
+        ``(ids (B, C K) int64, info)``; info: ``changed``, the fraction of chunks whose tokens differ from plain
+        decoding.
+    """
+    if rule not in PRIOR_RULES:
+        raise ValueError(f"rule must be one of {PRIOR_RULES}, got {rule!r}")
+    if not weight >= 0:
+        raise ValueError(f"weight must be >= 0, got {weight}")
+    B, C, _ = anchor_latents.shape
+    K = anchor_tokens.shape[-1]
+    if not np.all(np.isfinite(precision)):
+        raise ValueError("precision must be finite (a noiseless channel: use plain decoding)")
+    out = np.array(anchor_tokens, dtype=np.int64, copy=True)
+    resid = np.zeros(precision.shape, dtype=np.float64)  # code deviation of the decoded prefix from x_hat
+    rows = np.arange(B)
+    # the noise dims the plain estimate of chunk c absorbs: each code coordinate's share of chunk c (sums to d)
+    energy = (maps**2).sum(1)  # (C, d)
+    dims = (energy / np.maximum(energy.sum(0), 1e-300)).sum(1)  # (C,)
+    for c in range(C):
+        tokens, latents = propose(c, out[:, :c].reshape(B, c * K))
+        cand_tok = np.concatenate([anchor_tokens[:, c : c + 1], tokens], axis=1)  # (B, 1+N, K)
+        delta = np.concatenate([np.zeros_like(anchor_latents[:, c : c + 1]),
+                                latents - anchor_latents[:, c : c + 1]], axis=1)  # (B, 1+N, l)
+        dev = resid[:, None, :] + np.einsum("bnl,ld->bnd", delta, maps[c])  # (B, 1+N, d)
+        score = -0.5 * np.einsum("bnd,bd->bn", dev**2, precision)  # log-likelihood up to a constant
+        if rule == "map":
+            if weight > 0:
+                score = score + weight * count_log_prior(tokens, cand_tok, smoothing)
+                score[:, 0] -= weight * 0.5 * dims[c]  # the plain estimate's Occam penalty
+        else:
+            score[:, 0] = -np.inf
+        pick = np.argmax(score, axis=1)  # first of ties: the plain estimate
+        out[:, c] = cand_tok[rows, pick]
+        resid = dev[rows, pick]
+    changed = float((out != anchor_tokens).any(-1).mean())
+    return out.reshape(B, C * K), {"changed": changed}
+
+
+def noise_power(channel: Any) -> float:
+    """The Gaussian noise power ``sigma^2`` a receiver is told (0 without one; AWGN when ``channel`` is None
+    means sigma = 1 as in ``protocols.base``); a chain sums its stages'."""
+    if channel is None:
+        return 1.0
+    if hasattr(channel, "noise_power"):
+        return float(channel.noise_power)
+    return float(sum(getattr(stage, "noise_power", 0.0) for stage in getattr(channel, "channels", ())))
+
+
+def vector_geometry(protocol: Any, symbols: np.ndarray, gain: np.ndarray | None,
+                    noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vector protocol's plain estimate and likelihood: ``(anchor_latents (B, C, l) standardised,
+    precision (B, d), maps (C, l, d))`` for received ``symbols (B, n)`` with ``noise`` power > 0."""
+    from protocols.base import cyclic_sum
+
+    L = protocol._require_fit()
+    C, ell, s = L // protocol.K, protocol.latent_dim, protocol.scale
+    d = protocol.code_size(L)
+    gain = np.ones_like(symbols, dtype=np.float64) if gain is None else np.asarray(gain, dtype=np.float64)
+    code = protocol._least_squares(symbols, gain)  # (B, d), what plain decoding decodes
+    den = cyclic_sum(gain**2 * (symbols != 0), d)
+    basis = protocol.basis
+    if basis.uses_pca:
+        P = basis.components  # (D, d)
+        x = code / s @ P.T + basis.pca_mean
+    else:
+        P = np.eye(C * ell)
+        x = code / s
+    return x.reshape(-1, C, ell), den / noise, (s * P).reshape(C, ell, d)
+
+
+def lm_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any = None, gain: np.ndarray | None = None,
+                    *, samples: int = 32, weight: float = 1.0, rule: Rule = "map", smoothing: float = 0.5,
+                    seed: int = 0) -> tuple[np.ndarray, dict[str, float]]:
+    """Decode a fitted ``VectorProtocol``'s ``symbols (B, n)`` with the CALM ``lm`` (an ``EnergyTransformer`` on
+    the protocol's autoencoder) as the prior: ``N = samples`` head samples per chunk given the decoded prefix.
+    A noiseless channel (or ``samples = 0``) returns plain decoding. Returns ``(ids (B, L), info)``."""
+    import torch
+
+    from protocols.latent import encode_means
+
+    plain = protocol.decode(symbols, channel=channel, gain=gain)  # (B, L)
+    noise = noise_power(channel)
+    if noise == 0 or samples == 0:
+        return plain, {"changed": 0.0}
+    if lm.K != protocol.K or lm.latent_dim != protocol.latent_dim:
+        raise ValueError(f"the CALM (K={lm.K}, l={lm.latent_dim}) does not match the protocol's autoencoder "
+                         f"(K={protocol.K}, l={protocol.latent_dim})")
+    anchor, precision, maps = vector_geometry(protocol, np.asarray(symbols, dtype=np.float64), gain, noise)
+    B, C, K = plain.shape[0], anchor.shape[1], protocol.K
+    device = next(lm.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    mean, std = protocol.basis.mean, protocol.basis.std
+
+    def propose(c: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.concatenate([prefix, np.zeros((B, K), dtype=np.int64)], axis=1)  # chunk c's slot is not looked at
+        with torch.inference_mode():
+            h = lm.hidden(torch.as_tensor(ids, device=device))[:, c]  # (B, d_model): predicts chunk c
+            tokens = lm.decode_chunks(lm.head.sample(h, samples, generator=generator)).cpu().numpy()  # (B, N, K)
+        mu = encode_means(protocol.autoencoder, tokens.reshape(B * samples, K), batch_size=4096)
+        return tokens, ((mu.reshape(B, samples, -1) - mean) / std)
+
+    return sequential_decode(anchor, plain.reshape(B, C, K), precision, maps, propose, weight=weight,
+                             smoothing=smoothing, rule=rule)
