@@ -10,6 +10,9 @@ protocols (``protocols.load_protocol``) that share its model, then serves batch 
     score(protocol, symbols, candidates (B, C, L))  -> (B, C) float64         (soft or hard scores)
     listen(protocol, receiver, symbols, candidates) -> (choice (B,), decoded (B, L))
     generate(prompts [B strings], max_tokens)       -> B continuations        (needs an lm_checkpoint)
+    decode_prior(protocol, symbols, ...)            -> ids (B, L)   vector symbols, CALM prior (lm_checkpoint)
+    decode_token_prior(protocol, symbols, ...)      -> ids (B, L)   uncoded token bits, token-LM prior
+    dialogue_generate / dialogue_decode             -> a CALM's vectors and their tokens (experiments.dialogue)
 
 Placement: ``num_gpus="auto"`` asks Ray for 1 GPU per agent where the cluster has GPUs (a fraction
 when there are more agents than GPUs, so several share one), else 0. Inside the actor the model goes
@@ -51,6 +54,8 @@ class AgentConfig:
     """protocol name -> directory of a saved, fitted protocol that uses this checkpoint's model"""
     lm_checkpoint: str | None = None
     """optional CALM language model (an EnergyTransformer checkpoint) for ``generate``"""
+    token_lm_checkpoint: str | None = None
+    """optional token baseline language model (a TokenTransformer checkpoint) for ``decode_token_prior``"""
     num_gpus: float | Literal["auto"] = "auto"
     """GPUs per agent: a number >= 0 (fractions share a GPU) or auto (1 or a share where Ray sees GPUs, else 0)"""
     num_cpus: float = 0.5
@@ -165,19 +170,21 @@ class CALMAgentCore:
     """
 
     def __init__(self, checkpoint: str | FileBundle, protocols: Mapping[str, str | FileBundle], *,
-                 lm_checkpoint: str | FileBundle | None = None, threads: int = 1, name: str = "agent",
-                 checkpoint_name: str | None = None):
+                 lm_checkpoint: str | FileBundle | None = None, token_lm_checkpoint: str | FileBundle | None = None,
+                 threads: int = 1, name: str = "agent", checkpoint_name: str | None = None):
         """Load the autoencoder, the protocols and (optionally) a CALM language model.
 
         Args:
             checkpoint: autoencoder checkpoint directory, or its files (``pack_directory``).
             protocols: protocol name -> saved protocol directory, or its files.
             lm_checkpoint: EnergyTransformer checkpoint directory (or its files) for ``generate``, or None.
+            token_lm_checkpoint: TokenTransformer checkpoint directory (or its files) for ``decode_token_prior``.
             threads: torch CPU threads.
             name: shown in log lines.
             checkpoint_name: what ``self.checkpoint`` reports when the checkpoint comes as files.
         """
-        if any(not isinstance(x, (str, os.PathLike)) for x in (checkpoint, lm_checkpoint or "", *protocols.values())):
+        if any(not isinstance(x, (str, os.PathLike)) for x in (checkpoint, lm_checkpoint or "", token_lm_checkpoint or "",
+                                                            *protocols.values())):
             # files shipped by the driver: unpack them on this node (the folder lives as long as the agent)
             self._files = tempfile.TemporaryDirectory(prefix=f"latentcomm-{name}-")
             local = Path(self._files.name)
@@ -194,6 +201,7 @@ class CALMAgentCore:
             checkpoint = here(checkpoint, "checkpoint")
             protocols = {key: here(value, f"protocols/{key}") for key, value in protocols.items()}
             lm_checkpoint = None if lm_checkpoint is None else here(lm_checkpoint, "lm")
+            token_lm_checkpoint = None if token_lm_checkpoint is None else here(token_lm_checkpoint, "token-lm")
         import torch
 
         from calm.checkpoint import load_pretrained
@@ -217,6 +225,8 @@ class CALMAgentCore:
                 self.protocols[key] = load_protocol(path, autoencoder=self.model)
         self.lm, self.lm_tokenizer = (None, None) if lm_checkpoint is None else load_pretrained(lm_checkpoint,
                                                                                               device=self.device)
+        self.token_lm = None if token_lm_checkpoint is None else load_pretrained(token_lm_checkpoint,
+                                                                                 device=self.device)[0]
         self.calls = 0
 
     # ---- placement -------------------------------------------------------------------------------
@@ -330,6 +340,18 @@ class CALMAgentCore:
         ids, _ = lm_prior_decode(self._protocol(protocol), self.lm, np.array(symbols), channel, _writable(gain),
                                  samples=int(samples), weight=float(weight), rule=rule, seed=int(seed))
         return ids
+
+    def decode_token_prior(self, protocol: str, symbols: np.ndarray, channel: Any = None,
+                           gain: np.ndarray | None = None, weight: float = 1.0, beam: int = 4) -> np.ndarray:
+        """Decode an uncoded-tokens protocol's ``symbols (B, n)`` with the token baseline as the prior
+        (``protocols.prior.token_prior_decode``, beam search of width ``beam``): ids (B, L)."""
+        from protocols.prior import token_prior_decode
+
+        if self.token_lm is None:
+            raise ValueError("decode_token_prior needs a token_lm_checkpoint (a calm TokenTransformer checkpoint)")
+        self.calls += 1
+        return token_prior_decode(self._protocol(protocol), self.token_lm, np.array(symbols), channel,
+                                  _writable(gain), weight=float(weight), beam=int(beam))
 
     # ---- latent dialogue (experiments.dialogue) ---------------------------------------------------
 
@@ -450,6 +472,7 @@ def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus
         cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
     num_gpus = resolve_num_gpus(cfg.num_gpus, num_agents, cluster_gpus)
     checkpoint, protocols, lm_checkpoint = cfg.checkpoint, dict(cfg.protocols), cfg.lm_checkpoint
+    token_lm_checkpoint = cfg.token_lm_checkpoint
     if cfg.ship_files:
         # object refs as top-level arguments: Ray hands the actor the bundles. A restart re-runs the constructor
         # with the same refs, so the driver must keep them alive for the agent's lifetime (Ray frees an object
@@ -457,12 +480,14 @@ def make_agent(cfg: AgentConfig, *, name: str, num_agents: int = 1, cluster_gpus
         checkpoint = ray.put(pack_directory(checkpoint))
         protocols = {key: ray.put(pack_directory(path)) for key, path in protocols.items()}
         lm_checkpoint = None if lm_checkpoint is None else ray.put(pack_directory(lm_checkpoint))
-        _SHIPPED[name] = (checkpoint, protocols, lm_checkpoint)
+        token_lm_checkpoint = None if token_lm_checkpoint is None else ray.put(pack_directory(token_lm_checkpoint))
+        _SHIPPED[name] = (checkpoint, protocols, lm_checkpoint, token_lm_checkpoint)
     return CALMAgent.options(
         name=name,
         num_gpus=num_gpus,
         num_cpus=cfg.num_cpus,
         max_restarts=cfg.max_restarts,
         max_task_retries=cfg.max_task_retries,
-    ).remote(checkpoint, protocols, lm_checkpoint=lm_checkpoint, threads=cfg.threads, name=name,
+    ).remote(checkpoint, protocols, lm_checkpoint=lm_checkpoint, token_lm_checkpoint=token_lm_checkpoint,
+             threads=cfg.threads, name=name,
              checkpoint_name=str(cfg.checkpoint))

@@ -127,6 +127,11 @@ class KVCache:
         """number of positions already stored"""
         self.max_len = max_len
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (B',) in that order (beam search: each beam continues its parent's cache)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
 
 class Attention(nn.Module):
     """Causal multi-head self-attention with RoPE and an optional KV cache."""

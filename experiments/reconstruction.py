@@ -28,6 +28,12 @@ listener agent (``reconstruction_v0``). Protocols:
 
       python -m experiments.reconstruction --checkpoint runs/bench-k2/ae-k2 --lm-checkpoint runs/bench-k2/calm-k2 \
           --protocols vector vector-prior --channels awgn --rhos 8 --sigmas 2 1 0.5 0.1 --episodes 256
+- ``uncoded-tokens-prior`` (off by default): the digital link's counterpart (the LLM-SC idea): the
+  ``uncoded-tokens`` symbols decoded token by token with the **token baseline** as the prior (every id's
+  exact soft-bit likelihood x the baseline's next-token probability, beam search; unsent positions get the
+  baseline's most likely token; ``protocols.prior.token_prior_decode``). The baseline is
+  ``token_lm_checkpoint`` or trained once on the autoencoder's tokenizer (``ensure_token_lm``, ``token_lm_steps``,
+  about the CALM's training FLOPs).
 
 Rows carry token accuracy, chunk and passage exact match and chrF (sacrebleu, detokenised text) with
 95% intervals, capacity bits, bits sent and the **separation bound**: the best token accuracy any
@@ -85,11 +91,14 @@ from experiments.sweep import (
 
 __all__ = ["COLUMNS", "Config", "main", "play_trial", "trial_grid"]
 
-ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens", "vector-prior", "vector-snap"]
+ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens", "vector-prior", "vector-snap",
+                       "uncoded-tokens-prior"]
 ChannelName = Literal["awgn", "erasure", "rayleigh"]
 PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")  # the default comparison
 #: the LM-prior listeners on the vector protocol's symbols: protocol name -> protocols.prior rule
-PRIOR_PROTOCOLS = {"vector-prior": "map", "vector-snap": "snap"}
+PRIOR_PROTOCOLS = {"vector-prior": "map", "vector-snap": "snap", "uncoded-tokens-prior": "token"}
+#: the protocol whose symbols each LM-prior listener decodes
+PRIOR_BASE = {"vector-prior": "vector", "vector-snap": "vector", "uncoded-tokens-prior": "uncoded-tokens"}
 ALL_PROTOCOLS = PROTOCOLS + tuple(PRIOR_PROTOCOLS)
 METRICS = ("token_accuracy", "chunk_exact", "passage_exact", "chrf")
 COLUMNS = [
@@ -117,8 +126,8 @@ class Config(SweepConfig):
     sigmas: tuple[float, ...] = (0.0, 0.1, 0.178, 0.316, 0.5, 0.708, 1.0, 2.0)
     """noise standard deviations (SNR_dB = -20 log10 sigma: inf, 20, 15, 10, 6, 3, 0, -6)"""
     protocols: tuple[ProtocolName, ...] = PROTOCOLS
-    """protocols to compare (module docstring); vector-prior and vector-snap (the LM-prior listener) are off by
-    default"""
+    """protocols to compare (module docstring); vector-prior, vector-snap and uncoded-tokens-prior (the LM-prior
+    listeners) are off by default"""
     lm_checkpoint: str | None = None
     """vector-prior/vector-snap: the listener's CALM language model (an EnergyTransformer checkpoint on the
     autoencoder); none: train one once (lm_steps) and cache it under runs_dir"""
@@ -127,7 +136,16 @@ class Config(SweepConfig):
     prior_samples: int = 32
     """vector-prior/vector-snap: CALM head samples N per chunk (the prior's candidates)"""
     prior_weight: float = 1.0
-    """vector-prior: weight of the log prior in the score (0: the likelihood alone, i.e. plain decoding)"""
+    """vector-prior, uncoded-tokens-prior: weight of the log prior in the score (0: the likelihood alone, i.e. plain
+    decoding)"""
+    token_lm_checkpoint: str | None = None
+    """uncoded-tokens-prior: the listener's token baseline (a TokenTransformer checkpoint with the autoencoder's
+    tokenizer); none: train one once (token_lm_steps) and cache it under runs_dir"""
+    token_lm_steps: int = 900
+    """uncoded-tokens-prior without token_lm_checkpoint: baseline training steps of 8 windows (900: about the
+    training FLOPs of the lm_steps = 300 CALM)"""
+    token_prior_beam: int = 4
+    """uncoded-tokens-prior: beam search width (1: greedy)"""
     source_model: Literal["unigram", "bigram"] = "bigram"
     """separation: the entropy coder's token model (fitted on train)"""
     separation_codes: tuple[Literal["ldpc", "polar"], ...] = ("ldpc", "polar")
@@ -152,7 +170,8 @@ class Config(SweepConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("passage_length", "episodes", "batch_size", "num_passages", "fit_passages", "jscc_steps",
-                     "jscc_hidden_size", "pilot_passages", "lm_steps", "prior_samples"):
+                     "jscc_hidden_size", "pilot_passages", "lm_steps", "prior_samples", "token_lm_steps",
+                     "token_prior_beam"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -178,7 +197,8 @@ class Config(SweepConfig):
 
 _NOT_IN_HASH = NOT_IN_HASH | {"sigmas", "protocols", "seeds", "channels", "rhos"}
 # the LM-prior settings name the run only when changed from their defaults: runs without them keep their hash
-_PRIOR_FIELDS = {"lm_checkpoint": None, "lm_steps": 300, "prior_samples": 32, "prior_weight": 1.0}
+_PRIOR_FIELDS = {"lm_checkpoint": None, "lm_steps": 300, "prior_samples": 32, "prior_weight": 1.0,
+                 "token_lm_checkpoint": None, "token_lm_steps": 900, "token_prior_beam": 4}
 
 
 def run_settings_hash(cfg: Config) -> str:
@@ -240,7 +260,7 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
     # where nothing arrives every protocol that decodes tokens fills in the same best guess: the unigram's mode
     facts["guess"] = int(np.bincount(train.ravel(), minlength=V).argmax())
     # the LM-prior listeners decode the vector protocol's symbols: they fit nothing of their own
-    for name in dict.fromkeys("vector" if p in PRIOR_PROTOCOLS else p for p in cfg.protocols):
+    for name in dict.fromkeys(PRIOR_BASE.get(p, p) for p in cfg.protocols):
         for n in sorted({channel_uses(cfg, r) for r in cfg.rhos}):
             key, d = f"{name}@{n}", run_dir / "protocols" / f"{name}@{n}"
             try:
@@ -280,11 +300,12 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
                 continue
             dirs[key] = str(d)
     for name in set(cfg.protocols) & set(PRIOR_PROTOCOLS):
+        base = PRIOR_BASE[name]
         for n in sorted({channel_uses(cfg, r) for r in cfg.rhos}):
-            if ("vector", n) in skipped:
-                skipped[(name, n)] = skipped[("vector", n)]
+            if (base, n) in skipped:
+                skipped[(name, n)] = skipped[(base, n)]
             else:
-                variants[f"{name}@{n}"] = [f"vector@{n}"]
+                variants[f"{name}@{n}"] = [f"{base}@{n}"]
     # the separation bound: the best source model's entropy rate, measured on held-out passages, and how often
     # the best guess (the unigram's mode) is right where nothing arrives
     bound_model = source or TokenSourceModel(V, cfg.source_model).fit(train)
@@ -325,7 +346,10 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
         else:
             obs, *_ = env.step({"speaker": speak.act(target)})
             heard = obs["listener"]
-            if spec["protocol"] in PRIOR_PROTOCOLS:  # the LM-prior listener, its sampling noise seeded per step
+            if PRIOR_PROTOCOLS.get(spec["protocol"]) == "token":  # the digital link's LM-prior listener
+                decoded = call(listener, "decode_token_prior", key, heard["received"], channel, heard["gain"],
+                               settings["prior_weight"], settings["token_prior_beam"])
+            elif spec["protocol"] in PRIOR_PROTOCOLS:  # the CALM-prior listener, its sampling noise seeded per step
                 decoded = call(listener, "decode_prior", key, heard["received"], channel, heard["gain"],
                                settings["prior_samples"], settings["prior_weight"],
                                PRIOR_PROTOCOLS[spec["protocol"]], game_seed(spec["seed"], step))
@@ -390,12 +414,17 @@ def main(cfg: Config) -> SweepResult:
     checkpoint = ensure_checkpoint(cfg)
     ckpt_id = checkpoint_id(checkpoint)
     settings = run_settings_hash(cfg)
-    lm = None
-    if set(cfg.protocols) & set(PRIOR_PROTOCOLS):  # the listener's CALM language model
+    lm = token_lm = None
+    if {"vector-prior", "vector-snap"} & set(cfg.protocols):  # the listener's CALM language model
         from experiments.autoencoder import ensure_calm
 
         lm = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=cfg.runs_dir, corpus=cfg.corpus,
                          steps=cfg.lm_steps)
+    if "uncoded-tokens-prior" in cfg.protocols:  # the listener's token baseline
+        from experiments.autoencoder import ensure_token_lm
+
+        token_lm = ensure_token_lm(checkpoint, token_lm_checkpoint=cfg.token_lm_checkpoint, runs_dir=cfg.runs_dir,
+                                   corpus=cfg.corpus, steps=cfg.token_lm_steps)
     run_name = cfg.run_name or f"reconstruction-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
     run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
     dirs, variants, facts, skipped, passages = fit_protocols(cfg, checkpoint, run_dir)
@@ -409,7 +438,8 @@ def main(cfg: Config) -> SweepResult:
           f"of L={cfg.passage_length} each; the source model spends {facts['entropy_bits_per_token']:.2f} bits/token",
           flush=True)
     record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
-              "checkpoint_id": ckpt_id, "lm_checkpoint": None if lm is None else str(lm), "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
+              "checkpoint_id": ckpt_id, "lm_checkpoint": None if lm is None else str(lm),
+              "token_lm_checkpoint": None if token_lm is None else str(token_lm), "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
               "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "variants": variants,
               "ray_version": ray.__version__, "torch_version": torch.__version__, "columns": COLUMNS}
     (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -421,7 +451,9 @@ def main(cfg: Config) -> SweepResult:
             "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
             "guess": facts["guess"], "pilot": cfg.pilot_passages, "checkpoint": ckpt_id, "erasure_p": cfg.erasure_p,
             "fading_block": cfg.fading_block, "tokenizer_path": str(checkpoint / "tokenizer.json"),
-            "prior_samples": cfg.prior_samples, "prior_weight": cfg.prior_weight}}, lm_checkpoint=lm)
+            "prior_samples": cfg.prior_samples, "prior_weight": cfg.prior_weight,
+            "token_prior_beam": cfg.token_prior_beam}}, lm_checkpoint=lm,
+        token_lm_checkpoint=token_lm)
 
     frame = collect_rows(grid, run_dir, COLUMNS)
     write_frame(frame, run_dir)

@@ -26,9 +26,10 @@ __all__ = ["console_summary", "examples", "passage_metrics", "plot_prior_gain", 
 
 GROUP = ["protocol", "channel", "rho", "channel_uses"]
 COLORS = {"vector": "tab:blue", "jscc": "tab:cyan", "separation": "tab:red", "uncoded-tokens": "tab:orange",
-          "quantized": "tab:green", "vector-prior": "tab:purple", "vector-snap": "tab:brown"}
-#: the LM-prior listeners, compared with plain decoding of the same symbols (``vector``)
-PRIOR_LISTENERS = ("vector-prior", "vector-snap")
+          "quantized": "tab:green", "vector-prior": "tab:purple", "vector-snap": "tab:brown",
+          "uncoded-tokens-prior": "tab:olive"}
+#: the LM-prior listeners, each compared with plain decoding of the same symbols (its base protocol)
+PRIOR_LISTENERS = {"vector-prior": "vector", "vector-snap": "vector", "uncoded-tokens-prior": "uncoded-tokens"}
 
 
 def passage_metrics(decoded: np.ndarray, target: np.ndarray, K: int, texts: tuple[list[str], list[str]] | None = None
@@ -224,7 +225,8 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
     gains = prior_gain(table)
     if len(gains):
         text += ("\n## LM-prior listener: token accuracy gain over plain decoding\n\nThe same symbols decoded by the "
-                 "listener with its CALM as the prior minus plain decoding (`vector`), pooled over seeds; 95% "
+                 "listener with its LM as the prior (the CALM for the vector symbols, the token baseline for `uncoded-tokens-prior`) "
+                 "minus plain decoding of the same symbols (`vector`, `uncoded-tokens`), pooled over seeds; 95% "
                  "intervals from the two pooled standard errors added in quadrature (conservative: the passages and "
                  "noise are the same, the difference is paired).\n\n" + prior_gain_table(gains) + "\n")
     if examples:
@@ -239,12 +241,12 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
 
 def prior_gain(table, metric: str = "token_accuracy"):
     """Per LM-prior listener, channel, rho and sigma of the pooled ``table``: its ``metric`` minus plain decoding's
-    (``vector``) with a 95% interval (the two standard errors in quadrature). Empty without such rows."""
+    (its base protocol's) with a 95% interval (the two standard errors in quadrature). Empty without such rows."""
     import pandas as pd
 
     out = []
-    plain = table[table["protocol"] == "vector"].set_index(["channel", "rho", "sigma"])
-    for r in table[table["protocol"].isin(PRIOR_LISTENERS)].itertuples():
+    for r in table[table["protocol"].isin(list(PRIOR_LISTENERS))].itertuples():
+        plain = table[table["protocol"] == PRIOR_LISTENERS[r.protocol]].set_index(["channel", "rho", "sigma"])
         if (r.channel, r.rho, r.sigma) not in plain.index:
             continue
         b = plain.loc[(r.channel, r.rho, r.sigma)]

@@ -183,11 +183,11 @@ def connect_ray(address: str, num_cpus: int | None) -> bool:
 
 @contextmanager
 def agent_pairs(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str], run_name: str,
-                lm_checkpoint: str | None = None) -> Iterator[list]:
+                lm_checkpoint: str | None = None, token_lm_checkpoint: str | None = None) -> Iterator[list]:
     """Start ``cfg.agent_pairs`` speaker/listener pairs of agent actors (Ray must be up); kill them on exit.
 
     Each agent loads ``checkpoint``, the saved ``protocols`` (name -> directory) and, when given, the CALM
-    language model ``lm_checkpoint``; their placement (device, GPU ids, pid) is printed once.
+    language model ``lm_checkpoint`` and the token baseline ``token_lm_checkpoint``; their placement (device, GPU ids, pid) is printed once.
     """
     import ray
 
@@ -197,6 +197,7 @@ def agent_pairs(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str], r
     try:
         agent_cfg = AgentConfig(checkpoint=str(checkpoint), protocols=protocols,
                                 lm_checkpoint=None if lm_checkpoint is None else str(lm_checkpoint),
+                                token_lm_checkpoint=None if token_lm_checkpoint is None else str(token_lm_checkpoint),
                                 num_gpus="auto" if cfg.num_gpus == "auto" else float(cfg.num_gpus))
         n_agents = 2 * cfg.agent_pairs
         pairs = [(make_agent(agent_cfg, name=f"{run_name}-speaker{i}", num_agents=n_agents),
@@ -322,9 +323,10 @@ def run_trials(trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path
 
 def run_with_agents(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str], run_name: str,
                     trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path,
-                    shared: dict[str, Any], lm_checkpoint: str | None = None) -> tuple[list[str], list[str]]:
+                    shared: dict[str, Any], lm_checkpoint: str | None = None,
+                    token_lm_checkpoint: str | None = None) -> tuple[list[str], list[str]]:
     """Connect Ray, start the agent pairs and run the missing trials (``trial_fn(spec, pairs=..., **shared)``).
-    ``lm_checkpoint``: a CALM language model every agent loads too (``agent_pairs``).
+    ``lm_checkpoint``, ``token_lm_checkpoint``: language models every agent loads too (``agent_pairs``).
 
     Returns ``(ran, failed)``: the keys that have a row now (an interrupted sweep, ^C, leaves the rest for
     the next run) and those that still failed. Shuts down a Ray it started.
@@ -335,7 +337,7 @@ def run_with_agents(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str
         return [], []
     started = connect_ray(cfg.address, cfg.num_cpus)
     try:
-        with agent_pairs(cfg, checkpoint, protocols, run_name, lm_checkpoint) as pairs:
+        with agent_pairs(cfg, checkpoint, protocols, run_name, lm_checkpoint, token_lm_checkpoint) as pairs:
             failed = run_trials(trial_fn, missing, run_dir, trial_cpus=cfg.trial_cpus,
                                 max_concurrent=cfg.max_concurrent, shared={"pairs": pairs, **shared})
         ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]

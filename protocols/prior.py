@@ -38,16 +38,26 @@ estimate is noisy, so the prior tends to take over there (measured: it then hurt
 
 ``lm_prior_decode`` is the glue for a fitted ``VectorProtocol`` and an ``EnergyTransformer`` (agents call it);
 ``sequential_decode`` is the pure algorithm (numpy, any proposal function).
+
+**The digital link's counterpart** (``token_prior_decode``, the LLM-SC idea): the token ids sent as uncoded BPSK
+(``protocols.token.UncodedTokenProtocol``, b bits per id) are decoded token by token with the **token baseline**
+(``calm.baseline.TokenTransformer``) as the prior. The soft bits give every id ``v < V`` its exact
+log-likelihood ``sum_i (1 - 2 bit_i(v)) LLR_i / 2``; the listener picks ``argmax_v loglik + weight log p_LM(v |
+decoded prefix)`` summed over the passage, by beam search (``beam`` hypotheses, 1: greedy) left to right with
+a KV cache. The first token has no context: its prior is flat. Positions the budget left unsent get the LM's most likely token instead of the fixed best
+guess. With ``weight = 0`` the listener returns plain decoding exactly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["PRIOR_RULES", "count_log_prior", "lm_prior_decode", "noise_power", "sequential_decode", "vector_geometry"]
+__all__ = ["PRIOR_RULES", "count_log_prior", "lm_prior_decode", "noise_power", "sequential_decode", "token_log_likelihood",
+           "token_prior_decode", "vector_geometry"]
 
 PRIOR_RULES = ("map", "snap")
 Rule = Literal["map", "snap"]
@@ -191,3 +201,63 @@ def lm_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any = 
 
     return sequential_decode(anchor, plain.reshape(B, C, K), precision, maps, propose, weight=weight,
                              smoothing=smoothing, rule=rule)
+
+
+def token_log_likelihood(protocol: Any, symbols: np.ndarray, channel: Any = None,
+                         gain: np.ndarray | None = None) -> np.ndarray:
+    """Every id's log-likelihood at every sent position of an ``UncodedTokenProtocol``: ``(B, T, V)`` float64,
+    up to a constant per position (``T``: the tokens its budget sends)."""
+    y = protocol._check_symbols(symbols)
+    g = protocol._check_gain(gain, y.shape)
+    L = protocol._require_fit()
+    T, b, V = protocol.tokens_sent(L), protocol.bits, protocol.vocab_size
+    llr = protocol._llr(y, channel, g).reshape(y.shape[0], T, b)  # > 0: bit 0 (+1) more likely
+    signs = 1.0 - 2.0 * protocol.token_bits(np.arange(V, dtype=np.int64)[:, None])  # (V, b)
+    return 0.5 * llr @ signs.T
+
+
+def token_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any = None,
+                       gain: np.ndarray | None = None, *, weight: float = 1.0, beam: int = 4) -> np.ndarray:
+    """Decode an ``UncodedTokenProtocol``'s ``symbols (B, n)`` with the token baseline ``lm`` (``TokenTransformer``)
+    as the prior (module docstring): beam search of width ``beam`` (1: greedy) over
+    ``sum_t loglik_t + weight log p_LM``, with a KV cache. Returns ids ``(B, L)``.
+    ``weight = 0`` or a noiseless channel: plain decoding."""
+    import torch
+
+    if not (np.isfinite(weight) and weight >= 0):
+        raise ValueError(f"weight must be finite and >= 0, got {weight}")
+    if not (isinstance(beam, int) and beam >= 1):
+        raise ValueError(f"beam must be an integer >= 1, got {beam!r}")
+    plain = protocol.decode(symbols, channel=channel, gain=gain)
+    if weight == 0 or noise_power(channel) == 0:
+        return plain
+    if lm.config.vocab_size != protocol.vocab_size:
+        raise ValueError(f"the token LM's vocabulary ({lm.config.vocab_size}) is not the protocol's "
+                         f"({protocol.vocab_size})")
+    B, L = plain.shape
+    if L > lm.config.max_positions:
+        raise ValueError(f"passages of {L} tokens exceed the token LM's max_positions {lm.config.max_positions}")
+    loglik = torch.as_tensor(token_log_likelihood(protocol, symbols, channel, gain))  # (B, T, V)
+    T, V, W = loglik.shape[1], protocol.vocab_size, min(beam, protocol.vocab_size)
+    device = next(lm.parameters()).device
+    scores = torch.full((B, W), -math.inf, dtype=torch.float64)
+    scores[:, 0] = 0.0  # one live beam to start: the others would duplicate it
+    seqs = torch.zeros((B, W, 0), dtype=torch.int64)
+    rows = torch.arange(B)[:, None]
+    with torch.inference_mode():
+        cache = lm.backbone.new_cache(B * W, L)
+        for t in range(L):
+            if t == 0:  # no context: a flat prior (the unsent first token: the fixed best guess)
+                step = (loglik[:, 0] if T else torch.nn.functional.one_hot(torch.as_tensor(plain[:, 0]), V).log()
+                        .double())[:, None].expand(B, W, V)
+            else:
+                h = lm.backbone(lm.embed(seqs[:, :, -1].reshape(B * W, 1).to(device)), cache)[:, -1]
+                step = weight * torch.log_softmax(lm.lm_head(h).double(), dim=-1).cpu().view(B, W, V)
+                if t < T:
+                    step = step + loglik[:, t][:, None]
+            top = (scores[:, :, None] + step).view(B, W * V).topk(W, dim=-1)
+            parent, token = top.indices // V, top.indices % V
+            scores, seqs = top.values, torch.cat([seqs[rows, parent], token[:, :, None]], dim=-1)
+            if t + 1 < L:
+                cache.reorder((rows * W + parent).reshape(-1).to(device))
+    return seqs[torch.arange(B), scores.argmax(-1)].numpy().astype(np.int64)
