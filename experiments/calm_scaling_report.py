@@ -79,16 +79,18 @@ def summarise(frame, *, resamples: int = 1000, seed: int = 0) -> dict:
     for score in SCORES:
         fits: dict[str, list] = {}
         cross: dict[str, list] = {}
+        # a family scoring exactly 0 at every budget (BrierLM with some Brier-n <= 0) has no law to fit
+        zero = sorted(f for f, (_, loss) in frontier_losses(rows, score).items() if np.all(loss == 1.0))
         for index in draws:
             frontier = frontier_losses(rows, score, index)
-            reps = {f: fit_power_law(c, loss) for f, (c, loss) in frontier.items() if len(c) >= 2}
+            reps = {f: fit_power_law(c, loss) for f, (c, loss) in frontier.items() if len(c) >= 2 and f not in zero}
             for family, fit in reps.items():
                 fits.setdefault(family, []).append(fit)
             if "baseline" in reps:
                 for family in reps:
                     if family != "baseline":
                         cross.setdefault(family, []).append(crossover(reps[family], reps["baseline"]))
-        entry: dict = {"fits": {}, "crossover": {}}
+        entry: dict = {"fits": {}, "crossover": {}, "zero_everywhere": zero}
         for family, values in fits.items():
             arr = np.array(values)  # (1 + resamples, 2): point estimate first
             entry["fits"][family] = {
@@ -106,6 +108,12 @@ def summarise(frame, *, resamples: int = 1000, seed: int = 0) -> dict:
                 "fraction_of_resamples_with_crossover": frac,
                 "verdict": _verdict(point, frac, max(r["flops_budget"] for r in rows)),
             }
+        for family in zero:
+            if family != "baseline":
+                entry["crossover"][family] = {
+                    "log10_flops": None, "log10_flops_ci": None, "fraction_of_resamples_with_crossover": 0.0,
+                    "verdict": "no fit: CALM scores exactly 0 at every budget (some Brier-n <= 0), so there is no "
+                               "trend to extrapolate"}
         out["scores"][score] = entry
     return out
 
@@ -179,8 +187,9 @@ def write_report(frame, run_dir: Path, *, plots: bool = True, seed: int = 0) -> 
         entry = summary["scores"][score]
         lines += ["", f"## {label}", ""]
         for family, fit in entry["fits"].items():
-            lines.append(f"- {family}: 1 - score = {math.exp(fit['log_a']):.3g} C^(-{fit['b']:.4f}), b 95% "
-                         f"[{fit['b_ci'][0]:.4f}, {fit['b_ci'][1]:.4f}]")
+            lines.append(f"- {family}: 1 - score = {math.exp(fit['log_a']):.3g} C^(-{fit['b'] + 0.0:.4f}), b 95% "
+                         f"[{fit['b_ci'][0] + 0.0:.4f}, {fit['b_ci'][1] + 0.0:.4f}]")
+        lines += [f"- {family}: {label} is 0 at every budget: no fit" for family in entry.get("zero_everywhere", [])]
         for family, cross in entry["crossover"].items():
             line = f"- {family} vs baseline: {cross['verdict']}"
             if cross["log10_flops_ci"]:

@@ -57,6 +57,14 @@ def test_summary_finds_a_planted_crossover_and_reports_none_otherwise():
     flat = summarise(_frame(0.002, rng), resamples=200)["scores"]["brier_1"]["crossover"]["calm-k2"]
     assert flat["log10_flops"] is None and flat["fraction_of_resamples_with_crossover"] < 0.1
     assert flat["verdict"].startswith("no crossover")
+    # a CALM whose Brier-4 is negative everywhere has BrierLM 0 at every budget: no law is fitted to a constant
+    frame = _frame(0.04, rng)
+    calm = frame["family"] == "calm-k2"
+    frame.loc[calm, "per_window"] = [json.dumps((np.array(json.loads(pw)) * [1, 1, 1, -1]).tolist())
+                                     for pw in frame.loc[calm, "per_window"]]
+    lm = summarise(frame, resamples=20)["scores"]["brier_lm"]
+    assert set(lm["fits"]) == {"baseline"} and lm["zero_everywhere"] == ["calm-k2"]
+    assert lm["crossover"]["calm-k2"]["verdict"].startswith("no fit")
 
 
 def test_config_and_grid():
