@@ -36,7 +36,6 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -64,13 +63,12 @@ from experiments.sweep import (
     SweepResult,
     cli,
     collect_rows,
-    connect_ray,
     git_commit,
     make_channel,
     missing_trials,
     open_run_dir,
     print_outcome,
-    run_trials,
+    run_with_agents,
     settings_hash,
     write_frame,
 )
@@ -275,29 +273,6 @@ def _trial(spec: dict[str, Any], *, pairs: list, prompts: np.ndarray, settings: 
     return play_trial(spec, a, b, prompts, settings)
 
 
-@contextmanager
-def dialogue_agents(cfg: Config, checkpoint: Path, lm: Path, run_name: str):
-    """``cfg.agent_pairs`` pairs (A, B) of agent actors, each hosting the same CALM ``lm``; killed on exit."""
-    import ray
-
-    from agents import AgentConfig, make_agent
-
-    pairs: list = []
-    try:
-        agent_cfg = AgentConfig(checkpoint=str(checkpoint), lm_checkpoint=str(lm),
-                                num_gpus="auto" if cfg.num_gpus == "auto" else float(cfg.num_gpus))
-        n = 2 * cfg.agent_pairs
-        pairs = [(make_agent(agent_cfg, name=f"{run_name}-A{i}", num_agents=n),
-                  make_agent(agent_cfg, name=f"{run_name}-B{i}", num_agents=n)) for i in range(cfg.agent_pairs)]
-        for placement in ray.get([a.placement.remote() for pair in pairs for a in pair]):
-            print(f"[agents] {placement['name']}: device {placement['device']}, pid {placement['pid']}", flush=True)
-        yield pairs
-    finally:
-        for pair in pairs:
-            for actor in pair:
-                ray.kill(actor, no_restart=True)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # main
 
@@ -349,18 +324,9 @@ def main(cfg: Config) -> SweepResult:
                 "episodes": cfg.episodes, "turns": cfg.turns, "receiver": cfg.latent_receiver,
                 "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block, "checkpoint": lm_id,
                 "lm_path": str(lm), "tokenizer_path": str(lm / "tokenizer.json")}
-    ran, failed = [], []
-    if missing:
-        started = connect_ray(cfg.address, cfg.num_cpus)
-        try:
-            with dialogue_agents(cfg, checkpoint, lm, run_name) as pairs:
-                failed = run_trials(_trial, missing, run_dir, trial_cpus=cfg.trial_cpus,
-                                    max_concurrent=cfg.max_concurrent,
-                                    shared={"pairs": pairs, "prompts": prompts, "settings": settings})
-            ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]
-        finally:
-            if started:
-                ray.shutdown()
+    # agent pairs (A, B): both host the same CALM, each with its own seeded sampling
+    ran, failed = run_with_agents(cfg, checkpoint, {}, run_name, _trial, missing, run_dir,
+                                  {"prompts": prompts, "settings": settings}, lm_checkpoint=str(lm))
     frame = collect_rows(grid, run_dir, COLUMNS)
     write_frame(frame, run_dir)
     print(write_report(frame, run_dir), flush=True)

@@ -187,7 +187,8 @@ def agent_pairs(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str], r
     """Start ``cfg.agent_pairs`` speaker/listener pairs of agent actors (Ray must be up); kill them on exit.
 
     Each agent loads ``checkpoint``, the saved ``protocols`` (name -> directory) and, when given, the CALM
-    language model ``lm_checkpoint`` and the token baseline ``token_lm_checkpoint``; their placement (device, GPU ids, pid) is printed once.
+    language model ``lm_checkpoint`` and the token baseline ``token_lm_checkpoint``; their placement (device,
+    GPU ids, pid) is printed once.
     """
     import ray
 
