@@ -245,8 +245,10 @@ def prior_gain(table, metric: str = "token_accuracy"):
     import pandas as pd
 
     out = []
+    bases = {base: table[table["protocol"] == base].set_index(["channel", "rho", "sigma"])
+             for base in set(PRIOR_LISTENERS.values())}
     for r in table[table["protocol"].isin(list(PRIOR_LISTENERS))].itertuples():
-        plain = table[table["protocol"] == PRIOR_LISTENERS[r.protocol]].set_index(["channel", "rho", "sigma"])
+        plain = bases[PRIOR_LISTENERS[r.protocol]]
         if (r.channel, r.rho, r.sigma) not in plain.index:
             continue
         b = plain.loc[(r.channel, r.rho, r.sigma)]
