@@ -48,7 +48,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 # `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
@@ -65,7 +64,8 @@ import numpy as np
 
 from agents import SpeakerPolicy, call
 from calm.tokenizer import cached_tokenizer
-from experiments.autoencoder import checkpoint_id, ensure_checkpoint, ensure_jscc
+from experiments.autoencoder import checkpoint_id, ensure_checkpoint
+from experiments.link_protocols import PRIOR_PROTOCOLS, fit_protocols, game_seed, pick_best
 from experiments.reconstruction_report import (
     console_summary,
     examples,
@@ -89,16 +89,12 @@ from experiments.sweep import (
     write_frame,
 )
 
-__all__ = ["COLUMNS", "Config", "main", "play_trial", "trial_grid"]
+__all__ = ["COLUMNS", "Config", "fit_protocols", "main", "play_trial", "trial_grid"]
 
 ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens", "vector-prior", "vector-snap",
                        "uncoded-tokens-prior"]
 ChannelName = Literal["awgn", "erasure", "rayleigh"]
 PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")  # the default comparison
-#: the LM-prior listeners on the vector protocol's symbols: protocol name -> protocols.prior rule
-PRIOR_PROTOCOLS = {"vector-prior": "map", "vector-snap": "snap", "uncoded-tokens-prior": "token"}
-#: the protocol whose symbols each LM-prior listener decodes
-PRIOR_BASE = {"vector-prior": "vector", "vector-snap": "vector", "uncoded-tokens-prior": "uncoded-tokens"}
 ALL_PROTOCOLS = PROTOCOLS + tuple(PRIOR_PROTOCOLS)
 METRICS = ("token_accuracy", "chunk_exact", "passage_exact", "chrf")
 COLUMNS = [
@@ -225,104 +221,7 @@ def trial_grid(cfg: Config, skip: set[tuple[str, int]] = frozenset()) -> list[di
 
 
 # ---------------------------------------------------------------------------------------------------------
-# protocols
-
-
-def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
-    """Fit (or reload) every protocol at every n; draw the held-out passages.
-
-    Returns:
-        ``(dirs, variants, facts, skipped, passages)``: ``protocol@n -> saved dir`` (a separation
-        directory is a bank of its MCS menu); ``protocol@n -> the agent keys to try`` (several for
-        separation); facts (bits sent per key, the source model's entropy rate, its fill accuracy);
-        ``{(protocol, n): why}`` for budgets a protocol cannot be built at; the test passages ``(N, L)``.
-    """
-    from calm.checkpoint import load_pretrained
-    from calm.data import load_token_ids, make_passages
-    from protocols import load_protocol, make_protocol
-    from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
-    from protocols.separation import SeparationProtocol, TokenSourceModel, load_bank, mcs_menu, save_bank
-    from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
-
-    model, tok = load_pretrained(checkpoint)
-    K, V, L = model.config.K, model.config.vocab_size, cfg.passage_length
-    if L % K:
-        raise ValueError(f"passage_length must be a multiple of the autoencoder's K={K}, got {L}")
-    train_ids = load_token_ids(cfg.corpus, tok, "train", progress=False)
-    val_ids = load_token_ids(cfg.corpus, tok, "validation", progress=False)
-    train = make_passages(train_ids, L, max_passages=cfg.fit_passages, seed=cfg.ae_seed)
-    test = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), L, max_passages=cfg.num_passages,
-                         seed=cfg.ae_seed + 1)
-    source = None
-    if "separation" in cfg.protocols:  # one source model for every budget and MCS, on the whole train split
-        source = TokenSourceModel(V, cfg.source_model).fit(make_passages(train_ids, L, seed=cfg.ae_seed))
-    dirs, variants, facts, skipped = {}, {}, {"bits_sent": {}}, {}
-    # where nothing arrives every protocol that decodes tokens fills in the same best guess: the unigram's mode
-    facts["guess"] = int(np.bincount(train.ravel(), minlength=V).argmax())
-    # the LM-prior listeners decode the vector protocol's symbols: they fit nothing of their own
-    for name in dict.fromkeys(PRIOR_BASE.get(p, p) for p in cfg.protocols):
-        for n in sorted({channel_uses(cfg, r) for r in cfg.rhos}):
-            key, d = f"{name}@{n}", run_dir / "protocols" / f"{name}@{n}"
-            try:
-                if name == "separation":
-                    menu = [c for code in cfg.separation_codes
-                            for c in mcs_menu(n, vocab_size=V, source_model=cfg.source_model, code=code)]
-                    if not menu:  # no link at all: the listener can only guess (counted, not left out)
-                        print(f"[run] separation at n={n}: no 5G code of the menu fits, the listener guesses",
-                              flush=True)
-                        variants[key] = []
-                        continue
-                    if not (d / "protocol.json").is_file():
-                        save_bank([SeparationProtocol(c, source=source).fit(train) for c in menu], d)
-                    bank = load_bank(d)
-                    variants[key] = [f"{key}#{m}" for m in bank]
-                    facts["bits_sent"].update({f"{key}#{m}": p.bits_sent(L) for m, p in bank.items()})
-                else:
-                    if (d / "protocol.json").is_file():
-                        p = load_protocol(d, autoencoder=model)
-                    elif name == "jscc":
-                        adapter = ensure_jscc(cfg, checkpoint, model, train_ids, val_ids, n,
-                                              channels=cfg.channels, erasure_p=cfg.erasure_p)
-                        p = JSCCProtocol.from_pretrained(adapter, JSCCProtocolConfig(budget=n), autoencoder=model)
-                        p.with_channel(make_channel(cfg.channels[0], 1.0, erasure_p=cfg.erasure_p))  # check kinds
-                        p.fit(train).save(d)
-                    elif name == "uncoded-tokens":  # the unsent positions get the best guess, as in separation
-                        p = UncodedTokenProtocol(UncodedTokenProtocolConfig(vocab_size=V, budget=n,
-                                                                            fill_id=facts["guess"])).fit(train)
-                        p.save(d)
-                    else:
-                        p = make_protocol(name, model, budget=n).fit(train)
-                        p.save(d)
-                    variants[key] = [key]
-                    facts["bits_sent"][key] = p.bits_sent(L)
-            except ValueError as exc:
-                skipped[(name, n)] = str(exc)
-                continue
-            dirs[key] = str(d)
-    for name in set(cfg.protocols) & set(PRIOR_PROTOCOLS):
-        base = PRIOR_BASE[name]
-        for n in sorted({channel_uses(cfg, r) for r in cfg.rhos}):
-            if (base, n) in skipped:
-                skipped[(name, n)] = skipped[(base, n)]
-            else:
-                variants[f"{name}@{n}"] = [f"{base}@{n}"]
-    # the separation bound: the best source model's entropy rate, measured on held-out passages, and how often
-    # the best guess (the unigram's mode) is right where nothing arrives
-    bound_model = source or TokenSourceModel(V, cfg.source_model).fit(train)
-    heldout = make_passages(val_ids, L, max_passages=2000, seed=cfg.ae_seed)
-    facts["entropy_bits_per_token"] = float(bound_model.entropy_rate(heldout))
-    facts["fill_accuracy"] = float((heldout == facts["guess"]).mean())
-    facts["K"], facts["vocab_size"] = K, V
-    return dirs, variants, facts, skipped, test
-
-
-# ---------------------------------------------------------------------------------------------------------
 # one trial
-
-
-def game_seed(seed: int, step: int) -> int:
-    """Seed of env step ``step``: the same passages and noise for every protocol, channel and sigma."""
-    return int(np.random.SeedSequence([seed, step, 7]).generate_state(1)[0])
 
 
 def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
@@ -372,14 +271,13 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
     n, L = spec["channel_uses"], settings["passage_length"]
     channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
                            fading_block=settings["fading_block"])
-    keys = settings["variants"][f"{spec['protocol']}@{n}"] or [None]
-    if len(keys) > 1:  # oracle rate adaptation: every MCS plays `pilot` passages drawn from the trial's seed
-        # (the same passages and noise for each), the best one then plays the whole trial
-        pilot = min(settings["pilot"], settings["episodes"])
-        trials = [_play(key, spec, speaker, listener, passages, channel, settings, episodes=pilot, text=False)
-                  for key in keys]
-        keys = [max(trials, key=lambda r: r["metrics"]["token_accuracy"].mean())["key"]]
-    best = _play(keys[0], spec, speaker, listener, passages, channel, settings, episodes=settings["episodes"])
+    # oracle rate adaptation: every MCS plays `pilot` passages drawn from the trial's seed (the same passages and
+    # noise for each), the best one then plays the whole trial
+    pilot = min(settings["pilot"], settings["episodes"])
+    key = pick_best(settings["variants"][f"{spec['protocol']}@{n}"] or [None], lambda k: _play(
+        k, spec, speaker, listener, passages, channel, settings, episodes=pilot, text=False
+    )["metrics"]["token_accuracy"].mean())
+    best = _play(key, spec, speaker, listener, passages, channel, settings, episodes=settings["episodes"])
     capacity = n * channel.capacity_per_use()
     bits = settings["bits_sent"].get(best["key"], 0)
     row = {"protocol": spec["protocol"], "channel": spec["channel"], "sigma": spec["sigma"],
@@ -427,7 +325,9 @@ def main(cfg: Config) -> SweepResult:
                                    corpus=cfg.corpus, steps=cfg.token_lm_steps)
     run_name = cfg.run_name or f"reconstruction-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
     run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
-    dirs, variants, facts, skipped, passages = fit_protocols(cfg, checkpoint, run_dir)
+    dirs, variants, facts, skipped, passages = fit_protocols(
+        cfg, checkpoint, run_dir / "protocols", protocols=cfg.protocols,
+        budgets=[channel_uses(cfg, r) for r in cfg.rhos])
     for (name, n), why in skipped.items():
         print(f"[run] {name} cannot be built at n={n}, left out: {why}", flush=True)
     grid = trial_grid(cfg, set(skipped))

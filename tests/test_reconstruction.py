@@ -92,11 +92,13 @@ def test_one_trial_row_is_identical_across_runs(base, tmp_path):
     """Two runs of the same grid point with the same seed give the same row (in-process agents)."""
     from agents import CALMAgentCore
     from experiments.autoencoder import checkpoint_id, ensure_checkpoint
-    from experiments.reconstruction import fit_protocols
+    from experiments.link_protocols import fit_protocols
+    from experiments.reconstruction import channel_uses
 
     cfg = dataclasses.replace(base, protocols=("vector", "separation"))
     checkpoint = ensure_checkpoint(cfg)
-    dirs, variants, facts, skipped, passages = fit_protocols(cfg, checkpoint, tmp_path)
+    dirs, variants, facts, skipped, passages = fit_protocols(
+        cfg, checkpoint, tmp_path, protocols=cfg.protocols, budgets=[channel_uses(cfg, r) for r in cfg.rhos])
     assert not skipped
     settings = {"episodes": 32, "batch_size": 32, "passage_length": 8, "vocab_size": facts["vocab_size"],
                 "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
