@@ -7,6 +7,7 @@ protocols (``protocols.load_protocol``) that share its model, then serves batch 
 
     encode(protocol, ids (B, L))                    -> symbols (B, n) float32
     decode(protocol, symbols (B, n))                -> ids (B, L) int64       (hard receiver)
+    relay(protocol, symbols (B, n))                 -> symbols (B, n)         (decode, then re-encode)
     score(protocol, symbols, candidates (B, C, L))  -> (B, C) float64         (soft or hard scores)
     listen(protocol, receiver, symbols, candidates) -> (choice (B,), decoded (B, L))
     generate(prompts [B strings], max_tokens)       -> B continuations        (needs an lm_checkpoint)
@@ -275,6 +276,13 @@ class CALMAgentCore:
     def decode(self, protocol: str, symbols: np.ndarray, channel: Any = None, gain: np.ndarray | None = None) -> np.ndarray:
         """Hard decoding to tokens: ``symbols (B, n)`` -> ids ``(B, L)`` int64 (protocols that send tokens)."""
         return self._protocol(protocol).decode(np.array(symbols), channel=channel, gain=_writable(gain))
+
+    def relay(self, protocol: str, symbols: np.ndarray, channel: Any = None, gain: np.ndarray | None = None,
+              send_protocol: str | None = None) -> np.ndarray:
+        """Decode-and-forward relay: decode ``symbols (B, n)`` to token ids with ``protocol`` and re-encode them
+        with ``send_protocol`` (default the same) -> the symbols ``(B, n')`` it sends on the next hop."""
+        ids = self.decode(protocol, symbols, channel, gain)
+        return self.encode(send_protocol or protocol, ids)
 
     def score(self, protocol: str, symbols: np.ndarray, candidates: np.ndarray, receiver: Receiver = "soft",
               channel: Any = None, gain: np.ndarray | None = None) -> np.ndarray:

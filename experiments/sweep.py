@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
-    "NAMESPACE", "NOT_IN_HASH", "SweepConfig", "SweepResult", "agent_pairs", "cli", "collect_rows", "connect_ray",
-    "git_commit", "make_channel", "missing_trials", "open_run_dir", "print_outcome", "run_trials", "run_with_agents",
-    "settings_hash", "write_frame",
+    "NAMESPACE", "NOT_IN_HASH", "SweepConfig", "SweepResult", "agent_pairs", "agent_pool", "cli", "collect_rows",
+    "connect_ray", "git_commit", "make_channel", "missing_trials", "open_run_dir", "print_outcome", "run_trials",
+    "run_with_agents", "run_with_pool", "settings_hash", "write_frame",
 ]
 
 NAMESPACE = "latentcomm"
@@ -212,6 +212,65 @@ def agent_pairs(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str], r
         for pair in pairs:
             for actor in pair:
                 ray.kill(actor, no_restart=True)
+
+
+@contextmanager
+def agent_pool(cfg: SweepConfig, members: dict[str, tuple[Path | str, dict[str, str]]], run_name: str) -> Iterator[dict]:
+    """Start one agent actor per member, ``name -> (autoencoder checkpoint, {protocol: saved dir})`` (Ray must
+    be up); kill them on exit. The heterogeneous counterpart of ``agent_pairs``: a run places as many agents as
+    its pairings or relay chains need (each a fractional GPU where the cluster has fewer GPUs than agents),
+    reuses them across trials, and Ray restarts a dead one (its calls are replayed: the trial loses no row).
+
+    Each agent reserves at most 0.5 logical CPU, less when the trials (``max_concurrent x trial_cpus``) would
+    otherwise leave too few for all of them.
+
+    Yields:
+        ``{name: actor handle}``; the actors are named ``<run_name>-<name>`` in Ray.
+    """
+    import ray
+
+    from agents import AgentConfig, make_agent
+
+    pool: dict = {}
+    # logical CPUs: what the trials leave, shared by the agents (at most AgentConfig's 0.5 each), so that a pool of
+    # many agents on a small machine never holds every CPU while the trials wait for one
+    spare = float(ray.cluster_resources().get("CPU", 1.0)) - cfg.max_concurrent * cfg.trial_cpus
+    agent_cpus = round(min(0.5, max(spare, 0.05 * len(members)) / max(len(members), 1)), 3)
+    try:
+        for name, (checkpoint, protocols) in members.items():
+            agent_cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dict(protocols), num_cpus=agent_cpus,
+                                    num_gpus="auto" if cfg.num_gpus == "auto" else float(cfg.num_gpus))
+            pool[name] = make_agent(agent_cfg, name=f"{run_name}-{name}", num_agents=len(members))
+        for placement in ray.get([a.placement.remote() for a in pool.values()]):
+            print(f"[agents] {placement['name']}: device {placement['device']}, GPU ids {placement['gpu_ids']}, "
+                  f"pid {placement['pid']}", flush=True)
+        yield pool
+    finally:
+        for actor in pool.values():
+            ray.kill(actor, no_restart=True)
+
+
+def run_with_pool(cfg: SweepConfig, members: dict[str, tuple[Path | str, dict[str, str]]], run_name: str,
+                  trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path,
+                  shared: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``run_with_agents`` for a pool of different agents (``agent_pool``): ``trial_fn(spec, pool=..., **shared)``.
+
+    Returns ``(ran, failed)`` as ``run_with_agents``.
+    """
+    import ray
+
+    if not missing:
+        return [], []
+    started = connect_ray(cfg.address, cfg.num_cpus)
+    try:
+        with agent_pool(cfg, members, run_name) as pool:
+            failed = run_trials(trial_fn, missing, run_dir, trial_cpus=cfg.trial_cpus,
+                                max_concurrent=cfg.max_concurrent, shared={"pool": pool, **shared})
+        ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]
+    finally:
+        if started:
+            ray.shutdown()
+    return ran, failed
 
 
 def open_run_dir(results_dir: str, run_name: str, settings: str, checkpoint_id: str | None) -> Path:

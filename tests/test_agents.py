@@ -178,3 +178,33 @@ def test_generate_with_a_calm_language_model(checkpoint, tmp_path):
     assert agent.generate(["In the beginning", "To be"], 8, seed=5) == first
     with pytest.raises(ValueError, match="lm_checkpoint"):
         CALMAgentCore(str(checkpoint), {}).generate(["x"], 4)
+
+
+def test_agent_pool_places_different_agents_and_restarts_a_dead_one(fake_gpu_ray, checkpoint, protocol_dirs):
+    """experiments.sweep.agent_pool: one actor per member, each with its own protocols and a GPU share (three
+    agents on two fake GPUs); a member killed mid-run comes back and answers the same; all die on exit."""
+    from experiments.sweep import SweepConfig, agent_pool
+
+    ray = fake_gpu_ray
+    dirs, passages = protocol_dirs
+    members = {"speaker": (checkpoint, {"vector": dirs["vector"]}), "relay": (checkpoint, {"token": dirs["token"]}),
+               "listener": (checkpoint, dirs)}
+    with agent_pool(SweepConfig(), members, "pool-test") as pool:
+        assert set(pool) == set(members)
+        placements = {p["name"]: p for p in ray.get([a.placement.remote() for a in pool.values()])}
+        assert set(placements) == {"pool-test-speaker", "pool-test-relay", "pool-test-listener"}
+        assert all(len(p["gpu_ids"]) == 1 for p in placements.values())  # a share of one GPU each
+        with pytest.raises(ray.exceptions.RayTaskError, match="protocol must be one of"):
+            ray.get(pool["relay"].encode.remote("vector", passages[:2]))
+        before = ray.get(pool["listener"].encode.remote("vector", passages[:4]))
+        np.testing.assert_array_equal(before, ray.get(pool["speaker"].encode.remote("vector", passages[:4])))
+        pid = ray.get(pool["listener"].pid.remote())
+        ray.kill(pool["listener"], no_restart=False)
+        deadline = time.time() + 120
+        while ray.get(pool["listener"].pid.remote(), timeout=120) == pid:
+            assert time.time() < deadline, "the agent was not restarted"
+            time.sleep(0.2)
+        np.testing.assert_array_equal(before, ray.get(pool["listener"].encode.remote("vector", passages[:4])))
+        handles = list(pool.values())
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(handles[0].pid.remote(), timeout=60)
