@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
         "and darkness was upon the face of the deep. To be, or not to be, that is the question. ")
-STEPS, EVERY = 600, 50
+STEPS, EVERY = 300, 50
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # a tqdm frame (the driver redraws bars in place) is not a line a person reads
 PROGRESS = re.compile(r"(it|doc)/s\]\s*$|\?(it|doc)/s\]")
