@@ -1,0 +1,431 @@
+"""Latent alignment between heterogeneous agents: how much of the vector link survives different models.
+
+    python -m experiments.alignment                       # default sweep, local Ray (about 15 min on 2 cores)
+    python -m experiments.alignment --help
+    ray submit cluster.yaml experiments/alignment.py -- --pairings same seed --sigmas 0.316
+
+The vector protocol works between two agents only because both hold the same autoencoder. Here the
+listener holds another one (``pairing``):
+
+- ``same``: the speaker's own weights (the reference: no alignment needed);
+- ``seed``: the same recipe trained from another seed (``other_seed``);
+- ``latent``: another latent size l (``other_latent_dim``);
+- ``tokenizer``: another tokenizer (``other_tokenizer``), so another segmentation of the same text.
+
+The speaker sends its vector protocol's symbols (its CALM latent means, PCA to n, analog). The
+listener maps what it receives into its own message space with a ``protocols.alignment`` map fitted on
+``anchors`` texts both agents encode (the first 16, 64, ... of one pool of training passages; the
+listener re-tokenises their text when the tokenizers differ), then decodes with its own protocol. 0
+anchors: the identity (the listener reads the speaker's symbols as its own). Methods: orthogonal
+Procrustes (scipy), ridge (scikit-learn's RidgeCV), a one-hidden-layer MLP (scikit-learn).
+
+The token protocols need no alignment: the listener decodes the bits with the speaker's public code
+book and tokenizer (**the speaker's ids with the speaker's tokenizer** are sent, not bytes), then, when
+its own tokenizer differs, re-tokenises the decoded text. ``separation`` is the strongest digital link
+(entropy coding + 5G LDPC/Polar + QAM with oracle rate adaptation over ``pilot_passages``).
+
+One trial = (protocol, pairing, method, anchors, sigma, seed) on AWGN: ``episodes`` passages of L
+tokens in n channel uses. Rows carry two tasks from the same transmission: **referential success** (the
+listener picks the target among ``num_candidates`` passages, its hard receiver: nearest code for the
+vector, fewest token mismatches for the tokens) and **reconstruction** (token accuracy and chrF of
+what it writes out, in the listener's tokenization: the first L tokens of the text; pads do not count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+# `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
+try:
+    import agents  # noqa: F401
+except ImportError:  # pragma: no cover - only on a node without the package installed
+    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
+        if _root and os.path.isdir(os.path.join(_root, "agents")):
+            sys.path.insert(0, _root)
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
+            break
+
+import numpy as np
+
+from agents import SpeakerPolicy, call
+from calm.tokenizer import cached_tokenizer
+from experiments.alignment_report import console_summary, write_report
+from experiments.autoencoder import checkpoint_id, ensure_checkpoint
+from experiments.link_protocols import fit_protocols, game_seed, pick_best
+from experiments.multiagent import LinkConfig, metric_columns, trial_metrics
+from experiments.reconstruction_report import mean_interval
+from experiments.sweep import (
+    NOT_IN_HASH,
+    SweepResult,
+    cli,
+    collect_rows,
+    git_commit,
+    make_channel,
+    missing_trials,
+    open_run_dir,
+    print_outcome,
+    run_with_pool,
+    settings_hash,
+    write_frame,
+)
+from protocols.alignment import METHODS, LatentAlignment
+
+__all__ = ["COLUMNS", "Config", "PAIRINGS", "main", "play_trial", "retokenize", "trial_grid"]
+
+Pairing = Literal["same", "seed", "latent", "tokenizer"]
+PAIRINGS = ("same", "seed", "latent", "tokenizer")
+TOKEN_PROTOCOLS = ("separation", "uncoded-tokens")
+COLUMNS = [
+    "protocol", "pairing", "method", "anchors", "sigma", "snr_db", "channel_uses", "passage_length",
+    *metric_columns(("success", "token_accuracy", "chrf")), "mcs", "anchor_mse", "example", "example_target",
+    "episodes", "seed", "speaker", "listener",
+]
+
+
+@dataclass
+class Config(LinkConfig):
+    """The alignment sweep. Grid axes: pairings x (methods x anchors, for the vector) x sigmas x seeds."""
+
+    pairings: tuple[Pairing, ...] = PAIRINGS
+    """listeners: same (the speaker's weights), seed (another seed), latent (another l), tokenizer (another one)"""
+    other_seed: int = 1
+    """seed pairing: the listener's autoencoder training seed"""
+    other_latent_dim: int = 16
+    """latent pairing: the listener's latent size l"""
+    other_tokenizer: str = "bpe:1024"
+    """tokenizer pairing: the listener's tokenizer spec"""
+    seed_checkpoint: str | None = None
+    """seed pairing: the listener's checkpoint (none: train it once, cached under runs_dir)"""
+    latent_checkpoint: str | None = None
+    """latent pairing: the listener's checkpoint (none: train it once)"""
+    tokenizer_checkpoint: str | None = None
+    """tokenizer pairing: the listener's checkpoint (none: train it once)"""
+    anchors: tuple[int, ...] = (0, 16, 64, 256, 1024, 4096)
+    """anchor passages the maps are fitted on (0: no map, the identity); nested: the first a of one pool"""
+    methods: tuple[Literal["procrustes", "ridge", "mlp"], ...] = METHODS
+    """alignment maps (protocols.alignment): procrustes, ridge, mlp"""
+    sigmas: tuple[float, ...] = (0.1, 0.316, 1.0)
+    """AWGN noise standard deviations (SNR_dB = -20 log10 sigma: 20, 10, 0)"""
+    token_protocols: tuple[Literal["separation", "uncoded-tokens"], ...] = ("separation",)
+    """the token links compared on the same pairs (separation: coded with oracle rate adaptation)"""
+    alignment_unit: Literal["auto", "passage"] = "auto"
+    """auto: map chunk by chunk where both ends send the same chunks' full latents (same tokenizer and K, n = L/K
+    * l), else whole messages; passage: always whole messages"""
+    episodes: int = 128
+    """passages per trial"""
+    batch_size: int = 128
+    """passages per env step"""
+    num_candidates: int = 16
+    """referential success: candidates the listener picks the target from (the target and uniform distractors)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, allowed in (("pairings", PAIRINGS), ("methods", METHODS), ("token_protocols", TOKEN_PROTOCOLS)):
+            bad = [v for v in getattr(self, name) if v not in allowed]
+            if bad or (name != "token_protocols" and not getattr(self, name)):
+                raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
+        if not self.anchors or any(isinstance(a, bool) or int(a) != a or a < 0 for a in self.anchors):
+            raise ValueError(f"anchors must be integers >= 0, got {self.anchors}")
+        if any(0 < a < 4 for a in self.anchors):
+            raise ValueError(f"a map needs >= 4 anchors (0: none), got {self.anchors}")
+        if not self.sigmas or any(not (math.isfinite(s) and s >= 0) for s in self.sigmas):
+            raise ValueError(f"sigmas must be finite and >= 0, got {self.sigmas}")
+        if not self.num_candidates >= 2:
+            raise ValueError(f"num_candidates must be >= 2, got {self.num_candidates}")
+        if not self.other_latent_dim >= 1:
+            raise ValueError(f"other_latent_dim must be >= 1, got {self.other_latent_dim}")
+
+
+_NOT_IN_HASH = NOT_IN_HASH | {"pairings", "anchors", "methods", "sigmas", "seeds", "token_protocols"}
+
+
+def trial_grid(cfg: Config) -> list[dict[str, Any]]:
+    """Every grid point in a fixed order; the vector's same pairing needs no map (method none, 0 anchors)."""
+    grid = []
+    for pairing in cfg.pairings:
+        plans = [("none", 0)] + ([] if pairing == "same" else
+                                 [(m, int(a)) for m in cfg.methods for a in sorted(set(cfg.anchors)) if a > 0])
+        grid += [{"protocol": "vector", "pairing": pairing, "method": method, "anchors": anchors}
+                 for method, anchors in plans]
+        grid += [{"protocol": p, "pairing": pairing, "method": "-", "anchors": 0} for p in cfg.token_protocols]
+    grid = [{**g, "sigma": float(s), "seed": int(seed)} for g in grid for s in cfg.sigmas for seed in cfg.seeds]
+    for spec in grid:
+        spec["key"] = (f"{spec['protocol']}-{spec['pairing']}-{spec['method']}-a{spec['anchors']}-s{spec['sigma']!r}"
+                       f"-seed{spec['seed']}")
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------------------
+# agents, anchors and maps
+
+
+def retokenize(ids: np.ndarray, source_tok, target_tok, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``L`` ids of each row's text under ``target_tok``: ``(ids (N, L), mask (N, L))``; a text shorter
+    than L tokens is padded with the target's pad id, its pad positions False in ``mask``."""
+    from calm.tokenizer import special_ids
+
+    pad, _ = special_ids(target_tok)
+    out = np.full((len(ids), L), pad, dtype=np.int64)
+    mask = np.zeros((len(ids), L), dtype=bool)
+    for i, text in enumerate(source_tok.batch_decode(np.asarray(ids).tolist())):
+        row = target_tok.encode(text, add_special_tokens=False)[:L]
+        out[i, :len(row)], mask[i, :len(row)] = row, True
+    return out, mask
+
+
+def listener_configs(cfg: Config) -> dict[str, Config]:
+    """The config each pairing's listener autoencoder comes from (checkpoint given, or trained and cached)."""
+    return {"same": cfg,
+            "seed": dataclasses.replace(cfg, ae_seed=cfg.other_seed, checkpoint=cfg.seed_checkpoint),
+            "latent": dataclasses.replace(cfg, ae_latent_dim=cfg.other_latent_dim, checkpoint=cfg.latent_checkpoint),
+            "tokenizer": dataclasses.replace(cfg, tokenizer=cfg.other_tokenizer, checkpoint=cfg.tokenizer_checkpoint)}
+
+
+def prepare_agents(cfg: Config, run_dir: Path):
+    """Train or load every agent's autoencoder and fit its protocols; draw the test passages and the anchors.
+
+    Returns ``(members, facts, passages)``: pool members ``name -> (checkpoint, {protocol: dir})`` (``speaker``
+    and one ``listener-<pairing>`` each, the listeners with the speaker's token protocols too); facts per
+    pairing (checkpoint ids, whether the tokenizer differs, the listener's tokenizer path, its test targets and
+    anchors); the speaker's test passages ``(N, L)``.
+    """
+    from calm.checkpoint import load_pretrained
+    from calm.data import load_token_ids, make_passages
+    from calm.tokenizer import tokenizer_fingerprint
+    from protocols import load_protocol
+
+    n, L = cfg.channel_uses, cfg.passage_length
+    speaker_ckpt = ensure_checkpoint(cfg)
+    dirs, variants, facts_s, skipped, passages = fit_protocols(
+        cfg, speaker_ckpt, run_dir / "protocols" / "speaker", protocols=("vector", *cfg.token_protocols), budgets=[n])
+    if skipped:
+        raise ValueError(f"the speaker's protocols cannot be built at n={n}: {skipped}")
+    token_dirs = {k: v for k, v in dirs.items() if not k.startswith("vector@")}
+    speaker_model, speaker_tok = load_pretrained(speaker_ckpt)
+    speaker_vector = load_protocol(dirs[f"vector@{n}"], autoencoder=speaker_model)
+    train_ids = load_token_ids(cfg.corpus, speaker_tok, "train", progress=False)
+    pool = make_passages(train_ids, L, max_passages=max(cfg.anchors + (4,)), seed=cfg.ae_seed + 2)
+    source_anchors = speaker_vector.encode(pool).astype(np.float64)  # (A, n) the speaker's clean symbols
+    members = {"speaker": (speaker_ckpt, dirs)}
+    facts: dict[str, Any] = {"speaker": checkpoint_id(speaker_ckpt), "K": facts_s["K"], "V": facts_s["vocab_size"],
+                             "variants": variants, "pairings": {}}
+    for pairing, pcfg in listener_configs(cfg).items():
+        if pairing not in cfg.pairings:
+            continue
+        ckpt = speaker_ckpt if pairing == "same" else ensure_checkpoint(pcfg)
+        if pairing == "same":
+            ldirs = dirs
+        else:
+            ldirs, _, _, lskipped, _ = fit_protocols(pcfg, ckpt, run_dir / "protocols" / f"listener-{pairing}",
+                                                     protocols=("vector",), budgets=[n])
+            if lskipped:
+                raise ValueError(f"the {pairing} listener's vector protocol cannot be built at n={n}: {lskipped}")
+        model, tok = load_pretrained(ckpt)
+        if L % model.config.K:
+            raise ValueError(f"passage_length {L} is not a multiple of the {pairing} listener's K={model.config.K}")
+        other_tok = tokenizer_fingerprint(tok) != tokenizer_fingerprint(speaker_tok)
+        if other_tok:
+            targets, mask = retokenize(passages, speaker_tok, tok, L)
+            anchor_ids, _ = retokenize(pool, speaker_tok, tok, L)
+        else:
+            targets, mask, anchor_ids = passages, np.ones(passages.shape, bool), pool
+        vector = load_protocol(ldirs[f"vector@{n}"], autoencoder=model)
+        # chunk by chunk when both ends send every latent coordinate of the same chunks (same tokenizer and K, no
+        # PCA): chunk j of the listener depends on chunk j of the speaker only, and each anchor gives L/K pairs
+        chunks = L // model.config.K
+        by_chunk = (cfg.alignment_unit != "passage" and not other_tok and model.config.K == facts["K"]
+                    and n == vector.latent_size(L) and n == speaker_vector.latent_size(L))
+        members[f"listener-{pairing}"] = (ckpt, {f"vector@{n}": ldirs[f"vector@{n}"], **token_dirs})
+        facts["pairings"][pairing] = {
+            "listener": checkpoint_id(ckpt), "other_tokenizer": bool(other_tok),
+            "tokenizer_path": str(ckpt / "tokenizer.json"), "targets": targets, "mask": mask,
+            "chunks": chunks if by_chunk else 1,
+            "anchors_target": vector.encode(anchor_ids).astype(np.float64)}
+    facts["anchors_source"] = source_anchors
+    facts["speaker_tokenizer_path"] = str(speaker_ckpt / "tokenizer.json")
+    return members, facts, passages
+
+
+def fit_alignments(cfg: Config, facts: dict, run_dir: Path) -> dict[str, dict]:
+    """Fit (or reload from ``run_dir/alignments``) every (pairing, method, anchors) map: ``key -> arrays``."""
+    from tqdm import tqdm
+
+    plans = [(p, m, a) for p in cfg.pairings if p != "same" for m in cfg.methods for a in sorted(set(cfg.anchors))
+             if a > 0]
+    maps = {}
+    for pairing, method, anchors in tqdm(plans, desc="[run] alignment maps", unit="map", file=sys.stderr,
+                                         disable=not plans):
+        key, d = f"{pairing}-{method}-a{anchors}", run_dir / "alignments" / f"{pairing}-{method}-a{anchors}"
+        if (d / "alignment.json").is_file():
+            alignment = LatentAlignment.load(d)
+        else:
+            from protocols.alignment import AlignmentConfig
+
+            chunks = facts["pairings"][pairing]["chunks"]
+            source = facts["anchors_source"][:anchors]
+            target = facts["pairings"][pairing]["anchors_target"][:anchors]
+            alignment = LatentAlignment(AlignmentConfig(method=method, seed=cfg.ae_seed)).fit(
+                source.reshape(anchors * chunks, -1), target.reshape(anchors * chunks, -1))
+            alignment.save(d)
+        maps[key] = {**alignment.to_arrays(), "chunks": facts["pairings"][pairing]["chunks"]}
+    return maps
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one trial
+
+
+def _candidates(rng: np.random.Generator, index: np.ndarray, pool_size: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidate passage indices (B, C), the target's slot (B,))``: the target and C-1 other passages drawn
+    uniformly, in a random order."""
+    B = len(index)
+    cands = rng.integers(0, pool_size - 1, size=(B, C - 1))
+    cands += cands >= index[:, None]  # skip the target itself
+    slot = rng.integers(0, C, size=B)
+    out = np.insert(cands, 0, index, axis=1)
+    for b in range(B):  # the target moves to its slot
+        out[b, [0, slot[b]]] = out[b, [slot[b], 0]]
+    return out, slot
+
+
+def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
+          episodes: int, text: bool = True) -> dict:
+    """``episodes`` passages sent with the speaker's protocol ``key``: success, decoded and target batches."""
+    import environments
+
+    n, B, C = settings["channel_uses"], min(settings["batch_size"], episodes), settings["num_candidates"]
+    pair = settings["pairings"][spec["pairing"]]
+    env = environments.make("reconstruction_v0", passages=passages, channel_uses=n, batch_size=B, channel=channel,
+                            vocab_size=settings["V"])
+    speak = SpeakerPolicy(speaker, key)
+    align = None
+    if spec["protocol"] == "vector" and spec["method"] != "none":
+        state = settings["maps"][f"{spec['pairing']}-{spec['method']}-a{spec['anchors']}"]
+        align, chunks = LatentAlignment.from_arrays(state), state["chunks"]
+    speaker_tok = cached_tokenizer(settings["speaker_tokenizer_path"])
+    lookup = settings["lookup"]
+    out = {"success": [], "decoded": [], "target": [], "mask": []}
+    for step in range(episodes // B):
+        obs, _ = env.reset(seed=game_seed(spec["seed"], step))
+        index = np.array([lookup[row.tobytes()] for row in np.asarray(obs["speaker"], dtype=np.int64)])
+        cands, slot = _candidates(np.random.default_rng(game_seed(spec["seed"], step) + 1), index, len(passages), C)
+        obs, *_ = env.step({"speaker": speak.act(obs["speaker"])})
+        received = obs["listener"]["received"]
+        if spec["protocol"] == "vector":  # the listener's adapter, then its own receiver and decoder
+            heard = received if align is None else align.transform(
+                received.reshape(len(received) * chunks, -1)).reshape(len(received), -1).astype(np.float32)
+            own = f"vector@{n}"
+            decoded = np.asarray(call(listener, "decode", own, heard), dtype=np.int64)
+            scores = call(listener, "score", own, heard, pair["targets"][cands], "hard")
+        else:  # the speaker's ids with the speaker's code book; re-tokenised when the listener's tokenizer differs
+            decoded = np.asarray(call(listener, "decode", key, received, channel), dtype=np.int64)
+            scores = call(listener, "score", key, received, passages[cands], "hard", channel)
+            if pair["other_tokenizer"] and text:
+                decoded, _ = retokenize(decoded, speaker_tok, cached_tokenizer(pair["tokenizer_path"]),
+                                        settings["passage_length"])
+        out["success"].append((np.argmax(scores, axis=1) == slot).astype(np.float64))
+        target = pair["targets"][index] if text or spec["protocol"] == "vector" else passages[index]
+        out["decoded"].append(decoded)
+        out["target"].append(target)
+        out["mask"].append(pair["mask"][index] if text or spec["protocol"] == "vector" else np.ones(target.shape, bool))
+    return out
+
+
+def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.ndarray, settings: dict[str, Any]) -> dict:
+    """One grid point: the row (``COLUMNS``). The separation link picks its MCS by the oracle's pilot plays."""
+    from protocols.metrics import snr_db
+
+    n = settings["channel_uses"]
+    channel = make_channel("awgn", spec["sigma"])
+    if spec["protocol"] == "vector":
+        key = f"vector@{n}"
+    else:
+        def pilot_accuracy(k: str) -> float:  # token accuracy in the speaker's ids on the pilot passages
+            pilot = _play(k, spec, speaker, listener, passages, channel, settings,
+                          episodes=min(settings["pilot"], settings["episodes"]), text=False)
+            return float(np.mean([(d == t).mean() for d, t in zip(pilot["decoded"], pilot["target"])]))
+
+        key = pick_best(settings["variants"][f"{spec['protocol']}@{n}"] or [None], pilot_accuracy)
+    if key is None:
+        raise ValueError(f"no {spec['protocol']} code fits n={n}")
+    played = _play(key, spec, speaker, listener, passages, channel, settings, episodes=settings["episodes"])
+    pair = settings["pairings"][spec["pairing"]]
+    tok = cached_tokenizer(pair["tokenizer_path"])
+    row = {"protocol": spec["protocol"], "pairing": spec["pairing"], "method": spec["method"],
+           "anchors": spec["anchors"], "sigma": spec["sigma"], "snr_db": snr_db(spec["sigma"]) + 0.0,
+           "channel_uses": n, "passage_length": settings["passage_length"],
+           **trial_metrics(played["decoded"], played["target"], settings["K"], tok, played["mask"]),
+           "mcs": key.split("#", 1)[1] if "#" in key else None,
+           "anchor_mse": (settings["maps"][f"{spec['pairing']}-{spec['method']}-a{spec['anchors']}"]["info"]["anchor_mse"]
+                          if spec["protocol"] == "vector" and spec["method"] != "none" else float("nan")),
+           "example": tok.decode(played["decoded"][0][0][played["mask"][0][0]].tolist()),
+           "example_target": tok.decode(played["target"][0][0][played["mask"][0][0]].tolist()),
+           "episodes": settings["episodes"], "seed": spec["seed"], "speaker": settings["speaker"],
+           "listener": pair["listener"]}
+    row["success"], row["success_ci_low"], row["success_ci_high"] = mean_interval(np.concatenate(played["success"]))
+    return {k: row[k] for k in COLUMNS}
+
+
+def _trial(spec: dict[str, Any], *, pool: dict, passages: np.ndarray, settings: dict[str, Any]) -> dict:
+    return play_trial(spec, pool["speaker"], pool[f"listener-{spec['pairing']}"], passages, settings)
+
+
+def trial_settings(cfg: Config, facts: dict, maps: dict, passages: np.ndarray) -> dict[str, Any]:
+    """What every trial reads (shipped once through Ray's object store)."""
+    return {"channel_uses": cfg.channel_uses, "passage_length": cfg.passage_length, "episodes": cfg.episodes,
+            "batch_size": cfg.batch_size, "num_candidates": cfg.num_candidates, "pilot": cfg.pilot_passages,
+            "K": facts["K"], "V": facts["V"], "variants": facts["variants"], "maps": maps,
+            "speaker": facts["speaker"], "speaker_tokenizer_path": facts["speaker_tokenizer_path"],
+            "pairings": {p: {k: v for k, v in f.items() if k != "anchors_target"} for p, f in facts["pairings"].items()},
+            "lookup": {row.tobytes(): i for i, row in enumerate(np.asarray(passages, dtype=np.int64))}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# main
+
+
+def main(cfg: Config) -> SweepResult:
+    """Run (or resume) the alignment sweep and write the run directory; prints the summary tables."""
+    import ray
+    import torch
+
+    t0 = time.time()
+    checkpoint = ensure_checkpoint(cfg)
+    ckpt_id = checkpoint_id(checkpoint)
+    settings = settings_hash(cfg, _NOT_IN_HASH)
+    run_name = cfg.run_name or f"alignment-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
+    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
+    members, facts, passages = prepare_agents(cfg, run_dir)
+    maps = fit_alignments(cfg, facts, run_dir)
+    grid = trial_grid(cfg)
+    missing = missing_trials(grid, run_dir, cfg.max_trials)
+    print(f"[run] {run_dir}: {len(grid)} trials ({len(cfg.pairings)} pairings, vector maps {list(cfg.methods)} x anchors "
+          f"{list(cfg.anchors)}, token links {list(cfg.token_protocols)}, {len(cfg.sigmas)} sigmas x {len(cfg.seeds)} "
+          f"seeds), {len(grid) - len(missing)} done, {len(missing)} to run; {cfg.episodes} passages of L="
+          f"{cfg.passage_length} in n={cfg.channel_uses} channel uses", flush=True)
+    record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
+              "checkpoint_id": ckpt_id, "listeners": {p: f["listener"] for p, f in facts["pairings"].items()},
+              "members": {name: str(ckpt) for name, (ckpt, _) in members.items()},
+              "maps": {k: {"anchors": v["anchors"], **v["info"]} for k, v in maps.items()},
+              "ray_version": ray.__version__, "torch_version": torch.__version__, "columns": COLUMNS}
+    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    ran, failed = run_with_pool(cfg, members, run_name, _trial, missing, run_dir, {
+        "passages": passages, "settings": trial_settings(cfg, facts, maps, passages)})
+    frame = collect_rows(grid, run_dir, COLUMNS)
+    write_frame(frame, run_dir)
+    write_report(frame, run_dir, plots=cfg.plots)
+    print(console_summary(frame), flush=True)
+    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
+    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
+
+
+if __name__ == "__main__":
+    sys.exit(cli(main, Config, prog="python -m experiments.alignment", description=__doc__.split("\n\n")[0]))
