@@ -257,15 +257,22 @@ def run_with_pool(cfg: SweepConfig, members: dict[str, tuple[Path | str, dict[st
 
     Returns ``(ran, failed)`` as ``run_with_agents``.
     """
+    return _run_on_ray(cfg, lambda: agent_pool(cfg, members, run_name), "pool", trial_fn, missing, run_dir, shared)
+
+
+def _run_on_ray(cfg: SweepConfig, agents: Callable[[], Any], name: str, trial_fn: Callable[..., dict],
+                missing: list[dict], run_dir: Path, shared: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Connect Ray, enter the ``agents()`` context and run the missing trials with its value as ``shared[name]``;
+    ``(ran, failed)``. Shuts down a Ray it started."""
     import ray
 
     if not missing:
         return [], []
     started = connect_ray(cfg.address, cfg.num_cpus)
     try:
-        with agent_pool(cfg, members, run_name) as pool:
+        with agents() as handles:
             failed = run_trials(trial_fn, missing, run_dir, trial_cpus=cfg.trial_cpus,
-                                max_concurrent=cfg.max_concurrent, shared={"pool": pool, **shared})
+                                max_concurrent=cfg.max_concurrent, shared={name: handles, **shared})
         ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]
     finally:
         if started:
@@ -391,20 +398,8 @@ def run_with_agents(cfg: SweepConfig, checkpoint: Path, protocols: dict[str, str
     Returns ``(ran, failed)``: the keys that have a row now (an interrupted sweep, ^C, leaves the rest for
     the next run) and those that still failed. Shuts down a Ray it started.
     """
-    import ray
-
-    if not missing:
-        return [], []
-    started = connect_ray(cfg.address, cfg.num_cpus)
-    try:
-        with agent_pairs(cfg, checkpoint, protocols, run_name, lm_checkpoint, token_lm_checkpoint) as pairs:
-            failed = run_trials(trial_fn, missing, run_dir, trial_cpus=cfg.trial_cpus,
-                                max_concurrent=cfg.max_concurrent, shared={"pairs": pairs, **shared})
-        ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]
-    finally:
-        if started:
-            ray.shutdown()
-    return ran, failed
+    return _run_on_ray(cfg, lambda: agent_pairs(cfg, checkpoint, protocols, run_name, lm_checkpoint,
+                                                token_lm_checkpoint), "pairs", trial_fn, missing, run_dir, shared)
 
 
 def print_outcome(rows: int, total: int, run_dir: Path, seconds: float, failed: list[str]) -> None:
