@@ -1,6 +1,7 @@
 """Latent alignment between heterogeneous agents: how much of the vector link survives different models.
 
-    python -m experiments.alignment                       # default sweep, local Ray (about 15 min on 2 cores)
+    python -m experiments.alignment                       # default sweep, local Ray (10 and 0 dB)
+    python -m experiments.alignment --sigmas 0.1 0.316 1  # and 20 dB, in the same run directory
     python -m experiments.alignment --help
     ray submit cluster.yaml experiments/alignment.py -- --pairings same seed --sigmas 0.316
 
@@ -112,8 +113,8 @@ class Config(LinkConfig):
     """anchor passages the maps are fitted on (0: no map, the identity); nested: the first a of one pool"""
     methods: tuple[Literal["procrustes", "ridge", "mlp"], ...] = METHODS
     """alignment maps (protocols.alignment): procrustes, ridge, mlp"""
-    sigmas: tuple[float, ...] = (0.1, 0.316, 1.0)
-    """AWGN noise standard deviations (SNR_dB = -20 log10 sigma: 20, 10, 0)"""
+    sigmas: tuple[float, ...] = (0.316, 1.0)
+    """AWGN noise standard deviations (SNR_dB = -20 log10 sigma: 10, 0); add 0.1 for 20 dB (same run directory)"""
     token_protocols: tuple[Literal["separation", "uncoded-tokens"], ...] = ("separation",)
     """the token links compared on the same pairs (separation: coded with oracle rate adaptation)"""
     alignment_unit: Literal["auto", "passage"] = "auto"

@@ -185,8 +185,8 @@ def test_help_lists_every_field(capsys):
     for f in dataclasses.fields(Config):
         assert f"--{f.name.replace('_', '-')}" in out
     cfg = parse_config(Config, ["--pairings", "same", "tokenizer", "--anchors", "0", "16", "--methods", "ridge"])
-    # same: the identity; tokenizer: the identity + ridge at 16; one token link each; x 3 sigmas
-    assert len(trial_grid(cfg)) == (1 + 1 + 1 + 1 + 1) * 3
+    # same: the identity; tokenizer: the identity + ridge at 16; one token link each; x 2 sigmas
+    assert len(trial_grid(cfg)) == (1 + 1 + 1 + 1 + 1) * 2
     with pytest.raises(ValueError, match="pairings"):
         Config(pairings=("telepathy",))
     with pytest.raises(ValueError, match="anchors"):
