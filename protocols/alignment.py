@@ -192,13 +192,8 @@ class LatentAlignment:
 
         directory = Path(directory)
         meta = json.loads((directory / "alignment.json").read_text())
-        config = meta["config"]
-        config["alphas"] = tuple(config["alphas"])
-        out = cls(AlignmentConfig(**config))
-        out.source_dim, out.target_dim = int(meta["source_dim"]), int(meta["target_dim"])
-        out.anchors, out.info = int(meta["anchors"]), dict(meta["info"])
-        out.arrays = {k: v for k, v in load_file(str(directory / "alignment.safetensors")).items() if k != "empty"}
-        return out
+        arrays = {k: v for k, v in load_file(str(directory / "alignment.safetensors")).items() if k != "empty"}
+        return cls.from_arrays({**meta, "arrays": arrays})
 
     def to_arrays(self) -> dict:
         """Everything ``from_arrays`` needs (for shipping to Ray workers without files)."""
@@ -211,6 +206,7 @@ class LatentAlignment:
         config = dict(state["config"])
         config["alphas"] = tuple(config["alphas"])
         out = cls(AlignmentConfig(**config))
-        out.source_dim, out.target_dim, out.anchors = state["source_dim"], state["target_dim"], state["anchors"]
+        out.source_dim, out.target_dim = int(state["source_dim"]), int(state["target_dim"])
+        out.anchors = int(state["anchors"])
         out.arrays, out.info = dict(state["arrays"]), dict(state["info"])
         return out

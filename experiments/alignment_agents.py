@@ -1,0 +1,136 @@
+"""The agents of an alignment run (``experiments.alignment``): their autoencoders and protocols, the anchors
+both ends encode, and the maps fitted on them.
+
+``prepare_agents`` trains or loads the speaker's and every listener's autoencoder (``listener_configs``), fits
+their protocols, draws the test passages and encodes the anchor pool on both sides (``retokenize``: the
+listener's own tokenization of the same text); ``fit_alignments`` fits, or reloads, one
+``protocols.alignment`` map per (pairing, method, anchors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.autoencoder import checkpoint_id, ensure_checkpoint
+from experiments.link_protocols import fit_protocols
+from protocols.alignment import LatentAlignment
+
+__all__ = ["fit_alignments", "listener_configs", "prepare_agents", "retokenize"]
+
+
+
+def retokenize(ids: np.ndarray, source_tok, target_tok, L: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``L`` ids of each row's text under ``target_tok``: ``(ids (N, L), mask (N, L))``; a text shorter
+    than L tokens is padded with the target's pad id, its pad positions False in ``mask``."""
+    from calm.tokenizer import special_ids
+
+    pad, _ = special_ids(target_tok)
+    out = np.full((len(ids), L), pad, dtype=np.int64)
+    mask = np.zeros((len(ids), L), dtype=bool)
+    for i, text in enumerate(source_tok.batch_decode(np.asarray(ids).tolist())):
+        row = target_tok.encode(text, add_special_tokens=False)[:L]
+        out[i, :len(row)], mask[i, :len(row)] = row, True
+    return out, mask
+
+
+def listener_configs(cfg: Any) -> dict[str, Any]:
+    """The config each pairing's listener autoencoder comes from (checkpoint given, or trained and cached)."""
+    return {"same": cfg,
+            "seed": dataclasses.replace(cfg, ae_seed=cfg.other_seed, checkpoint=cfg.seed_checkpoint),
+            "latent": dataclasses.replace(cfg, ae_latent_dim=cfg.other_latent_dim, checkpoint=cfg.latent_checkpoint),
+            "tokenizer": dataclasses.replace(cfg, tokenizer=cfg.other_tokenizer, checkpoint=cfg.tokenizer_checkpoint)}
+
+
+def prepare_agents(cfg: Any, run_dir: Path):
+    """Train or load every agent's autoencoder and fit its protocols; draw the test passages and the anchors.
+
+    Returns ``(members, facts, passages)``: pool members ``name -> (checkpoint, {protocol: dir})`` (``speaker``
+    and one ``listener-<pairing>`` each, the listeners with the speaker's token protocols too); facts per
+    pairing (checkpoint ids, whether the tokenizer differs, the listener's tokenizer path, its test targets and
+    anchors); the speaker's test passages ``(N, L)``.
+    """
+    from calm.checkpoint import load_pretrained
+    from calm.data import load_token_ids, make_passages
+    from calm.tokenizer import tokenizer_fingerprint
+    from protocols import load_protocol
+
+    n, L = cfg.channel_uses, cfg.passage_length
+    speaker_ckpt = ensure_checkpoint(cfg)
+    dirs, variants, facts_s, skipped, passages = fit_protocols(
+        cfg, speaker_ckpt, run_dir / "protocols" / "speaker", protocols=("vector", *cfg.token_protocols), budgets=[n])
+    if skipped:
+        raise ValueError(f"the speaker's protocols cannot be built at n={n}: {skipped}")
+    token_dirs = {k: v for k, v in dirs.items() if not k.startswith("vector@")}
+    speaker_model, speaker_tok = load_pretrained(speaker_ckpt)
+    speaker_vector = load_protocol(dirs[f"vector@{n}"], autoencoder=speaker_model)
+    train_ids = load_token_ids(cfg.corpus, speaker_tok, "train", progress=False)
+    pool = make_passages(train_ids, L, max_passages=max(cfg.anchors + (4,)), seed=cfg.ae_seed + 2)
+    source_anchors = speaker_vector.encode(pool).astype(np.float64)  # (A, n) the speaker's clean symbols
+    members = {"speaker": (speaker_ckpt, dirs)}
+    facts: dict[str, Any] = {"speaker": checkpoint_id(speaker_ckpt), "K": facts_s["K"], "V": facts_s["vocab_size"],
+                             "variants": variants, "pairings": {}}
+    for pairing, pcfg in listener_configs(cfg).items():
+        if pairing not in cfg.pairings:
+            continue
+        ckpt = speaker_ckpt if pairing == "same" else ensure_checkpoint(pcfg)
+        if pairing == "same":
+            ldirs = dirs
+        else:
+            ldirs, _, _, lskipped, _ = fit_protocols(pcfg, ckpt, run_dir / "protocols" / f"listener-{pairing}",
+                                                     protocols=("vector",), budgets=[n])
+            if lskipped:
+                raise ValueError(f"the {pairing} listener's vector protocol cannot be built at n={n}: {lskipped}")
+        model, tok = load_pretrained(ckpt)
+        if L % model.config.K:
+            raise ValueError(f"passage_length {L} is not a multiple of the {pairing} listener's K={model.config.K}")
+        other_tok = tokenizer_fingerprint(tok) != tokenizer_fingerprint(speaker_tok)
+        if other_tok:
+            targets, mask = retokenize(passages, speaker_tok, tok, L)
+            anchor_ids, _ = retokenize(pool, speaker_tok, tok, L)
+        else:
+            targets, mask, anchor_ids = passages, np.ones(passages.shape, bool), pool
+        vector = load_protocol(ldirs[f"vector@{n}"], autoencoder=model)
+        # chunk by chunk when both ends send every latent coordinate of the same chunks (same tokenizer and K, no
+        # PCA): chunk j of the listener depends on chunk j of the speaker only, and each anchor gives L/K pairs
+        chunks = L // model.config.K
+        by_chunk = (cfg.alignment_unit != "passage" and not other_tok and model.config.K == facts["K"]
+                    and n == vector.latent_size(L) and n == speaker_vector.latent_size(L))
+        members[f"listener-{pairing}"] = (ckpt, {f"vector@{n}": ldirs[f"vector@{n}"], **token_dirs})
+        facts["pairings"][pairing] = {
+            "listener": checkpoint_id(ckpt), "other_tokenizer": bool(other_tok),
+            "tokenizer_path": str(ckpt / "tokenizer.json"), "targets": targets, "mask": mask,
+            "chunks": chunks if by_chunk else 1,
+            "anchors_target": vector.encode(anchor_ids).astype(np.float64)}
+    facts["anchors_source"] = source_anchors
+    facts["speaker_tokenizer_path"] = str(speaker_ckpt / "tokenizer.json")
+    return members, facts, passages
+
+
+def fit_alignments(cfg: Any, facts: dict, run_dir: Path) -> dict[str, dict]:
+    """Fit (or reload from ``run_dir/alignments``) every (pairing, method, anchors) map: ``key -> arrays``."""
+    from tqdm import tqdm
+
+    plans = [(p, m, a) for p in cfg.pairings if p != "same" for m in cfg.methods for a in sorted(set(cfg.anchors))
+             if a > 0]
+    maps = {}
+    for pairing, method, anchors in tqdm(plans, desc="[run] alignment maps", unit="map", file=sys.stderr,
+                                         disable=not plans):
+        key, d = f"{pairing}-{method}-a{anchors}", run_dir / "alignments" / f"{pairing}-{method}-a{anchors}"
+        if (d / "alignment.json").is_file():
+            alignment = LatentAlignment.load(d)
+        else:
+            from protocols.alignment import AlignmentConfig
+
+            chunks = facts["pairings"][pairing]["chunks"]
+            source = facts["anchors_source"][:anchors]
+            target = facts["pairings"][pairing]["anchors_target"][:anchors]
+            alignment = LatentAlignment(AlignmentConfig(method=method, seed=cfg.ae_seed)).fit(
+                source.reshape(anchors * chunks, -1), target.reshape(anchors * chunks, -1))
+            alignment.save(d)
+        maps[key] = {**alignment.to_arrays(), "chunks": facts["pairings"][pairing]["chunks"]}
+    return maps
