@@ -123,7 +123,7 @@ def get_tokenizer(spec: str = DEFAULT_TOKENIZER, corpus: str = "kjv+shakespeare"
         if not path.is_file():
             backend = _train_bpe(size, corpus)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: two may build the same one
             backend.save(str(tmp))
             os.replace(tmp, path)  # atomic, so parallel workers never read half a file
         return load_tokenizer(path)

@@ -68,7 +68,7 @@ def build_parser(cls: type, *, prog: str | None = None, description: str | None 
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = docs.get(f.name, f.name)
+        help_text = docs.get(f.name, f.name).replace("%", "%%")  # argparse %-formats help ("10% warm-up")
         tp, optional = _strip_optional(hints[f.name])
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
