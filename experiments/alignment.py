@@ -60,7 +60,7 @@ from experiments.alignment_agents import fit_alignments, prepare_agents, retoken
 from experiments.alignment_report import console_summary, write_report
 from experiments.autoencoder import checkpoint_id, ensure_checkpoint
 from experiments.link_protocols import game_seed, pick_best
-from experiments.multiagent import LinkConfig, metric_columns, trial_metrics
+from experiments.multiagent import LinkConfig, draw_candidates, metric_columns, trial_metrics
 from experiments.reconstruction_report import mean_interval
 from experiments.sweep import (
     NOT_IN_HASH,
@@ -167,19 +167,6 @@ def trial_grid(cfg: Config) -> list[dict[str, Any]]:
 # one trial
 
 
-def _candidates(rng: np.random.Generator, index: np.ndarray, pool_size: int, C: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(candidate passage indices (B, C), the target's slot (B,))``: the target and C-1 other passages drawn
-    uniformly, in a random order."""
-    B = len(index)
-    cands = rng.integers(0, pool_size - 1, size=(B, C - 1))
-    cands += cands >= index[:, None]  # skip the target itself
-    slot = rng.integers(0, C, size=B)
-    out = np.insert(cands, 0, index, axis=1)
-    rows = np.arange(B)
-    out[rows, 0], out[rows, slot] = out[rows, slot], index  # the target swaps places with its slot's passage
-    return out, slot
-
-
 def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
           episodes: int, text: bool = True) -> dict:
     """``episodes`` passages sent with the speaker's protocol ``key``: success, decoded and target batches."""
@@ -200,7 +187,7 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
     for step in range(episodes // B):
         obs, _ = env.reset(seed=game_seed(spec["seed"], step))
         index = np.array([lookup[row.tobytes()] for row in np.asarray(obs["speaker"], dtype=np.int64)])
-        cands, slot = _candidates(np.random.default_rng(game_seed(spec["seed"], step) + 1), index, len(passages), C)
+        cands, slot = draw_candidates(np.random.default_rng(game_seed(spec["seed"], step) + 1), index, len(passages), C)
         obs, *_ = env.step({"speaker": speak.act(obs["speaker"])})
         received = obs["listener"]["received"]
         if spec["protocol"] == "vector":  # the listener's adapter, then its own receiver and decoder

@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -45,7 +47,7 @@ from experiments.sweep import (
     write_frame,
 )
 
-__all__ = ["COLUMNS", "Config", "SIZES", "main", "train_and_score", "trial_grid"]
+__all__ = ["COLUMNS", "Config", "SIZES", "WINDOW_TOKENS", "main", "make_task", "train_and_score", "trial_grid"]
 
 Family = Literal["baseline", "calm-k2", "calm-k4"]
 FAMILIES = ("baseline", "calm-k2", "calm-k4")
@@ -130,21 +132,40 @@ def trial_grid(cfg: Config) -> list[dict[str, Any]]:
     return grid
 
 
+WINDOW_TOKENS = 256
+"""tokens per training and scoring window of every family (CALM: WINDOW_TOKENS / K patches)"""
+
+
 def make_task(family: str, size: str, vocab_size: int, ae_dir: str | None):
-    """The training task (calm.lm_task.WindowTask) of one family at one size."""
+    """The training task (calm.lm_task.WindowTask) of one family at one size.
+
+    ``baseline`` is the token transformer; any other family is an energy transformer on the autoencoder
+    ``ae_dir`` (its K sets the patches per window: WINDOW_TOKENS / K, so every family sees 256 tokens).
+    """
     from calm.baseline import BaselineTask
+    from calm.checkpoint import autoencoder_config_for
     from calm.energy_transformer import CalmTask
 
     dims = SIZES[size]
     if family == "baseline":
         return BaselineTask(BaselineTask.make_config("tiny", vocab_size=vocab_size, overrides=dims))
-    preset = "tiny-k2" if family == "calm-k2" else "tiny"
-    overrides = {**dims, "head_intermediate_size": dims["hidden_size"]}
-    return CalmTask(CalmTask.make_config(preset, vocab_size=vocab_size, overrides=overrides, ae=ae_dir))
+    if ae_dir is None:
+        raise ValueError(f"family {family!r} needs an autoencoder checkpoint")
+    K = int(autoencoder_config_for(ae_dir, vocab_size, "calm")["K"])
+    if WINDOW_TOKENS % K:
+        raise ValueError(f"K={K} does not divide the {WINDOW_TOKENS}-token window")
+    overrides = {**dims, "head_intermediate_size": dims["hidden_size"], "max_patches": WINDOW_TOKENS // K}
+    return CalmTask(CalmTask.make_config("tiny", vocab_size=vocab_size, overrides=overrides, ae=ae_dir))
 
 
-def train_and_score(spec: dict[str, Any], *, settings: dict[str, Any], autoencoders: dict[str, str]) -> dict:
-    """Train one model to ``spec['budget']`` training FLOPs and score it on the held-out windows (one row)."""
+def train_and_score(spec: dict[str, Any], *, settings: dict[str, Any], autoencoders: dict[str, str],
+                    measure: Callable[[Any, Any, Any], dict] | None = None) -> dict:
+    """Train one model to ``spec['budget']`` training FLOPs and score it on the held-out windows (one row).
+
+    ``settings`` holds the fields of ``Config`` this reads (tokenizer, corpus, batch_size, calm_grad_accum,
+    lr, eval_windows, brier_samples, seed, device); other experiments' configs that share them train the same
+    way (``experiments.scaling_k``). ``measure(model, task, windows)``: more columns for the row.
+    """
     import torch
 
     from calm.brier import evaluate_brier
@@ -153,7 +174,7 @@ def train_and_score(spec: dict[str, Any], *, settings: dict[str, Any], autoencod
     from calm.loop import TrainConfig, train_local
     from calm.tokenizer import get_tokenizer
 
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    cfg = SimpleNamespace(**settings)
     torch.set_num_threads(1)
     tok = get_tokenizer(cfg.tokenizer, cfg.corpus)
     train_ids = load_token_ids(cfg.corpus, tok, "train", progress=False)
@@ -185,6 +206,8 @@ def train_and_score(spec: dict[str, Any], *, settings: dict[str, Any], autoencod
            **{f"{k}_ci_low": v[0] for k, v in ci.items()}, **{f"{k}_ci_high": v[1] for k, v in ci.items()},
            "on_manifold": manifold, "train_seconds": round(seconds, 1), "seed": cfg.seed,
            "per_window": json.dumps(np.round(scores.per_passage, 6).tolist())}
+    if measure is not None:
+        row.update(measure(model, task, windows))
     return row
 
 

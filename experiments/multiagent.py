@@ -19,7 +19,7 @@ import numpy as np
 from experiments.reconstruction_report import mean_interval, passage_metrics
 from experiments.sweep import SweepConfig
 
-__all__ = ["METRICS", "LinkConfig", "metric_columns", "sigma_of_snr", "trial_metrics"]
+__all__ = ["METRICS", "LinkConfig", "draw_candidates", "metric_columns", "sigma_of_snr", "trial_metrics"]
 
 METRICS = ("token_accuracy", "chrf")
 
@@ -27,6 +27,19 @@ METRICS = ("token_accuracy", "chrf")
 def metric_columns(metrics: tuple[str, ...] = METRICS) -> list[str]:
     """``metric, metric_ci_low, metric_ci_high`` for each metric."""
     return [f"{m}{s}" for m in metrics for s in ("", "_ci_low", "_ci_high")]
+
+
+def draw_candidates(rng: np.random.Generator, index: np.ndarray, pool_size: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidate passage indices (B, C), the target's slot (B,))``: the target and C-1 other passages drawn
+    uniformly, in a random order."""
+    B = len(index)
+    cands = rng.integers(0, pool_size - 1, size=(B, C - 1))
+    cands += cands >= index[:, None]  # skip the target itself
+    slot = rng.integers(0, C, size=B)
+    out = np.insert(cands, 0, index, axis=1)
+    rows = np.arange(B)
+    out[rows, 0], out[rows, slot] = out[rows, slot], index  # the target swaps places with its slot's passage
+    return out, slot
 
 
 def sigma_of_snr(snr_db: float) -> float:

@@ -105,10 +105,10 @@ def test_retokenize_keeps_the_text_and_masks_the_padding():
 
 
 def test_candidates_hold_the_target_once_at_its_slot():
-    from experiments.alignment import _candidates
+    from experiments.multiagent import draw_candidates
 
     index = np.array([0, 5, 9, 3])
-    cands, slot = _candidates(np.random.default_rng(0), index, 10, 6)
+    cands, slot = draw_candidates(np.random.default_rng(0), index, 10, 6)
     assert cands.shape == (4, 6)
     assert (cands[np.arange(4), slot] == index).all()
     assert ((cands == index[:, None]).sum(axis=1) == 1).all()
