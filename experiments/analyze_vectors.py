@@ -1,0 +1,233 @@
+"""What do CALM vectors hold? Per-dimension information, linear probes, manifold pictures of one autoencoder.
+
+    python -m experiments.analyze_vectors                       # the K = 4 autoencoder of experiments.scaling_k
+    python -m experiments.analyze_vectors --k 8                 # another K of that study (trained once, cached)
+    python -m experiments.analyze_vectors --checkpoint runs/ae-tiny-...   # any autoencoder checkpoint
+    python -m experiments.analyze_vectors --help
+
+On held-out (test split) documents, each K-token chunk's encoder mean mu is analysed:
+- per dimension: KL to the prior and variance of mu (sorted bar plot), collapsed dimensions, effective rank;
+- linear probes (``experiments.vector_probes``: logistic regression, train and test chunks from different
+  documents) from mu to each of the K token ids, each token's class (capitalised / punctuation / digit /
+  whitespace-led / other), the source corpus, the position in the verse/line and the next chunk's first
+  token; read against the majority class and a bag-of-token-ids probe; the same probes on mu + sigma N(0,1);
+  and single-dimension probes of the dimension with most KL;
+- pictures: PCA and UMAP of mu coloured by source, first token class and position; interpolation between two
+  chunks' latents decoded every 10%; nearest-neighbour chunks, and how often neighbours share a label.
+Writes summary.md, probes.csv, analysis.json and PNGs under results/<run>/ (default vectors-<checkpoint>).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Config", "main", "probe_table"]
+
+
+@dataclass
+class Config:
+    """One autoencoder's vector analysis."""
+
+    checkpoint: str | None = None
+    """autoencoder checkpoint directory; none: experiments.scaling_k's autoencoder at --k (trained once, cached)"""
+    k: int = 4
+    """without --checkpoint: the K of experiments.scaling_k's autoencoder (its defaults: l = 32 K, bpe:2048)"""
+    runs_dir: str = "runs"
+    """where experiments.scaling_k caches its autoencoders"""
+    results_dir: str = "results"
+    """where the run directory goes"""
+    run_name: str | None = None
+    """run directory name; default vectors-<checkpoint directory name>"""
+    corpus: str = "kjv+shakespeare"
+    """held-out documents: the test split of this corpus (it must carry KJV / Shakespeare names for the source)"""
+    max_chunks: int = 12000
+    """held-out chunks analysed (a uniform sample)"""
+    test_fraction: float = 0.3
+    """share of the chunks (whole documents) the probes are scored on"""
+    max_classes: int = 256
+    """probe labels with many values (token ids) keep the most frequent max_classes - 1; the rest are one class"""
+    noise_sigmas: tuple[float, ...] = (0.3, 1.0)
+    """noise added to mu for the noisy probes"""
+    umap_points: int = 3000
+    """chunks in the UMAP picture"""
+    seed: int = 0
+    """seed of the chunk sample, the split, the noise and UMAP"""
+    plots: bool = True
+    """write the PNG plots"""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "max_chunks", "max_classes", "umap_points"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0.05 <= self.test_fraction <= 0.95:
+            raise ValueError(f"test_fraction must be in [0.05, 0.95], got {self.test_fraction}")
+        if self.max_classes < 2 or any(not s >= 0 for s in self.noise_sigmas):
+            raise ValueError("max_classes must be >= 2 and noise_sigmas >= 0")
+
+
+def _checkpoint(cfg: Config) -> Path:
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint).expanduser()
+        if not (path / "model.safetensors").is_file():
+            raise ValueError(f"checkpoint {cfg.checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)")
+        return path.resolve()
+    from experiments.scaling_k import Config as ScalingConfig
+    from experiments.scaling_k import autoencoder_dir
+
+    return autoencoder_dir(ScalingConfig(runs_dir=cfg.runs_dir, corpus=cfg.corpus, ks=(cfg.k,)), cfg.k)
+
+
+def encode_chunks(model, ids: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, log_sigma)`` ``(N, l)`` float64 of chunks ``ids (N, K)``."""
+    import torch
+
+    out_mu, out_ls = [], []
+    with torch.inference_mode():
+        for i in range(0, len(ids), batch):
+            mu, ls = model.encode(torch.as_tensor(ids[i: i + batch]))
+            out_mu.append(mu.reshape(-1, mu.shape[-1]).double().numpy())
+            out_ls.append(ls.reshape(-1, ls.shape[-1]).double().numpy())
+    return np.concatenate(out_mu), np.concatenate(out_ls)
+
+
+def decode_text(model, tok, z: np.ndarray) -> list[str]:
+    """Greedy decode of latents ``z (B, l)`` to text, one string per latent."""
+    import torch
+
+    with torch.inference_mode():
+        ids = model.decode(torch.as_tensor(z, dtype=torch.float32)[:, None, :]).argmax(-1).reshape(len(z), -1)
+    return [tok.decode(row.tolist()) for row in ids]
+
+
+def probe_table(mu: np.ndarray, chunks, classes: np.ndarray, vocab_size: int, split, cfg: Config) -> list[dict]:
+    """Every probe of the analysis, on the ``(train, test)`` chunk masks: one row per feature, with its
+    baselines and noisy accuracies."""
+    from experiments.vector_probes import bag_of_ids, cap_classes, probe
+
+    train, test = split
+    K = chunks.ids.shape[1]
+    features = {**{f"token id @{j}": chunks.ids[:, j] for j in range(K)},
+                **{f"token class @{j}": classes[chunks.ids[:, j]] for j in range(K)},
+                "source": chunks.source, "position in line": chunks.position}
+    has_next = chunks.next_first >= 0
+    bag = bag_of_ids(chunks.ids, vocab_size)
+    rows = []
+    for name, y in [*features.items(), ("next chunk's first token", chunks.next_first)]:
+        keep = has_next if name.startswith("next") else np.ones(len(y), bool)
+        y = cap_classes(y, train & keep, cfg.max_classes)
+        tr, te = train & keep, test & keep
+        vec = probe(mu, y, tr, te, noise=tuple(cfg.noise_sigmas), seed=cfg.seed)
+        ids = probe(bag, y, tr, te)
+        rows.append({"feature": name, "classes": vec.classes, "train": vec.train, "test": vec.test,
+                     "majority": vec.majority, "bag_of_ids": ids.accuracy, "probe": vec.accuracy,
+                     **{f"probe_sigma_{s}": a for s, a in vec.noisy.items()}})
+    return rows
+
+
+def _top_dimension_probes(mu, kl, chunks, classes, split, cfg: Config) -> dict:
+    """Single-dimension probes on the dimension with most KL: which label it alone predicts best."""
+    from experiments.vector_probes import cap_classes, probe
+
+    train, test = split
+    dim = int(np.argmax(kl))
+    labels = {"token id @0": chunks.ids[:, 0], "token class @0": classes[chunks.ids[:, 0]], "source": chunks.source,
+              "position in line": chunks.position}
+    out = {}
+    for name, y in labels.items():
+        r = probe(mu[:, [dim]], cap_classes(y, train, cfg.max_classes), train, test)
+        out[name] = {"probe": r.accuracy, "majority": r.majority}
+    return {"dim": dim, "kl": float(kl[dim]), "probes": out}
+
+
+def main(cfg: Config) -> dict:
+    """Run the analysis; returns (and writes) analysis.json's content."""
+    from calm.checkpoint import load_pretrained
+    from calm.corpus import load_split
+    from experiments.vector_probes import (
+        TOKEN_CLASSES,
+        chunk_set,
+        effective_rank,
+        neighbour_agreement,
+        split_by_document,
+        token_classes,
+    )
+    from experiments.vectors_report import (
+        interpolation_table,
+        neighbour_table,
+        plot_dimensions,
+        plot_manifold,
+        write_summary,
+    )
+
+    t0 = time.time()
+    path = _checkpoint(cfg)
+    model, tok = load_pretrained(path)
+    model.eval()
+    K, ell = model.config.K, model.config.latent_dim
+    run_dir = (Path(cfg.results_dir) / (cfg.run_name or f"vectors-{path.name}")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[vectors] {path} (K={K}, l={ell}) -> {run_dir}", flush=True)
+    chunks = chunk_set(load_split(cfg.corpus, "test"), tok, K, max_chunks=cfg.max_chunks, seed=cfg.seed)
+    classes = token_classes(tok)
+    mu, log_sigma = encode_chunks(model, chunks.ids)
+    kl = (0.5 * (mu ** 2 + np.exp(2 * log_sigma) - 1 - 2 * log_sigma)).mean(axis=0)
+    var = mu.var(axis=0)
+    print(f"[vectors] {len(chunks)} chunks from {len(chunks.docs)} documents; probes ...", flush=True)
+    split = split_by_document(chunks.doc, strata=chunks.source, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    rows = probe_table(mu, chunks, classes, len(tok), split, cfg)
+    top = _top_dimension_probes(mu, kl, chunks, classes, split, cfg)
+    first_class = classes[chunks.ids[:, 0]]
+    neighbours = neighbour_agreement(mu, {"source": chunks.source, "first token": chunks.ids[:, 0],
+                                          "first token class": first_class, "position in line": chunks.position},
+                                     seed=cfg.seed)
+    result = {"checkpoint": str(path), "K": K, "latent_dim": ell, "chunks": len(chunks), "documents": len(chunks.docs),
+              "kl_per_dim": kl.round(5).tolist(), "variance_per_dim": var.round(5).tolist(),
+              "kl_total": float(kl.sum()), "collapsed_dims": int((kl < 0.01).sum()),
+              "effective_rank": effective_rank(mu), "probes": rows, "top_dimension": top,
+              "neighbour_agreement": neighbours,
+              "interpolation": interpolation_table(model, tok, mu, chunks),
+              "nearest_neighbours": neighbour_table(mu, chunks, tok, seed=cfg.seed),
+              "config": asdict(cfg)}
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(run_dir / "probes.csv", index=False)
+    if cfg.plots:
+        plot_dimensions(kl, var, run_dir / "dimensions.png")
+        plot_manifold(mu, {"source": (chunks.source, ("KJV", "Shakespeare")),
+                           "first token class": (first_class, TOKEN_CLASSES),
+                           "position in line": (chunks.position, ("0", "1-4", "5-9", "10-19", "20+"))},
+                      run_dir / "manifold.png", umap_points=cfg.umap_points, seed=cfg.seed)
+    result["seconds"] = round(time.time() - t0, 1)
+    command = "python -m experiments.analyze_vectors " + (f"--checkpoint {path}" if cfg.checkpoint else f"--k {cfg.k}")
+    result["command"] = command
+    (run_dir / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_summary(result, run_dir / "summary.md")
+    print(f"[vectors] done in {result['seconds']:.0f} s: {run_dir / 'summary.md'}\n[vectors] reproduce: {command}",
+          flush=True)
+    return result
+
+
+def _cli() -> int:
+    import sys
+
+    from calm.checkpoint import CheckpointError
+    from experiments.cli import parse_config
+
+    prog = "python -m experiments.analyze_vectors"
+    cfg = parse_config(Config, prog=prog, description=__doc__.split("\n\n")[0])
+    try:
+        main(cfg)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())
