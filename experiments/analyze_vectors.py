@@ -51,6 +51,8 @@ class Config:
     """share of the chunks (whole documents) the probes are scored on"""
     max_classes: int = 256
     """probe labels with many values (token ids) keep the most frequent max_classes - 1; the rest are one class"""
+    probe_cs: tuple[float, ...] = (0.01, 0.1, 1.0)
+    """inverse regularisation strengths each probe picks from on held-out training documents (one value: no pick)"""
     noise_sigmas: tuple[float, ...] = (0.3, 1.0)
     """noise added to mu for the noisy probes"""
     umap_points: int = 3000
@@ -69,6 +71,8 @@ class Config:
             raise ValueError(f"test_fraction must be in [0.05, 0.95], got {self.test_fraction}")
         if self.max_classes < 2 or any(not s >= 0 for s in self.noise_sigmas):
             raise ValueError("max_classes must be >= 2 and noise_sigmas >= 0")
+        if not self.probe_cs or any(not c > 0 for c in self.probe_cs):
+            raise ValueError(f"probe_cs must hold values > 0, got {self.probe_cs}")
 
 
 def _checkpoint(cfg: Config) -> Path:
@@ -122,10 +126,11 @@ def probe_table(mu: np.ndarray, chunks, classes: np.ndarray, vocab_size: int, sp
         keep = has_next if name.startswith("next") else np.ones(len(y), bool)
         y = cap_classes(y, train & keep, cfg.max_classes)
         tr, te = train & keep, test & keep
-        vec = probe(mu, y, tr, te, noise=tuple(cfg.noise_sigmas), seed=cfg.seed)
-        ids = probe(bag, y, tr, te)
-        rows.append({"feature": name, "classes": vec.classes, "train": vec.train, "test": vec.test,
-                     "majority": vec.majority, "bag_of_ids": ids.accuracy, "probe": vec.accuracy,
+        vec = probe(mu, y, tr, te, groups=chunks.doc, Cs=tuple(cfg.probe_cs), noise=tuple(cfg.noise_sigmas),
+                    seed=cfg.seed)
+        ids = probe(bag, y, tr, te, groups=chunks.doc, Cs=tuple(cfg.probe_cs), seed=cfg.seed)
+        rows.append({"feature": name, "classes": vec.classes, "train": vec.train, "test": vec.test, "C": vec.C,
+                     "C_bag_of_ids": ids.C, "majority": vec.majority, "bag_of_ids": ids.accuracy, "probe": vec.accuracy,
                      **{f"probe_sigma_{s}": a for s, a in vec.noisy.items()}})
     return rows
 
@@ -140,7 +145,8 @@ def _top_dimension_probes(mu, kl, chunks, classes, split, cfg: Config) -> dict:
               "position in line": chunks.position}
     out = {}
     for name, y in labels.items():
-        r = probe(mu[:, [dim]], cap_classes(y, train, cfg.max_classes), train, test)
+        r = probe(mu[:, [dim]], cap_classes(y, train, cfg.max_classes), train, test, groups=chunks.doc,
+                  Cs=tuple(cfg.probe_cs), seed=cfg.seed)
         out[name] = {"probe": r.accuracy, "majority": r.majority}
     return {"dim": dim, "kl": float(kl[dim]), "probes": out}
 

@@ -156,22 +156,38 @@ class ProbeResult:
     classes: int
     train: int
     test: int
+    C: float = 1.0
+    """inverse regularisation strength the probe was fitted with (picked on held-out training documents)"""
     noisy: dict[str, float] = field(default_factory=dict)
     """sigma -> accuracy of the same probe on latents with N(0, sigma^2) noise added"""
     model: object = None
 
 
-def probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, *, max_iter: int = 300,
-          noise: tuple[float, ...] = (), seed: int = 0) -> ProbeResult:
-    """Logistic-regression probe (standardised features) from ``x`` to the labels ``y``: fit on ``train``,
-    scored on ``test`` (boolean masks); ``noise``: also score the same probe on ``x + sigma N(0, 1)`` (x in
-    its own units, so sigma is the channel's noise on the latent). ``x`` may be a scipy sparse matrix (the
-    bag-of-ids baseline: it is then not standardised)."""
+def _fit(x, y, C: float, max_iter: int, dense: bool):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    clf = LogisticRegression(C=C, max_iter=max_iter)
+    model = make_pipeline(StandardScaler(), clf) if dense else clf
+    with warnings.catch_warnings():  # lbfgs stopping at max_iter on a many-class label is expected, not news
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(x, y)
+
+
+def probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, *, groups: np.ndarray | None = None,
+          Cs: tuple[float, ...] = (1.0,), max_iter: int = 200, noise: tuple[float, ...] = (),
+          seed: int = 0) -> ProbeResult:
+    """Logistic-regression probe (standardised features) from ``x`` to the labels ``y``: fit on ``train``,
+    scored on ``test`` (boolean masks).
+
+    ``Cs`` (several) with ``groups`` (the document of each row): the regularisation is picked on a quarter of
+    the training documents held out from a first fit (a many-class probe overfits at C = 1: on the next
+    chunk's first token it falls below the majority class), then the probe is refitted on all of train.
+    ``noise``: also score the same probe on ``x + sigma N(0, 1)`` (x in its own units, so sigma is the channel's
+    noise on the latent). ``x`` may be a scipy sparse matrix (the bag-of-ids baseline: then not standardised).
+    """
     y = np.asarray(y)
     ytr, yte = y[train], y[test]
     if len(ytr) == 0 or len(yte) == 0:
@@ -181,13 +197,16 @@ def probe(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, *, 
     if len(values) < 2:
         return ProbeResult(majority, majority, 1, len(ytr), len(yte))
     dense = isinstance(x, np.ndarray)
-    clf = LogisticRegression(max_iter=max_iter)
-    model = make_pipeline(StandardScaler(), clf) if dense else clf
-    with warnings.catch_warnings():  # lbfgs stopping at max_iter on a many-class label is expected, not news
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x[train], ytr)
+    xtr = x[train]
+    C = Cs[-1]
+    if len(Cs) > 1 and groups is not None and len(np.unique(groups[train])) >= 2:
+        fit, val = split_by_document(np.asarray(groups)[train], test_fraction=0.25, seed=seed)
+        scores = [float((_fit(xtr[fit], ytr[fit], c, max_iter, dense).predict(xtr[val]) == ytr[val]).mean())
+                  for c in Cs]
+        C = Cs[int(np.argmax(scores))]
+    model = _fit(xtr, ytr, C, max_iter, dense)
     result = ProbeResult(float((model.predict(x[test]) == yte).mean()), majority, len(values), len(ytr), len(yte),
-                         model=model)
+                         C=C, model=model)
     rng = np.random.default_rng(seed)
     for sigma in noise:
         noisy = x[test] + sigma * rng.standard_normal(x[test].shape)

@@ -124,13 +124,15 @@ def write_summary(result: dict, path: Path) -> None:
              "- Most KL: " + ", ".join(f"dim {d} ({kl[d]:.2f})" for d in order) + ".",
              "", "![dimensions](dimensions.png)", "",
              "## Probes (logistic regression, test documents unseen in training)", "",
-             "| feature | classes | majority | bag of ids | probe on mu | " + " | ".join(f"σ={s}" for s in sig) + " |",
-             "|---|---|---|---|---|" + "---|" * len(sig)]
+             "| feature | classes | majority | bag of ids | probe on mu | C | " + " | ".join(f"σ={s}" for s in sig)
+             + " |", "|---|---|---|---|---|---|" + "---|" * len(sig)]
     for r in result["probes"]:
         lines.append(f"| {r['feature']} | {r['classes']} | {r['majority']:.3f} | {r['bag_of_ids']:.3f} | "
-                     f"**{r['probe']:.3f}** | " + " | ".join(f"{r[f'probe_sigma_{s}']:.3f}" for s in sig) + " |")
-    lines += ["", "Labels with more than the cap's values keep the most frequent ones, the rest are one class; the "
-              "noisy columns score the same probe on mu + σ N(0, 1).", "",
+                     f"**{r['probe']:.3f}** | {r['C']:g} | " + " | ".join(f"{r[f'probe_sigma_{s}']:.3f}" for s in sig)
+                     + " |")
+    lines += ["", "Labels with more than the cap's values keep the most frequent ones, the rest are one class. C: the "
+              "regularisation picked on held-out training documents. The noisy columns score the same probe on "
+              "mu + σ N(0, 1).", "",
               f"## The dimension with most KL: {top['dim']} ({top['kl']:.2f} nats)", "",
               "| label | probe on this dimension alone | majority |", "|---|---|---|"]
     for name, r in top["probes"].items():

@@ -50,6 +50,17 @@ def test_a_probe_finds_a_planted_feature_and_not_an_absent_one():
     assert probe(one[:, [0]], y, train, test).accuracy < 0.45
 
 
+def test_picking_the_regularisation_on_held_out_documents_stops_overfitting():
+    rng = np.random.default_rng(0)
+    y = np.minimum(rng.geometric(0.15, 3000), 40)  # a skewed many-class label the latents know nothing of
+    x, doc = rng.standard_normal((3000, 32)), np.arange(3000) // 30
+    train, test = split_by_document(doc, seed=0)
+    loose = probe(x, y, train, test)  # C = 1 fits the noise: below the majority class
+    picked = probe(x, y, train, test, groups=doc, Cs=(0.001, 0.01, 0.1, 1.0))
+    assert loose.accuracy < loose.majority - 0.01
+    assert picked.C < 1.0 and picked.accuracy >= picked.majority - 0.01
+
+
 def test_split_keeps_documents_whole_and_the_strata_balanced():
     rng = np.random.default_rng(0)
     doc = np.repeat(np.arange(40), rng.integers(5, 60, 40))
