@@ -189,16 +189,20 @@ def main(cfg: Config) -> dict:
     rows = probe_table(mu, chunks, classes, len(tok), split, cfg)
     top = _top_dimension_probes(mu, kl, chunks, classes, split, cfg)
     first_class = classes[chunks.ids[:, 0]]
-    neighbours = neighbour_agreement(mu, {"source": chunks.source, "first token": chunks.ids[:, 0],
-                                          "first token class": first_class, "position in line": chunks.position},
-                                     seed=cfg.seed)
+    # neighbours among distinct chunks: a repeated chunk (every "\n" at K = 1) is its own neighbour at distance 0
+    distinct = np.sort(np.unique(chunks.ids, axis=0, return_index=True)[1])
+    neighbours = neighbour_agreement(mu[distinct], {"source": chunks.source[distinct],
+                                                    "first token": chunks.ids[distinct, 0],
+                                                    "first token class": first_class[distinct],
+                                                    "position in line": chunks.position[distinct]}, seed=cfg.seed)
     result = {"checkpoint": str(path), "K": K, "latent_dim": ell, "chunks": len(chunks), "documents": len(chunks.docs),
               "kl_per_dim": kl.round(5).tolist(), "variance_per_dim": var.round(5).tolist(),
               "kl_total": float(kl.sum()), "collapsed_dims": int((kl < 0.01).sum()),
               "effective_rank": effective_rank(mu), "probes": rows, "top_dimension": top,
               "neighbour_agreement": neighbours,
               "interpolation": interpolation_table(model, tok, mu, chunks),
-              "nearest_neighbours": neighbour_table(mu, chunks, tok, seed=cfg.seed),
+              "distinct_chunks": len(distinct),
+              "nearest_neighbours": neighbour_table(mu[distinct], chunks.subset(distinct), tok, seed=cfg.seed),
               "config": asdict(cfg)}
     import pandas as pd
 

@@ -137,8 +137,9 @@ def write_summary(result: dict, path: Path) -> None:
               "| label | probe on this dimension alone | majority |", "|---|---|---|"]
     for name, r in top["probes"].items():
         lines.append(f"| {name} | {r['probe']:.3f} | {r['majority']:.3f} |")
-    lines += ["", "## Nearest neighbours", "", "Share of a chunk's 5 nearest chunks (in mu) with the same label, and of "
-              "5 random chunks:", "", "| label | neighbours | random |", "|---|---|---|"]
+    lines += ["", "## Nearest neighbours", "", f"Among the {result['distinct_chunks']} distinct chunks: the share of a "
+              "chunk's 5 nearest chunks (in mu) with the same label, and of 5 random chunks:", "",
+              "| label | neighbours | random |", "|---|---|---|"]
     for name, (nn, rand) in result["neighbour_agreement"].items():
         lines.append(f"| {name} | {nn:.3f} | {rand:.3f} |")
     for q in result["nearest_neighbours"]:
