@@ -133,8 +133,9 @@ def _start_local(kwargs: dict[str, Any]):
     os.environ[mode_var] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        return ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
-                        dashboard_port=_free_loopback_port(_DASHBOARD_PORT), **kwargs)
+        # LATENTCOMM_DASHBOARD_PORT: the port to prefer (parallel test processes each name their own)
+        port = _free_loopback_port(int(os.environ.get("LATENTCOMM_DASHBOARD_PORT", _DASHBOARD_PORT)))
+        return ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before_flag
         if before_env is None:

@@ -294,6 +294,45 @@ def _generation_speed(tokens: int):
     return measure
 
 
+def generation_speed(cfg: Config, autoencoders: dict[str, str], *, rounds: int = 3) -> dict[str, float]:
+    """Generation tokens/s of every family at every size, measured side by side in this process (one thread,
+    untrained weights: the cost of sampling does not depend on them), best of ``rounds`` interleaved rounds:
+    the per-trial figures were timed on a machine shared with other trials. ``{"<family>-<size>": tokens/s}``."""
+    import torch
+
+    from calm.checkpoint import load_pretrained
+    from calm.data import load_token_ids
+    from calm.energy_transformer import EnergyTransformer
+    from experiments.calm_scaling import make_task
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    _, tok = load_pretrained(next(iter(autoencoders.values())))
+    ids = load_token_ids(cfg.corpus, tok, "test", progress=False)[: 8 * 16]
+    prompt = torch.as_tensor(np.asarray(ids, dtype=np.int64).reshape(8, 16))
+    models = {}
+    for family in ["baseline", *autoencoders]:
+        for size in cfg.sizes:
+            torch.manual_seed(cfg.seed)
+            models[f"{family}-{size}"] = make_task(family, size, len(tok), autoencoders.get(family)).build_model().eval()
+    best: dict[str, float] = {}
+    try:
+        for _ in range(rounds):
+            for key, model in models.items():
+                gen = torch.Generator().manual_seed(cfg.seed)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    if isinstance(model, EnergyTransformer):
+                        model.generate(prompt, cfg.generate_tokens, generator=gen, coins=torch.Generator().manual_seed(1))
+                    else:
+                        model.generate(prompt, cfg.generate_tokens, generator=gen)
+                rate = len(prompt) * cfg.generate_tokens / (time.perf_counter() - t0)
+                best[key] = max(best.get(key, 0.0), rate)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: round(v, 1) for k, v in best.items()}
+
+
 def _lm_trial(spec: dict[str, Any], *, settings: dict[str, Any], autoencoders: dict[str, str]) -> dict:
     from experiments.calm_scaling import train_and_score
 
@@ -357,8 +396,12 @@ def main(cfg: Config) -> SweepResult:
     lm_frame = collect_rows([s for s in grids["language models"] if s["kind"] == "lm"], run_dir, LM_COLUMNS)
     write_frame(lm_frame, run_dir)
     ae_frame.to_csv(run_dir / "autoencoders.csv", index=False)
+    speeds = None
+    if len(lm_frame) == len([s for s in grids["language models"] if s["kind"] == "lm"]) and shared["autoencoders"]:
+        speeds = generation_speed(cfg, shared["autoencoders"])
+        (run_dir / "generation.json").write_text(json.dumps(speeds, indent=2) + "\n")
     if len(ae_frame) or len(lm_frame):
-        write_report(ae_frame, lm_frame, run_dir, plots=cfg.plots, ae_batch_size=cfg.ae_batch_size)
+        write_report(ae_frame, lm_frame, run_dir, plots=cfg.plots, ae_batch_size=cfg.ae_batch_size, speeds=speeds)
     total = sum(len(g) for g in grids.values())
     rows = len(ae_frame) + len(lm_frame)
     ran = [k for k in attempted if (run_dir / "rows" / f"{k}.json").is_file()]

@@ -76,17 +76,19 @@ def _ae_table(ae, ae_batch_size: int) -> list[str]:
     return lines
 
 
-def _lm_table(front) -> list[str]:
+def _lm_table(front, speeds: dict[str, float] | None) -> list[str]:
     lines = ["| model | Brier-1 | Brier-2 | Brier-3 | Brier-4 | BrierLM [95%] | train FLOPs/token | "
              "inference FLOPs/token | generate tok/s | on-manifold |", "|" + "---|" * 10]
     names = sorted(front, key=lambda f: (f != "baseline", int(f.removeprefix("calm-k")) if f != "baseline" else 0))
     for family in names:
         r = front[family][-1]
+        speed = (speeds or {}).get(f"{family}-{r['size']}", r["generate_tokens_per_s"])
         lines.append(f"| {'token baseline' if family == 'baseline' else family} | "
                      + " | ".join(_fmt(r[f"brier_{n}"], 4) for n in range(1, 5))
                      + f" | {_fmt(r['brier_lm'])} [{_fmt(r['brier_lm_ci_low'])}, {_fmt(r['brier_lm_ci_high'])}] | "
                      f"{r['flops_per_token']:.3g} | {r['inference_flops_per_token']:.3g} | "
-                     f"{r['generate_tokens_per_s']:.0f} | {_fmt(r['on_manifold'], 2)} |")
+                     f"{speed:.0f} | "
+                     f"{_fmt(r['on_manifold'], 2)} |")
     return lines
 
 
@@ -107,7 +109,7 @@ def _plot_frontier(front, path: Path) -> None:
             ax.errorbar(x, y, yerr=np.maximum(err, 0), marker="o", capsize=3, label=family, **style)
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs")
-        ax.set_ylabel(label + (" (x100 scale)" if score == "brier_lm" else ""))
+        ax.set_ylabel(label + (" (0-100 scale)" if score == "brier_lm" else ""))
         ax.grid(alpha=0.3)
     axes[0].set_title("BrierLM vs training compute (best size per budget)")
     axes[1].set_title("Brier-1 vs training compute")
@@ -165,7 +167,8 @@ def _plot_link(link, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(ae, lm, run_dir: Path, *, plots: bool = True, ae_batch_size: int = 256) -> None:
+def write_report(ae, lm, run_dir: Path, *, plots: bool = True, ae_batch_size: int = 256,
+                 speeds: dict[str, float] | None = None) -> None:
     """summary.md (the autoencoder and language-model tables per K, the frontier verdicts, the link table) and
     the PNG plots."""
     front = frontier(lm) if len(lm) else {}
@@ -174,7 +177,10 @@ def write_report(ae, lm, run_dir: Path, *, plots: bool = True, ae_batch_size: in
         lines += ["## Autoencoders (test split; σ: noise on mu)", "", *_ae_table(ae, ae_batch_size), ""]
     if front:
         lines += [f"## Language models at the largest budget ({max(lm['budget']):.3g} training FLOPs)", "",
-                  *_lm_table(front), ""]
+                  *_lm_table(front, speeds), "",
+                  "Generation tokens/s: " + ("8 prompts x 64 tokens, every model timed side by side in one process "
+                                             "(best of 3 rounds)." if speeds else "timed in each trial, on a machine "
+                                             "shared with the other trials (noisy)."), ""]
     if front:
         lines += ["## Frontier (best size per budget)", "", "| family | budget | size | steps | Brier-1 [95%] | "
                   "BrierLM [95%] | on-manifold |", "|---|---|---|---|---|---|---|"]

@@ -10,6 +10,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tiny models on a 2-core machine: one thread per process avoids oversubscription when Ray workers and the
 # driver run at once (two threads made one tiny training step 100x slower under load); Ray workers inherit it
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `make test` runs two pytest-xdist processes: each prefers its own Ray dashboard port, so two local Rays
+# starting at the same moment never both pick the free default (calm.ray_runtime falls back to any free port)
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    os.environ.setdefault("LATENTCOMM_DASHBOARD_PORT", str(8300 + 10 * int(os.environ["PYTEST_XDIST_WORKER"][2:])))
 
 import numpy as np
 import pytest

@@ -64,8 +64,10 @@ def test_tiny_k_study_writes_its_outputs_and_resumes(tmp_path):
     assert result.rows == result.total == 4 and not result.failed
     run = result.run_dir
     for name in ("summary.md", "results.csv", "autoencoders.csv", "link.csv", "frontier.png", "link.png",
-                 "robustness.png"):
+                 "robustness.png", "generation.json"):
         assert (run / name).is_file(), name
+    speeds = json.loads((run / "generation.json").read_text())  # timed side by side in the driver
+    assert set(speeds) == {"baseline-xs", "calm-k2-xs"} and min(speeds.values()) > 0
     lm = pd.read_csv(run / "results.csv")
     assert set(lm["family"]) == {"baseline", "calm-k2"} and (lm["flops"] >= lm["budget"]).all()
     assert (lm["generate_tokens_per_s"] > 0).all() and (lm["inference_flops_per_token"] > 0).all()
