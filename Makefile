@@ -25,10 +25,11 @@ demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m experiments.referential_game
 
 # two test processes (pytest-xdist, whole files each: module fixtures are built once): most of a run waits on
-# Ray, actor and subprocess start-up, which the second process overlaps; the e2e `ray up` test runs alone after
+# Ray, actor and subprocess start-up, which the second process overlaps; the e2e `ray up` test and the Ray
+# Train runs (marked serial) run alone after
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not e2e"
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m e2e
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not e2e and not serial"
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "e2e or serial"
 
 # calm_diagnostics reads the checkpoint calm_vs_baseline writes, so it runs last
 BENCHES = $(filter-out bench/calm_diagnostics.py,$(sort $(wildcard bench/*.py))) bench/calm_diagnostics.py

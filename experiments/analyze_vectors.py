@@ -122,7 +122,11 @@ def probe_table(mu: np.ndarray, chunks, classes: np.ndarray, vocab_size: int, sp
     has_next = chunks.next_first >= 0
     bag = bag_of_ids(chunks.ids, vocab_size)
     rows = []
-    for name, y in [*features.items(), ("next chunk's first token", chunks.next_first)]:
+    from tqdm.auto import tqdm
+
+    todo = [*features.items(), ("next chunk's first token", chunks.next_first)]
+    # each probe fits len(probe_cs) + 1 logistic regressions on mu and as many on the bag of ids: minutes at K = 8
+    for name, y in tqdm(todo, desc="probes", unit="label", mininterval=5):
         keep = has_next if name.startswith("next") else np.ones(len(y), bool)
         y = cap_classes(y, train & keep, cfg.max_classes)
         tr, te = train & keep, test & keep

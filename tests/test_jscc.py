@@ -324,6 +324,7 @@ def ray_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_ray_cli_trains_and_checkpoints(autoencoder, corpus, tmp_path, monkeypatch, ray_cluster):
     from calm.train import main, newest_checkpoint
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.serial  # Ray Train beside another test process's Ray prints state-API errors
+
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
         "and darkness was upon the face of the deep. To be, or not to be, that is the question. ")

@@ -130,6 +130,7 @@ def ray_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_ray_two_workers_checkpoint_then_resume(tmp_path, monkeypatch, ray_cluster):
     from calm.train import main
 
