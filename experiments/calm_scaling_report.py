@@ -161,7 +161,8 @@ def plot(frame, summary: dict, path: Path) -> None:
         ax.set_xlabel("training FLOPs (analytic)")
         ax.set_ylabel(f"1 - {label}" + (" / 100" if scale != 1 else ""))
         ax.set_title(f"{label}: frontier fits (markers: xs v, s o, m square)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no fit (a single budget, or a score 0 everywhere): no legend
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
