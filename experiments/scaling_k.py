@@ -209,16 +209,20 @@ def link_rows(cfg: Config, checkpoint: Path, protocols_dir: Path, protocol: str)
                                                          budgets=budgets)
     rows = []
     for c, n in zip(cfg.channel_uses_per_token, budgets):
+        key = f"{protocol}@{n}"
+        usable = (protocol, n) not in skipped and bool(variants.get(key))
+        # loaded once per budget, played at every SNR
+        bank = load_bank(dirs[key]) if usable and protocol == "separation" else None
+        vector = load_protocol(dirs[key], autoencoder=model) if usable and bank is None else None
         for snr in cfg.snrs_db:
             sigma, seed = sigma_of_snr(snr), cfg.seed * 1000 + n
             row: dict[str, Any] = {"protocol": protocol, "K": K, "channel_uses_per_token": c, "channel_uses": n,
                                    "snr_db": snr, "mcs": None}
-            if (protocol, n) in skipped or not variants.get(f"{protocol}@{n}"):
+            if not usable:
                 rows.append({**row, "token_accuracy": float("nan"), "success": float("nan")})
                 continue
-            if protocol == "separation":
-                bank = load_bank(dirs[f"{protocol}@{n}"])
-
+            link = vector
+            if bank is not None:
                 def pilot(mcs: str, bank=bank, sigma=sigma, seed=seed) -> float:
                     out = play_link(bank[mcs], passages, sigma, episodes=cfg.pilot_passages, num_candidates=2,
                                     seed=seed + 1)
@@ -226,8 +230,6 @@ def link_rows(cfg: Config, checkpoint: Path, protocols_dir: Path, protocol: str)
 
                 row["mcs"] = pick_best(list(bank), pilot)
                 link = bank[row["mcs"]]
-            else:
-                link = load_protocol(dirs[f"{protocol}@{n}"], autoencoder=model)
             out = play_link(link, passages, sigma, episodes=cfg.episodes, num_candidates=cfg.num_candidates, seed=seed)
             row.update(trial_metrics([out["decoded"]], [out["target"]], K, tok))
             row["success"], row["success_ci_low"], row["success_ci_high"] = mean_interval(out["success"])
