@@ -1,0 +1,391 @@
+"""CALM vectors vs SAE features: TopK sparse autoencoders on the latents and on the energy transformer's states.
+
+    python -m experiments.compare_sae                                   # the tiny K = 2 autoencoder and its CALM
+    python -m experiments.compare_sae --checkpoint runs/ae-... --lm-checkpoint runs/calm-...
+    python -m experiments.compare_sae --sae results/sae-x/saes/hidden-x16-k8   # evaluate SAEs trained elsewhere
+    python -m experiments.compare_sae --help
+
+Rows are K-token chunks in windows of ``window`` consecutive chunks of one document (train split: SAEs and
+probes are fitted there; test split: everything is scored there). Two activation sources per chunk:
+``latent``, the autoencoder's encoder mean mu (l dims), and ``hidden``, the energy transformer's hidden state
+h[:, t] (d dims) for t >= 1, paired with chunk t - 1, the last chunk it has read (it predicts chunk t, whose
+first token is that row's "next first token" label). TopK SAEs (``calm.sae``) of ``expansions`` x d_in
+features at each k of ``ks`` give held-out FVE against L0 (with PCA's top-k components as the dense
+reference). Each live feature is then matched with: every input dimension and every probe direction
+(the decision score of a logistic probe, ``experiments.vector_probes.probe``, per class) by |Pearson r|; and
+the labels of its ``top_n`` most active chunks (a shared token, token class, position in line or source on
+at least ``min_share`` of them and ``min_lift`` x its base rate). Writes summary.md, sae.csv, analysis.json
+and PNGs under results/sae-<lm checkpoint>/, and every SAE in SAELens's format under its saes/ folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["Config", "activations", "main", "probe_directions", "windowed_rows"]
+
+SOURCES = ("latent", "hidden")
+
+
+@dataclass
+class Config:
+    """One comparison of CALM vectors with SAE features."""
+
+    checkpoint: str | None = None
+    """autoencoder checkpoint; none: experiments.dialogue's tiny K = 2 one (trained once, cached)"""
+    lm_checkpoint: str | None = None
+    """CALM (energy transformer) checkpoint on that autoencoder; none: ensure_calm's (trained once, cached)"""
+    runs_dir: str = "runs"
+    """where the default models are cached"""
+    corpus: str = "kjv+shakespeare"
+    """train split: SAEs and probes; test split: scoring (document names give the KJV / Shakespeare source)"""
+    results_dir: str = "results"
+    """where the run directory goes"""
+    run_name: str | None = None
+    """run directory name; default sae-<CALM checkpoint directory name>"""
+    sources: tuple[Literal["latent", "hidden"], ...] = SOURCES
+    """activations: latent = encoder mean mu of each chunk; hidden = the CALM's hidden state after reading it"""
+    expansions: tuple[int, ...] = (4, 16)
+    """dictionary sizes as multiples of the input width d_in"""
+    ks: tuple[int, ...] = (2, 4, 8, 16)
+    """active features per row (TopK)"""
+    sae: tuple[str, ...] = ()
+    """SAE directories (SAELens format) to evaluate instead of training; source from metadata hook_name or d_in"""
+    steps: int = 1000
+    """SAE training steps"""
+    batch_size: int = 256
+    """SAE training rows per step"""
+    lr: float = 2e-3
+    """SAE Adam learning rate"""
+    train_chunks: int = 30000
+    """training rows (chunks of train documents)"""
+    test_chunks: int = 8000
+    """held-out rows (chunks of test documents)"""
+    window: int = 32
+    """chunks per energy-transformer window (each gives window - 1 rows)"""
+    max_classes: int = 16
+    """token-id probes keep the max_classes - 1 most frequent ids; the rest are one class"""
+    top_n: int = 20
+    """most active chunks per feature whose labels are compared"""
+    min_share: float = 0.8
+    """a label is shared when this share of a feature's top chunks has it ..."""
+    min_lift: float = 1.5
+    """... and that share is at least this multiple of the label's base rate on the test chunks"""
+    threshold: float = 0.5
+    """|Pearson r| above which a feature counts as matching a dimension or a probe direction"""
+    control: bool = True
+    """also fit the SAEs of the smallest expansion to Gaussian rows of the train rows' mean and covariance: the
+    FVE a dictionary reaches on data with no sparse structure"""
+    seed: int = 0
+    """seed of the document and window sample, the SAEs, the probes and the Gaussian rows"""
+    plots: bool = True
+    """write the PNG plots"""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "train_chunks", "test_chunks", "top_n"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.window < 2 or self.max_classes < 2:
+            raise ValueError(f"window and max_classes must be >= 2, got {self.window}, {self.max_classes}")
+        if not self.sources or any(s not in SOURCES for s in self.sources):
+            raise ValueError(f"sources must be among {SOURCES}, got {self.sources}")
+        if any(e < 1 for e in self.expansions) or any(k < 1 for k in self.ks):
+            raise ValueError(f"expansions and ks must be >= 1, got {self.expansions}, {self.ks}")
+        if not (0 < self.min_share <= 1 and self.min_lift >= 1 and 0 < self.threshold < 1 and self.lr > 0):
+            raise ValueError("need 0 < min_share <= 1, min_lift >= 1, 0 < threshold < 1 and lr > 0")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rows: chunks in windows, and both activation sources
+
+
+def windowed_rows(documents, tok, K: int, window: int, rows: int, seed: int):
+    """Sample windows of ``window`` consecutive chunks of one document until ``rows`` rows (window - 1 each);
+    returns (ChunkSet of the rows, (W, window, K) ids). Documents are drawn at random first, about 4x the text
+    needed, so that a large split is not tokenised whole."""
+    from experiments.vector_probes import chunk_set
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(documents))
+    need = 4 * rows * K * 4  # characters: ~4 per token, 4x the rows for a spread of windows
+    picked, chars = [], 0
+    for i in order:
+        picked.append(documents[int(i)])
+        chars += len(documents[int(i)].text)
+        if chars >= need:
+            break
+    chunks = chunk_set(picked, tok, K)
+    # a window starts at every window-th chunk of a document and stays inside it
+    starts = np.arange(0, len(chunks) - window + 1)
+    starts = starts[(chunks.doc[starts] == chunks.doc[starts + window - 1])]
+    starts = starts[(starts - np.searchsorted(chunks.doc, chunks.doc[starts])) % window == 0]
+    if len(starts) == 0:
+        raise ValueError(f"no document holds {window} chunks of K={K} tokens (lower --window)")
+    n_windows = min(len(starts), math.ceil(rows / (window - 1)))
+    starts = np.sort(rng.choice(starts, n_windows, replace=False))
+    index = starts[:, None] + np.arange(window)  # (W, window)
+    return chunks.subset(index[:, :-1].ravel()), chunks.ids[index]
+
+
+def activations(ae, lm, windows: np.ndarray, sources: tuple[str, ...], batch: int = 64) -> dict[str, np.ndarray]:
+    """source -> (N, d_in) float32: latent = mu of chunk t - 1, hidden = lm.hidden at t, for t = 1 .. window - 1."""
+    import torch
+
+    W, P, K = windows.shape
+    out: dict[str, list] = {s: [] for s in sources}
+    with torch.inference_mode():
+        for i in range(0, W, batch):
+            ids = torch.as_tensor(windows[i: i + batch])  # (B, P, K)
+            if "latent" in sources:
+                mu, _ = ae.encode(ids[:, :-1].reshape(-1, K))  # (B (P-1), l)
+                out["latent"].append(mu.reshape(-1, mu.shape[-1]).float().numpy())
+            if "hidden" in sources:
+                h = lm.hidden(ids.reshape(len(ids), P * K))  # (B, P, d): h[:, t] has read patches < t
+                out["hidden"].append(h[:, 1:].reshape(-1, h.shape[-1]).float().numpy())
+    return {s: np.concatenate(v) for s, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# probes and matches
+
+
+def probe_labels(chunks, classes: np.ndarray, train: np.ndarray, max_classes: int) -> dict[str, np.ndarray]:
+    """The labels probed: source, first token class, position in line, first token id, next first token id."""
+    from experiments.vector_probes import cap_classes
+
+    return {"source": chunks.source, "first token class": classes[chunks.ids[:, 0]],
+            "position in line": chunks.position,
+            "first token": cap_classes(chunks.ids[:, 0], train, max_classes),
+            "next first token": cap_classes(chunks.next_first, train, max_classes)}
+
+
+def _class_name(label: str, value: int, tok) -> str:
+    from experiments.vector_probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES
+
+    if value == -2:
+        return "other"
+    if label == "source":
+        return SOURCES[value]
+    if label == "first token class":
+        return TOKEN_CLASSES[value]
+    if label == "position in line":
+        lo, hi = POSITION_BUCKETS[value]
+        return f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < math.inf else f"{lo}+"
+    return repr(tok.decode([int(value)]))
+
+
+def probe_directions(x: np.ndarray, labels: dict[str, np.ndarray], train: np.ndarray, test: np.ndarray, tok, *,
+                     seed: int = 0) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Fit a logistic probe per label on the ``train`` rows of ``x (N, d_in)``; returns its decision scores on
+    the ``test`` rows ``(N_test, C)`` (one column per class, one for a binary label), the column names, and
+    the probes' accuracies against the majority class."""
+    from experiments.vector_probes import probe
+
+    columns, names, accuracies = [], [], []
+    for label, y in labels.items():
+        r = probe(x, y, train, test, Cs=(1.0,), seed=seed)
+        accuracies.append({"label": label, "classes": r.classes, "probe": r.accuracy, "majority": r.majority})
+        if r.model is None:
+            continue
+        score = r.model.decision_function(x[test])
+        classes = r.model.classes_
+        if score.ndim == 1:  # binary: one direction, towards classes[1]
+            score, classes = score[:, None], classes[1:]
+        columns.append(score)
+        names += [f"{label} = {_class_name(label, int(c), tok)}" for c in classes]
+    return np.concatenate(columns, axis=1), names, accuracies
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run
+
+
+def _sae_jobs(cfg: Config, d_in: dict[str, int]) -> list[tuple[str, int, int, str | None]]:
+    """(source, expansion, k, directory of a given SAE or None) for each SAE of the run."""
+    if not cfg.sae:
+        return [(s, e, k, None) for s in cfg.sources for e in cfg.expansions for k in cfg.ks if k <= e * d_in[s]]
+    from calm.sae import load_sae
+
+    jobs = []
+    for directory in cfg.sae:
+        sae = load_sae(directory)
+        hook = str(sae.metadata.get("hook_name", ""))
+        source = hook.removeprefix("calm.") if hook.removeprefix("calm.") in d_in else None
+        if source is None:
+            matching = [s for s, d in d_in.items() if d == sae.d_in]
+            if len(matching) != 1:
+                raise ValueError(f"SAE {directory}: d_in={sae.d_in} matches sources {matching} of {d_in}")
+            source = matching[0]
+        if sae.d_in != d_in[source]:
+            raise ValueError(f"SAE {directory}: d_in={sae.d_in}, but {source} activations have {d_in[source]} dims")
+        jobs.append((source, sae.d_sae // sae.d_in, sae.k, directory))
+    return jobs
+
+
+def _models(cfg: Config):
+    """(autoencoder dir, CALM dir or None, autoencoder, tokenizer, CALM or None)."""
+    from calm.checkpoint import load_pretrained
+    from experiments.autoencoder import ensure_calm, ensure_checkpoint
+    from experiments.dialogue import Config as DialogueConfig
+
+    d = DialogueConfig(runs_dir=cfg.runs_dir, corpus=cfg.corpus, checkpoint=cfg.checkpoint)
+    checkpoint = ensure_checkpoint(d)
+    ae, tok = load_pretrained(checkpoint)
+    lm_path = lm = None
+    if "hidden" in cfg.sources:
+        lm_path = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus,
+                              steps=d.calm_steps, seed=d.ae_seed)
+        lm, _ = load_pretrained(lm_path)
+        lm.eval()
+    return checkpoint, lm_path, ae.eval(), tok, lm
+
+
+def main(cfg: Config) -> dict:
+    """Run the comparison; returns (and writes) analysis.json's content."""
+    import torch
+
+    from calm.corpus import load_split
+    from calm.sae import (
+        dead_features,
+        feature_frequency,
+        fraction_variance_explained,
+        load_sae,
+        save_sae,
+        train_sae,
+    )
+    from experiments.sae_report import (
+        abs_corr,
+        feature_matches,
+        pca_fve,
+        plot_fve_l0,
+        plot_matches,
+        reproduce_command,
+        strongest,
+        write_summary,
+    )
+    from experiments.vector_probes import token_classes
+
+    t0 = time.time()
+    for directory in cfg.sae:  # a bad --sae fails before minutes of rows and probes
+        load_sae(directory)
+    checkpoint, lm_path, ae, tok, lm = _models(cfg)
+    K = ae.config.K
+    name = cfg.run_name or f"sae-{(lm_path or checkpoint).name}"
+    run_dir = (Path(cfg.results_dir) / name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"[sae] {checkpoint} + {lm_path} (K={K}) -> {run_dir}", flush=True)
+    # rows: train documents fit SAEs and probes, test documents score them
+    tr, tr_windows = windowed_rows(load_split(cfg.corpus, "train"), tok, K, cfg.window, cfg.train_chunks, cfg.seed)
+    te, te_windows = windowed_rows(load_split(cfg.corpus, "test"), tok, K, cfg.window, cfg.test_chunks, cfg.seed)
+    x_tr = activations(ae, lm, tr_windows, cfg.sources)
+    x_te = activations(ae, lm, te_windows, cfg.sources)
+    d_in = {s: x_te[s].shape[1] for s in cfg.sources}
+    print(f"[sae] {len(tr)} train rows, {len(te)} test rows; d_in {d_in}; probes ...", flush=True)
+    from experiments.vector_probes import ChunkSet
+
+    both = ChunkSet(*(np.concatenate([getattr(tr, f), getattr(te, f) + (len(tr.docs) if f == "doc" else 0)])
+                      for f in ("ids", "doc", "source", "position", "next_first")), docs=tr.docs + te.docs)
+    train = np.arange(len(both)) < len(tr)
+    classes = token_classes(tok)
+    labels = probe_labels(both, classes, train, cfg.max_classes)
+    probes, baselines = {}, {}
+    for s in cfg.sources:
+        xs = np.concatenate([x_tr[s], x_te[s]]).astype(np.float64)
+        scores, names, accuracy = probe_directions(xs, labels, train, ~train, tok, seed=cfg.seed)
+        probes[s] = (scores, names)
+        r_dim = abs_corr(x_te[s], scores)  # the raw dimensions read as features: the baseline
+        baselines[s] = {"d_in": d_in[s], "probes": accuracy, "probe_directions": len(names),
+                        "dims_matching_probe": int((r_dim.max(1) > cfg.threshold).sum()),
+                        "pca_fve": pca_fve(x_tr[s], x_te[s], sorted({*cfg.ks, 1, d_in[s]}))}
+    rows, features = [], {}
+    torch.manual_seed(cfg.seed)
+    for source, expansion, k, given in _sae_jobs(cfg, d_in):
+        t1 = time.time()
+        tag = f"{source}-x{expansion}-k{k}"
+        if given is None:
+            sae = train_sae(torch.as_tensor(x_tr[source]), expansion * d_in[source], k, steps=cfg.steps,
+                            batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=True,
+                            metadata={"hook_name": f"calm.{source}", "model_name": (lm_path or checkpoint).name})
+            save_sae(sae, run_dir / "saes" / tag, training_steps=cfg.steps)
+        else:
+            sae = load_sae(given)
+        fve_gaussian = None
+        if cfg.control and given is None and expansion == min(cfg.expansions):
+            rng = np.random.default_rng(cfg.seed)
+            mean, cov = x_tr[source].mean(0), np.cov(x_tr[source], rowvar=False)
+            g_tr, g_te = (torch.as_tensor(rng.multivariate_normal(mean, cov, len(x[source])), dtype=torch.float32)
+                          for x in (x_tr, x_te))
+            fve_gaussian = fraction_variance_explained(train_sae(g_tr, sae.d_sae, k, steps=cfg.steps, lr=cfg.lr,
+                                                                 batch_size=cfg.batch_size, seed=cfg.seed), g_te)
+        with torch.no_grad():
+            acts = sae.encode(torch.as_tensor(x_te[source])).numpy()
+        matched = feature_matches(acts, x_te[source], probes[source][0], te, classes, cfg)
+        features[tag] = matched
+        freq = feature_frequency(sae, torch.as_tensor(x_tr[source]))
+        row = {"sae": tag, "source": source, "d_in": sae.d_in, "d_sae": sae.d_sae, "expansion": expansion, "k": sae.k,
+               "fve_test": fraction_variance_explained(sae, torch.as_tensor(x_te[source])),
+               "fve_train": fraction_variance_explained(sae, torch.as_tensor(x_tr[source])), "fve_gaussian": fve_gaussian,
+               "l0_test": float((acts > 0).sum(1).mean()), "dead_test": dead_features(sae, torch.as_tensor(x_te[source])),
+               "dead_train": int((freq == 0).sum()), "live_test": len(matched),
+               "match_dim": int(sum(m["r_dim"] > cfg.threshold for m in matched)),
+               "match_probe": int(sum(m["r_probe"] > cfg.threshold for m in matched)),
+               **{f"share_{lab}": int(sum(lab in m["shared"] for m in matched))
+                  for lab in ("token", "token class", "position", "source")},
+               "share_any": int(sum(bool(m["shared"]) for m in matched)),
+               "seconds": round(time.time() - t1, 1), "path": str(given or run_dir / "saes" / tag)}
+        rows.append(row)
+        print(f"[sae] {tag}: FVE {row['fve_test']:.3f} at L0 {row['l0_test']:.2f}; dead {row['dead_test']}; "
+              f"r>{cfg.threshold} to a dim {row['match_dim']}, to a probe {row['match_probe']} of "
+              f"{row['live_test']} live ({row['seconds']:.0f} s)", flush=True)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(run_dir / "sae.csv", index=False)
+    result = {"checkpoint": str(checkpoint), "lm_checkpoint": str(lm_path) if lm_path else None, "K": K,
+              "train_rows": len(tr), "test_rows": len(te), "test_documents": len(te.docs), "saes": rows,
+              "baselines": baselines,
+              "strongest": strongest(rows, features, probes, te, tok),
+              "config": asdict(cfg)}
+    if cfg.plots:
+        plot_fve_l0(rows, baselines, run_dir / "fve_l0.png")
+        plot_matches(rows, baselines, run_dir / "matches.png")
+    result["seconds"] = round(time.time() - t0, 1)
+    command = reproduce_command(cfg)
+    result["command"] = command
+    (run_dir / "analysis.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_summary(result, run_dir / "summary.md")
+    print(f"[sae] done in {result['seconds']:.0f} s: {run_dir / 'summary.md'}\n[sae] reproduce: {command}", flush=True)
+    return result
+
+
+def _cli() -> int:
+    import sys
+
+    from calm.checkpoint import CheckpointError
+    from experiments.cli import parse_config
+
+    prog = "python -m experiments.compare_sae"
+    cfg = parse_config(Config, prog=prog, description=__doc__.split("\n\n")[0])
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # the probes' BLAS likewise
+    # small matmuls on a shared machine: one thread trains an SAE 3-8x faster than two spinning against a load
+    torch.set_num_threads(1)
+    try:
+        main(cfg)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())
