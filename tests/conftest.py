@@ -19,6 +19,20 @@ import numpy as np
 import pytest
 
 
+def pytest_configure(config) -> None:
+    """``LATENTCOMM_TEST_NO_RAY=1`` (``make test``'s process beside the serial Ray phase): starting Ray is an
+    error. A second Ray on the machine breaks Ray Train's state queries in the serial tests, so a test file
+    that starts Ray must not be in the Makefile's NORAY_TESTS; this makes such a file fail loudly."""
+    if os.environ.get("LATENTCOMM_TEST_NO_RAY"):
+        import ray
+
+        def refuse(*_args, **_kwargs):
+            raise RuntimeError("this test process runs beside the serial Ray tests and must not start Ray "
+                               "(LATENTCOMM_TEST_NO_RAY): take the test file out of NORAY_TESTS in the Makefile")
+
+        ray.init = refuse
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models: on a shared 2-core machine two intra-op threads spin against each other (10-100x slower)."""
