@@ -227,21 +227,8 @@ def main(cfg: Config) -> dict:
     return result
 
 
-def _cli() -> int:
-    import sys
-
-    from calm.checkpoint import CheckpointError
-    from experiments.cli import parse_config
-
-    prog = "python -m experiments.analyze_vectors"
-    cfg = parse_config(Config, prog=prog, description=__doc__.split("\n\n")[0])
-    try:
-        main(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(_cli())
+    from experiments.sweep import cli
+
+    raise SystemExit(cli(main, Config, prog="python -m experiments.analyze_vectors",
+                         description=__doc__.split("\n\n")[0]))

@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments.sweep import SweepConfig
 
-__all__ = ["checkpoint_id", "ensure_calm", "ensure_checkpoint", "ensure_jscc", "ensure_token_lm",
+__all__ = ["checkpoint_id", "ensure_calm", "ensure_checkpoint", "ensure_jscc", "ensure_k2_models", "ensure_token_lm",
            "reconstruction_accuracy"]
 
 
@@ -182,6 +182,23 @@ def ensure_token_lm(checkpoint: Path, *, token_lm_checkpoint: str | None = None,
 
     return _train_cached("baseline", make_task, checkpoint, runs_dir=runs_dir, corpus=corpus, preset=preset,
                          steps=steps, batch_size=batch_size, grad_accum=1, lr=lr, seed=seed)
+
+
+def ensure_k2_models(*, runs_dir: str = "runs", corpus: str = "kjv+shakespeare", checkpoint: str | None = None,
+                     lm_checkpoint: str | None = None, token_lm_checkpoint: str | None = None, calm: bool = True,
+                     token_lm: bool = True) -> tuple[Path, Path | None, Path | None]:
+    """``(autoencoder, CALM, token baseline)`` directories: the given ones (checked), else the defaults that
+    ``experiments.dialogue`` runs on (the K = 2 autoencoder, ``ensure_calm``'s CALM and ``ensure_token_lm``'s
+    baseline, each trained once and cached). ``calm`` / ``token_lm`` False: that model is not resolved (None)."""
+    from experiments.dialogue import Config as DialogueConfig
+
+    d = DialogueConfig(runs_dir=runs_dir, corpus=corpus, checkpoint=checkpoint)
+    ae = ensure_checkpoint(d)
+    lm = ensure_calm(ae, lm_checkpoint=lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus, steps=d.calm_steps,
+                     seed=d.ae_seed) if calm else None
+    tm = ensure_token_lm(ae, token_lm_checkpoint=token_lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus,
+                         seed=d.ae_seed) if token_lm else None
+    return ae, lm, tm
 
 
 def _given_model(directory: str, model_type: str, what: str) -> Path:

@@ -233,18 +233,13 @@ def _sae_jobs(cfg: Config, d_in: dict[str, int]) -> list[tuple[str, int, int, st
 def _models(cfg: Config):
     """(autoencoder dir, CALM dir or None, autoencoder, tokenizer, CALM or None)."""
     from calm.checkpoint import load_pretrained
-    from experiments.autoencoder import ensure_calm, ensure_checkpoint
-    from experiments.dialogue import Config as DialogueConfig
+    from experiments.autoencoder import ensure_k2_models
 
-    d = DialogueConfig(runs_dir=cfg.runs_dir, corpus=cfg.corpus, checkpoint=cfg.checkpoint)
-    checkpoint = ensure_checkpoint(d)
+    checkpoint, lm_path, _ = ensure_k2_models(runs_dir=cfg.runs_dir, corpus=cfg.corpus, checkpoint=cfg.checkpoint,
+                                              lm_checkpoint=cfg.lm_checkpoint, calm="hidden" in cfg.sources,
+                                              token_lm=False)
     ae, tok = load_pretrained(checkpoint)
-    lm_path = lm = None
-    if "hidden" in cfg.sources:
-        lm_path = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus,
-                              steps=d.calm_steps, seed=d.ae_seed)
-        lm, _ = load_pretrained(lm_path)
-        lm.eval()
+    lm = load_pretrained(lm_path)[0].eval() if lm_path is not None else None
     return checkpoint, lm_path, ae.eval(), tok, lm
 
 
@@ -365,27 +360,19 @@ def main(cfg: Config) -> dict:
     return result
 
 
-def _cli() -> int:
-    import sys
-
-    from calm.checkpoint import CheckpointError
-    from experiments.cli import parse_config
-
-    prog = "python -m experiments.compare_sae"
-    cfg = parse_config(Config, prog=prog, description=__doc__.split("\n\n")[0])
+def _main_one_thread(cfg: Config) -> dict:
+    """``main`` with one torch and one BLAS thread: small matmuls on a shared machine train an SAE 3-8x faster
+    on one thread than on two spinning against a load (the probes' BLAS likewise)."""
     import torch
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)  # the probes' BLAS likewise
-    # small matmuls on a shared machine: one thread trains an SAE 3-8x faster than two spinning against a load
     torch.set_num_threads(1)
-    try:
-        main(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    with threadpool_limits(1):
+        return main(cfg)
 
 
 if __name__ == "__main__":
-    raise SystemExit(_cli())
+    from experiments.sweep import cli
+
+    raise SystemExit(cli(_main_one_thread, Config, prog="python -m experiments.compare_sae",
+                         description=__doc__.split("\n\n")[0]))

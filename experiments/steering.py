@@ -111,16 +111,10 @@ class Config:
 
 def models(cfg: Config):
     """``(autoencoder dir, energy transformer dir, token baseline dir)``: given, or the cached defaults."""
-    from experiments.autoencoder import ensure_calm, ensure_checkpoint, ensure_token_lm
-    from experiments.dialogue import Config as DialogueConfig
+    from experiments.autoencoder import ensure_k2_models
 
-    d = DialogueConfig(runs_dir=cfg.runs_dir, corpus=cfg.corpus, checkpoint=cfg.checkpoint)
-    checkpoint = ensure_checkpoint(d)
-    lm = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus,
-                     steps=d.calm_steps, seed=d.ae_seed)
-    token_lm = ensure_token_lm(checkpoint, token_lm_checkpoint=cfg.token_lm_checkpoint, runs_dir=d.runs_dir,
-                               corpus=d.corpus, seed=d.ae_seed)
-    return checkpoint, lm, token_lm
+    return ensure_k2_models(runs_dir=cfg.runs_dir, corpus=cfg.corpus, checkpoint=cfg.checkpoint,
+                            lm_checkpoint=cfg.lm_checkpoint, token_lm_checkpoint=cfg.token_lm_checkpoint)
 
 
 def reach(alphas, success, nll, target: float = 0.5) -> dict:
@@ -181,8 +175,9 @@ def _outputs(method: str, alpha: float, step, prompts, *, ae, lm, tm, bias_ids, 
         return tm.generate(prompts, tokens, generator=gen), None
 
 
-def _score(method, alpha, out, z, base, prompts, judge, tm, ae, tok) -> dict:
-    """One grid point's metrics over the prompts."""
+def _score(method, alpha, out, z, base, prompts, judge, tm, ae, tok) -> tuple[dict, list[str]]:
+    """One grid point's metrics over the prompts, and the decoded outputs. ``base``: ``(ids, texts)`` of the
+    method's alpha = 0 output, the fidelity reference; None: ``out`` is that output."""
     import sacrebleu
     import torch
 
@@ -193,7 +188,7 @@ def _score(method, alpha, out, z, base, prompts, judge, tm, ae, tok) -> dict:
     from protocols.metrics import wilson_interval
 
     texts = tok.batch_decode(out.tolist())
-    base_texts = tok.batch_decode(base.tolist())
+    base, base_texts = base if base is not None else (out, texts)
     hit = judge.positive(texts)
     lo, hi = wilson_interval(int(hit.sum()), len(hit))
     overlap = (out == base).float().mean(1).numpy()
@@ -308,8 +303,9 @@ def main(cfg: Config) -> dict:
             for alpha in cfg.alphas:
                 out, z = _outputs(method, alpha, steps.get(method), prompts, ae=ae, lm=lm, tm=tm, bias_ids=bias_ids,
                                   tokens=cfg.tokens, layer=cfg.layer, seed=cfg.seed)
-                base = out if base is None else base
                 row, texts = _score(method, alpha, out, z, base, prompts, judge, tm, ae, tok)
+                if base is None:
+                    base = (out, texts)
                 rows.append({"attribute": attribute, **row})
                 if alpha == 0 or alpha in cfg.example_alphas:
                     examples[attribute]["outputs"].setdefault(method, {})[str(alpha)] = texts[0]
@@ -334,21 +330,7 @@ def main(cfg: Config) -> dict:
     return result
 
 
-def _cli() -> int:
-    import sys
-
-    from calm.checkpoint import CheckpointError
-    from experiments.cli import parse_config
-
-    prog = "python -m experiments.steering"
-    cfg = parse_config(Config, prog=prog, description=__doc__.split("\n\n")[0])
-    try:
-        main(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(_cli())
+    from experiments.sweep import cli
+
+    raise SystemExit(cli(main, Config, prog="python -m experiments.steering", description=__doc__.split("\n\n")[0]))

@@ -75,6 +75,8 @@ def _reach_table(result: dict) -> list[str]:
 
 def write_report(result: dict, frame, run_dir: Path, *, plots: bool = True) -> None:
     """Write summary.md and examples.md (and the plots) into ``run_dir``."""
+    import pandas as pd
+
     if plots:
         plot_frontier(frame, run_dir / "frontier.png", x="nll", xlabel="fluency loss (token baseline, nats/token)",
                       reference={a: v["real_continuation_nll"] for a, v in result["attributes"].items()})
@@ -108,7 +110,7 @@ def write_report(result: dict, frame, run_dir: Path, *, plots: bool = True) -> N
         out += [f"### {attribute}", "", "| method | alpha | success [95%] | overlap | chrF | fluency loss [95%] | "
                 "on manifold |", "|---|---|---|---|---|---|---|"]
         for _, r in g.iterrows():
-            manifold = f"{r['on_manifold']:.3f}" if "on_manifold" in r and r["on_manifold"] == r["on_manifold"] else ""
+            manifold = f"{r['on_manifold']:.3f}" if pd.notna(r.get("on_manifold")) else ""
             out.append(f"| {r['method']} | {r['alpha']:g} | {r['success']:.3f} [{r['success_lo']:.3f}, "
                        f"{r['success_hi']:.3f}] | {r['overlap']:.3f} | {r['chrf']:.3f} | {r['nll']:.2f} "
                        f"[{r['nll_lo']:.2f}, {r['nll_hi']:.2f}] | {manifold} |")
