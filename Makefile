@@ -24,25 +24,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m experiments.referential_game
 
-# test files that never start Ray: they run beside the serial phase (conftest refuses ray.init there)
-NORAY_TESTS = tests/test_steering.py tests/test_sae.py tests/test_vectors.py tests/test_coded.py \
-	tests/test_separation.py tests/test_protocols.py tests/test_channels.py tests/test_environments.py \
-	tests/test_energy_transformer.py tests/test_brier.py tests/test_sampling.py tests/test_autoencoder.py \
-	tests/test_checkpoint.py tests/test_metrics.py tests/test_flops.py
+# Tests are picked by their markers alone (pyproject.toml; tests/conftest.py): `ray` (module-wide) on every
+# test file that starts Ray, `serial` on the Ray Train runs (no other Ray may run beside them), `e2e` on the
+# `ray up` test. The three selections below partition the suite: every test runs, once.
+RAY_PARALLEL = ray and not serial and not e2e
+RAY_ALONE = serial or e2e
+NO_RAY = not ray and not serial and not e2e
 NORAY_LOG = .pytest-noray.log
 
-# two test processes (pytest-xdist, whole files each: module fixtures are built once): most of a run waits on
-# Ray, actor and subprocess start-up, which the second process overlaps. Then the e2e `ray up` test and the
-# Ray Train runs (marked serial: no other Ray may run) go alone in one process, and the Ray-free files in
-# another beside them (their report follows the serial one)
+# 1. the `ray` tests in two pytest-xdist processes (whole files each: module fixtures are built once), each
+#    process with one local Ray that all its tests share; most of it waits on Ray, actors and subprocesses,
+#    which the second process overlaps. 2. the Ray Train runs and the e2e test alone in one process, and beside
+#    them the tests that never start Ray (conftest refuses ray.init there; their report follows)
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not e2e and not serial" \
-		$(addprefix --ignore=,$(NORAY_TESTS))
-	$(OFFLINE) LATENTCOMM_TEST_NO_RAY=1 $(BIN)/python -m pytest -q -ra -m "not e2e and not serial" \
-		$(NORAY_TESTS) > $(NORAY_LOG) 2>&1 & noray=$$!; \
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "e2e or serial"; serial=$$?; \
-	wait $$noray; rest=$$?; echo "--- Ray-free tests (run beside the serial phase):"; cat $(NORAY_LOG); \
-	rm -f $(NORAY_LOG); test $$serial -eq 0 -a $$rest -eq 0
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "$(RAY_PARALLEL)"
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "$(NO_RAY)" > $(NORAY_LOG) 2>&1 & noray=$$!; \
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "$(RAY_ALONE)"; alone=$$?; \
+	wait $$noray; rest=$$?; echo "--- tests that never start Ray (run beside the serial phase):"; cat $(NORAY_LOG); \
+	rm -f $(NORAY_LOG); test $$alone -eq 0 -a $$rest -eq 0
 
 # calm_diagnostics reads the checkpoint calm_vs_baseline writes, so it runs last
 BENCHES = $(filter-out bench/calm_diagnostics.py,$(sort $(wildcard bench/*.py))) bench/calm_diagnostics.py

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.actor import RECEIVERS, Receiver
+from agents.core import RECEIVERS, Receiver
 
 __all__ = ["ListenerPolicy", "SpeakerPolicy", "call"]
 

@@ -49,11 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from calm.autoencoder import preset as ae_preset  # noqa: E402
 from calm.baseline import BaselineTask  # noqa: E402
 from calm.checkpoint import load_pretrained, save_pretrained  # noqa: E402
+from calm.cli import field_docs as _field_docs  # noqa: E402
 from calm.data import load_token_ids  # noqa: E402
 from calm.energy_transformer import CalmTask  # noqa: E402
 from calm.flops import autoencoder_flops, baseline_flops, calm_flops  # noqa: E402
 from calm.tokenizer import get_tokenizer  # noqa: E402
-from calm.train import AutoencoderTask, TrainConfig, _field_docs, train_autoencoder, train_local  # noqa: E402
+from calm.train import AutoencoderTask, TrainConfig, train_autoencoder, train_local  # noqa: E402
 
 
 @dataclass

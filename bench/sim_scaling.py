@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from agents import AgentConfig, make_agent  # noqa: E402
 from calm.ray_runtime import init_ray  # noqa: E402
-from experiments.autoencoder import ensure_checkpoint  # noqa: E402
-from experiments.referential_game import Config, fit_protocols, game_seed, protocol_key  # noqa: E402
+from experiments.common.models import ensure_checkpoint  # noqa: E402
+from experiments.common.links import game_seed  # noqa: E402
+from experiments.referential_game import Config, fit_game_protocols, protocol_key  # noqa: E402
 
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
              ae_time_limit=0.0)
@@ -45,7 +46,7 @@ def play_stream(pair, env, index: int, protocol: str, receiver: str, seconds: fl
     games, step = 0, 0
     t0 = time.perf_counter()
     while True:
-        obs = env.reset(seed=game_seed(index, step))[0]
+        obs = env.reset(seed=game_seed(index, step, salt=None))[0]
         sent = ray.get(speaker.encode.remote(protocol, obs["speaker"]))
         heard = env.step({"speaker": sent})[0]["listener"]
         choice, _ = ray.get(listener.listen.remote(protocol, receiver, heard["received"], heard["candidates"]))
@@ -84,7 +85,7 @@ def main() -> None:
                  num_passages=1024, fit_passages=1024, candidates=args.candidates, **extra)
     checkpoint = ensure_checkpoint(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        dirs, facts, _, passages = fit_protocols(cfg, checkpoint, Path(tmp))
+        dirs, facts, _, passages = fit_game_protocols(cfg, checkpoint, Path(tmp))
         vocab = facts.pop("_model")["vocab_size"]
         init_ray(address="local", num_cpus=os.cpu_count(), log_to_driver=False)
         agent_cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dirs, num_gpus=0, num_cpus=0.25)

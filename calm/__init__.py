@@ -41,9 +41,6 @@ _EXPORTS = {
     "calm_flops": "calm.flops",
     "baseline_flops": "calm.flops",
     "train_autoencoder": "calm.tasks",
-    "JSCCConfig": "calm.jscc",
-    "JSCCModel": "calm.jscc",
-    "train_jscc": "calm.jscc",
     "evaluate_autoencoder": "calm.evaluate",
 }
 

@@ -10,6 +10,8 @@ A checkpoint directory holds:
 ``load_pretrained`` refuses a checkpoint whose parts disagree (tokenizer vs. the fingerprint in the config,
 vocabulary size or K vs. the weights) and says what differs. Any model type registered in ``MODEL_TYPES``
 can be stored; a model is an ``nn.Module`` with a ``config`` dataclass that has ``to_dict``/``from_dict``.
+A model defined outside calm registers itself when its module is imported (``register_model_type``); a
+checkpoint only names its type, never a module to import.
 
 The optimizer helpers (``save_optimizer``/``load_optimizer``) store AdamW state the same way, keyed by
 parameter name, for resumable training.
@@ -33,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "autoencoder_config_for",
     "model_type_of",
+    "register_model_type",
     "save_pretrained",
     "load_pretrained",
     "load_config",
@@ -46,13 +49,12 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 
-# model_type -> (module, config class, model class); imported lazily so that this module imports no model.
-# A new model type is one line here.
+# model_type -> (module, config class, model class); calm's own are imported lazily so that this module
+# imports no model. A new calm model type is one line here; a model outside calm calls register_model_type.
 MODEL_TYPES: dict[str, tuple[str, str, str]] = {
     "autoencoder": ("calm.autoencoder", "AutoencoderConfig", "Autoencoder"),
     "calm": ("calm.energy_transformer", "EnergyTransformerConfig", "EnergyTransformer"),
     "baseline": ("calm.baseline", "BaselineConfig", "TokenTransformer"),
-    "jscc": ("calm.jscc", "JSCCConfig", "JSCCModel"),
 }
 
 
@@ -60,9 +62,28 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing, damaged, or its parts do not match."""
 
 
+def register_model_type(name: str, config_cls: type, model_cls: type) -> None:
+    """Let ``save_pretrained``/``load_pretrained`` store and build ``model_cls`` as ``model_type`` ``name``.
+
+    Called by the module that defines the model, when it is imported. ``config_cls`` must be importable from
+    ``model_cls``'s module. Registering the same classes again is a no-op; another pair under a taken name
+    is a ValueError.
+    """
+    entry = (model_cls.__module__, config_cls.__name__, model_cls.__name__)
+    if getattr(importlib.import_module(entry[0]), entry[1], None) is not config_cls:
+        raise ValueError(f"register_model_type({name!r}): {config_cls.__qualname__} must be importable from "
+                         f"{entry[0]}, the module of {model_cls.__qualname__}")
+    if MODEL_TYPES.get(name, entry) != entry:
+        raise ValueError(f"model_type {name!r} is already registered to {'.'.join(MODEL_TYPES[name][::2])}")
+    MODEL_TYPES[name] = entry
+
+
 def _classes(model_type: str) -> tuple[type, type]:
     if model_type not in MODEL_TYPES:
-        raise CheckpointError(f"unknown model_type {model_type!r}; known types are {sorted(MODEL_TYPES)}")
+        raise CheckpointError(
+            f"unknown model_type {model_type!r}; registered types are {sorted(MODEL_TYPES)}. A model type "
+            "defined outside calm is registered (calm.checkpoint.register_model_type) when the module that "
+            "defines it is imported: import that module before loading the checkpoint")
     module, config_name, model_name = MODEL_TYPES[model_type]
     mod = importlib.import_module(module)
     return getattr(mod, config_name), getattr(mod, model_name)
@@ -75,7 +96,7 @@ def model_type_of(model: nn.Module) -> str:
         if cls.__module__ == module and cls.__name__ == model_name:
             return name
     raise CheckpointError(f"{type(model).__module__}.{type(model).__name__} is not a registered model type; "
-                          f"known types are {sorted(MODEL_TYPES)} (add it to calm.checkpoint.MODEL_TYPES)")
+                          f"known types are {sorted(MODEL_TYPES)} (register it with calm.checkpoint.register_model_type)")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ __all__ = [
     "EnergyTransformerConfig",
     "EnergyTransformer",
     "CalmTask",
+    "Continuation",
     "EnergyHead",
     "EnergyOutput",
     "energy_loss",
@@ -256,6 +258,15 @@ def preset(name: str, autoencoder: AutoencoderConfig | dict, **overrides) -> Ene
 # model
 
 
+class Continuation(NamedTuple):
+    """What ``EnergyTransformer.generate_chunks`` samples."""
+
+    ids: torch.Tensor
+    """(B, num_chunks * K) the new token ids"""
+    latents: torch.Tensor | None
+    """(B, num_chunks, l) the vectors decoded into them (latent shift included); None at temperature < 1"""
+
+
 @dataclass
 class EnergyOutput:
     """What `EnergyTransformer.forward` returns. Scalars are 0-dim tensors."""
@@ -422,6 +433,69 @@ class EnergyTransformer(nn.Module):
         return out, draws
 
     @torch.no_grad()
+    def generate_chunks(
+        self,
+        ids: torch.Tensor,
+        num_chunks: int,
+        *,
+        temperature: float = 1.0,
+        batch_n: int = 0,
+        pad_id: int = 0,
+        generator: torch.Generator | None = None,
+        coins: torch.Generator | None = None,
+        max_draws: int = 1_000_000,
+        latent_shift: torch.Tensor | None = None,
+    ) -> Continuation:
+        """The sampling loop: continue prompts ids (B, T) by num_chunks chunks of K tokens, one backbone step each.
+
+        The prompt is left-padded with pad_id to a multiple of K and run through the backbone once; then each
+        step samples the next chunk from the last hidden state and feeds its K tokens back, with a KV cache.
+        At T = 1 a step draws one head sample z (noise from ``generator``), adds ``latent_shift (l,)`` to it
+        when given, and decodes it by argmax; the (shifted) latents come back with the tokens. At T < 1 a step
+        is ``next_chunk``'s tempered sampler (``batch_n``, ``coins``, ``max_draws`` as there), which picks among
+        decoded chunks: no latents, and no latent shift. ``generate``, the agents' latent dialogue and the
+        steering experiment all sample through this loop, so the same noise gives the same chunks in each.
+
+        Returns:
+            ``Continuation(ids (B, num_chunks K), latents (B, num_chunks, l) or None at T < 1)``.
+        """
+        if ids.dim() != 2:
+            raise ValueError(f"ids must have shape (B, T), got {tuple(ids.shape)}")
+        if num_chunks < 1:
+            raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+        split_temperature(temperature)  # validates T
+        if latent_shift is not None and temperature != 1.0:
+            raise ValueError("latent_shift needs temperature 1 (the tempered samplers pick among decoded chunks)")
+        B, T = ids.shape
+        pad = (-T) % self.K
+        if pad:
+            ids = F.pad(ids, (pad, 0), value=pad_id)
+        P0 = ids.shape[1] // self.K
+        if P0 + num_chunks > self.config.max_patches:
+            raise ValueError(
+                f"prompt + generation = {P0 + num_chunks} patches exceeds max_patches {self.config.max_patches}"
+            )
+        cache = self.backbone.new_cache(B, P0 + num_chunks)
+        x = torch.cat([self.start.expand(B, 1, -1), self.patch_inputs(ids)], dim=1)  # (B, P0+1, d)
+        h = self.backbone(x, cache)[:, -1]  # (B, d)
+        chunks, latents = [], []
+        for step in range(num_chunks):
+            if temperature == 1.0:
+                z = self.head.sample(h, 1, generator=generator)[:, 0]  # (B, l)
+                if latent_shift is not None:
+                    z = z + latent_shift.to(z.dtype)
+                chunk = self.decode_chunks(z)  # (B, K)
+                latents.append(z)
+            else:
+                chunk, _ = self.next_chunk(
+                    h, temperature=temperature, batch_n=batch_n, generator=generator, coins=coins, max_draws=max_draws
+                )
+            chunks.append(chunk)
+            if step + 1 < num_chunks:
+                h = self.backbone(self.patch_inputs(chunk).view(B, 1, -1), cache)[:, -1]
+        return Continuation(torch.cat(chunks, dim=1), torch.stack(latents, dim=1) if latents else None)
+
+    @torch.no_grad()
     def generate(
         self,
         ids: torch.Tensor,
@@ -434,37 +508,16 @@ class EnergyTransformer(nn.Module):
         coins: torch.Generator | None = None,
         max_draws: int = 1_000_000,
     ) -> torch.Tensor:
-        """Continue prompts ids (B, T) by max_new_tokens tokens, one chunk of K per backbone step.
-
-        The prompt is left-padded with pad_id to a multiple of K; the backbone runs with a KV cache.
+        """Continue prompts ids (B, T) by max_new_tokens tokens (``generate_chunks``, then cut to length).
 
         Returns:
             new token ids (B, max_new_tokens).
         """
-        if ids.dim() != 2:
-            raise ValueError(f"ids must have shape (B, T), got {tuple(ids.shape)}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        B, T = ids.shape
-        pad = (-T) % self.K
-        if pad:
-            ids = F.pad(ids, (pad, 0), value=pad_id)
-        P0 = ids.shape[1] // self.K
-        steps = math.ceil(max_new_tokens / self.K)
-        if P0 + steps > self.config.max_patches:
-            raise ValueError(f"prompt + generation = {P0 + steps} patches exceeds max_patches {self.config.max_patches}")
-        cache = self.backbone.new_cache(B, P0 + steps)
-        x = torch.cat([self.start.expand(B, 1, -1), self.patch_inputs(ids)], dim=1)  # (B, P0+1, d)
-        h = self.backbone(x, cache)[:, -1]  # (B, d)
-        chunks = []
-        for step in range(steps):
-            chunk, _ = self.next_chunk(
-                h, temperature=temperature, batch_n=batch_n, generator=generator, coins=coins, max_draws=max_draws
-            )
-            chunks.append(chunk)
-            if step + 1 < steps:
-                h = self.backbone(self.patch_inputs(chunk).view(B, 1, -1), cache)[:, -1]
-        return torch.cat(chunks, dim=1)[:, :max_new_tokens]
+        out = self.generate_chunks(ids, math.ceil(max_new_tokens / self.K), temperature=temperature, batch_n=batch_n,
+                                   pad_id=pad_id, generator=generator, coins=coins, max_draws=max_draws)
+        return out.ids[:, :max_new_tokens]
 
     @torch.no_grad()
     def on_manifold(self, ids: torch.Tensor, *, num_samples: int = 2, tol: float = ON_MANIFOLD_TOL,

@@ -1,7 +1,8 @@
 """The model kinds ``calm.train`` can train: subcommand name -> task class, and an in-process helper.
 
-A task lives next to its model (``AutoencoderTask``, ``CalmTask``, ``BaselineTask``, ``JSCCTask``); a new
-model kind is a new task class plus one line in ``TASKS``.
+A task lives next to its model (``AutoencoderTask``, ``CalmTask``, ``BaselineTask``); a new calm model kind
+is a new task class plus one line in ``TASKS``. A task defined outside calm registers itself with
+``register_task`` when its module is imported (``calm.train.main`` and the Ray workers then know it).
 """
 
 from __future__ import annotations
@@ -11,19 +12,29 @@ import numpy as np
 from calm.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderTask
 from calm.baseline import BaselineTask
 from calm.energy_transformer import CalmTask
-from calm.jscc import JSCCTask
 from calm.loop import NonFiniteLossError, TrainConfig, train_local
 
-__all__ = ["TASKS", "TRAIN_PRESETS", "train_autoencoder"]
+__all__ = ["TASKS", "TRAIN_PRESETS", "register_task", "train_autoencoder"]
 
 # subcommand name -> task class. A task class has: name, config_cls (with to_dict/from_dict), presets,
 # build_model(), sample_batch(ids, rng, batch_size), loss(model, batch, generator), validation_set(ids, n),
 # validate(model, val_set).
-TASKS: dict[str, type] = {"autoencoder": AutoencoderTask, "calm": CalmTask, "baseline": BaselineTask,
-                          "jscc": JSCCTask}
+TASKS: dict[str, type] = {"autoencoder": AutoencoderTask, "calm": CalmTask, "baseline": BaselineTask}
 # each also has ``make_config(preset, vocab_size=, pad_id=, overrides=, **cli_args)`` and ``train_presets``
 # (TrainConfig defaults per preset); the language-model tasks have ``tokens_per_example``.
 TRAIN_PRESETS = AutoencoderTask.train_presets  # the autoencoder's TrainConfig defaults (train_autoencoder uses them)
+
+
+def register_task(task_cls: type) -> type:
+    """Add a task class to ``TASKS`` under its ``name`` (a ``calm.train`` subcommand); returns the class.
+
+    Registering the same class again is a no-op; another class under a taken name is a ValueError.
+    """
+    name = task_cls.name
+    if TASKS.get(name, task_cls) is not task_cls:
+        raise ValueError(f"task {name!r} is already registered to {TASKS[name].__module__}.{TASKS[name].__qualname__}")
+    TASKS[name] = task_cls
+    return task_cls
 
 
 def train_autoencoder(

@@ -27,7 +27,6 @@ A training checkpoint is a ``calm.checkpoint`` directory (``load_pretrained`` re
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import json
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 
 from calm.autoencoder import AutoencoderTask
+from calm.cli import add_dataclass_args, given_values
 from calm.loop import (
     TRAIN_STATE_FILE,
     FitResult,
@@ -73,28 +73,13 @@ __all__ = [
 # the CLI
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """The one-line docstrings under each field of a dataclass (used as argparse help)."""
-    docs: dict[str, str] = {}
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[node.target.id] = str(nxt.value.value)
-    return docs
-
-
-def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """``--field-name`` for every field of ``cls`` (default None: the preset decides)."""
-    docs = _field_docs(cls)
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type), None)
-        if kind is None:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, type=kind, default=None, help=docs.get(f.name, f.name))
+def _derived_fields(task_cls) -> tuple[str, ...]:
+    """Model-config fields that get no flag: the tokenizer's, and for a model built on a trained autoencoder
+    (a config with an ``autoencoder`` field) the ones copied from the ``--ae`` checkpoint."""
+    derived = ("vocab_size", "pad_id", "autoencoder_path")
+    if "autoencoder" in {f.name for f in fields(task_cls.config_cls)}:
+        derived += ("autoencoder", "K", "latent_dim")
+    return derived
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,19 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
         p.add_argument("--max-failures", type=int, default=3,
                        help="worker-group restarts after a worker dies (each resumes from the newest checkpoint)")
-        _add_dataclass_args(p, TrainConfig)
-        _add_dataclass_args(p, task_cls.config_cls, skip=("vocab_size", "pad_id", "autoencoder_path"))
-        if name in ("calm", "jscc"):
+        # a flag that is not given leaves the preset's value (see configs_from_args)
+        add_dataclass_args(p, TrainConfig, overrides=True)
+        add_dataclass_args(p, task_cls.config_cls, skip=_derived_fields(task_cls), overrides=True)
+        if "ae" in inspect.signature(task_cls.make_config).parameters:  # a model built on a trained autoencoder
             p.add_argument("--ae", required=True, help="trained autoencoder checkpoint directory (kept frozen)")
     return parser
 
 
 def configs_from_args(args: argparse.Namespace, task_cls, *, vocab_size: int, pad_id: int):
     """(model config, TrainConfig) from a preset plus the flags that were given."""
-    train_names = {f.name for f in fields(TrainConfig)}
-    model_names = {f.name for f in fields(task_cls.config_cls)}
-    model_over = {k: v for k, v in vars(args).items() if k in model_names and v is not None}
-    train_over = {k: v for k, v in vars(args).items() if k in train_names and v is not None}
+    model_over = given_values(args, task_cls.config_cls)
+    train_over = given_values(args, TrainConfig)
     model_cfg = task_cls.make_config(args.preset, vocab_size=vocab_size, pad_id=pad_id, overrides=model_over,
                                      ae=getattr(args, "ae", None))
     train_cfg = TrainConfig(**{**task_cls.train_presets.get(args.preset, {}), **train_over})
@@ -137,11 +121,15 @@ def main(argv: list[str] | None = None) -> FitResult:
     from calm.data import load_token_ids
     from calm.tokenizer import get_tokenizer
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     task_cls = TASKS[args.task]
-    tokenizer = get_tokenizer(args.tokenizer, corpus=args.corpus)
-    model_cfg, train_cfg = configs_from_args(args, task_cls, vocab_size=len(tokenizer),
-                                             pad_id=int(tokenizer.pad_token_id))
+    try:  # settings are checked before Ray starts: a bad one is one line and exit status 2
+        tokenizer = get_tokenizer(args.tokenizer, corpus=args.corpus)
+        model_cfg, train_cfg = configs_from_args(args, task_cls, vocab_size=len(tokenizer),
+                                                 pad_id=int(tokenizer.pad_token_id))
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
     if args.resume:
         ckpt = newest_checkpoint(Path(args.out) / "ray")
         if ckpt is not None:

@@ -29,7 +29,6 @@ from calm.loop import (
     run_loop,
     save_training_state,
 )
-from calm.tasks import TASKS
 
 __all__ = ["train_with_ray"]
 
@@ -44,7 +43,9 @@ def _ray_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TrainConfig(**config["train_config"])
-    task = TASKS[config["task"]](TASKS[config["task"]].config_cls.from_dict(config["model_config"]))
+    # the class itself travels (pickled by reference), so a task registered outside calm is known here too
+    task_cls = config["task_cls"]
+    task = task_cls(task_cls.config_cls.from_dict(config["model_config"]))
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world_size))
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     train_ids = ray.get(config["train_ids"])
@@ -157,7 +158,7 @@ def train_with_ray(
     started_ray = init_ray(address="auto", num_cpus=max(os.cpu_count() or 1, workers + 1))
     try:
         loop_config = {
-            "task": task.name,
+            "task_cls": type(task),
             "model_config": task.config.to_dict(),
             "train_config": asdict(cfg),
             "train_ids": ray.put(np.ascontiguousarray(train_ids, dtype=np.int32)),

@@ -34,51 +34,27 @@ what it writes out, in the listener's tokenization: the first L tokens of the te
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
-
-# `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
-try:
-    import agents  # noqa: F401
-except ImportError:  # pragma: no cover - only on a node without the package installed
-    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
-        if _root and os.path.isdir(os.path.join(_root, "agents")):
-            sys.path.insert(0, _root)
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-            break
 
 import numpy as np
 
+import environments
 from agents import SpeakerPolicy, call
 from calm.tokenizer import cached_tokenizer
 from experiments.alignment_agents import fit_alignments, prepare_agents, retokenize
 from experiments.alignment_report import console_summary, write_report
-from experiments.autoencoder import checkpoint_id, ensure_checkpoint
-from experiments.link_protocols import game_seed, pick_best
-from experiments.multiagent import LinkConfig, draw_candidates, metric_columns, trial_metrics
-from experiments.reconstruction_report import mean_interval
-from experiments.sweep import (
-    NOT_IN_HASH,
-    SweepResult,
-    cli,
-    collect_rows,
-    git_commit,
-    make_channel,
-    missing_trials,
-    open_run_dir,
-    print_outcome,
-    run_with_pool,
-    settings_hash,
-    write_frame,
-)
+from experiments.common.config import unhashed
+from experiments.common.links import game_seed, pick_best
+from experiments.common.multiagent import LinkConfig, draw_candidates, metric_columns, trial_metrics
+from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
+from experiments.common.tables import mean_interval
 from protocols.alignment import METHODS, LatentAlignment
+from protocols.metrics import snr_db
 
-__all__ = ["COLUMNS", "Config", "PAIRINGS", "main", "play_trial", "retokenize", "trial_grid"]
+__all__ = ["COLUMNS", "STUDY", "Config", "PAIRINGS", "fit_alignments", "main", "prepare_agents", "play_trial", "retokenize", "trial_grid"]
 
 Pairing = Literal["same", "seed", "latent", "tokenizer"]
 PAIRINGS = ("same", "seed", "latent", "tokenizer")
@@ -94,7 +70,7 @@ COLUMNS = [
 class Config(LinkConfig):
     """The alignment sweep. Grid axes: pairings x (methods x anchors, for the vector) x sigmas x seeds."""
 
-    pairings: tuple[Pairing, ...] = PAIRINGS
+    pairings: tuple[Pairing, ...] = unhashed(PAIRINGS)
     """listeners: same (the speaker's weights), seed (another seed), latent (another l), tokenizer (another one)"""
     other_seed: int = 1
     """seed pairing: the listener's autoencoder training seed"""
@@ -108,13 +84,13 @@ class Config(LinkConfig):
     """latent pairing: the listener's checkpoint (none: train it once)"""
     tokenizer_checkpoint: str | None = None
     """tokenizer pairing: the listener's checkpoint (none: train it once)"""
-    anchors: tuple[int, ...] = (0, 16, 64, 256, 1024, 4096)
+    anchors: tuple[int, ...] = unhashed((0, 16, 64, 256, 1024, 4096))
     """anchor passages the maps are fitted on (0: no map, the identity); nested: the first a of one pool"""
-    methods: tuple[Literal["procrustes", "ridge", "mlp"], ...] = METHODS
+    methods: tuple[Literal["procrustes", "ridge", "mlp"], ...] = unhashed(METHODS)
     """alignment maps (protocols.alignment): procrustes, ridge, mlp"""
-    sigmas: tuple[float, ...] = (0.316, 1.0)
+    sigmas: tuple[float, ...] = unhashed((0.316, 1.0))
     """AWGN noise standard deviations (SNR_dB = -20 log10 sigma: 10, 0); add 0.1 for 20 dB (same run directory)"""
-    token_protocols: tuple[Literal["separation", "uncoded-tokens"], ...] = ("separation",)
+    token_protocols: tuple[Literal["separation", "uncoded-tokens"], ...] = unhashed(("separation",))
     """the token links compared on the same pairs (separation: coded with oracle rate adaptation)"""
     alignment_unit: Literal["auto", "passage"] = "auto"
     """auto: map chunk by chunk where both ends send the same chunks' full latents (same tokenizer and K, n = L/K
@@ -144,9 +120,6 @@ class Config(LinkConfig):
             raise ValueError(f"other_latent_dim must be >= 1, got {self.other_latent_dim}")
 
 
-_NOT_IN_HASH = NOT_IN_HASH | {"pairings", "anchors", "methods", "sigmas", "seeds", "token_protocols"}
-
-
 def trial_grid(cfg: Config) -> list[dict[str, Any]]:
     """Every grid point in a fixed order; the vector's same pairing needs no map (method none, 0 anchors)."""
     grid = []
@@ -170,8 +143,6 @@ def trial_grid(cfg: Config) -> list[dict[str, Any]]:
 def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
           episodes: int, text: bool = True) -> dict:
     """``episodes`` passages sent with the speaker's protocol ``key``: success, decoded and target batches."""
-    import environments
-
     n, B, C = settings["channel_uses"], min(settings["batch_size"], episodes), settings["num_candidates"]
     pair = settings["pairings"][spec["pairing"]]
     env = environments.make("reconstruction_v0", passages=passages, channel_uses=n, batch_size=B, channel=channel,
@@ -212,8 +183,6 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
 
 def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.ndarray, settings: dict[str, Any]) -> dict:
     """One grid point: the row (``COLUMNS``). The separation link picks its MCS by the oracle's pilot plays."""
-    from protocols.metrics import snr_db
-
     n = settings["channel_uses"]
     channel = make_channel("awgn", spec["sigma"])
     if spec["protocol"] == "vector":
@@ -263,39 +232,33 @@ def trial_settings(cfg: Config, facts: dict, maps: dict, passages: np.ndarray) -
 # main
 
 
+def prepare(cfg: Config, run: Run) -> Plan:
+    """Train or load every agent's autoencoder, fit the protocols and the alignment maps; the pool holds the speaker
+    and one listener per pairing."""
+    members, facts, passages = prepare_agents(cfg, run.dir)
+    maps = fit_alignments(cfg, facts, run.dir)
+    record = {"listeners": {p: f["listener"] for p, f in facts["pairings"].items()},
+              "members": {name: str(ckpt) for name, (ckpt, _) in members.items()},
+              "maps": {k: {"anchors": v["anchors"], **v["info"]} for k, v in maps.items()}}
+    return Plan(grid=trial_grid(cfg), trial=_trial, pool=members, record=record,
+                shared={"passages": passages, "settings": trial_settings(cfg, facts, maps, passages)},
+                describe=f"{len(cfg.pairings)} pairings, vector maps {list(cfg.methods)} x anchors {list(cfg.anchors)}, "
+                         f"token links {list(cfg.token_protocols)}, {len(cfg.sigmas)} sigmas x {len(cfg.seeds)} seeds; "
+                         f"{cfg.episodes} passages of L={cfg.passage_length} in n={cfg.channel_uses} channel uses")
+
+
+def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
+    """summary.md, the plots and the console tables of the finished rows."""
+    write_report(frame, run.dir, plots=cfg.plots)
+    print(console_summary(frame), flush=True)
+
+
+STUDY = Study(prefix="alignment", columns=COLUMNS, prepare=prepare, report=report)
+
+
 def main(cfg: Config) -> SweepResult:
     """Run (or resume) the alignment sweep and write the run directory; prints the summary tables."""
-    import ray
-    import torch
-
-    t0 = time.time()
-    checkpoint = ensure_checkpoint(cfg)
-    ckpt_id = checkpoint_id(checkpoint)
-    settings = settings_hash(cfg, _NOT_IN_HASH)
-    run_name = cfg.run_name or f"alignment-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
-    members, facts, passages = prepare_agents(cfg, run_dir)
-    maps = fit_alignments(cfg, facts, run_dir)
-    grid = trial_grid(cfg)
-    missing = missing_trials(grid, run_dir, cfg.max_trials)
-    print(f"[run] {run_dir}: {len(grid)} trials ({len(cfg.pairings)} pairings, vector maps {list(cfg.methods)} x anchors "
-          f"{list(cfg.anchors)}, token links {list(cfg.token_protocols)}, {len(cfg.sigmas)} sigmas x {len(cfg.seeds)} "
-          f"seeds), {len(grid) - len(missing)} done, {len(missing)} to run; {cfg.episodes} passages of L="
-          f"{cfg.passage_length} in n={cfg.channel_uses} channel uses", flush=True)
-    record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
-              "checkpoint_id": ckpt_id, "listeners": {p: f["listener"] for p, f in facts["pairings"].items()},
-              "members": {name: str(ckpt) for name, (ckpt, _) in members.items()},
-              "maps": {k: {"anchors": v["anchors"], **v["info"]} for k, v in maps.items()},
-              "ray_version": ray.__version__, "torch_version": torch.__version__, "columns": COLUMNS}
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-    ran, failed = run_with_pool(cfg, members, run_name, _trial, missing, run_dir, {
-        "passages": passages, "settings": trial_settings(cfg, facts, maps, passages)})
-    frame = collect_rows(grid, run_dir, COLUMNS)
-    write_frame(frame, run_dir)
-    write_report(frame, run_dir, plots=cfg.plots)
-    print(console_summary(frame), flush=True)
-    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
-    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
+    return run_sweep(cfg, STUDY)
 
 
 if __name__ == "__main__":

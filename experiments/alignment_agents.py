@@ -16,19 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from experiments.autoencoder import checkpoint_id, ensure_checkpoint
-from experiments.link_protocols import fit_protocols
-from protocols.alignment import LatentAlignment
+from calm.checkpoint import load_pretrained
+from calm.data import load_token_ids, make_passages
+from calm.tokenizer import special_ids, tokenizer_fingerprint
+from experiments.common.links import fit_protocols
+from experiments.common.models import checkpoint_id, ensure_checkpoint
+from protocols import load_protocol
+from protocols.alignment import AlignmentConfig, LatentAlignment
 
 __all__ = ["fit_alignments", "listener_configs", "prepare_agents", "retokenize"]
-
 
 
 def retokenize(ids: np.ndarray, source_tok, target_tok, L: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``L`` ids of each row's text under ``target_tok``: ``(ids (N, L), mask (N, L))``; a text shorter
     than L tokens is padded with the target's pad id, its pad positions False in ``mask``."""
-    from calm.tokenizer import special_ids
-
     pad, _ = special_ids(target_tok)
     out = np.full((len(ids), L), pad, dtype=np.int64)
     mask = np.zeros((len(ids), L), dtype=bool)
@@ -54,11 +55,6 @@ def prepare_agents(cfg: Any, run_dir: Path):
     pairing (checkpoint ids, whether the tokenizer differs, the listener's tokenizer path, its test targets and
     anchors); the speaker's test passages ``(N, L)``.
     """
-    from calm.checkpoint import load_pretrained
-    from calm.data import load_token_ids, make_passages
-    from calm.tokenizer import tokenizer_fingerprint
-    from protocols import load_protocol
-
     n, L = cfg.channel_uses, cfg.passage_length
     speaker_ckpt = ensure_checkpoint(cfg)
     dirs, variants, facts_s, skipped, passages = fit_protocols(
@@ -124,8 +120,6 @@ def fit_alignments(cfg: Any, facts: dict, run_dir: Path) -> dict[str, dict]:
         if (d / "alignment.json").is_file():
             alignment = LatentAlignment.load(d)
         else:
-            from protocols.alignment import AlignmentConfig
-
             chunks = facts["pairings"][pairing]["chunks"]
             source = facts["anchors_source"][:anchors]
             target = facts["pairings"][pairing]["anchors_target"][:anchors]

@@ -7,7 +7,7 @@
 
 On held-out (test split) documents, each K-token chunk's encoder mean mu is analysed:
 - per dimension: KL to the prior and variance of mu (sorted bar plot), collapsed dimensions, effective rank;
-- linear probes (``experiments.vector_probes``: logistic regression, train and test chunks from different
+- linear probes (``experiments.common.probes``: logistic regression, train and test chunks from different
   documents) from mu to each of the K token ids, each token's class (capitalised / punctuation / digit /
   whitespace-led / other), the source corpus, the position in the verse/line and the next chunk's first
   token; read against the majority class and a bag-of-token-ids probe; the same probes on mu + sigma N(0,1);
@@ -21,12 +21,39 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from calm.checkpoint import load_pretrained
+from calm.corpus import load_split
+from experiments.analyze_vectors_report import (
+    interpolation_table,
+    neighbour_table,
+    plot_dimensions,
+    plot_manifold,
+    write_summary,
+)
+from experiments.common.config import SweepConfig
+from experiments.common.models import K_AUTOENCODER, ensure_k_autoencoder
+from experiments.common.probes import (
+    TOKEN_CLASSES,
+    bag_of_ids,
+    cap_classes,
+    chunk_set,
+    effective_rank,
+    neighbour_agreement,
+    probe,
+    split_by_document,
+    token_classes,
+)
+from experiments.common.sweep import cli
+
 __all__ = ["Config", "main", "probe_table"]
+
+K_STUDY_PASSAGE_LENGTH = 16
+"""experiments.scaling_k's default passage_length: its Ks divide it"""
 
 
 @dataclass
@@ -36,7 +63,8 @@ class Config:
     checkpoint: str | None = None
     """autoencoder checkpoint directory; none: experiments.scaling_k's autoencoder at --k (trained once, cached)"""
     k: int = 4
-    """without --checkpoint: the K of experiments.scaling_k's autoencoder (its defaults: l = 32 K, bpe:2048)"""
+    """without --checkpoint: the K of experiments.scaling_k's autoencoder (its defaults: l = 32 K, bpe:2048;
+    K divides 16, that study's passage length)"""
     runs_dir: str = "runs"
     """where experiments.scaling_k caches its autoencoders"""
     results_dir: str = "results"
@@ -81,10 +109,10 @@ def _checkpoint(cfg: Config) -> Path:
         if not (path / "model.safetensors").is_file():
             raise ValueError(f"checkpoint {cfg.checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)")
         return path.resolve()
-    from experiments.scaling_k import Config as ScalingConfig
-    from experiments.scaling_k import autoencoder_dir
-
-    return autoencoder_dir(ScalingConfig(runs_dir=cfg.runs_dir, corpus=cfg.corpus, ks=(cfg.k,)), cfg.k)
+    if K_STUDY_PASSAGE_LENGTH % cfg.k:  # the K study makes no other autoencoder
+        raise ValueError(f"k must divide {K_STUDY_PASSAGE_LENGTH} (the K study's passage length), got {cfg.k}")
+    # the K study's default autoencoder (experiments.common.models.K_AUTOENCODER, l = 32 K): the same cache
+    return ensure_k_autoencoder(replace(SweepConfig(runs_dir=cfg.runs_dir, corpus=cfg.corpus), **K_AUTOENCODER), cfg.k)
 
 
 def encode_chunks(model, ids: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -100,20 +128,9 @@ def encode_chunks(model, ids: np.ndarray, batch: int = 4096) -> tuple[np.ndarray
     return np.concatenate(out_mu), np.concatenate(out_ls)
 
 
-def decode_text(model, tok, z: np.ndarray) -> list[str]:
-    """Greedy decode of latents ``z (B, l)`` to text, one string per latent."""
-    import torch
-
-    with torch.inference_mode():
-        ids = model.decode(torch.as_tensor(z, dtype=torch.float32)[:, None, :]).argmax(-1).reshape(len(z), -1)
-    return [tok.decode(row.tolist()) for row in ids]
-
-
 def probe_table(mu: np.ndarray, chunks, classes: np.ndarray, vocab_size: int, split, cfg: Config) -> list[dict]:
     """Every probe of the analysis, on the ``(train, test)`` chunk masks: one row per feature, with its
     baselines and noisy accuracies."""
-    from experiments.vector_probes import bag_of_ids, cap_classes, probe
-
     train, test = split
     K = chunks.ids.shape[1]
     features = {**{f"token id @{j}": chunks.ids[:, j] for j in range(K)},
@@ -141,8 +158,6 @@ def probe_table(mu: np.ndarray, chunks, classes: np.ndarray, vocab_size: int, sp
 
 def _top_dimension_probes(mu, kl, chunks, classes, split, cfg: Config) -> dict:
     """Single-dimension probes on the dimension with most KL: which label it alone predicts best."""
-    from experiments.vector_probes import cap_classes, probe
-
     train, test = split
     dim = int(np.argmax(kl))
     labels = {"token id @0": chunks.ids[:, 0], "token class @0": classes[chunks.ids[:, 0]], "source": chunks.source,
@@ -157,24 +172,6 @@ def _top_dimension_probes(mu, kl, chunks, classes, split, cfg: Config) -> dict:
 
 def main(cfg: Config) -> dict:
     """Run the analysis; returns (and writes) analysis.json's content."""
-    from calm.checkpoint import load_pretrained
-    from calm.corpus import load_split
-    from experiments.vector_probes import (
-        TOKEN_CLASSES,
-        chunk_set,
-        effective_rank,
-        neighbour_agreement,
-        split_by_document,
-        token_classes,
-    )
-    from experiments.vectors_report import (
-        interpolation_table,
-        neighbour_table,
-        plot_dimensions,
-        plot_manifold,
-        write_summary,
-    )
-
     t0 = time.time()
     path = _checkpoint(cfg)
     model, tok = load_pretrained(path)
@@ -228,7 +225,5 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments.sweep import cli
-
     raise SystemExit(cli(main, Config, prog="python -m experiments.analyze_vectors",
                          description=__doc__.split("\n\n")[0]))

@@ -26,47 +26,24 @@ listener gets a link at its own rate, M unicasts at M times the channel uses); `
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
-
-# `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
-try:
-    import agents  # noqa: F401
-except ImportError:  # pragma: no cover - only on a node without the package installed
-    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
-        if _root and os.path.isdir(os.path.join(_root, "agents")):
-            sys.path.insert(0, _root)
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-            break
 
 import numpy as np
 
+import environments
 from agents import SpeakerPolicy, call
 from calm.tokenizer import cached_tokenizer
-from experiments.autoencoder import checkpoint_id, ensure_checkpoint
 from experiments.broadcast_report import COLUMNS, ROW_COLUMNS, console_summary, long_frame, write_report
-from experiments.link_protocols import fit_protocols, game_seed, pick_best
-from experiments.multiagent import LinkConfig, sigma_of_snr, trial_metrics
-from experiments.sweep import (
-    NOT_IN_HASH,
-    SweepResult,
-    cli,
-    collect_rows,
-    git_commit,
-    missing_trials,
-    open_run_dir,
-    print_outcome,
-    run_with_pool,
-    settings_hash,
-    write_frame,
-)
+from experiments.common.config import unhashed
+from experiments.common.links import fit_protocols, game_seed, pick_best
+from experiments.common.multiagent import LinkConfig, sigma_of_snr, trial_metrics
+from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, run_sweep
+from protocols.separation import separation_bound_accuracy
 
-__all__ = ["COLUMNS", "ROW_COLUMNS", "Config", "main", "play_trial", "rate_label", "trial_grid"]
+__all__ = ["COLUMNS", "ROW_COLUMNS", "STUDY", "Config", "main", "play_trial", "rate_label", "trial_grid"]
 
 ProtocolName = Literal["vector", "separation", "uncoded-tokens"]
 ALL_PROTOCOLS = ("vector", "separation", "uncoded-tokens")
@@ -82,7 +59,7 @@ class Config(LinkConfig):
     listener_snrs_db: tuple[float, ...] = (-3.0, 3.0, 10.0)
     """each listener's SNR in dB (one AWGN channel per listener, sigma = 10^(-SNR/20)); the digital link plays
     one trial with its rate picked for each of them"""
-    protocols: tuple[ProtocolName, ...] = ("vector", "separation")
+    protocols: tuple[ProtocolName, ...] = unhashed(("vector", "separation"))
     """vector (analog CALM latents), separation (coded digital, one MCS for all) and uncoded-tokens (raw id
     bits, off by default)"""
 
@@ -93,9 +70,6 @@ class Config(LinkConfig):
         bad = [p for p in self.protocols if p not in ALL_PROTOCOLS]
         if bad or not self.protocols:
             raise ValueError(f"protocols must be a non-empty subset of {ALL_PROTOCOLS}, got {self.protocols}")
-
-
-_NOT_IN_HASH = NOT_IN_HASH | {"protocols", "seeds"}
 
 
 def rate_label(snr_db: float) -> str:
@@ -137,8 +111,6 @@ def _broadcast(key: str | None, seed: int, speaker, listeners: list, passages: n
     """``episodes`` passages broadcast with agent protocol ``key`` (None: nothing can be sent, every listener
     guesses the source model's most likely token); the listeners in ``decoding`` decode (the others answer the
     guess and are not scored). Returns ``trial_metrics`` per listener of ``decoding`` (chrF only with ``text``)."""
-    import environments
-
     sigmas = [sigma_of_snr(s) for s in settings["snrs_db"]]
     channels = [environments.AWGN(s) for s in sigmas]
     B = min(settings["batch_size"], episodes)
@@ -172,8 +144,6 @@ def play_trial(spec: dict[str, Any], speaker: Any, listeners: list, passages: np
     """One grid point: the row (``ROW_COLUMNS``), its ``listeners`` a list of per-listener results. A rated
     protocol's MCS is the oracle's pick for listener ``rate_for``: every MCS plays the same pilot passages and
     noise, scored by that listener's token accuracy; the pick then serves every listener."""
-    from environments import AWGN
-
     snrs, n, L = settings["snrs_db"], settings["n"], settings["passage_length"]
     keys = settings["variants"][f"{spec['protocol']}@{n}"] or [None]
     if spec["rate_snr_db"] is not None:
@@ -189,7 +159,7 @@ def play_trial(spec: dict[str, Any], speaker: Any, listeners: list, passages: np
     per_listener = []
     for m, (snr, metrics) in enumerate(zip(snrs, results)):
         sigma = sigma_of_snr(snr)
-        capacity = n * AWGN(sigma).capacity_per_use()
+        capacity = n * environments.AWGN(sigma).capacity_per_use()
         per_listener.append({"listener": m, "snr_db": float(snr), "sigma": sigma, "capacity_bits": float(capacity),
                              "bound_accuracy": _bound(capacity, settings), **metrics})
     row = {"protocol": spec["protocol"], "rate_for": spec["rate_for"], "rate_snr_db": spec["rate_snr_db"],
@@ -202,8 +172,6 @@ def play_trial(spec: dict[str, Any], speaker: Any, listeners: list, passages: np
 
 
 def _bound(capacity: float, settings: dict) -> float:
-    from protocols.separation import separation_bound_accuracy
-
     return float(separation_bound_accuracy(capacity, settings["entropy_bits_per_token"], settings["passage_length"],
                                            settings["fill_accuracy"]))
 
@@ -217,52 +185,45 @@ def _trial(spec: dict[str, Any], *, pool: dict, passages: np.ndarray, settings: 
 # main
 
 
-def main(cfg: Config) -> SweepResult:
-    """Run (or resume) the sweep and write the run directory; prints the per-listener table."""
-    import ray
-    import torch
-
-    t0 = time.time()
-    checkpoint = ensure_checkpoint(cfg)
-    ckpt_id = checkpoint_id(checkpoint)
-    settings = settings_hash(cfg, _NOT_IN_HASH)
-    run_name = cfg.run_name or f"broadcast-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
+def prepare(cfg: Config, run: Run) -> Plan:
+    """Fit the protocols; a speaker and one listener agent per SNR serve every trial."""
+    checkpoint = run.checkpoint
     dirs, variants, facts, skipped, passages = fit_protocols(
-        cfg, checkpoint, run_dir / "protocols", protocols=cfg.protocols, budgets=[cfg.channel_uses])
+        cfg, checkpoint, run.dir / "protocols", protocols=cfg.protocols, budgets=[cfg.channel_uses])
     for (name, n), why in skipped.items():
         print(f"[run] {name} cannot be built at n={n}, left out: {why}", flush=True)
-    grid = trial_grid(cfg, {name for name, _ in skipped})
-    missing = missing_trials(grid, run_dir, cfg.max_trials)
     snrs = [float(s) for s in cfg.listener_snrs_db]
-    print(f"[run] {run_dir}: {len(grid)} trials ({', '.join(cfg.protocols)}; separation's rate picked for each of "
-          f"{len(set(snrs))} listener SNRs; {len(cfg.seeds)} seed{'s' * (len(cfg.seeds) > 1)}), {len(grid) - len(missing)} done, "
-          f"{len(missing)} to run; {cfg.episodes} passages of L={cfg.passage_length} in n={cfg.channel_uses} "
-          f"channel uses to listeners at {snrs} dB", flush=True)
-    record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
-              "checkpoint_id": ckpt_id, "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
-              "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "variants": variants,
-              "ray_version": ray.__version__, "torch_version": torch.__version__, "columns": COLUMNS,
-              "row_columns": ROW_COLUMNS}
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-
     members = {name: (checkpoint, dirs) for name in ["speaker", *(f"listener{m}" for m in range(len(snrs)))]}
-    ran, failed = run_with_pool(cfg, members, run_name, _trial, missing, run_dir, {
-        "passages": passages, "settings": {
-            "snrs_db": snrs, "n": cfg.channel_uses, "episodes": cfg.episodes, "batch_size": cfg.batch_size,
-            "passage_length": cfg.passage_length, "vocab_size": facts["vocab_size"], "K": facts["K"],
-            "variants": variants, "bits_sent": facts["bits_sent"], "guess": facts["guess"],
-            "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
-            "pilot": cfg.pilot_passages, "checkpoint": ckpt_id, "tokenizer_path": str(checkpoint / "tokenizer.json")}})
+    settings = {"snrs_db": snrs, "n": cfg.channel_uses, "episodes": cfg.episodes, "batch_size": cfg.batch_size,
+                "passage_length": cfg.passage_length, "vocab_size": facts["vocab_size"], "K": facts["K"],
+                "variants": variants, "bits_sent": facts["bits_sent"], "guess": facts["guess"],
+                "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
+                "pilot": cfg.pilot_passages, "checkpoint": run.checkpoint_id,
+                "tokenizer_path": str(checkpoint / "tokenizer.json")}
+    record = {"facts": {k: v for k, v in facts.items() if k != "bits_sent"},
+              "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "variants": variants,
+              "results_columns": COLUMNS}
+    return Plan(grid=trial_grid(cfg, {name for name, _ in skipped}), trial=_trial, pool=members, record=record,
+                shared={"passages": passages, "settings": settings},
+                describe=f"{', '.join(cfg.protocols)}; separation's rate picked for each of {len(set(snrs))} listener "
+                         f"SNRs; {len(cfg.seeds)} seed{'s' * (len(cfg.seeds) > 1)}; {cfg.episodes} passages of "
+                         f"L={cfg.passage_length} in n={cfg.channel_uses} channel uses to listeners at {snrs} dB")
 
-    raw = collect_rows(grid, run_dir, ROW_COLUMNS)
-    frame = long_frame(raw)
-    write_frame(frame, run_dir)
-    write_report(frame, run_dir, plots=cfg.plots)
+
+def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
+    """summary.md, the plot and the per-listener console table (``frame``: one line per listener)."""
+    write_report(frame, run.dir, plots=cfg.plots)
     print(console_summary(frame), flush=True)
-    rows = len(raw)  # trials with a row (results.csv: one line per listener of each)
-    print_outcome(rows, len(grid), run_dir, time.time() - t0, failed)
-    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=rows, total=len(grid))
+
+
+# rows/<key>.json: one row per trial (ROW_COLUMNS); results.csv: one line per listener of each (COLUMNS)
+STUDY = Study(prefix="broadcast", columns=ROW_COLUMNS, prepare=prepare, report=report, tabulate=long_frame)
+
+
+def main(cfg: Config) -> SweepResult:
+    """Run (or resume) the sweep and write the run directory; prints the per-listener table. ``rows`` counts
+    trials (results.csv holds one line per listener of each)."""
+    return run_sweep(cfg, STUDY)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.multiagent import METRICS, metric_columns
+from experiments.common.multiagent import METRICS, metric_columns
 
 __all__ = ["COLUMNS", "LISTENER_COLUMNS", "ROW_COLUMNS", "console_summary", "long_frame", "per_listener_table",
            "plot_listeners", "pooled", "write_report"]

@@ -12,7 +12,7 @@ h[:, t] (d dims) for t >= 1, paired with chunk t - 1, the last chunk it has read
 first token is that row's "next first token" label). TopK SAEs (``calm.sae``) of ``expansions`` x d_in
 features at each k of ``ks`` give held-out FVE against L0 (with PCA's top-k components as the dense
 reference). Each live feature is then matched with: every input dimension and every probe direction
-(the decision score of a logistic probe, ``experiments.vector_probes.probe``, per class) by |Pearson r|; and
+(the decision score of a logistic probe, ``experiments.common.probes.probe``, per class) by |Pearson r|; and
 the labels of its ``top_n`` most active chunks (a shared token, token class, position in line or source on
 at least ``min_share`` of them and ``min_lift`` x its base rate). Writes summary.md, sae.csv, analysis.json
 and PNGs under results/sae-<lm checkpoint>/, and every SAE in SAELens's format under its saes/ folder.
@@ -28,6 +28,30 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from calm.checkpoint import load_pretrained
+from calm.corpus import load_split
+from calm.sae import (
+    dead_features,
+    feature_frequency,
+    fraction_variance_explained,
+    load_sae,
+    save_sae,
+    train_sae,
+)
+from experiments.common.models import ensure_k2_models
+from experiments.common.probes import ChunkSet, cap_classes, chunk_set, probe, token_classes
+from experiments.common.sweep import cli
+from experiments.compare_sae_report import (
+    abs_corr,
+    feature_matches,
+    pca_fve,
+    plot_fve_l0,
+    plot_matches,
+    reproduce_command,
+    strongest,
+    write_summary,
+)
 
 __all__ = ["Config", "activations", "main", "probe_directions", "windowed_rows"]
 
@@ -111,8 +135,6 @@ def windowed_rows(documents, tok, K: int, window: int, rows: int, seed: int):
     """Sample windows of ``window`` consecutive chunks of one document until ``rows`` rows (window - 1 each);
     returns (ChunkSet of the rows, (W, window, K) ids). Documents are drawn at random first, about 4x the text
     needed, so that a large split is not tokenised whole."""
-    from experiments.vector_probes import chunk_set
-
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(documents))
     need = 4 * rows * K * 4  # characters: ~4 per token, 4x the rows for a spread of windows
@@ -159,8 +181,6 @@ def activations(ae, lm, windows: np.ndarray, sources: tuple[str, ...], batch: in
 
 def probe_labels(chunks, classes: np.ndarray, train: np.ndarray, max_classes: int) -> dict[str, np.ndarray]:
     """The labels probed: source, first token class, position in line, first token id, next first token id."""
-    from experiments.vector_probes import cap_classes
-
     return {"source": chunks.source, "first token class": classes[chunks.ids[:, 0]],
             "position in line": chunks.position,
             "first token": cap_classes(chunks.ids[:, 0], train, max_classes),
@@ -168,7 +188,7 @@ def probe_labels(chunks, classes: np.ndarray, train: np.ndarray, max_classes: in
 
 
 def _class_name(label: str, value: int, tok) -> str:
-    from experiments.vector_probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES
+    from experiments.common.probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES
 
     if value == -2:
         return "other"
@@ -187,8 +207,6 @@ def probe_directions(x: np.ndarray, labels: dict[str, np.ndarray], train: np.nda
     """Fit a logistic probe per label on the ``train`` rows of ``x (N, d_in)``; returns its decision scores on
     the ``test`` rows ``(N_test, C)`` (one column per class, one for a binary label), the column names, and
     the probes' accuracies against the majority class."""
-    from experiments.vector_probes import probe
-
     columns, names, accuracies = [], [], []
     for label, y in labels.items():
         r = probe(x, y, train, test, Cs=(1.0,), seed=seed)
@@ -212,7 +230,6 @@ def _sae_jobs(cfg: Config, d_in: dict[str, int]) -> list[tuple[str, int, int, st
     """(source, expansion, k, directory of a given SAE or None) for each SAE of the run."""
     if not cfg.sae:
         return [(s, e, k, None) for s in cfg.sources for e in cfg.expansions for k in cfg.ks if k <= e * d_in[s]]
-    from calm.sae import load_sae
 
     jobs = []
     for directory in cfg.sae:
@@ -232,9 +249,6 @@ def _sae_jobs(cfg: Config, d_in: dict[str, int]) -> list[tuple[str, int, int, st
 
 def _models(cfg: Config):
     """(autoencoder dir, CALM dir or None, autoencoder, tokenizer, CALM or None)."""
-    from calm.checkpoint import load_pretrained
-    from experiments.autoencoder import ensure_k2_models
-
     checkpoint, lm_path, _ = ensure_k2_models(runs_dir=cfg.runs_dir, corpus=cfg.corpus, checkpoint=cfg.checkpoint,
                                               lm_checkpoint=cfg.lm_checkpoint, calm="hidden" in cfg.sources,
                                               token_lm=False)
@@ -246,27 +260,6 @@ def _models(cfg: Config):
 def main(cfg: Config) -> dict:
     """Run the comparison; returns (and writes) analysis.json's content."""
     import torch
-
-    from calm.corpus import load_split
-    from calm.sae import (
-        dead_features,
-        feature_frequency,
-        fraction_variance_explained,
-        load_sae,
-        save_sae,
-        train_sae,
-    )
-    from experiments.sae_report import (
-        abs_corr,
-        feature_matches,
-        pca_fve,
-        plot_fve_l0,
-        plot_matches,
-        reproduce_command,
-        strongest,
-        write_summary,
-    )
-    from experiments.vector_probes import token_classes
 
     t0 = time.time()
     for directory in cfg.sae:  # a bad --sae fails before minutes of rows and probes
@@ -284,7 +277,6 @@ def main(cfg: Config) -> dict:
     x_te = activations(ae, lm, te_windows, cfg.sources)
     d_in = {s: x_te[s].shape[1] for s in cfg.sources}
     print(f"[sae] {len(tr)} train rows, {len(te)} test rows; d_in {d_in}; probes ...", flush=True)
-    from experiments.vector_probes import ChunkSet
 
     both = ChunkSet(*(np.concatenate([getattr(tr, f), getattr(te, f) + (len(tr.docs) if f == "doc" else 0)])
                       for f in ("ids", "doc", "source", "position", "next_first")), docs=tr.docs + te.docs)
@@ -372,7 +364,5 @@ def _main_one_thread(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments.sweep import cli
-
     raise SystemExit(cli(_main_one_thread, Config, prog="python -m experiments.compare_sae",
                          description=__doc__.split("\n\n")[0]))

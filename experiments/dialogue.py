@@ -7,7 +7,7 @@ An episode: a prompt passage of the held-out (test) split is known to both agent
 by ``chunks_per_message`` CALM steps (one head sample ``z`` of l dims per K tokens, decoded by argmax and
 fed back as the next patch input) and sends the message; B receives it, appends what it decoded to its own
 view of the dialogue and replies the same way; ``turns`` messages in all. Both agents host the same CALM
-checkpoint (``lm_checkpoint``, or one trained once by ``experiments.autoencoder.ensure_calm``), each with its
+checkpoint (``lm_checkpoint``, or one trained once by ``experiments.common.models.ensure_calm``), each with its
 own seeded sampling noise. Protocols (grid axis), on the same seeds (the first message is the same in both):
 
 - ``latent``: the vectors themselves, no detokenise / retokenise: every dimension of every ``z`` is one
@@ -33,47 +33,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-# `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
-try:
-    import agents  # noqa: F401
-except ImportError:  # pragma: no cover - only on a node without the package installed
-    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
-        if _root and os.path.isdir(os.path.join(_root, "agents")):
-            sys.path.insert(0, _root)
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-            break
-
 import numpy as np
 
-from agents import call
-from calm.tokenizer import cached_tokenizer
-from experiments.autoencoder import checkpoint_id, ensure_calm, ensure_checkpoint
+from agents import CALMAgentCore, call
+from calm.checkpoint import load_config
+from calm.data import load_token_ids, make_passages
+from calm.energy_transformer import EnergyTransformerConfig
+from calm.flops import calm_flops
+from calm.tokenizer import cached_tokenizer, load_tokenizer
+from experiments.common.config import SweepConfig, unhashed
+from experiments.common.models import K2_AUTOENCODER, K2_CALM_STEPS, checkpoint_id, ensure_calm
+from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
+from experiments.common.tables import mean_interval
 from experiments.dialogue_report import write_report
-from experiments.reconstruction_report import mean_interval
-from experiments.sweep import (
-    NOT_IN_HASH,
-    SweepConfig,
-    SweepResult,
-    cli,
-    collect_rows,
-    git_commit,
-    make_channel,
-    missing_trials,
-    open_run_dir,
-    print_outcome,
-    run_with_agents,
-    settings_hash,
-    write_frame,
-)
+from protocols.metrics import snr_db
+from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
 
-__all__ = ["COLUMNS", "Config", "main", "play_trial", "trial_grid"]
+__all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "main", "play_trial", "trial_grid"]
 
 PROTOCOLS = ("latent", "tokens")
 COLUMNS = [
@@ -88,27 +70,27 @@ COLUMNS = [
 class Config(SweepConfig):
     """The latent dialogue. Grid axes: protocols x channels x sigmas x seeds."""
 
-    tokenizer: str = "bpe:2048"
+    tokenizer: str = K2_AUTOENCODER["tokenizer"]
     """tokenizer spec when training an autoencoder (a checkpoint brings its own)"""
-    ae_preset: str = "tiny-k2"
+    ae_preset: str = K2_AUTOENCODER["ae_preset"]
     """autoencoder size preset when training one (tiny-k2: K = 2, l = 16, the CALM's autoencoder)"""
-    ae_steps: int = 1500
+    ae_steps: int = K2_AUTOENCODER["ae_steps"]
     """optimiser steps when training the autoencoder"""
     lm_checkpoint: str | None = None
     """CALM (EnergyTransformer) checkpoint on the autoencoder; none: train the tiny-k2 one once (about 6 min)"""
-    calm_steps: int = 300
+    calm_steps: int = K2_CALM_STEPS
     """optimiser steps when training the CALM"""
-    protocols: tuple[Literal["latent", "tokens"], ...] = PROTOCOLS
+    protocols: tuple[Literal["latent", "tokens"], ...] = unhashed(PROTOCOLS)
     """latent: the generated vectors sent analog; tokens: their decoded ids as uncoded BPSK (module docstring)"""
-    channels: tuple[Literal["awgn", "erasure", "rayleigh"], ...] = ("awgn",)
+    channels: tuple[Literal["awgn", "erasure", "rayleigh"], ...] = unhashed(("awgn",))
     """awgn; rayleigh (one gain per message, told to the receiver); erasure (erasure_p, then AWGN)"""
     erasure_p: float = 0.1
     """erasure probability of the erasure channel"""
     fading_block: int | None = None
     """rayleigh: symbols per fading block (none: one gain per message)"""
-    sigmas: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0)
+    sigmas: tuple[float, ...] = unhashed((0.0, 0.1, 0.5, 1.0))
     """noise standard deviations (SNR_dB = -20 log10 sigma: inf, 20, 6, 0)"""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = unhashed((0,))
     """prompt, sampling and noise seeds (each seed: the same prompts and sampling seeds for every protocol)"""
     episodes: int = 16
     """dialogues per trial"""
@@ -142,9 +124,6 @@ class Config(SweepConfig):
             raise ValueError(f"episodes ({self.episodes}) must be <= num_passages ({self.num_passages})")
 
 
-_NOT_IN_HASH = NOT_IN_HASH | {"sigmas", "protocols", "seeds", "channels"}
-
-
 def trial_grid(cfg: Config) -> list[dict[str, Any]]:
     """Every grid point in a fixed order; ``index`` picks the agent pair."""
     grid = [{"protocol": p, "channel": ch, "sigma": float(s), "seed": int(seed)}
@@ -174,9 +153,6 @@ def fit_latent_power(agent: Any, train_prompts: np.ndarray, chunks: int) -> dict
 
 def lm_config_of(path: str | Path):
     """The ``EnergyTransformerConfig`` of a CALM checkpoint directory (no weights loaded)."""
-    from calm.checkpoint import load_config
-    from calm.energy_transformer import EnergyTransformerConfig
-
     meta = load_config(path)
     if meta["model_type"] != "calm":
         raise ValueError(f"{path} holds a {meta['model_type']} checkpoint, not a calm EnergyTransformer")
@@ -186,8 +162,6 @@ def lm_config_of(path: str | Path):
 def message_flops(lm_config: Any, context_tokens: int, tokens: int) -> dict[str, float]:
     """Analytic forward FLOPs of one message of ``tokens`` tokens after ``context_tokens`` (``calm.flops``):
     the sender's generation, the receiver's prefill of the message, and one autoencoder decoder pass of it."""
-    from calm.flops import calm_flops
-
     K = lm_config.K
     ctx = min(context_tokens + tokens // 2, lm_config.max_patches * K)  # mean attention context over the message
     parts = calm_flops(lm_config, context=max(ctx, K)).parts  # per token
@@ -198,9 +172,6 @@ def message_flops(lm_config: Any, context_tokens: int, tokens: int) -> dict[str,
 
 def play_trial(spec: dict[str, Any], agent_a: Any, agent_b: Any, prompts: np.ndarray, settings: dict[str, Any]) -> dict:
     """One grid point: ``episodes`` dialogues of ``turns`` messages; the row (``COLUMNS``)."""
-    from protocols.metrics import snr_db
-    from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
-
     K, M, dim = settings["K"], settings["chunks"], settings["latent_dim"]
     T = M * K
     channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
@@ -277,23 +248,16 @@ def _trial(spec: dict[str, Any], *, pairs: list, prompts: np.ndarray, settings: 
 # main
 
 
-def main(cfg: Config) -> SweepResult:
-    """Run (or resume) the dialogue sweep and write the run directory (results, summary.md, transcripts.md)."""
-    import ray
-    import torch
+def calm_of(cfg: Config, checkpoint: Path) -> Path:
+    """The CALM both agents host (``lm_checkpoint``, or the one trained once on the autoencoder): it names the run."""
+    return ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=cfg.runs_dir, corpus=cfg.corpus,
+                       steps=cfg.calm_steps, seed=cfg.ae_seed)
 
-    from agents import CALMAgentCore
-    from calm.data import load_token_ids, make_passages
-    from calm.tokenizer import load_tokenizer
 
-    t0 = time.time()
-    checkpoint = ensure_checkpoint(cfg)
-    lm = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=cfg.runs_dir, corpus=cfg.corpus,
-                     steps=cfg.calm_steps, seed=cfg.ae_seed)
-    lm_id = checkpoint_id(lm)
-    settings_id = settings_hash(cfg, _NOT_IN_HASH)
-    run_name = cfg.run_name or f"dialogue-{settings_id}-{lm_id.rsplit('@', 1)[1][:6]}"
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings_id, lm_id)
+def prepare(cfg: Config, run: Run) -> Plan:
+    """The prompts, the latent power normalisation (fitted once per run) and the grid; agent pairs (A, B) both
+    host the same CALM, each with its own seeded sampling."""
+    checkpoint, lm = run.checkpoint, run.model
     lm_config = lm_config_of(lm)
     M, K, dim = cfg.chunks_per_message, lm_config.K, lm_config.ae_config.latent_dim
     if (cfg.prompt_tokens + cfg.turns * M * K) > lm_config.max_patches * K:
@@ -302,7 +266,7 @@ def main(cfg: Config) -> SweepResult:
     tok = load_tokenizer(str(lm / "tokenizer.json"))
     prompts = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), cfg.prompt_tokens,
                             max_passages=cfg.num_passages, seed=cfg.ae_seed + 1)
-    stats_path = run_dir / "latent_stats.json"
+    stats_path = run.dir / "latent_stats.json"
     if stats_path.is_file():
         stats = json.loads(stats_path.read_text())
     else:  # the sender's normalisation, fitted once per run on training prompts (kept for resumed runs)
@@ -310,28 +274,28 @@ def main(cfg: Config) -> SweepResult:
                               max_passages=cfg.fit_prompts, seed=cfg.ae_seed)
         stats = fit_latent_power(CALMAgentCore(str(checkpoint), {}, lm_checkpoint=str(lm)), train, M)
         stats_path.write_text(json.dumps(stats) + "\n")
-    grid = trial_grid(cfg)
-    missing = missing_trials(grid, run_dir, cfg.max_trials)
-    print(f"[run] {run_dir}: {len(grid)} trials ({len(cfg.protocols)} protocols x {len(cfg.channels)} channels x "
-          f"{len(cfg.sigmas)} sigmas x {len(cfg.seeds)} seeds), {len(grid) - len(missing)} done, {len(missing)} to "
-          f"run; {cfg.episodes} dialogues of {cfg.turns} messages of {M * K} tokens (K={K}, l={dim})", flush=True)
-    record = {"config": asdict(cfg), "settings_hash": settings_id, "git_commit": git_commit(),
-              "checkpoint": str(checkpoint), "lm_checkpoint": str(lm), "checkpoint_id": lm_id,
-              "autoencoder_id": checkpoint_id(checkpoint), "ray_version": ray.__version__,
-              "torch_version": torch.__version__, "columns": COLUMNS}
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
     settings = {"K": K, "chunks": M, "latent_dim": dim, "vocab_size": lm_config.vocab_size, "stats": stats,
                 "episodes": cfg.episodes, "turns": cfg.turns, "receiver": cfg.latent_receiver,
-                "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block, "checkpoint": lm_id,
+                "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block, "checkpoint": run.checkpoint_id,
                 "lm_path": str(lm), "tokenizer_path": str(lm / "tokenizer.json")}
-    # agent pairs (A, B): both host the same CALM, each with its own seeded sampling
-    ran, failed = run_with_agents(cfg, checkpoint, {}, run_name, _trial, missing, run_dir,
-                                  {"prompts": prompts, "settings": settings}, lm_checkpoint=str(lm))
-    frame = collect_rows(grid, run_dir, COLUMNS)
-    write_frame(frame, run_dir)
-    print(write_report(frame, run_dir), flush=True)
-    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
-    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
+    return Plan(grid=trial_grid(cfg), trial=_trial, shared={"prompts": prompts, "settings": settings}, protocols={},
+                lm_checkpoint=str(lm), record={"lm_checkpoint": str(lm), "autoencoder_id": checkpoint_id(checkpoint)},
+                describe=f"{len(cfg.protocols)} protocols x {len(cfg.channels)} channels x {len(cfg.sigmas)} sigmas x "
+                         f"{len(cfg.seeds)} seeds; {cfg.episodes} dialogues of {cfg.turns} messages of {M * K} tokens "
+                         f"(K={K}, l={dim})")
+
+
+def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
+    """summary.md and transcripts.md, and the console summary."""
+    print(write_report(frame, run.dir), flush=True)
+
+
+STUDY = Study(prefix="dialogue", columns=COLUMNS, prepare=prepare, report=report, names_run=calm_of)
+
+
+def main(cfg: Config) -> SweepResult:
+    """Run (or resume) the dialogue sweep and write the run directory (results, summary.md, transcripts.md)."""
+    return run_sweep(cfg, STUDY)
 
 
 if __name__ == "__main__":

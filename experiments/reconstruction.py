@@ -24,7 +24,7 @@ listener agent (``reconstruction_v0``). Protocols:
   ``prior_samples`` candidates given the decoded prefix; ``vector-prior`` picks by channel likelihood x
   prior (sample counts; the plain estimate stays a candidate, so a flat prior gives plain decoding),
   ``vector-snap`` snaps the least-squares estimate to the most likely sample. The CALM is ``lm_checkpoint``
-  or trained once on the autoencoder (``experiments.autoencoder.ensure_calm``, ``lm_steps``). E.g.
+  or trained once on the autoencoder (``experiments.common.models.ensure_calm``, ``lm_steps``). E.g.
 
       python -m experiments.reconstruction --checkpoint runs/bench-k2/ae-k2 --lm-checkpoint runs/bench-k2/calm-k2 \
           --protocols vector vector-prior --channels awgn --rhos 8 --sigmas 2 1 0.5 0.1 --episodes 256
@@ -42,54 +42,26 @@ separated scheme can reach (tokens deliverable at capacity under the bigram's me
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
-
-# `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
-try:
-    import agents  # noqa: F401
-except ImportError:  # pragma: no cover - only on a node without the package installed
-    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
-        if _root and os.path.isdir(os.path.join(_root, "agents")):
-            sys.path.insert(0, _root)
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-            break
 
 import numpy as np
 
+import environments
 from agents import SpeakerPolicy, call
 from calm.tokenizer import cached_tokenizer
-from experiments.autoencoder import checkpoint_id, ensure_checkpoint
-from experiments.link_protocols import PRIOR_PROTOCOLS, fit_protocols, game_seed, pick_best
-from experiments.reconstruction_report import (
-    console_summary,
-    examples,
-    mean_interval,
-    passage_metrics,
-    write_report,
-)
-from experiments.sweep import (
-    NOT_IN_HASH,
-    SweepConfig,
-    SweepResult,
-    cli,
-    collect_rows,
-    git_commit,
-    make_channel,
-    missing_trials,
-    open_run_dir,
-    print_outcome,
-    run_with_agents,
-    settings_hash,
-    write_frame,
-)
+from experiments.common.config import SweepConfig, unhashed
+from experiments.common.links import PRIOR_PROTOCOLS, fit_protocols, game_seed, pick_best
+from experiments.common.models import ensure_calm, ensure_token_lm
+from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
+from experiments.common.tables import mean_interval, passage_metrics
+from experiments.reconstruction_report import console_summary, examples, write_report
+from protocols.metrics import snr_db
+from protocols.separation import separation_bound_accuracy
 
-__all__ = ["COLUMNS", "Config", "fit_protocols", "main", "play_trial", "trial_grid"]
+__all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_protocols", "main", "play_trial", "trial_grid"]
 
 ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens", "vector-prior", "vector-snap",
                        "uncoded-tokens-prior"]
@@ -110,37 +82,37 @@ class Config(SweepConfig):
 
     passage_length: int = 32
     """L, tokens per passage (a multiple of the autoencoder's K)"""
-    rhos: tuple[float, ...] = (0.25, 0.5, 1.0)
+    rhos: tuple[float, ...] = unhashed((0.25, 0.5, 1.0))
     """bandwidth ratios rho = n / L (channel uses per token); n = round(rho L). 0.125 (n = 4) fits no 5G code
     and costs a fourth adapter: add it with --rhos 0.125 0.25 0.5 1 (same run directory)"""
-    channels: tuple[ChannelName, ...] = ("awgn", "rayleigh")
+    channels: tuple[ChannelName, ...] = unhashed(("awgn", "rayleigh"))
     """awgn; rayleigh (one gain per message, told to the receiver); erasure (erasure_p, then AWGN)"""
     erasure_p: float = 0.1
     """erasure probability of the erasure channel (the jscc adapter is trained at it)"""
     fading_block: int | None = None
     """rayleigh: symbols per fading block (none: one gain per message)"""
-    sigmas: tuple[float, ...] = (0.0, 0.1, 0.178, 0.316, 0.5, 0.708, 1.0, 2.0)
+    sigmas: tuple[float, ...] = unhashed((0.0, 0.1, 0.178, 0.316, 0.5, 0.708, 1.0, 2.0))
     """noise standard deviations (SNR_dB = -20 log10 sigma: inf, 20, 15, 10, 6, 3, 0, -6)"""
-    protocols: tuple[ProtocolName, ...] = PROTOCOLS
+    protocols: tuple[ProtocolName, ...] = unhashed(PROTOCOLS)
     """protocols to compare (module docstring); vector-prior, vector-snap and uncoded-tokens-prior (the LM-prior
     listeners) are off by default"""
-    lm_checkpoint: str | None = None
+    lm_checkpoint: str | None = unhashed(None, if_changed=True)
     """vector-prior/vector-snap: the listener's CALM language model (an EnergyTransformer checkpoint on the
     autoencoder); none: train one once (lm_steps) and cache it under runs_dir"""
-    lm_steps: int = 300
+    lm_steps: int = unhashed(300, if_changed=True)
     """vector-prior/vector-snap without lm_checkpoint: CALM training steps (300: about 6 min on 2 cores)"""
-    prior_samples: int = 32
+    prior_samples: int = unhashed(32, if_changed=True)
     """vector-prior/vector-snap: CALM head samples N per chunk (the prior's candidates)"""
-    prior_weight: float = 1.0
+    prior_weight: float = unhashed(1.0, if_changed=True)
     """vector-prior, uncoded-tokens-prior: weight of the log prior in the score (0: the likelihood alone, i.e. plain
     decoding)"""
-    token_lm_checkpoint: str | None = None
+    token_lm_checkpoint: str | None = unhashed(None, if_changed=True)
     """uncoded-tokens-prior: the listener's token baseline (a TokenTransformer checkpoint with the autoencoder's
     tokenizer); none: train one once (token_lm_steps) and cache it under runs_dir"""
-    token_lm_steps: int = 900
+    token_lm_steps: int = unhashed(900, if_changed=True)
     """uncoded-tokens-prior without token_lm_checkpoint: baseline training steps of 8 windows (900: about the
     training FLOPs of the lm_steps = 300 CALM)"""
-    token_prior_beam: int = 4
+    token_prior_beam: int = unhashed(4, if_changed=True)
     """uncoded-tokens-prior: beam search width (1: greedy)"""
     source_model: Literal["unigram", "bigram"] = "bigram"
     """separation: the entropy coder's token model (fitted on train)"""
@@ -152,7 +124,7 @@ class Config(SweepConfig):
     """jscc: adapter training steps (per n, about 2.5 min on 2 idle cores; cached under runs_dir)"""
     jscc_hidden_size: int = 256
     """jscc: width of the adapter's MLPs"""
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = unhashed((0, 1))
     """passage and noise seeds (each seed: the same passages and noise draws for every protocol)"""
     episodes: int = 256
     """passages per trial"""
@@ -191,17 +163,6 @@ class Config(SweepConfig):
             raise ValueError(f"erasure_p must be a probability in [0, 1), got {self.erasure_p}")
 
 
-_NOT_IN_HASH = NOT_IN_HASH | {"sigmas", "protocols", "seeds", "channels", "rhos"}
-# the LM-prior settings name the run only when changed from their defaults: runs without them keep their hash
-_PRIOR_FIELDS = {"lm_checkpoint": None, "lm_steps": 300, "prior_samples": 32, "prior_weight": 1.0,
-                 "token_lm_checkpoint": None, "token_lm_steps": 900, "token_prior_beam": 4}
-
-
-def run_settings_hash(cfg: Config) -> str:
-    """The settings hash naming a run: every setting that changes a row, the LM-prior ones only when set."""
-    return settings_hash(cfg, _NOT_IN_HASH | {k for k, v in _PRIOR_FIELDS.items() if getattr(cfg, k) == v})
-
-
 def channel_uses(cfg: Config, rho: float) -> int:
     """n = round(rho L)."""
     return int(round(rho * cfg.passage_length))
@@ -229,8 +190,6 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
     """``episodes`` passages of the trial sent with agent protocol ``key`` (None: nothing can be sent, the
     listener guesses the source model's most likely token): per-passage metrics and the first decode.
     ``text=False`` (the oracle's pilot plays, which only compare token accuracy): no detokenising, no chrF."""
-    import environments
-
     n, B = spec["channel_uses"], min(settings["batch_size"], episodes)
     env = environments.make("reconstruction_v0", passages=passages, channel_uses=n, batch_size=B, channel=channel,
                             vocab_size=settings["vocab_size"])
@@ -265,9 +224,6 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
 def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.ndarray, settings: dict[str, Any]) -> dict:
     """One grid point: the row (``COLUMNS``). For separation every MCS of the menu plays the same passages
     and noise, and the best token accuracy is reported (oracle rate adaptation)."""
-    from protocols.metrics import snr_db
-    from protocols.separation import separation_bound_accuracy
-
     n, L = spec["channel_uses"], settings["passage_length"]
     channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
                            fading_block=settings["fading_block"])
@@ -303,64 +259,53 @@ def _trial(spec: dict[str, Any], *, pairs: list, passages: np.ndarray, settings:
 # main
 
 
-def main(cfg: Config) -> SweepResult:
-    """Run (or resume) the sweep and write the run directory; prints the summary tables."""
-    import ray
-    import torch
-
-    t0 = time.time()
-    checkpoint = ensure_checkpoint(cfg)
-    ckpt_id = checkpoint_id(checkpoint)
-    settings = run_settings_hash(cfg)
+def prepare(cfg: Config, run: Run) -> Plan:
+    """The listener's language models (LM-prior protocols only), the protocols at every n, and the grid."""
+    checkpoint = run.checkpoint
     lm = token_lm = None
     if {"vector-prior", "vector-snap"} & set(cfg.protocols):  # the listener's CALM language model
-        from experiments.autoencoder import ensure_calm
-
         lm = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=cfg.runs_dir, corpus=cfg.corpus,
                          steps=cfg.lm_steps)
     if "uncoded-tokens-prior" in cfg.protocols:  # the listener's token baseline
-        from experiments.autoencoder import ensure_token_lm
-
         token_lm = ensure_token_lm(checkpoint, token_lm_checkpoint=cfg.token_lm_checkpoint, runs_dir=cfg.runs_dir,
                                    corpus=cfg.corpus, steps=cfg.token_lm_steps)
-    run_name = cfg.run_name or f"reconstruction-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
     dirs, variants, facts, skipped, passages = fit_protocols(
-        cfg, checkpoint, run_dir / "protocols", protocols=cfg.protocols,
+        cfg, checkpoint, run.dir / "protocols", protocols=cfg.protocols,
         budgets=[channel_uses(cfg, r) for r in cfg.rhos])
     for (name, n), why in skipped.items():
         print(f"[run] {name} cannot be built at n={n}, left out: {why}", flush=True)
-    grid = trial_grid(cfg, set(skipped))
-    missing = missing_trials(grid, run_dir, cfg.max_trials)
-    print(f"[run] {run_dir}: {len(grid)} trials ({len(cfg.protocols)} protocols x {len(cfg.channels)} channels x "
-          f"rho in {list(cfg.rhos)} x {len(cfg.sigmas)} sigmas x {len(cfg.seeds)} seeds, less {len(skipped)} "
-          f"infeasible protocol/n), {len(grid) - len(missing)} done, {len(missing)} to run; {cfg.episodes} passages "
-          f"of L={cfg.passage_length} each; the source model spends {facts['entropy_bits_per_token']:.2f} bits/token",
-          flush=True)
-    record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
-              "checkpoint_id": ckpt_id, "lm_checkpoint": None if lm is None else str(lm),
-              "token_lm_checkpoint": None if token_lm is None else str(token_lm), "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
-              "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "variants": variants,
-              "ray_version": ray.__version__, "torch_version": torch.__version__, "columns": COLUMNS}
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    record = {"lm_checkpoint": None if lm is None else str(lm),
+              "token_lm_checkpoint": None if token_lm is None else str(token_lm),
+              "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
+              "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "variants": variants}
+    settings = {
+        "episodes": cfg.episodes, "batch_size": cfg.batch_size, "passage_length": cfg.passage_length,
+        "vocab_size": facts["vocab_size"], "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
+        "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
+        "guess": facts["guess"], "pilot": cfg.pilot_passages, "checkpoint": run.checkpoint_id,
+        "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block,
+        "tokenizer_path": str(checkpoint / "tokenizer.json"), "prior_samples": cfg.prior_samples,
+        "prior_weight": cfg.prior_weight, "token_prior_beam": cfg.token_prior_beam}
+    return Plan(grid=trial_grid(cfg, set(skipped)), trial=_trial, shared={"passages": passages, "settings": settings},
+                protocols=dirs, lm_checkpoint=lm, token_lm_checkpoint=token_lm, record=record,
+                describe=f"{len(cfg.protocols)} protocols x {len(cfg.channels)} channels x rho in {list(cfg.rhos)} x "
+                         f"{len(cfg.sigmas)} sigmas x {len(cfg.seeds)} seeds, less {len(skipped)} infeasible "
+                         f"protocol/n; {cfg.episodes} passages of L={cfg.passage_length} each; the source model "
+                         f"spends {facts['entropy_bits_per_token']:.2f} bits/token")
 
-    ran, failed = run_with_agents(cfg, checkpoint, dirs, run_name, _trial, missing, run_dir, {
-        "passages": passages, "settings": {
-            "episodes": cfg.episodes, "batch_size": cfg.batch_size, "passage_length": cfg.passage_length,
-            "vocab_size": facts["vocab_size"], "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
-            "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
-            "guess": facts["guess"], "pilot": cfg.pilot_passages, "checkpoint": ckpt_id, "erasure_p": cfg.erasure_p,
-            "fading_block": cfg.fading_block, "tokenizer_path": str(checkpoint / "tokenizer.json"),
-            "prior_samples": cfg.prior_samples, "prior_weight": cfg.prior_weight,
-            "token_prior_beam": cfg.token_prior_beam}}, lm_checkpoint=lm,
-        token_lm_checkpoint=token_lm)
 
-    frame = collect_rows(grid, run_dir, COLUMNS)
-    write_frame(frame, run_dir)
-    write_report(frame, run_dir, examples=examples(frame) if len(frame) else None, plots=cfg.plots)
+def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
+    """summary.md (with decoded examples), the plots, and the console summary."""
+    write_report(frame, run.dir, examples=examples(frame) if len(frame) else None, plots=cfg.plots)
     print(console_summary(frame), flush=True)
-    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
-    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
+
+
+STUDY = Study(prefix="reconstruction", columns=COLUMNS, prepare=prepare, report=report)
+
+
+def main(cfg: Config) -> SweepResult:
+    """Run (or resume) the sweep and write the run directory; prints the summary tables."""
+    return run_sweep(cfg, STUDY)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Tables, bounds and plots of the reconstruction experiment (one row per grid point, ``COLUMNS``).
 
-- ``passage_metrics``: per-passage token accuracy, chunk and passage exact match, and chrF
+- ``passage_metrics`` (``experiments.common.tables``): per-passage token accuracy, chunk and passage exact match, and chrF
   (sacrebleu, on the detokenised text) of decoded passages against their targets.
 - ``pooled``: rows pooled over seeds per (protocol, channel, rho, sigma): means with 95% intervals.
 - ``snr_at_accuracy``: per (protocol, channel, rho) the SNR where pooled token accuracy reaches 0.9.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.tables import fmt_snr, snr_at_target, snr_db_header
+from experiments.common.tables import fmt_snr, passage_metrics, snr_at_target, snr_db_header
 
 __all__ = ["console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled", "prior_gain",
            "prior_gain_table", "snr_at_accuracy", "snr_gap", "write_report"]
@@ -30,34 +30,6 @@ COLORS = {"vector": "tab:blue", "jscc": "tab:cyan", "separation": "tab:red", "un
           "uncoded-tokens-prior": "tab:olive"}
 #: the LM-prior listeners, each compared with plain decoding of the same symbols (its base protocol)
 PRIOR_LISTENERS = {"vector-prior": "vector", "vector-snap": "vector", "uncoded-tokens-prior": "uncoded-tokens"}
-
-
-def passage_metrics(decoded: np.ndarray, target: np.ndarray, K: int, texts: tuple[list[str], list[str]] | None = None
-                    ) -> dict[str, np.ndarray]:
-    """Per-passage metrics of ``decoded (B, L)`` against ``target (B, L)`` token ids.
-
-    Returns ``token_accuracy``, ``chunk_exact`` (fraction of the L/K chunks of K tokens all right) and
-    ``passage_exact`` (all L right), each ``(B,)``; with ``texts = (decoded texts, target texts)`` also
-    ``chrf`` (sacrebleu's sentence chrF, 0..100).
-    """
-    right = decoded == target  # (B, L)
-    B, L = right.shape
-    out = {"token_accuracy": right.mean(axis=1), "chunk_exact": right.reshape(B, L // K, K).all(axis=2).mean(axis=1),
-           "passage_exact": right.all(axis=1).astype(np.float64)}
-    if texts is not None:
-        from sacrebleu.metrics import CHRF
-
-        chrf = CHRF()
-        out["chrf"] = np.array([chrf.sentence_score(hyp, [ref]).score for hyp, ref in zip(*texts)])
-    return out
-
-
-def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean of per-passage values with a 95% normal interval (clipped to the values' range)."""
-    values = np.asarray(values, dtype=np.float64)
-    m = float(values.mean())
-    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return m, max(float(values.min()), m - half), min(float(values.max()), m + half)
 
 
 def pooled(frame):
@@ -81,7 +53,7 @@ def pooled(frame):
 
 def snr_at_accuracy(table, target: float = 0.9, metric: str = "token_accuracy"):
     """Per (protocol, channel, rho): the SNR (dB) where ``metric`` first reaches ``target``, interpolated in dB
-    (``experiments.tables.snr_at_target``: ``-inf`` reached at the lowest SNR of the grid, ``inf`` never)."""
+    (``experiments.common.tables.snr_at_target``: ``-inf`` reached at the lowest SNR of the grid, ``inf`` never)."""
     return snr_at_target(table, GROUP, metric, target)
 
 

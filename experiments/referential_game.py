@@ -8,8 +8,8 @@ One trial = one (protocol, receiver, channel, n, sigma, seed): ``episodes`` game
 (DESIGN.md section 2) played by a speaker and a listener agent (``agents.CALMAgent`` Ray actors); its row
 holds the DESIGN.md section 7 metrics. The listener holds the candidates, so this task tests *channel
 coding*: the hash protocol (a random code) is the yardstick, and meaning can show only through hard
-distractors. The sweep engine (``experiments/sweep.py``) runs the grid with Ray Tune, keeps every
-finished row and resumes; ``experiments/referential_report.py`` writes the tables, bounds and plots.
+distractors. The sweep engine (``experiments/common/sweep.py``) runs the grid with Ray Tune, keeps every
+finished row and resumes; ``experiments/referential_game_report.py`` writes the tables, bounds and plots.
 
 Dim letters: B games per env step, C candidates, L tokens per passage, n channel uses.
 """
@@ -18,46 +18,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-# `ray submit` ships only this file: find the repository that file_mounts put on the node when the
-# package is not installed (it is, with the setup_commands of cluster.yaml; this is the fallback)
-try:
-    import agents  # noqa: F401
-except ImportError:  # pragma: no cover - only on a node without the package installed
-    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
-        if _root and os.path.isdir(os.path.join(_root, "agents")):
-            sys.path.insert(0, _root)
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-            break
 
 import numpy as np
 
 from agents import ListenerPolicy, SpeakerPolicy
-from experiments.autoencoder import checkpoint_id, ensure_checkpoint
-from experiments.referential_report import console_summary, leaks, write_report
-from experiments.sweep import (
-    NOT_IN_HASH,
-    SweepConfig,
-    SweepResult,
-    cli,
-    collect_rows,
-    git_commit,
-    make_channel,
-    missing_trials,
-    open_run_dir,
-    print_outcome,
-    run_with_agents,
-    settings_hash,
-    write_frame,
-)
+from experiments.common.config import SweepConfig, unhashed
+from experiments.common.links import fit_or_load, game_passages, game_seed, open_autoencoder
+from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
+from experiments.referential_game_report import console_summary, leaks, write_report
 
-__all__ = ["COLUMNS", "Config", "SweepResult", "fit_protocols", "main", "make_channel", "play_trial", "trial_grid"]
+__all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_game_protocols", "main", "make_channel", "play_trial",
+           "trial_grid"]
 
 ProtocolName = Literal["vector", "quantized", "hash", "coded", "uncoded-tokens"]
 ReceiverName = Literal["soft", "hard"]
@@ -86,20 +61,20 @@ class Config(SweepConfig):
     """C, candidates per game (target + C-1 distractors); log2 C above a point's capacity lets the leak check fire"""
     distractors: Literal["uniform", "hard"] = "uniform"
     """how distractors are drawn (hard: most shared tokens with the target)"""
-    channel_uses: tuple[int, ...] = (8, 32)
+    channel_uses: tuple[int, ...] = unhashed((8, 32))
     """n, channel-use budgets (the bandwidth axis); every protocol is fitted to each (equal bandwidth)"""
-    channels: tuple[ChannelName, ...] = ("awgn",)
+    channels: tuple[ChannelName, ...] = unhashed(("awgn",))
     """awgn: y = x + sigma N; erasure: each symbol erased (0) with prob erasure_p, then AWGN; rayleigh: y = h x + sigma N
     with a Rayleigh gain h per block, told to the receiver"""
     erasure_p: float = 0.5
     """erasure probability of the erasure channel"""
     fading_block: int | None = None
     """rayleigh: symbols per fading block (none: one gain per message)"""
-    sigmas: tuple[float, ...] = (0.0, 0.316, 0.5, 0.75, 1.0, 1.5, 2.0)
+    sigmas: tuple[float, ...] = unhashed((0.0, 0.316, 0.5, 0.75, 1.0, 1.5, 2.0))
     """noise standard deviations (SNR_dB = -20 log10 sigma: inf, 10, 6, 2.5, 0, -3.5, -6)"""
-    protocols: tuple[ProtocolName, ...] = PROTOCOLS
+    protocols: tuple[ProtocolName, ...] = unhashed(PROTOCOLS)
     """protocols to compare (docs/protocols.md)"""
-    receivers: tuple[ReceiverName, ...] = ("soft", "hard")
+    receivers: tuple[ReceiverName, ...] = unhashed(("soft", "hard"))
     """soft: maximum likelihood over the candidates for the channel applied; hard: decide in the protocol's own
     domain (bits after the channel decoder, latents by least squares), then the nearest candidate"""
     quantized_bits: int = 1
@@ -112,7 +87,7 @@ class Config(SweepConfig):
     """coded protocol: code rate"""
     coded_modulation: Literal["bpsk", "qpsk", "16qam", "64qam"] = "bpsk"
     """coded protocol: modulation (per real channel use: bpsk and qpsk 1 bit, 16qam 2, 64qam 3)"""
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = unhashed((0, 1, 2))
     """game and noise seeds (each seed: the same games and noise draws for every protocol)"""
     episodes: int = 512
     """games per trial"""
@@ -155,10 +130,6 @@ class Config(SweepConfig):
             raise ValueError(f"coded_rate must be in (0, 1), got {self.coded_rate}")
 
 
-# grid axes: a rerun with more of them adds rows to the same run
-_NOT_IN_HASH = NOT_IN_HASH | {"sigmas", "protocols", "receivers", "seeds", "channels", "channel_uses"}
-
-
 def trial_key(spec: dict[str, Any]) -> str:
     """File-name-safe key of a grid point: ``<protocol>-<receiver>-<channel>-n<n>-s<sigma>-seed<seed>``."""
     return (f"{spec['protocol']}-{spec['receiver']}-{spec['channel']}-n{spec['channel_uses']}-s{spec['sigma']!r}"
@@ -185,7 +156,7 @@ def protocol_key(name: str, n: int) -> str:
     return f"{name}@{n}"
 
 
-def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
+def fit_game_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
     """Fit (or reload) every protocol at every budget n; draw the held-out game passages.
 
     Returns:
@@ -193,37 +164,26 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
         bits_sent}`` (and ``_model``: K, l, V); ``{(protocol, n): why}`` for budgets a protocol cannot be
         built at (e.g. a 5G code below its smallest block); the test passages ``(N, L)``.
     """
-    from calm.checkpoint import load_pretrained
-    from calm.data import load_token_ids, make_passages
-    from protocols import load_protocol, make_protocol
+    from protocols import make_protocol
 
-    model, tok = load_pretrained(checkpoint)
+    model, tok = open_autoencoder(checkpoint, cfg.passage_length)
     K, ell, V = model.config.K, model.config.latent_dim, model.config.vocab_size
     L = cfg.passage_length
-    if L % K:
-        raise ValueError(f"passage_length must be a multiple of the autoencoder's K={K}, got {L}")
-    train = make_passages(load_token_ids(cfg.corpus, tok, "train", progress=False), L,
-                          max_passages=cfg.fit_passages, seed=cfg.ae_seed)
-    test = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), L,
-                         max_passages=cfg.num_passages, seed=cfg.ae_seed + 1)
+    train, test = game_passages(cfg, tok)
     coded = {"source": cfg.coded_source, "code": cfg.coded_code, "rate": cfg.coded_rate,
              "modulation": cfg.coded_modulation}
     dirs, facts, skipped = {}, {}, {}
     for name in cfg.protocols:
         for n in cfg.channel_uses:
-            d = run_dir / "protocols" / protocol_key(name, n)
             try:
-                if (d / "protocol.json").is_file():
-                    p = load_protocol(d, autoencoder=model)
-                else:
-                    p = make_protocol(name, model, budget=n, quantized_bits=cfg.quantized_bits, coded=coded).fit(train)
-                    p.save(d)
+                p = fit_or_load(run_dir / "protocols" / protocol_key(name, n), model, lambda name=name, n=n: make_protocol(
+                    name, model, budget=n, quantized_bits=cfg.quantized_bits, coded=coded).fit(train))
             except ValueError as exc:
                 skipped[(name, n)] = str(exc)
                 continue
             if p.channel_uses(L) != n:
                 raise ValueError(f"protocol {name} takes {p.channel_uses(L)} channel uses, not the budget {n}")
-            dirs[protocol_key(name, n)] = str(d)
+            dirs[protocol_key(name, n)] = str(run_dir / "protocols" / protocol_key(name, n))
             facts[protocol_key(name, n)] = {"channel_uses": n, "bits_sent": p.bits_sent(L)}
     facts["_model"] = {"K": K, "latent_dim": ell, "vocab_size": V}
     return dirs, facts, skipped, test
@@ -231,11 +191,6 @@ def fit_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
 
 # ---------------------------------------------------------------------------------------------------------
 # one trial
-
-
-def game_seed(seed: int, step: int) -> int:
-    """Seed of env step ``step`` of a trial: the same games and noise for every protocol, channel and sigma."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.ndarray, settings: dict[str, Any]) -> dict:
@@ -267,7 +222,7 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
     listen = ListenerPolicy(listener, key, spec["receiver"], channel=channel)
     wins, token_hits, tokens = 0, 0, 0
     for step in range(episodes // B):
-        obs, _ = env.reset(seed=game_seed(seed, step))
+        obs, _ = env.reset(seed=game_seed(seed, step, salt=None))
         target = obs["speaker"]  # (B, L)
         obs, *_ = env.step({"speaker": speak.act(target)})
         choice, decoded = listen.act(obs["listener"])  # (B,), (B, L) or None
@@ -303,63 +258,50 @@ def _trial(spec: dict[str, Any], *, pairs: list, passages: np.ndarray, settings:
 # main
 
 
-def main(cfg: Config) -> SweepResult:
-    """Run (or resume) the sweep and write the run directory; prints the summary tables."""
-    import ray
-    import torch
-
-    t0 = time.time()
-    # the checkpoint first: its weights name the run too, so a retrained autoencoder never mixes with old rows
-    checkpoint = ensure_checkpoint(cfg)
-    ckpt_id = checkpoint_id(checkpoint)
-    settings = settings_hash(cfg, _NOT_IN_HASH)
-    run_name = cfg.run_name or f"referential-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
-
+def prepare(cfg: Config, run: Run) -> Plan:
+    """Fit the protocols and lay out the grid; the agent pairs load the fitted protocols."""
     from calm.data import corpus_stats, format_corpus_stats
 
+    checkpoint = run.checkpoint
     print(format_corpus_stats(corpus_stats(cfg.corpus, str(checkpoint / "tokenizer.json")), cfg.corpus,
-                              f"of {ckpt_id}"), flush=True)
-    dirs, facts, skipped, passages = fit_protocols(cfg, checkpoint, run_dir)
+                              f"of {run.checkpoint_id}"), flush=True)
+    dirs, facts, skipped, passages = fit_game_protocols(cfg, checkpoint, run.dir)
     for (name, n), why in skipped.items():
         print(f"[run] {name} cannot be built at n={n}, left out: {why}", flush=True)
-    grid = trial_grid(cfg, set(skipped))
-    missing = missing_trials(grid, run_dir, cfg.max_trials)
-    print(f"[run] {run_dir}: {len(grid)} trials ({len(cfg.protocols)} protocols x {len(cfg.receivers)} receivers x "
-          f"{len(cfg.channels)} channels x n in {list(cfg.channel_uses)} x {len(cfg.sigmas)} sigmas x "
-          f"{len(cfg.seeds)} seeds, less {len(skipped)} infeasible protocol/n), {len(grid) - len(missing)} done, "
-          f"{len(missing)} to run; {cfg.episodes} games each, C={cfg.candidates}", flush=True)
-
     model_facts = facts.pop("_model")
-    record = {
-        "config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
-        "checkpoint_id": ckpt_id, "autoencoder": model_facts, "protocols": facts,
-        "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}, "ray_version": ray.__version__,
-        "torch_version": torch.__version__, "python": sys.version.split()[0], "columns": COLUMNS,
-    }
+    record = {"autoencoder": model_facts, "protocols": facts,
+              "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}}
     train_info = checkpoint / "train_info.json"
     if train_info.is_file():
         record["autoencoder_training"] = json.loads(train_info.read_text())
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    settings = {"episodes": cfg.episodes, "batch_size": cfg.batch_size, "candidates": cfg.candidates,
+                "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
+                "checkpoint": run.checkpoint_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block}
+    return Plan(grid=trial_grid(cfg, set(skipped)), trial=_trial, shared={"passages": passages, "settings": settings},
+                protocols=dirs, record=record,
+                describe=f"{len(cfg.protocols)} protocols x {len(cfg.receivers)} receivers x {len(cfg.channels)} "
+                         f"channels x n in {list(cfg.channel_uses)} x {len(cfg.sigmas)} sigmas x {len(cfg.seeds)} "
+                         f"seeds, less {len(skipped)} infeasible protocol/n; {cfg.episodes} games each, "
+                         f"C={cfg.candidates}")
 
-    ran, failed = run_with_agents(cfg, checkpoint, dirs, run_name, _trial, missing, run_dir, {
-        "passages": passages, "settings": {
-            "episodes": cfg.episodes, "batch_size": cfg.batch_size, "candidates": cfg.candidates,
-            "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
-            "checkpoint": ckpt_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block}})
 
-    # -------- tables and plots from every finished row of this grid
-    frame = collect_rows(grid, run_dir, COLUMNS)
-    write_frame(frame, run_dir)
-    write_report(frame, run_dir, plots=cfg.plots)
+def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
+    """Tables, plots and the leak check of the finished rows."""
+    write_report(frame, run.dir, plots=cfg.plots)
     # DESIGN.md section 3: delivered bits above capacity (beyond sampling error) mean a leak in a protocol
     for r in leaks(frame).itertuples():
         print(f"[run] WARNING: {r.protocol}/{r.receiver} {r.channel} n={r.channel_uses} sigma {r.sigma} succeeds "
               f">= {r.success_ci_low:.3f} over a {r.capacity_bits:.2f}-bit channel: a protocol leaks information",
               flush=True)
     print(console_summary(frame), flush=True)
-    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
-    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
+
+
+STUDY = Study(prefix="referential", columns=COLUMNS, prepare=prepare, report=report)
+
+
+def main(cfg: Config) -> SweepResult:
+    """Run (or resume) the sweep and write the run directory; prints the summary tables."""
+    return run_sweep(cfg, STUDY)
 
 
 if __name__ == "__main__":

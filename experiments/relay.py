@@ -28,7 +28,7 @@ with ``game_seed(seed, step)``). Relay modes:
 - ``reencode`` (CALM decode-and-forward): the vector protocol; each relay agent decodes the received latents
   to tokens with its own CALM autoencoder and re-encodes them (``CALMAgentCore.relay``).
 
-Every relay is an agent actor (``experiments.sweep.agent_pool``: ``speaker``, ``relay0`` .. ``relay{max H-2}``,
+Every relay is an agent actor (``experiments.common.trials.agent_pool``: ``speaker``, ``relay0`` .. ``relay{max H-2}``,
 ``listener``), all loading the same autoencoder and protocols: a homogeneous chain. A heterogeneous chain (relays
 with other autoencoders) would need latent alignment (``protocols/alignment.py``) between neighbours and is not
 built here. AWGN only: fading or erasures per hop are not part of this sweep.
@@ -41,48 +41,23 @@ which analog forward first falls below digital regenerate (or that it never does
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
-
-# `ray submit` ships only this file: find the repository that file_mounts put on the node (fallback)
-try:
-    import agents  # noqa: F401
-except ImportError:  # pragma: no cover - only on a node without the package installed
-    for _root in (os.environ.get("LATENTCOMM_ROOT"), os.path.expanduser("~/latentcomm")):
-        if _root and os.path.isdir(os.path.join(_root, "agents")):
-            sys.path.insert(0, _root)
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
-            break
 
 import numpy as np
 
+import environments
 from agents import call
 from calm.tokenizer import cached_tokenizer
-from experiments.autoencoder import checkpoint_id, ensure_checkpoint
-from experiments.link_protocols import fit_protocols, game_seed
-from experiments.multiagent import LinkConfig, metric_columns, sigma_of_snr, trial_metrics
+from experiments.common.config import unhashed
+from experiments.common.links import fit_protocols, game_seed
+from experiments.common.multiagent import LinkConfig, metric_columns, sigma_of_snr, trial_metrics
+from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
 from experiments.relay_report import console_summary, write_report
-from experiments.sweep import (
-    NOT_IN_HASH,
-    SweepResult,
-    cli,
-    collect_rows,
-    git_commit,
-    make_channel,
-    missing_trials,
-    open_run_dir,
-    print_outcome,
-    run_with_pool,
-    settings_hash,
-    write_frame,
-)
 
-__all__ = ["COLUMNS", "MODES", "Config", "chain_members", "main", "oracle", "play_trial", "trial_grid"]
+__all__ = ["COLUMNS", "MODES", "STUDY", "Config", "chain_members", "main", "oracle", "play_trial", "trial_grid"]
 
 ModeName = Literal["forward", "regenerate", "reencode"]
 MODES = ("forward", "regenerate", "reencode")
@@ -97,13 +72,13 @@ COLUMNS = ["mode", "protocol", "hops", "snr_db", "sigma", "channel_uses", "passa
 class Config(LinkConfig):
     """The relay sweep. Grid axes: modes x hops x snrs_db x seeds."""
 
-    modes: tuple[ModeName, ...] = MODES
+    modes: tuple[ModeName, ...] = unhashed(MODES)
     """forward (analog amplify-and-forward of the vector protocol), regenerate (separation, each relay decodes the
     bits and re-encodes them), reencode (vector protocol, each relay decodes to tokens with its CALM autoencoder
     and re-encodes)"""
-    hops: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    hops: tuple[int, ...] = unhashed((1, 2, 3, 4, 5, 6, 7, 8))
     """hop counts H (H - 1 relay agents; H = 1 is the plain link)"""
-    snrs_db: tuple[float, ...] = (0.0, 10.0)
+    snrs_db: tuple[float, ...] = unhashed((0.0, 10.0))
     """SNR of every hop in dB (AWGN, sigma = 10^(-SNR/20); inf: noise-free)"""
     oracle_pruning: bool = True
     """regenerate: the MCS oracle drops an MCS once its pilot accuracy after some hop is below the best complete
@@ -119,9 +94,6 @@ class Config(LinkConfig):
             raise ValueError(f"hops must be integers >= 1, got {self.hops}")
         if not self.snrs_db or any(math.isnan(s) or s == -math.inf for s in self.snrs_db):
             raise ValueError(f"snrs_db must be numbers (inf allowed, not -inf or nan), got {self.snrs_db}")
-
-
-_NOT_IN_HASH = NOT_IN_HASH | {"modes", "hops", "snrs_db", "seeds"}
 
 
 def trial_grid(cfg: Config) -> list[dict[str, Any]]:
@@ -157,8 +129,6 @@ def _chain(mode: str, key: str | None, spec: dict, pool: dict, passages: np.ndar
            episodes: int, text: bool = True) -> dict:
     """``episodes`` passages through the H-hop chain with agent protocol ``key`` (None: nothing fits, the listener
     guesses): the row's metric columns and the first passage decoded. ``text=False`` (pilot plays): no chrF."""
-    import environments
-
     H, n = spec["hops"], settings["channel_uses"]
     B = min(settings["batch_size"], episodes)
     env = environments.make("relay_v0", passages=passages, hops=H, channel_uses=n, channel=channel,
@@ -200,8 +170,6 @@ def oracle(keys: list[str], spec: dict, pool: dict, passages: np.ndarray, channe
     hop where a pruned key was dropped). The relays decode then re-encode (their ``relay``, in two calls, so that
     the accuracy after every hop is seen). ``prune`` (default ``settings["prune"]``): branch and bound, see the
     module docstring."""
-    import environments
-
     prune = settings.get("prune", True) if prune is None else prune
     H, n, B = spec["hops"], settings["channel_uses"], min(settings["pilot"], settings["episodes"])
     chains = []
@@ -272,49 +240,39 @@ def _trial(spec: dict[str, Any], *, pool: dict, passages: np.ndarray, settings: 
 # main
 
 
-def main(cfg: Config) -> SweepResult:
-    """Run (or resume) the sweep and write the run directory; prints the summary table."""
-    import ray
-    import torch
-
-    t0 = time.time()
-    checkpoint = ensure_checkpoint(cfg)
-    ckpt_id = checkpoint_id(checkpoint)
-    settings = settings_hash(cfg, _NOT_IN_HASH)
-    run_name = cfg.run_name or f"relay-{settings}-{ckpt_id.rsplit('@', 1)[1][:6]}"
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
+def prepare(cfg: Config, run: Run) -> Plan:
+    """Fit the protocols the modes send; one agent per role of the longest chain serves every trial."""
     protocols = sorted({PROTOCOL[m] for m in cfg.modes})
-    dirs, variants, facts, skipped, passages = fit_protocols(cfg, checkpoint, run_dir / "protocols",
+    dirs, variants, facts, skipped, passages = fit_protocols(cfg, run.checkpoint, run.dir / "protocols",
                                                              protocols=protocols, budgets=[cfg.channel_uses])
     if skipped:
         raise ValueError("cannot build " + "; ".join(f"{p}@{n}: {why}" for (p, n), why in skipped.items()))
-    grid = trial_grid(cfg)
-    missing, done = missing_trials(grid, run_dir, cfg.max_trials), len(grid) - len(missing_trials(grid, run_dir))
-    members = chain_members(checkpoint, dirs, max(cfg.hops))
-    print(f"[run] {run_dir}: {len(grid)} trials ({len(cfg.modes)} modes x H in {list(cfg.hops)} x SNR in "
-          f"{list(cfg.snrs_db)} dB x {len(cfg.seeds)} seeds), {done} done, {len(missing)} to run now; "
-          f"{cfg.episodes} passages of L={cfg.passage_length} in n={cfg.channel_uses} channel uses per hop; "
-          f"{len(members)} agents", flush=True)
-    record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(), "checkpoint": str(checkpoint),
-              "checkpoint_id": ckpt_id, "facts": {k: v for k, v in facts.items() if k != "bits_sent"},
-              "variants": variants, "agents": list(members), "ray_version": ray.__version__,
-              "torch_version": torch.__version__, "columns": COLUMNS}
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    members = chain_members(run.checkpoint, dirs, max(cfg.hops))
+    settings = {"episodes": cfg.episodes, "batch_size": cfg.batch_size, "passage_length": cfg.passage_length,
+                "channel_uses": cfg.channel_uses, "vocab_size": facts["vocab_size"], "K": facts["K"],
+                "variants": variants, "bits_sent": facts["bits_sent"], "guess": facts["guess"],
+                "pilot": cfg.pilot_passages, "prune": cfg.oracle_pruning, "checkpoint": run.checkpoint_id,
+                "tokenizer_path": str(run.checkpoint / "tokenizer.json")}
+    return Plan(grid=trial_grid(cfg), trial=_trial, shared={"passages": passages, "settings": settings}, pool=members,
+                record={"facts": {k: v for k, v in facts.items() if k != "bits_sent"}, "variants": variants,
+                        "agents": list(members)},
+                describe=f"{len(cfg.modes)} modes x H in {list(cfg.hops)} x SNR in {list(cfg.snrs_db)} dB x "
+                         f"{len(cfg.seeds)} seeds; {cfg.episodes} passages of L={cfg.passage_length} in "
+                         f"n={cfg.channel_uses} channel uses per hop; {len(members)} agents")
 
-    ran, failed = run_with_pool(cfg, members, run_name, _trial, missing, run_dir, {
-        "passages": passages, "settings": {
-            "episodes": cfg.episodes, "batch_size": cfg.batch_size, "passage_length": cfg.passage_length,
-            "channel_uses": cfg.channel_uses, "vocab_size": facts["vocab_size"], "K": facts["K"],
-            "variants": variants, "bits_sent": facts["bits_sent"], "guess": facts["guess"],
-            "pilot": cfg.pilot_passages, "prune": cfg.oracle_pruning, "checkpoint": ckpt_id,
-            "tokenizer_path": str(checkpoint / "tokenizer.json")}})
 
-    frame = collect_rows(grid, run_dir, COLUMNS)
-    write_frame(frame, run_dir)
-    write_report(frame, run_dir, plots=cfg.plots)
+def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
+    """summary.md, the plot and the console table of the finished rows."""
+    write_report(frame, run.dir, plots=cfg.plots)
     print(console_summary(frame), flush=True)
-    print_outcome(len(frame), len(grid), run_dir, time.time() - t0, failed)
-    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(frame), total=len(grid))
+
+
+STUDY = Study(prefix="relay", columns=COLUMNS, prepare=prepare, report=report)
+
+
+def main(cfg: Config) -> SweepResult:
+    """Run (or resume) the sweep and write the run directory; prints the summary table."""
+    return run_sweep(cfg, STUDY)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ and under noise sigma (the robustness curve), KL per dimension and collapsed dim
 reports token accuracy and referential success (the ML receiver over ``num_candidates`` passages); the
 separation link (range coding + 5G LDPC/Polar + QAM, oracle MCS) on the same passages and channel uses is the
 digital reference. Then an energy transformer per K and the token baseline are each trained to every
-training-FLOPs budget (``experiments.calm_scaling.train_and_score``: the same recipe, windows of 256 tokens)
+training-FLOPs budget (``experiments.common.lm_budget.train_and_score``: calm_scaling's recipe, windows of 256
+tokens)
 and scored: Brier-1..4 and BrierLM with bootstrap intervals, training and inference FLOPs per token,
 generation tokens/s. ``experiments.scaling_k_report`` writes the K table, the BrierLM-vs-FLOPs frontier, the
 robustness curves and the link plot. Trials run as Ray Tune grids (autoencoders first); a killed run resumes.
@@ -28,21 +29,43 @@ from typing import Any, Literal
 
 import numpy as np
 
-from experiments.sweep import (
-    NOT_IN_HASH,
-    SweepConfig,
+from calm.checkpoint import load_pretrained
+from calm.data import load_token_ids
+from calm.evaluate import chunk_stream, evaluate_autoencoder
+from calm.flops import autoencoder_flops
+from experiments.common.config import SweepConfig, settings_hash, unhashed
+from experiments.common.links import fit_protocols, pick_best
+from experiments.common.lm_budget import (
+    SIZES,
+    WINDOW_TOKENS,
+    generation_measure,
+    generation_speed,
+    train_and_score,
+)
+from experiments.common.models import (
+    K_AUTOENCODER,
+    K_KL_WEIGHT,
+    K_LATENT_PER_TOKEN,
+    checkpoint_id,
+    ensure_k_autoencoder,
+)
+from experiments.common.multiagent import draw_candidates, sigma_of_snr, trial_metrics
+from experiments.common.sweep import (
     SweepResult,
     cli,
     collect_rows,
-    connect_ray,
     git_commit,
+    make_channel,
     missing_trials,
     open_run_dir,
     print_outcome,
-    run_trials,
-    settings_hash,
     write_frame,
 )
+from experiments.common.tables import mean_interval
+from experiments.common.trials import connect_ray, run_trials
+from experiments.scaling_k_report import write_report
+from protocols import load_protocol
+from protocols.separation import load_bank
 
 __all__ = ["AE_COLUMNS", "Config", "LM_COLUMNS", "ae_grid", "lm_grid", "main", "play_link"]
 
@@ -59,19 +82,19 @@ LM_COLUMNS = ["family", "K", "size", "budget", "params", "steps", "tokens", "flo
 class Config(SweepConfig):
     """The K study. Grid axes: ks x budgets (and sizes) for the language models; ks for the autoencoders."""
 
-    tokenizer: str = "bpe:2048"
+    tokenizer: str = K_AUTOENCODER["tokenizer"]
     """tokenizer of every model (a small vocabulary keeps CPU training cheap)"""
-    ks: tuple[int, ...] = (1, 2, 4, 8)
+    ks: tuple[int, ...] = unhashed((1, 2, 4, 8))
     """tokens per latent vector K (each divides 256, the window, and passage_length)"""
-    latent_per_token: int = 32
+    latent_per_token: int = K_LATENT_PER_TOKEN
     """l / K: the autoencoder at K has l = latent_per_token * K (the paper's best, l = 32 K)"""
-    ae_steps: int = 1500
+    ae_steps: int = K_AUTOENCODER["ae_steps"]
     """optimiser steps of each autoencoder (tiny preset at that K; cached under runs_dir)"""
-    ae_kl_weight: float = 0.01
-    """KL weight of the autoencoders (as experiments.calm_scaling: a wider posterior for the head to learn)"""
-    sizes: tuple[Literal["xs", "s", "m"], ...] = ("xs",)
-    """backbone sizes (experiments.calm_scaling.SIZES; xs d=64 x 2 layers is the frontier at these budgets)"""
-    budgets: tuple[float, ...] = (1e12, 2.5e12)
+    ae_kl_weight: float = K_KL_WEIGHT
+    """KL weight of the autoencoders (as in experiments.calm_scaling: a wider posterior for the head to learn)"""
+    sizes: tuple[Literal["xs", "s", "m"], ...] = unhashed(("xs",))
+    """backbone sizes (experiments.common.lm_budget.SIZES; xs d=64 x 2 layers is the frontier at these budgets)"""
+    budgets: tuple[float, ...] = unhashed((1e12, 2.5e12))
     """training-FLOPs budgets every language model is trained to from scratch (analytic, calm.flops)"""
     batch_size: int = 8
     """windows of 256 tokens per micro-batch, every family"""
@@ -112,17 +135,18 @@ class Config(SweepConfig):
     """separation reference: passages each MCS plays before the oracle picks"""
     seed: int = 0
     """seed of every model's initialisation, batches and channel noise"""
-    device: Literal["cpu", "cuda"] = "cpu"
+    # the study trains its own autoencoders and runs anywhere: neither field names the run
+    checkpoint: str | None = unhashed(None)
+    """autoencoder checkpoint directory; none: train the tiny one once and cache it under runs_dir"""
+    device: Literal["cpu", "cuda"] = unhashed("cpu")
     """where each model trains and is scored. Not part of the run name: give a cuda run its own --run-name"""
-    max_concurrent: int = 2
+    max_concurrent: int = unhashed(2)
     """trials at once (one CPU thread each)"""
-    trial_cpus: float = 1.0
+    trial_cpus: float = unhashed(1.0)
     """logical CPUs per trial"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from experiments.calm_scaling import SIZES, WINDOW_TOKENS
-
         if not self.ks or any(not isinstance(k, int) or k < 1 or WINDOW_TOKENS % k or self.passage_length % k
                               for k in self.ks):
             raise ValueError(f"ks must be integers >= 1 dividing {WINDOW_TOKENS} and passage_length "
@@ -144,10 +168,6 @@ class Config(SweepConfig):
             raise ValueError("noise_sigmas and ae_kl_weight must be >= 0 and lr > 0")
 
 
-# grid axes (more Ks, budgets or sizes add rows to the same run) and the device
-_NOT_IN_HASH = NOT_IN_HASH | {"ks", "budgets", "sizes", "checkpoint", "agent_pairs", "num_gpus", "device"}
-
-
 def ae_grid(cfg: Config) -> list[dict[str, Any]]:
     """One autoencoder trial per K: training (or the cache), held-out scores and its link."""
     return [{"kind": "ae", "K": k, "key": f"ae-k{k}"} for k in sorted(cfg.ks)]
@@ -163,11 +183,8 @@ def lm_grid(cfg: Config) -> list[dict[str, Any]]:
 
 
 def autoencoder_dir(cfg: Config, K: int) -> Path:
-    """The K autoencoder: trained once (``experiments.autoencoder.ensure_checkpoint``) and cached."""
-    from experiments.autoencoder import ensure_checkpoint
-
-    overrides = {"K": K, "latent_dim": cfg.latent_per_token * K, "kl_weight": cfg.ae_kl_weight}
-    return ensure_checkpoint(replace(cfg, ae_preset="tiny", checkpoint=None), overrides=overrides)
+    """The K autoencoder (l = latent_per_token * K, ae_kl_weight): trained once and cached under runs_dir."""
+    return ensure_k_autoencoder(cfg, K, latent_per_token=cfg.latent_per_token, kl_weight=cfg.ae_kl_weight)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,9 +195,6 @@ def play_link(protocol: Any, passages: np.ndarray, sigma: float, *, episodes: in
               seed: int) -> dict[str, Any]:
     """Send ``episodes`` held-out passages through AWGN ``sigma`` once: decoded and target ids (B, L), and
     referential success per passage (the channel's ML choice among ``num_candidates`` passages)."""
-    from experiments.multiagent import draw_candidates
-    from experiments.sweep import make_channel
-
     rng = np.random.default_rng(seed)
     index = rng.choice(len(passages), size=min(episodes, len(passages)), replace=False)
     target = np.asarray(passages[index], dtype=np.int64)
@@ -195,13 +209,6 @@ def play_link(protocol: Any, passages: np.ndarray, sigma: float, *, episodes: in
 def link_rows(cfg: Config, checkpoint: Path, protocols_dir: Path, protocol: str) -> list[dict[str, Any]]:
     """Token accuracy and referential success of ``protocol`` (vector or separation) at every channel-uses
     per token and SNR; separation picks its MCS per point by the oracle's pilot plays."""
-    from calm.checkpoint import load_pretrained
-    from experiments.link_protocols import fit_protocols, pick_best
-    from experiments.multiagent import sigma_of_snr, trial_metrics
-    from experiments.reconstruction_report import mean_interval
-    from protocols import load_protocol
-    from protocols.separation import load_bank
-
     model, tok = load_pretrained(checkpoint)
     L, K = cfg.passage_length, model.config.K
     budgets = [c * L for c in cfg.channel_uses_per_token]
@@ -245,11 +252,6 @@ def _ae_trial(spec: dict[str, Any], *, settings: dict[str, Any], run_dir: str) -
     """One K's autoencoder (trained or cached): held-out scores and its link; or the separation reference."""
     import torch
 
-    from calm.checkpoint import load_pretrained
-    from calm.data import load_token_ids
-    from calm.evaluate import chunk_stream, evaluate_autoencoder
-    from calm.flops import autoencoder_flops
-
     torch.set_num_threads(1)
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     K = spec["K"]
@@ -271,75 +273,9 @@ def _ae_trial(spec: dict[str, Any], *, settings: dict[str, Any], run_dir: str) -
             "link": json.dumps(link_rows(cfg, path, protocols_dir / f"k{K}", "vector")), "checkpoint": str(path)}
 
 
-def _generation_speed(tokens: int):
-    """``measure`` for calm_scaling.train_and_score: inference FLOPs per token and generation tokens/s."""
-
-    def measure(model, task, windows) -> dict:
-        import torch
-
-        from calm.energy_transformer import EnergyTransformer
-        from calm.flops import baseline_flops, calm_flops
-
-        calm = isinstance(model, EnergyTransformer)
-        prompt = windows[:8, :16].to(next(model.parameters()).device)
-        gen = torch.Generator(prompt.device).manual_seed(0)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            if calm:
-                model.generate(prompt, tokens, generator=gen, coins=torch.Generator().manual_seed(1))
-            else:
-                model.generate(prompt, tokens, generator=gen)
-        seconds = time.perf_counter() - t0
-        per_token = (calm_flops if calm else baseline_flops)(task.config).inference
-        return {"inference_flops_per_token": per_token, "generate_tokens_per_s": len(prompt) * tokens / seconds}
-
-    return measure
-
-
-def generation_speed(cfg: Config, autoencoders: dict[str, str], *, rounds: int = 3) -> dict[str, float]:
-    """Generation tokens/s of every family at every size, measured side by side in this process (one thread,
-    untrained weights: the cost of sampling does not depend on them), best of ``rounds`` interleaved rounds:
-    the per-trial figures were timed on a machine shared with other trials. ``{"<family>-<size>": tokens/s}``."""
-    import torch
-
-    from calm.checkpoint import load_pretrained
-    from calm.data import load_token_ids
-    from calm.energy_transformer import EnergyTransformer
-    from experiments.calm_scaling import make_task
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    _, tok = load_pretrained(next(iter(autoencoders.values())))
-    ids = load_token_ids(cfg.corpus, tok, "test", progress=False)[: 8 * 16]
-    prompt = torch.as_tensor(np.asarray(ids, dtype=np.int64).reshape(8, 16))
-    models = {}
-    for family in ["baseline", *autoencoders]:
-        for size in cfg.sizes:
-            torch.manual_seed(cfg.seed)
-            models[f"{family}-{size}"] = make_task(family, size, len(tok), autoencoders.get(family)).build_model().eval()
-    best: dict[str, float] = {}
-    try:
-        for _ in range(rounds):
-            for key, model in models.items():
-                gen = torch.Generator().manual_seed(cfg.seed)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    if isinstance(model, EnergyTransformer):
-                        model.generate(prompt, cfg.generate_tokens, generator=gen, coins=torch.Generator().manual_seed(1))
-                    else:
-                        model.generate(prompt, cfg.generate_tokens, generator=gen)
-                rate = len(prompt) * cfg.generate_tokens / (time.perf_counter() - t0)
-                best[key] = max(best.get(key, 0.0), rate)
-    finally:
-        torch.set_num_threads(threads)
-    return {k: round(v, 1) for k, v in best.items()}
-
-
 def _lm_trial(spec: dict[str, Any], *, settings: dict[str, Any], autoencoders: dict[str, str]) -> dict:
-    from experiments.calm_scaling import train_and_score
-
     row = train_and_score(spec, settings=settings, autoencoders=autoencoders,
-                          measure=_generation_speed(settings["generate_tokens"]))
+                          measure=generation_measure(settings["generate_tokens"]))
     row["K"] = 1 if spec["family"] == "baseline" else int(spec["family"].removeprefix("calm-k"))
     return row
 
@@ -352,11 +288,8 @@ def _trial(spec: dict[str, Any], **shared: Any) -> dict:
 
 def main(cfg: Config) -> SweepResult:
     """Train and score the missing autoencoders, then the missing language models; write tables and plots."""
-    from experiments.autoencoder import checkpoint_id
-    from experiments.scaling_k_report import write_report
-
     t0 = time.time()
-    settings = settings_hash(cfg, _NOT_IN_HASH)
+    settings = settings_hash(cfg)
     run_name = cfg.run_name or f"scaling-k-{settings}"
     run_dir = open_run_dir(cfg.results_dir, run_name, settings, None)
     print(f"[run] reproduce: python -m experiments.scaling_k --run-name {run_name} --ks "

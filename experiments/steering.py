@@ -39,7 +39,31 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.steering_methods import ATTRIBUTES
+from calm.autoencoder import manifold_distance
+from calm.checkpoint import load_pretrained
+from calm.corpus import load_split
+from calm.energy_transformer import ON_MANIFOLD_TOL
+from experiments.common.models import ensure_k2_models
+from experiments.common.sweep import cli
+from experiments.common.tables import mean_interval
+from experiments.steering_methods import (
+    ATTRIBUTES,
+    Judge,
+    activations,
+    attribute_labels,
+    attribute_tokens,
+    calm_generate,
+    codec_steer,
+    cut_windows,
+    judge_labels,
+    logit_bias,
+    mean_direction,
+    probe_direction,
+    residual_shift,
+    token_nll,
+)
+from experiments.steering_report import write_report
+from protocols.metrics import wilson_interval
 
 __all__ = ["METHODS", "Config", "main", "reach"]
 
@@ -54,7 +78,7 @@ class Config:
     checkpoint: str | None = None
     """CALM autoencoder directory; none: experiments.dialogue's K = 2 autoencoder (trained once, cached)"""
     lm_checkpoint: str | None = None
-    """energy transformer on that autoencoder; none: experiments.autoencoder.ensure_calm's (trained once)"""
+    """energy transformer on that autoencoder; none: experiments.common.models.ensure_calm's (trained once)"""
     token_lm_checkpoint: str | None = None
     """token baseline with the autoencoder's tokenizer (steered, and the fluency judge); none: ensure_token_lm's"""
     runs_dir: str = "runs"
@@ -111,8 +135,6 @@ class Config:
 
 def models(cfg: Config):
     """``(autoencoder dir, energy transformer dir, token baseline dir)``: given, or the cached defaults."""
-    from experiments.autoencoder import ensure_k2_models
-
     return ensure_k2_models(runs_dir=cfg.runs_dir, corpus=cfg.corpus, checkpoint=cfg.checkpoint,
                             lm_checkpoint=cfg.lm_checkpoint, token_lm_checkpoint=cfg.token_lm_checkpoint)
 
@@ -133,8 +155,6 @@ def reach(alphas, success, nll, target: float = 0.5) -> dict:
 
 def _directions(cfg: Config, methods: set[str], ae, lm, tm, pos_ids, neg_ids) -> dict[str, np.ndarray]:
     """Each method's unit step (alpha = 1) for one attribute, fitted on training windows."""
-    from experiments.steering_methods import activations, mean_direction, probe_direction
-
     out: dict[str, np.ndarray] = {}
     # codec and latent methods share the autoencoder's latents: one set of activations per model
     for prefixes, model, layer in ((("codec", "latent"), ae, None), (("hidden",), lm, cfg.layer),
@@ -157,8 +177,6 @@ def _outputs(method: str, alpha: float, step, prompts, *, ae, lm, tm, bias_ids, 
     """Steered output ids ``(B, tokens)`` (and the steered latents for the codec level)."""
     import torch
 
-    from experiments.steering_methods import calm_generate, codec_steer, logit_bias, residual_shift
-
     gen = torch.Generator().manual_seed(seed)  # the same noise at every alpha: alpha = 0 is the reference
     shift = None if method == "token-logit" else torch.as_tensor(alpha * step, dtype=torch.float32)
     if method.startswith("codec"):
@@ -180,12 +198,6 @@ def _score(method, alpha, out, z, base, prompts, judge, tm, ae, tok) -> tuple[di
     method's alpha = 0 output, the fidelity reference; None: ``out`` is that output."""
     import sacrebleu
     import torch
-
-    from calm.autoencoder import manifold_distance
-    from calm.energy_transformer import ON_MANIFOLD_TOL
-    from experiments.reconstruction_report import mean_interval
-    from experiments.steering_methods import token_nll
-    from protocols.metrics import wilson_interval
 
     texts = tok.batch_decode(out.tolist())
     base, base_texts = base if base is not None else (out, texts)
@@ -213,8 +225,6 @@ def _context_use(lm, tm, ids: np.ndarray, cfg: Config, rng) -> dict[str, float]:
     A hidden-state shift can only steer a model whose next vector reads its hidden state."""
     import torch
 
-    from experiments.steering_methods import calm_generate
-
     pick = rng.choice(len(ids), min(2 * cfg.prompts, len(ids)) // 2 * 2, replace=False)
     a, b = (torch.as_tensor(ids[half]) for half in np.split(pick, 2))
     out = {}
@@ -229,18 +239,6 @@ def main(cfg: Config) -> dict:
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
-
-    from calm.checkpoint import load_pretrained
-    from calm.corpus import load_split
-    from experiments.steering_methods import (
-        Judge,
-        attribute_labels,
-        attribute_tokens,
-        cut_windows,
-        judge_labels,
-        token_nll,
-    )
-    from experiments.steering_report import write_report
 
     t0 = time.time()
     ae_dir, lm_dir, tm_dir = models(cfg)
@@ -331,6 +329,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments.sweep import cli
-
     raise SystemExit(cli(main, Config, prog="python -m experiments.steering", description=__doc__.split("\n\n")[0]))

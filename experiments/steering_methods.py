@@ -240,24 +240,14 @@ def codec_steer(autoencoder, ids: torch.Tensor, shift: torch.Tensor) -> tuple[to
 def calm_generate(lm, prompt: torch.Tensor, new_tokens: int, *, latent_shift: torch.Tensor | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue ``prompt (B, T)`` (T a multiple of K) by ``new_tokens`` with the CALM at temperature 1: one head
-    sample per patch, ``latent_shift (l,)`` added to it before it is decoded, the decoded chunk fed back.
-    Returns ``(B, new_tokens)``. A residual shift comes from ``residual_shift`` around this call."""
-    B, T = prompt.shape
+    sample per patch, ``latent_shift (l,)`` added to it before it is decoded, the decoded chunk fed back
+    (``EnergyTransformer.generate_chunks``, the loop ``generate`` uses: without a shift, the same noise gives the
+    same tokens). Returns ``(B, new_tokens)``. A residual shift comes from ``residual_shift`` around this call."""
+    T = prompt.shape[1]
     if T % lm.K:
         raise ValueError(f"the prompt length {T} must be a multiple of K = {lm.K}")
     steps = -(-new_tokens // lm.K)
-    cache = lm.backbone.new_cache(B, T // lm.K + steps + 1)
-    h = lm.backbone(torch.cat([lm.start.expand(B, 1, -1), lm.patch_inputs(prompt)], dim=1), cache)[:, -1]
-    chunks = []
-    for step in range(steps):
-        z = lm.head.sample(h, 1, generator=generator)[:, 0]  # (B, l)
-        if latent_shift is not None:
-            z = z + latent_shift.to(z.dtype)
-        chunk = lm.decode_chunks(z)  # (B, K)
-        chunks.append(chunk)
-        if step + 1 < steps:
-            h = lm.backbone(lm.patch_inputs(chunk).view(B, 1, -1), cache)[:, -1]
-    return torch.cat(chunks, dim=1)[:, :new_tokens]
+    return lm.generate_chunks(prompt, steps, latent_shift=latent_shift, generator=generator).ids[:, :new_tokens]
 
 
 @torch.no_grad()

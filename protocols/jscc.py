@@ -1,4 +1,4 @@
-"""The jscc protocol: a trained JSCC adapter (``calm.jscc.JSCCModel``) as a ``Protocol``.
+"""The jscc protocol: a trained JSCC adapter (``protocols.jscc_model.JSCCModel``) as a ``Protocol``.
 
     ids (B, L) -> CALM encoder mu -> adapter encoder, told the channel's (kind, SNR) -> x (B, n) * s
     y (B, n), gain -> adapter decoder, told (kind, SNR) -> latents -> CALM decoder -> argmax ids (B, L)
@@ -43,13 +43,15 @@ import numpy as np
 import torch
 
 from environments.channels import AWGN, Chain, Erasure, RayleighBlockFading
+from environments.torch_channels import CHANNEL_KINDS
+from protocols import jscc_model  # noqa: F401  (registers the adapter's model type for load_pretrained)
 from protocols.base import ChannelModel, check_budget
 from protocols.latent import LatentProtocol, check_autoencoder
 
 __all__ = ["ChannelState", "JSCCProtocol", "JSCCProtocolConfig", "channel_snr_db", "file_sha256"]
 
-# kind names, as calm.jscc.CHANNEL_KINDS orders them (index = the adapter's kind input)
-KINDS = ("awgn", "rayleigh", "erasure")
+# kind names, in the order of the adapter's kind input (environments.torch_channels.CHANNEL_KINDS)
+KINDS = CHANNEL_KINDS
 # logits held in memory at once by decode: rows * L * V <= this many floats
 MAX_LOGITS = 1 << 25
 # passages per fit draw of training conditions (fixed seed: fit is deterministic)
@@ -145,7 +147,7 @@ class JSCCProtocol(LatentProtocol):
 
     def __init__(self, adapter: Any, config: JSCCProtocolConfig | None = None, *, autoencoder: Any | None = None,
                  channel: Any | None = None) -> None:
-        """Wrap ``adapter`` (a ``calm.jscc.JSCCModel``, put in eval mode).
+        """Wrap ``adapter`` (a ``protocols.jscc_model.JSCCModel``, put in eval mode).
 
         Args:
             adapter: the trained adapter; its frozen autoencoder is the one used.

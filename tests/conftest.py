@@ -15,22 +15,111 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
     os.environ.setdefault("LATENTCOMM_DASHBOARD_PORT", str(8300 + 10 * int(os.environ["PYTEST_XDIST_WORKER"][2:])))
 
+import functools
+
 import numpy as np
 import pytest
 
+# Ray in the tests (the `ray` marker, registered in pyproject.toml):
+# - a test module that starts Ray, directly, through a study's `main` or in a subprocess, declares
+#   `pytestmark = pytest.mark.ray` (a list with its other module marks). `ray.init` in a test without the
+#   marker raises, so a file that starts Ray unmarked fails loudly, and `pytest -m "not ray"` (the process
+#   `make test` runs beside the serial Ray phase) never starts a Ray;
+# - `ray` tests share one local Ray per test process (SHARED_RAY), started before the first of them and
+#   joined by everything else: `calm.ray_runtime.init_ray` keeps a Ray that is already initialised and
+#   returns False, so a study's `main` neither starts nor shuts down its own;
+# - `serial` and `e2e` tests keep Ray's lifecycle to themselves (Ray Train's state queries, the Ray a
+#   subprocess starts, a `ray up` cluster): the shared Ray is shut down before each of them, and started
+#   again for the next `ray` test of the process.
+SHARED_RAY = dict(address="local", num_cpus=2, num_gpus=2, namespace="latentcomm", log_to_driver=False,
+                  announce=False)  # fake GPUs let the placement tests run; CPU-only agents fall back to the CPU
+_RUNNING: dict = {"item": None, "shared": None}  # the test being run; the GCS address of the shared Ray
+
+
+def _ray_marked(item) -> bool:
+    return item.get_closest_marker("ray") is not None
+
 
 def pytest_configure(config) -> None:
-    """``LATENTCOMM_TEST_NO_RAY=1`` (``make test``'s process beside the serial Ray phase): starting Ray is an
-    error. A second Ray on the machine breaks Ray Train's state queries in the serial tests, so a test file
-    that starts Ray must not be in the Makefile's NORAY_TESTS; this makes such a file fail loudly."""
-    if os.environ.get("LATENTCOMM_TEST_NO_RAY"):
+    """``ray.init`` refuses to run inside a test without the ``ray`` marker (``ray.get`` and friends start
+    Ray through ``ray.init`` too)."""
+    import ray
+
+    real_init = ray.init
+    if getattr(real_init, "_latentcomm_guard", False):
+        return
+
+    @functools.wraps(real_init)
+    def init(*args, **kwargs):
+        item = _RUNNING["item"]
+        if item is not None and not _ray_marked(item):
+            raise RuntimeError(
+                f"{item.nodeid} starts Ray, but its module has no ray marker: add `pytestmark = pytest.mark.ray` "
+                "to it (a test process without that marker, such as the one `make test` runs beside the serial "
+                "Ray tests, must not start Ray)")
+        return real_init(*args, **kwargs)
+
+    init._latentcomm_guard = True
+    ray.init = init
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _RUNNING["item"] = item
+    try:
+        yield
+    finally:
+        _RUNNING["item"] = None
+
+
+def _shared_ray_is_up() -> bool:
+    import ray
+
+    return (_RUNNING["shared"] is not None and ray.is_initialized()
+            and ray.get_runtime_context().gcs_address == _RUNNING["shared"])
+
+
+def _start_shared_ray():
+    """The process's shared local Ray (SHARED_RAY), started unless a Ray is already initialised here."""
+    import ray
+
+    if not ray.is_initialized():
+        from calm.ray_runtime import init_ray
+
+        init_ray(**SHARED_RAY)
+        _RUNNING["shared"] = ray.get_runtime_context().gcs_address
+    return ray
+
+
+def _stop_shared_ray() -> None:
+    if _shared_ray_is_up():
         import ray
 
-        def refuse(*_args, **_kwargs):
-            raise RuntimeError("this test process runs beside the serial Ray tests and must not start Ray "
-                               "(LATENTCOMM_TEST_NO_RAY): take the test file out of NORAY_TESTS in the Makefile")
+        ray.shutdown()
+    _RUNNING["shared"] = None
 
-        ray.init = refuse
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Before any fixture of the test: the shared Ray is up for a ``ray`` test and down for a ``serial`` or
+    ``e2e`` one (a Ray its own module fixture started stays)."""
+    if not _ray_marked(item):
+        return
+    if item.get_closest_marker("serial") or item.get_closest_marker("e2e"):
+        _stop_shared_ray()
+    else:
+        _start_shared_ray()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _stop_shared_ray()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The shared local Ray of this test process (SHARED_RAY): ``ray`` tests run with it up (their module
+    fixtures too); a fixture or test that names it gets the ``ray`` module."""
+    return _start_shared_ray()
 
 
 @pytest.fixture(autouse=True)
@@ -69,12 +158,44 @@ def heldout_ids(tokenizer) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole session (starting Ray costs seconds). Fake GPUs let placement tests run."""
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        from calm.ray_runtime import init_ray
+def ray_local(ray_session):
+    """The shared local Ray (``ray_session`` under the name older tests use)."""
+    return ray_session
 
-        init_ray(address="local", num_cpus=4, num_gpus=2, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+
+@pytest.fixture
+def wait_for_restart():
+    """``wait_for_restart(actor, old_pid) -> new pid``: wait until ``actor`` (killed with ``ray.kill(actor,
+    no_restart=False)``) has been restarted by Ray and calls reach the new process.
+
+    ``ray.kill`` is asynchronous. A call sent while the old process dies is failed by Ray with
+    ``ActorUnavailableError`` ("The actor was restarted") once the actor's task retries are spent, which
+    happens within milliseconds when the driver learns of the death only from the broken connection. So no
+    call goes out until the GCS reports the actor ALIVE in a new process; one that still meets the old
+    process (the driver's view lags the GCS by a notification) is the restart under way and is sent again.
+    """
+    import time
+
+    import ray
+    from ray._private.state import actors as actor_table  # GCS's actor table, without the dashboard
+
+    def wait(actor, old_pid: int, timeout: float = 240.0) -> int:
+        deadline = time.monotonic() + timeout
+        actor_id = actor._actor_id.hex()
+        while True:
+            info = actor_table(actor_id)
+            if info["State"] == "ALIVE" and info["Pid"] not in (0, old_pid):
+                break
+            assert time.monotonic() < deadline, f"the actor was not restarted within {timeout:.0f} s: {info}"
+            time.sleep(0.1)
+        while True:
+            try:
+                pid = ray.get(actor.pid.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            except ray.exceptions.ActorUnavailableError:
+                pid = old_pid
+            if pid != old_pid:
+                return pid
+            assert time.monotonic() < deadline, f"calls still reach the killed process {old_pid}"
+            time.sleep(0.1)
+
+    return wait

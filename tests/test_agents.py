@@ -1,4 +1,5 @@
-"""Agents: GPU share arithmetic, the agent without Ray, fake-GPU placement, restart after a kill."""
+"""Agents: GPU share arithmetic, the agent without Ray, fake-GPU placement, restart after a kill, shipped files
+freed with their agent."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ import time
 import numpy as np
 import pytest
 
-from agents import AgentConfig, CALMAgentCore, ListenerPolicy, SpeakerPolicy, make_agent, resolve_num_gpus
-from calm.ray_runtime import init_ray
-from experiments.autoencoder import ensure_checkpoint
+from agents import (
+    AgentConfig,
+    CALMAgentCore,
+    ListenerPolicy,
+    SpeakerPolicy,
+    held_agents,
+    kill_agent,
+    make_agent,
+    release_agent,
+    resolve_num_gpus,
+)
+from experiments.common.models import ensure_checkpoint
 from experiments.referential_game import Config
+
+pytestmark = pytest.mark.ray
 
 # a micro autoencoder: trained for a few steps, enough to exercise every code path in seconds
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
@@ -87,14 +99,10 @@ def test_policies_play_noiseless_token_game_perfectly(checkpoint, protocol_dirs)
 
 
 @pytest.fixture(scope="module")
-def fake_gpu_ray():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(address="local", num_cpus=2, num_gpus=2, namespace="latentcomm-test-agents", log_to_driver=False)
-    yield ray
-    ray.shutdown()
+def fake_gpu_ray(ray_session):
+    """The test process's shared Ray: it has two fake GPUs (conftest.SHARED_RAY)."""
+    assert ray_session.cluster_resources().get("GPU") == 2
+    return ray_session
 
 
 def test_fake_gpus_four_agents_pack_two_per_gpu_and_fall_back_to_cpu(fake_gpu_ray, checkpoint, protocol_dirs):
@@ -118,10 +126,11 @@ def test_fake_gpus_four_agents_pack_two_per_gpu_and_fall_back_to_cpu(fake_gpu_ra
         assert all(np.array_equal(outs[0], o) for o in outs[1:])
     finally:
         for a in agents:
-            ray.kill(a, no_restart=True)
+            kill_agent(a)
 
 
-def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, protocol_dirs, tmp_path):
+def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, protocol_dirs, tmp_path,
+                                                    wait_for_restart):
     """Also: the agent needs no path of the driver's (as on a cluster's worker node): its files travel through
     Ray, so it restarts and answers after the driver's copies are gone."""
     import shutil
@@ -138,16 +147,61 @@ def test_killed_agent_restarts_and_answers_the_same(fake_gpu_ray, checkpoint, pr
         shutil.rmtree(tmp_path / "protocols")
         before_pid = ray.get(agent.pid.remote())
         before = ray.get(agent.encode.remote("vector", passages[:8]))
-        ray.kill(agent, no_restart=False)  # the process dies; Ray restarts it
-        # ray.kill is asynchronous: wait until calls reach the restarted process
-        deadline = time.time() + 120
-        while ray.get(agent.pid.remote(), timeout=120) == before_pid:
-            assert time.time() < deadline, "the agent was not restarted"
-            time.sleep(0.2)
+        kill_agent(agent, no_restart=False)  # the process dies; Ray restarts it (its files stay held)
+        assert "restart-me" in held_agents()
+        wait_for_restart(agent, before_pid)  # ray.kill is asynchronous: wait for the restarted process
         after = ray.get(agent.encode.remote("vector", passages[:8]), timeout=120)
         np.testing.assert_array_equal(before, after)
     finally:
-        ray.kill(agent, no_restart=True)
+        kill_agent(agent)
+    assert "restart-me" not in held_agents()
+
+
+def test_an_ended_agent_frees_its_shipped_files(fake_gpu_ray, checkpoint, protocol_dirs):
+    """The driver holds the object refs of an agent's shipped files while Ray may restart it and drops them
+    when ``kill_agent`` ends it: Ray's reference table then no longer lists those objects."""
+    import gc
+
+    from agents import shipping
+
+    ray = fake_gpu_ray
+    dirs, _ = protocol_dirs
+    counts = ray._private.worker.global_worker.core_worker.get_all_reference_counts  # id hex (bytes) -> counts
+    cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dirs, num_gpus=0, num_cpus=0.25)
+    agent = make_agent(cfg, name="ship-and-free")
+    try:
+        ray.get(agent.pid.remote())
+        assert "ship-and-free" in held_agents()
+        ids = [ref.hex().encode() for ref in shipping._HELD[agent._actor_id.hex()].refs]
+        assert len(ids) == 1 + len(dirs) and all(i in counts() for i in ids)  # checkpoint + each protocol
+    finally:
+        kill_agent(agent)
+    assert "ship-and-free" not in held_agents() and not release_agent(agent)  # nothing left to release
+    gc.collect()
+    deadline = time.time() + 60
+    while any(i in counts() for i in ids):
+        assert time.time() < deadline, {i: counts().get(i) for i in ids}
+        time.sleep(0.2)
+
+
+def test_shipping_registry_without_ray():
+    """``hold`` / ``release_agent`` by handle or by name; a new agent of a name drops the old one's files."""
+    from types import SimpleNamespace
+
+    from agents import shipping
+
+    def handle(actor_id: str):
+        return SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: actor_id))
+
+    first, second, other = handle("a1"), handle("a2"), handle("b1")
+    shipping.hold(first, "reg-a", ("ref1", "ref2"))
+    shipping.hold(other, "reg-b", ("ref3",))
+    assert {"reg-a", "reg-b"} <= set(held_agents())
+    shipping.hold(second, "reg-a", ("ref4",))  # Ray frees a name only once its actor is dead for good
+    assert held_agents().count("reg-a") == 1 and "a1" not in shipping._HELD
+    assert release_agent(second) and not release_agent(first)
+    assert release_agent("reg-b") and not release_agent("reg-b")
+    assert not {"reg-a", "reg-b"} & set(held_agents())
 
 
 def test_pack_and_unpack_a_directory(checkpoint, tmp_path):
@@ -180,10 +234,11 @@ def test_generate_with_a_calm_language_model(checkpoint, tmp_path):
         CALMAgentCore(str(checkpoint), {}).generate(["x"], 4)
 
 
-def test_agent_pool_places_different_agents_and_restarts_a_dead_one(fake_gpu_ray, checkpoint, protocol_dirs):
-    """experiments.sweep.agent_pool: one actor per member, each with its own protocols and a GPU share (three
+def test_agent_pool_places_different_agents_and_restarts_a_dead_one(fake_gpu_ray, checkpoint, protocol_dirs,
+                                                                    wait_for_restart):
+    """experiments.common.sweep.agent_pool: one actor per member, each with its own protocols and a GPU share (three
     agents on two fake GPUs); a member killed mid-run comes back and answers the same; all die on exit."""
-    from experiments.sweep import SweepConfig, agent_pool
+    from experiments.common.sweep import SweepConfig, agent_pool
 
     ray = fake_gpu_ray
     dirs, passages = protocol_dirs
@@ -200,10 +255,7 @@ def test_agent_pool_places_different_agents_and_restarts_a_dead_one(fake_gpu_ray
         np.testing.assert_array_equal(before, ray.get(pool["speaker"].encode.remote("vector", passages[:4])))
         pid = ray.get(pool["listener"].pid.remote())
         ray.kill(pool["listener"], no_restart=False)
-        deadline = time.time() + 120
-        while ray.get(pool["listener"].pid.remote(), timeout=120) == pid:
-            assert time.time() < deadline, "the agent was not restarted"
-            time.sleep(0.2)
+        wait_for_restart(pool["listener"], pid)
         np.testing.assert_array_equal(before, ray.get(pool["listener"].encode.remote("vector", passages[:4])))
         handles = list(pool.values())
     with pytest.raises(ray.exceptions.RayActorError):

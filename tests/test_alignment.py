@@ -12,6 +12,8 @@ import pytest
 
 from protocols.alignment import METHODS, AlignmentConfig, LatentAlignment
 
+pytestmark = pytest.mark.ray
+
 
 def _rotated(n: int = 16, m: int = 16, M: int = 600, seed: int = 0):
     """Anchors x and their image under a random partial isometry times 1.5 plus an offset."""
@@ -105,7 +107,7 @@ def test_retokenize_keeps_the_text_and_masks_the_padding():
 
 
 def test_candidates_hold_the_target_once_at_its_slot():
-    from experiments.multiagent import draw_candidates
+    from experiments.common.multiagent import draw_candidates
 
     index = np.array([0, 5, 9, 3])
     cands, slot = draw_candidates(np.random.default_rng(0), index, 10, 6)
@@ -175,8 +177,8 @@ def test_trials_are_deterministic_and_same_weights_win(agents_tiny, tmp_path):
 
 
 def test_help_lists_every_field(capsys):
+    from calm.cli import parse_config
     from experiments.alignment import Config, trial_grid
-    from experiments.cli import parse_config
 
     with pytest.raises(SystemExit) as exc:
         parse_config(Config, ["--help"])
@@ -196,22 +198,15 @@ def test_help_lists_every_field(capsys):
 @pytest.mark.slow
 def test_tiny_sweep_resumes_without_doubling_rows(agents_tiny, tmp_path):
     """On Ray with an agent pool: stop after 3 trials, rerun: every row once; a third run has nothing to do."""
-    import ray
-
-    from calm.ray_runtime import init_ray
     from experiments.alignment import main
 
     cfg = _cfg(agents_tiny, tmp_path, pairings=("same", "seed"), token_protocols=(), max_concurrent=1,
                run_name="resume")
-    init_ray(address="local", num_cpus=2, namespace="latentcomm", log_to_driver=False)
-    try:
-        first = main(dataclasses.replace(cfg, max_trials=3))
-        assert (first.rows, first.total) == (3, 4)
-        second = main(cfg)
-        assert second.rows == second.total == 4 and len(second.ran) == 1 and not set(second.ran) & set(first.ran)
-        frame = pd.read_csv(second.run_dir / "results.csv")
-        assert len(frame) == 4 and frame["pairing"].tolist().count("same") == 1
-        assert frame.loc[frame.pairing == "same", "success"].iloc[0] == 1.0  # noiseless, same weights
-        assert main(cfg).ran == []
-    finally:
-        ray.shutdown()
+    first = main(dataclasses.replace(cfg, max_trials=3))
+    assert (first.rows, first.total) == (3, 4)
+    second = main(cfg)
+    assert second.rows == second.total == 4 and len(second.ran) == 1 and not set(second.ran) & set(first.ran)
+    frame = pd.read_csv(second.run_dir / "results.csv")
+    assert len(frame) == 4 and frame["pairing"].tolist().count("same") == 1
+    assert frame.loc[frame.pairing == "same", "success"].iloc[0] == 1.0  # noiseless, same weights
+    assert main(cfg).ran == []

@@ -11,6 +11,8 @@ import pytest
 from experiments.broadcast import COLUMNS, ROW_COLUMNS, Config, main, play_trial, trial_grid
 from experiments.broadcast_report import long_frame, per_listener_table, pooled
 
+pytestmark = pytest.mark.ray
+
 # a micro autoencoder trained for 200 steps (about 6 s): enough for the vector to carry some tokens, so that
 # the listeners' SNRs can show in its accuracy (a random one decodes nothing at any SNR)
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=8, ae_steps=200, ae_batch_size=64,
@@ -21,7 +23,7 @@ SNRS = (-20.0, 40.0)
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """Two listeners (-20 and 40 dB), L = 8 in n = 16 uses, 32 passages, LDPC only; the micro autoencoder."""
-    from experiments.autoencoder import ensure_checkpoint
+    from experiments.common.models import ensure_checkpoint
 
     cfg = Config(results_dir=str(tmp_path_factory.mktemp("results")),
                  runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), listener_snrs_db=SNRS,
@@ -31,7 +33,7 @@ def base(tmp_path_factory):
 
 
 def test_config_grid_and_help(capsys):
-    from experiments.cli import parse_config
+    from calm.cli import parse_config
 
     grid = trial_grid(Config())
     assert [(s["protocol"], s["rate_for"]) for s in grid] == [
@@ -60,8 +62,8 @@ def test_trials_are_deterministic_and_listeners_differ(base, tmp_path):
     from pathlib import Path
 
     from agents import CALMAgentCore
-    from experiments.autoencoder import checkpoint_id
-    from experiments.link_protocols import fit_protocols
+    from experiments.common.links import fit_protocols
+    from experiments.common.models import checkpoint_id
 
     checkpoint = Path(base.checkpoint)
     cfg = dataclasses.replace(base, seeds=(3,), protocols=("vector", "separation", "uncoded-tokens"))
@@ -100,25 +102,15 @@ def test_trials_are_deterministic_and_listeners_differ(base, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_sweep_resumes_without_doubling_rows(base):
-    import ray
-
-    from calm.ray_runtime import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(address="local", num_cpus=2, namespace="latentcomm", log_to_driver=False)
-    try:
-        cfg = dataclasses.replace(base, run_name="tiny", max_concurrent=1, address="local")
-        first = main(dataclasses.replace(cfg, max_trials=1))
-        assert len(first.ran) == 1 and first.rows == 1 and first.total == 3
-        second = main(cfg)
-        assert second.rows == second.total == 3 and not set(second.ran) & set(first.ran)
-        frame = pd.read_csv(second.run_dir / "results.csv")
-        assert list(frame.columns) == COLUMNS and len(frame) == 3 * 2  # trials x listeners
-        assert not frame.duplicated(["protocol", "rate_for", "listener", "seed"]).any()
-        assert sorted(set(frame.rate_for)) == ["-", "-20 dB", "40 dB"]
-        assert ((frame.token_accuracy >= 0) & (frame.token_accuracy <= 1)).all()
-        assert "each its own rate" in (second.run_dir / "summary.md").read_text()
-        assert main(cfg).ran == []
-    finally:
-        ray.shutdown()
+    cfg = dataclasses.replace(base, run_name="tiny", max_concurrent=1, address="local")
+    first = main(dataclasses.replace(cfg, max_trials=1))
+    assert len(first.ran) == 1 and first.rows == 1 and first.total == 3
+    second = main(cfg)
+    assert second.rows == second.total == 3 and not set(second.ran) & set(first.ran)
+    frame = pd.read_csv(second.run_dir / "results.csv")
+    assert list(frame.columns) == COLUMNS and len(frame) == 3 * 2  # trials x listeners
+    assert not frame.duplicated(["protocol", "rate_for", "listener", "seed"]).any()
+    assert sorted(set(frame.rate_for)) == ["-", "-20 dB", "40 dB"]
+    assert ((frame.token_accuracy >= 0) & (frame.token_accuracy <= 1)).all()
+    assert "each its own rate" in (second.run_dir / "summary.md").read_text()
+    assert main(cfg).ran == []

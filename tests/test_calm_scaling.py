@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.calm_scaling import SIZES, Config, main, trial_grid
+from experiments.calm_scaling import Config, main, trial_grid
 from experiments.calm_scaling_report import crossover, fit_power_law, summarise
+from experiments.common.lm_budget import SIZES
+
+pytestmark = pytest.mark.ray  # the tiny runs start Ray (tests/conftest.py)
 
 
 def test_fit_power_law_recovers_a_planted_law():

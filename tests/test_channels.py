@@ -617,3 +617,17 @@ def test_channels_are_frozen() -> None:
         AWGN(0.1).sigma = 0.2
     with pytest.raises(dataclasses.FrozenInstanceError):
         RayleighBlockFading(0.1).block_length = 2
+
+
+# ---------------------------------------------------------------- the one home of channel simulation
+
+
+def test_importing_the_channels_does_not_import_pettingzoo() -> None:
+    """Protocols use the numpy and torch channel models without pulling in the environments (DESIGN.md 1)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, environments.channels, environments.torch_channels, protocols.jscc\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pettingzoo'))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]", run.stdout

@@ -11,6 +11,8 @@ import pytest
 
 from experiments.dialogue import COLUMNS, Config, fit_latent_power, main, play_trial, trial_grid
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -78,7 +80,7 @@ def test_dialogue_turns_are_deterministic_with_a_seed(tiny):
 
 
 def test_help_lists_every_field(capsys):
-    from experiments.cli import parse_config
+    from calm.cli import parse_config
 
     with pytest.raises(SystemExit) as exc:
         parse_config(Config, ["--help"])
@@ -95,26 +97,16 @@ def test_help_lists_every_field(capsys):
 
 @pytest.mark.slow
 def test_tiny_sweep_resumes_without_doubling_rows(tiny, tmp_path):
-    import ray
-
-    from calm.ray_runtime import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(address="local", num_cpus=2, namespace="latentcomm", log_to_driver=False)
-    try:
-        ae, lm = tiny
-        base = Config(checkpoint=str(ae), lm_checkpoint=str(lm), tokenizer="bpe:8192", results_dir=str(tmp_path),
-                      run_name="tiny", sigmas=(0.0, 1.0), episodes=2, turns=2, chunks_per_message=2, prompt_tokens=8,
-                      fit_prompts=4, num_passages=20, max_concurrent=1)
-        first = main(dataclasses.replace(base, max_trials=1))
-        assert len(first.ran) == 1 and first.rows == 1
-        second = main(base)
-        assert second.rows == second.total == 4 and not set(second.ran) & set(first.ran)
-        frame = pd.read_csv(second.run_dir / "results.csv")
-        assert list(frame.columns) == COLUMNS and len(frame) == 4
-        assert "Latent vs tokens" in (second.run_dir / "summary.md").read_text()
-        assert "received" in (second.run_dir / "transcripts.md").read_text()
-        assert main(base).ran == []
-    finally:
-        ray.shutdown()
+    ae, lm = tiny
+    base = Config(checkpoint=str(ae), lm_checkpoint=str(lm), tokenizer="bpe:8192", results_dir=str(tmp_path),
+                  run_name="tiny", sigmas=(0.0, 1.0), episodes=2, turns=2, chunks_per_message=2, prompt_tokens=8,
+                  fit_prompts=4, num_passages=20, max_concurrent=1)
+    first = main(dataclasses.replace(base, max_trials=1))
+    assert len(first.ran) == 1 and first.rows == 1
+    second = main(base)
+    assert second.rows == second.total == 4 and not set(second.ran) & set(first.ran)
+    frame = pd.read_csv(second.run_dir / "results.csv")
+    assert list(frame.columns) == COLUMNS and len(frame) == 4
+    assert "Latent vs tokens" in (second.run_dir / "summary.md").read_text()
+    assert "received" in (second.run_dir / "transcripts.md").read_text()
+    assert main(base).ran == []

@@ -19,6 +19,8 @@ import pytest
 
 from experiments.referential_game import COLUMNS
 
+pytestmark = pytest.mark.ray  # `ray up` starts a (one-node) Ray cluster here
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "e2e_ray_submit.sh"
 

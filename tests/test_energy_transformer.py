@@ -116,6 +116,43 @@ def test_rollouts_beyond_one_patch_follow_the_model():
     torch.testing.assert_close(h_branch, h_direct, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+def test_generate_chunks_equals_a_loop_without_cache(shifted):
+    """The one sampling loop (generate, the agents' dialogue and steering use it) against a direct loop that
+    re-runs the backbone over the whole sequence each step: same noise, same latents (shift included), same
+    tokens; the latents decode to the tokens; generate is its ids cut to length."""
+    model = tiny_model(K=2).eval()
+    with torch.no_grad():  # the zero-initialised output layer would send only the origin: give it weights
+        model.head.out.weight.normal_(std=0.5)
+        model.head.cond_in.weight.normal_(std=2.0)  # make the samples depend on the context
+    prompt = torch.randint(1, V, (3, 5))  # odd length: left-padded with pad_id to a multiple of K
+    shift = torch.linspace(-1.0, 1.0, model.latent_dim) if shifted else None
+    out = model.generate_chunks(prompt, 4, pad_id=0, latent_shift=shift, generator=torch.Generator().manual_seed(7))
+    assert out.ids.shape == (3, 8) and out.latents.shape == (3, 4, model.latent_dim)
+    g = torch.Generator().manual_seed(7)
+    seq, zs = torch.nn.functional.pad(prompt, (1, 0), value=0), []
+    with torch.no_grad():
+        for _ in range(4):
+            x = torch.cat([model.start.expand(3, 1, -1), model.patch_inputs(seq)], dim=1)
+            z = model.head.sample(model.backbone(x)[:, -1], 1, generator=g)[:, 0]
+            z = z if shift is None else z + shift
+            zs.append(z)
+            seq = torch.cat([seq, model.decode_chunks(z)], dim=1)
+    torch.testing.assert_close(out.latents, torch.stack(zs, dim=1), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.ids, seq[:, 6:])
+    assert torch.equal(model.decode_chunks(out.latents).reshape(3, -1), out.ids)
+    if not shifted:
+        assert torch.equal(model.generate(prompt, 7, generator=torch.Generator().manual_seed(7)), out.ids[:, :7])
+    tempered = model.generate_chunks(prompt, 2, temperature=0.5, batch_n=8)
+    assert tempered.ids.shape == (3, 4) and tempered.latents is None
+    with pytest.raises(ValueError, match="latent_shift needs temperature 1"):
+        model.generate_chunks(prompt, 2, temperature=0.5, latent_shift=torch.zeros(model.latent_dim))
+    with pytest.raises(ValueError, match="exceeds max_patches"):
+        model.generate_chunks(prompt, model.config.max_patches)
+    with pytest.raises(ValueError, match="num_chunks"):
+        model.generate_chunks(prompt, 0)
+
+
 def test_config_round_trip_and_validation():
     model = tiny_model()
     config = model.config

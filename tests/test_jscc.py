@@ -1,4 +1,4 @@
-"""calm.jscc + protocols.jscc: the learned channel adapter around a frozen CALM autoencoder.
+"""protocols.jscc_model + protocols.jscc: the learned channel adapter around a frozen CALM autoencoder.
 
 A real (tiny) autoencoder is trained in a fixture on real text: about 1.2 MB of the default corpus's train
 split under a 512-id byte-level BPE trained on it (so checkpoints carry a real tokenizer), then one adapter
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,10 +20,14 @@ import torch
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig
 from calm.checkpoint import load_pretrained, save_pretrained
-from calm.jscc import CHANNEL_KINDS, JSCCConfig, JSCCModel, JSCCTask, preset, simulate_channel
 from calm.train import TrainConfig, train_autoencoder, train_local
 from environments.channels import AWGN, Chain, Erasure, Quantize, RayleighBlockFading
+from environments.torch_channels import CHANNEL_KINDS, simulate_channel
 from protocols.jscc import JSCCProtocol, JSCCProtocolConfig, channel_snr_db
+from protocols.jscc_model import JSCCConfig, JSCCModel, preset
+from protocols.jscc_task import JSCCTask
+
+pytestmark = pytest.mark.ray  # the Ray Train run (serial) starts Ray
 
 V = 512  # tokenizer (and autoencoder) vocabulary
 L = 16  # tokens per passage
@@ -245,6 +251,12 @@ def test_save_load_round_trip_and_mismatches(trained, autoencoder, protocol, cor
     save_pretrained(trained.model, adapter_dir, corpus.tok)
     model, _ = load_pretrained(adapter_dir)
     assert isinstance(model, JSCCModel) and model.config == trained.model.config
+    # calm names no protocol: without protocols.jscc_model imported, the jscc type is unknown (a clear error)
+    code = ("import sys; from calm.checkpoint import CheckpointError, load_pretrained\n"
+            "try:\n    load_pretrained(sys.argv[1])\nexcept CheckpointError as exc:\n    print(exc)\n"
+            "assert 'protocols.jscc_model' not in sys.modules")
+    run = subprocess.run([sys.executable, "-c", code, str(adapter_dir)], capture_output=True, text=True, check=True)
+    assert "unknown model_type 'jscc'" in run.stdout and "register_model_type" in run.stdout, run.stdout
     proto = JSCCProtocol.from_pretrained(adapter_dir, autoencoder=autoencoder).fit(corpus.fit)
     assert proto.scale == protocol.scale
     proto.save(tmp_path / "proto")
@@ -279,6 +291,24 @@ def test_save_load_round_trip_and_mismatches(trained, autoencoder, protocol, cor
 
 
 # ---- training entry points -------------------------------------------------------------------------------
+
+
+def test_registries_refuse_another_class_under_a_taken_name(capsys):
+    from calm.checkpoint import MODEL_TYPES, register_model_type
+    from calm.tasks import TASKS, register_task
+    from protocols.jscc_train import main
+
+    assert MODEL_TYPES["jscc"] == ("protocols.jscc_model", "JSCCConfig", "JSCCModel") and TASKS["jscc"] is JSCCTask
+    register_model_type("jscc", JSCCConfig, JSCCModel)  # again: a no-op
+    assert register_task(JSCCTask) is JSCCTask
+    with pytest.raises(ValueError, match="already registered"):
+        register_model_type("jscc", AutoencoderConfig, Autoencoder)
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(type("OtherTask", (JSCCTask,), {}))
+    # the protocols entry point is calm.train's CLI for the jscc task
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--channel-uses" in capsys.readouterr().out
 
 
 def test_cli_config_checkpoint_and_resume(autoencoder, corpus, tmp_path):
@@ -326,13 +356,14 @@ def ray_cluster():
 @pytest.mark.slow
 @pytest.mark.serial
 def test_ray_cli_trains_and_checkpoints(autoencoder, corpus, tmp_path, monkeypatch, ray_cluster):
-    from calm.train import main, newest_checkpoint
+    from calm.train import newest_checkpoint
+    from protocols.jscc_train import main
 
     monkeypatch.setenv("LATENTCOMM_CACHE", str(tmp_path / "cache"))
     ae_dir, out, text = tmp_path / "ae", tmp_path / "run", tmp_path / "corpus.txt"
     save_pretrained(autoencoder, ae_dir, corpus.tok)
     text.write_text("\n\n".join(corpus.texts[:40]))
-    common = ["jscc", "--ae", str(ae_dir), "--corpus", f"text:{text}", "--tokenizer", str(ae_dir / "tokenizer.json"),
+    common = ["--ae", str(ae_dir), "--corpus", f"text:{text}", "--tokenizer", str(ae_dir / "tokenizer.json"),
               "--out", str(out), "--workers", "2", "--gpu", "off", "--no-progress", "--threads", "1",
               "--passage-length", "16", "--channel-uses", "8", "--hidden-size", "32", "--batch-size", "8",
               "--checkpoint-every", "2", "--val-every", "2", "--val-size", "64", "--warmup", "1"]

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.serial  # Ray Train beside another test process's Ray prints state-API errors
+# subprocesses start Ray; Ray Train beside another test process's Ray prints state-API errors
+pytestmark = [pytest.mark.ray, pytest.mark.serial]
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "

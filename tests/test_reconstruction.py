@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calm.ray_runtime import init_ray
 from experiments.reconstruction import COLUMNS, Config, main, play_trial, trial_grid
 from experiments.reconstruction_report import passage_metrics, pooled, snr_at_accuracy
+
+pytestmark = pytest.mark.ray
 
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
              ae_time_limit=0.0)
@@ -51,17 +52,6 @@ def test_passage_metrics_known_values():
     assert m["chrf"][1] == pytest.approx(100.0) and 0 < m["chrf"][0] < 100
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(address="local", num_cpus=2, namespace="latentcomm", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_tiny_sweep_runs_resumes_and_reports(ray_session, base):
     first = main(dataclasses.replace(base, run_name="tiny", max_trials=2))
@@ -91,8 +81,8 @@ def test_tiny_sweep_runs_resumes_and_reports(ray_session, base):
 def test_one_trial_row_is_identical_across_runs(base, tmp_path):
     """Two runs of the same grid point with the same seed give the same row (in-process agents)."""
     from agents import CALMAgentCore
-    from experiments.autoencoder import checkpoint_id, ensure_checkpoint
-    from experiments.link_protocols import fit_protocols
+    from experiments.common.links import fit_protocols
+    from experiments.common.models import checkpoint_id, ensure_checkpoint
     from experiments.reconstruction import channel_uses
 
     cfg = dataclasses.replace(base, protocols=("vector", "separation"))

@@ -12,22 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calm.ray_runtime import init_ray
 from experiments.referential_game import COLUMNS, Config, main, trial_grid
+
+pytestmark = pytest.mark.ray
 
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
              ae_time_limit=0.0)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(address="local", num_cpus=2, namespace="latentcomm", log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +42,7 @@ def test_config_rejects_bad_values_naming_the_field():
 
 
 def test_help_lists_every_field(capsys):
-    from experiments.cli import parse_config
+    from calm.cli import parse_config
 
     with pytest.raises(SystemExit) as exc:
         parse_config(Config, ["--help"])
@@ -110,7 +100,8 @@ def test_interrupted_sweep_reruns_only_missing_trials(ray_session, base):
         assert key in record
 
 
-def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv(ray_session, base):
+def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv(ray_session, base,
+                                                                                wait_for_restart):
     ray = ray_session
     cfg = dataclasses.replace(base, run_name="killed", max_concurrent=1)
     rows_dir = Path(cfg.results_dir) / "killed" / "rows"
@@ -125,12 +116,8 @@ def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv
                     seen["rows_at_kill"] = len(list(rows_dir.glob("*.json")))
                     seen["pid"] = ray.get(actor.pid.remote())
                     ray.kill(actor, no_restart=False)  # dies now; Ray restarts it, calls are replayed
-                    # ray.kill is asynchronous: a call may still reach the old process; wait for the new one
-                    while time.time() < deadline:
-                        seen["new_pid"] = ray.get(actor.pid.remote(), timeout=120)
-                        if seen["new_pid"] != seen["pid"]:
-                            return
-                        time.sleep(0.2)
+                    # ray.kill is asynchronous: wait until Ray has restarted it and calls reach the new process
+                    seen["new_pid"] = wait_for_restart(actor, seen["pid"], timeout=max(1.0, deadline - time.time()))
                     return
                 time.sleep(0.2)
         except Exception as exc:  # reported by the assertions below
@@ -161,14 +148,13 @@ def test_a_run_directory_refuses_another_checkpoint(base):
     """Rows and fitted protocols of one autoencoder never mix with another's (e.g. after retraining)."""
     import json
 
-    from experiments.referential_game import _NOT_IN_HASH
-    from experiments.sweep import settings_hash
+    from experiments.common.config import settings_hash
 
     cfg = dataclasses.replace(base, run_name="mismatch")
     run_dir = Path(cfg.results_dir) / "mismatch"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(
-        json.dumps({"settings_hash": settings_hash(cfg, _NOT_IN_HASH), "checkpoint_id": "ae-old@000000000000"})
+        json.dumps({"settings_hash": settings_hash(cfg), "checkpoint_id": "ae-old@000000000000"})
     )
     with pytest.raises(ValueError, match="checkpoint ae-old@000000000000"):
         main(cfg)
@@ -178,9 +164,9 @@ def test_leak_check_fires_for_a_protocol_that_peeks_at_the_target(base):
     """A listener that reads the target around the channel wins where capacity forbids it: n = 8 channel
     uses at sigma 2 carry at most 1.29 bits, but a game of C = 8 needs 3. The leak check flags exactly it."""
     from agents import CALMAgentCore
-    from experiments.autoencoder import ensure_checkpoint
+    from experiments.common.models import ensure_checkpoint
     from experiments.referential_game import make_channel, play_trial
-    from experiments.referential_report import leaks
+    from experiments.referential_game_report import leaks
     from protocols import HashProtocol, HashProtocolConfig
 
     class PeekingHash(HashProtocol):
@@ -212,7 +198,7 @@ def test_leak_check_fires_for_a_protocol_that_peeks_at_the_target(base):
 
 def test_snr_for_success_and_the_bound():
     """The SNR at 90% success is interpolated in dB; the bound is Fano inverted at capacity."""
-    from experiments.referential_report import pooled, snr_at_success
+    from experiments.referential_game_report import pooled, snr_at_success
 
     rows = []
     for sigma, success in ((0.5, 1.0), (1.0, 0.95), (2.0, 0.85)):

@@ -14,6 +14,8 @@ import pytest
 from experiments.relay import COLUMNS, MODES, Config, chain_members, main, play_trial, trial_grid
 from experiments.relay_report import crossing_lines, end_to_end_snr_db, first_below, pooled
 
+pytestmark = pytest.mark.ray
+
 SMALL = dict(passage_length=8, channel_uses=16, episodes=16, batch_size=16, pilot_passages=8, num_passages=128,
              fit_passages=256, separation_codes=("polar",), plots=False)
 
@@ -26,7 +28,7 @@ def tiny(tmp_path_factory):
     from calm.autoencoder import Autoencoder, preset
     from calm.checkpoint import save_pretrained
     from calm.tokenizer import get_tokenizer
-    from experiments.link_protocols import fit_protocols
+    from experiments.common.links import fit_protocols
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny-relay")
@@ -53,7 +55,7 @@ def _pool(cfg, dirs, hops: int) -> dict:
 
 
 def test_grid_config_and_help(capsys):
-    from experiments.cli import parse_config
+    from calm.cli import parse_config
 
     grid = trial_grid(Config())
     assert len(grid) == 3 * 8 * 2 * 1 and len({s["key"] for s in grid}) == len(grid)
@@ -134,9 +136,9 @@ class _LossyCodec:
 def test_pruned_oracle_search_on_chains_that_only_lose():
     """Branch and bound over the hops picks what playing every MCS through every hop picks (the first in bank order
     on ties), with the same pilot accuracy, in fewer decodes, when accuracy never grows along a chain."""
-    from experiments.link_protocols import pick_best
+    from experiments.common.links import pick_best
+    from experiments.common.sweep import make_channel
     from experiments.relay import oracle
-    from experiments.sweep import make_channel
 
     passages = np.random.default_rng(0).integers(1, 50, size=(64, 16))
     # a: best on one hop, tied with b on two (a first in bank order), behind on four; b and c tie throughout (b
@@ -191,33 +193,23 @@ def test_first_below_on_known_rows():
 def test_tiny_sweep_on_ray_resumes_without_losing_or_doubling_rows(tiny, tmp_path):
     """The vector modes only: agents without the separation bank start without Sionna, seconds faster each (the
     regenerate relays call the same ``relay`` method; the bank reaches actors in the reconstruction sweep's test)."""
-    import ray
-
-    from calm.ray_runtime import init_ray
-
     cfg, dirs, settings, passages = tiny
     base = dataclasses.replace(cfg, results_dir=str(tmp_path), run_name="tiny", modes=("forward", "reencode"),
                                hops=(1, 2), snrs_db=(0.0, 10.0), seeds=(5,), max_concurrent=1, address="local",
                                num_cpus=2)
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(address="local", num_cpus=2, namespace="latentcomm", log_to_driver=False)
-    try:
-        first = main(dataclasses.replace(base, max_trials=2))
-        assert len(first.ran) == 2 and first.rows == 2 and first.total == 8
-        second = main(base)
-        assert second.rows == second.total == 8 and not set(second.ran) & set(first.ran)
-        assert len(first.ran) + len(second.ran) == 8
-        assert main(base).ran == []
-    finally:
-        ray.shutdown()
+    first = main(dataclasses.replace(base, max_trials=2))
+    assert len(first.ran) == 2 and first.rows == 2 and first.total == 8
+    second = main(base)
+    assert second.rows == second.total == 8 and not set(second.ran) & set(first.ran)
+    assert len(first.ran) + len(second.ran) == 8
+    assert main(base).ran == []
     frame = pd.read_csv(second.run_dir / "results.csv")
     assert list(frame.columns) == COLUMNS and len(frame) == 8
     assert not frame.duplicated(["mode", "hops", "snr_db"]).any()
     summary = (second.run_dir / "summary.md").read_text()
     assert "(forward end-to-end SNR dB)" in summary and "a mode is missing: no comparison" in summary
     # the rows the interrupted, resumed sweep wrote are those of one uninterrupted in-process run
-    from experiments.link_protocols import fit_protocols
+    from experiments.common.links import fit_protocols
 
     dirs, variants, *_ = fit_protocols(base, cfg.checkpoint, second.run_dir / "protocols",
                                        protocols=("vector",), budgets=[16])

@@ -12,6 +12,8 @@ import pytest
 from experiments.scaling_k import Config, ae_grid, lm_grid, main
 from experiments.scaling_k_report import frontier, verdicts
 
+pytestmark = pytest.mark.ray  # the tiny runs start Ray (tests/conftest.py)
+
 
 def test_config_and_grids():
     cfg = Config()

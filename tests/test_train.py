@@ -20,6 +20,8 @@ from calm.train import (
     train_local,
 )
 
+pytestmark = pytest.mark.ray  # the Ray Train runs (serial) start Ray
+
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
         "and darkness was upon the face of the deep. To be, or not to be, that is the question: whether "
         "'tis nobler in the mind to suffer the slings and arrows of outrageous fortune. ")

@@ -1,4 +1,4 @@
-"""experiments.vector_probes and experiments.analyze_vectors: labels, probes against planted features, outputs."""
+"""experiments.common.probes and experiments.analyze_vectors: labels, probes against planted features, outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from calm.corpus import Document
-from experiments.vector_probes import (
+from experiments.common.probes import (
     TOKEN_CLASSES,
     bag_of_ids,
     cap_classes,

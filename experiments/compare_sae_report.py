@@ -5,12 +5,11 @@ matches and summary.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from experiments.compare_sae import Config
+from experiments.common.probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES
 
 __all__ = ["abs_corr", "feature_matches", "pca_fve", "plot_fve_l0", "plot_matches", "reproduce_command",
            "shared_labels", "strongest", "write_summary"]
@@ -26,7 +25,7 @@ def abs_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.abs(r))
 
 
-def shared_labels(top: np.ndarray, chunks, classes: np.ndarray, cfg: Config) -> dict[str, tuple[str, float, float]]:
+def shared_labels(top: np.ndarray, chunks, classes: np.ndarray, cfg: Any) -> dict[str, tuple[str, float, float]]:
     """Labels shared by the chunks ``top`` (row indices): ``{label: (value, share, base rate)}`` for each label
     on at least ``min_share`` of them and ``min_lift`` x its base rate among all rows of ``chunks``."""
     out = {}
@@ -49,7 +48,7 @@ def shared_labels(top: np.ndarray, chunks, classes: np.ndarray, cfg: Config) -> 
 
 
 def feature_matches(acts: np.ndarray, x: np.ndarray, probes: np.ndarray, chunks, classes: np.ndarray,
-                    cfg: Config) -> list[dict]:
+                    cfg: Any) -> list[dict]:
     """Per live feature (active on some test row) of ``acts (N, d_sae)``: its frequency, best |r| with an input
     dimension of ``x (N, d_in)`` and with a probe direction (``probes (N, C)``), and the labels its top chunks
     share. Features active on fewer than 5 rows get no top-chunk labels."""
@@ -93,8 +92,6 @@ def _show(text: str) -> str:
 
 
 def _label_value(label: str, value: int, tok) -> str:
-    from experiments.vector_probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES
-
     if label == "token":
         return repr(tok.decode([value]))
     if label == "token class":
@@ -256,7 +253,7 @@ def write_summary(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def reproduce_command(cfg: Config) -> str:
+def reproduce_command(cfg: Any) -> str:
     """The command line of ``cfg``: every field that differs from its default."""
     from dataclasses import asdict
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from experiments.autoencoder import ensure_jscc
-from experiments.sweep import make_channel
+from experiments.common.models import ensure_jscc
+from experiments.common.sweep import make_channel
 
-__all__ = ["PRIOR_BASE", "PRIOR_PROTOCOLS", "fit_protocols", "game_seed", "pick_best"]
+__all__ = ["PRIOR_BASE", "PRIOR_PROTOCOLS", "fit_or_load", "fit_protocols", "game_passages", "game_seed",
+           "open_autoencoder", "pick_best"]
 
 #: the LM-prior listeners on a base protocol's symbols: protocol name -> protocols.prior rule
 PRIOR_PROTOCOLS = {"vector-prior": "map", "vector-snap": "snap", "uncoded-tokens-prior": "token"}
@@ -30,9 +31,47 @@ PRIOR_PROTOCOLS = {"vector-prior": "map", "vector-snap": "snap", "uncoded-tokens
 PRIOR_BASE = {"vector-prior": "vector", "vector-snap": "vector", "uncoded-tokens-prior": "uncoded-tokens"}
 
 
-def game_seed(seed: int, step: int) -> int:
-    """Seed of env step ``step``: the same passages and noise for every protocol, channel and sigma."""
-    return int(np.random.SeedSequence([seed, step, 7]).generate_state(1)[0])
+def game_seed(seed: int, step: int, *, salt: int | None = 7) -> int:
+    """Seed of env step ``step`` of a trial: the same passages and noise for every protocol, channel and sigma.
+    ``salt=None``: the referential game's seeds (drawn before the salt existed; kept so its rows reproduce)."""
+    return int(np.random.SeedSequence([seed, step] if salt is None else [seed, step, salt]).generate_state(1)[0])
+
+
+def open_autoencoder(checkpoint: Path, passage_length: int):
+    """``(model, tokenizer)`` of the autoencoder checkpoint, checked to split passages of ``passage_length``
+    tokens into whole chunks."""
+    from calm.checkpoint import load_pretrained
+
+    model, tok = load_pretrained(checkpoint)
+    if passage_length % model.config.K:
+        raise ValueError(f"passage_length must be a multiple of the autoencoder's K={model.config.K}, "
+                         f"got {passage_length}")
+    return model, tok
+
+
+def game_passages(cfg: Any, tok, train_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` passages ``(N, L)``: ``cfg.fit_passages`` training passages the protocols are fitted on
+    and ``cfg.num_passages`` held-out (test split) passages the trials play, drawn with ``cfg.ae_seed``."""
+    from calm.data import load_token_ids, make_passages
+
+    L = cfg.passage_length
+    if train_ids is None:
+        train_ids = load_token_ids(cfg.corpus, tok, "train", progress=False)
+    train = make_passages(train_ids, L, max_passages=cfg.fit_passages, seed=cfg.ae_seed)
+    test = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), L, max_passages=cfg.num_passages,
+                         seed=cfg.ae_seed + 1)
+    return train, test
+
+
+def fit_or_load(directory: Path, autoencoder: Any, build: Callable[[], Any]):
+    """The protocol saved in ``directory``, or ``build()`` (a fitted protocol) saved there for the next run."""
+    from protocols import load_protocol
+
+    if (directory / "protocol.json").is_file():
+        return load_protocol(directory, autoencoder=autoencoder)
+    protocol = build()
+    protocol.save(directory)
+    return protocol
 
 
 def pick_best(keys: list[str | None], score: Callable[[str | None], float]) -> str | None:
@@ -59,23 +98,18 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
         its fill accuracy, the best guess ``guess``, K and V); ``{(protocol, n): why}`` for budgets a
         protocol cannot be built at; the test passages ``(N, L)``.
     """
-    from calm.checkpoint import load_pretrained
     from calm.data import load_token_ids, make_passages
-    from protocols import load_protocol, make_protocol
+    from protocols import make_protocol
     from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
     from protocols.separation import SeparationProtocol, TokenSourceModel, load_bank, mcs_menu, save_bank
     from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
 
     protocols, budgets = list(dict.fromkeys(protocols)), sorted(set(budgets))
-    model, tok = load_pretrained(checkpoint)
+    model, tok = open_autoencoder(checkpoint, cfg.passage_length)
     K, V, L = model.config.K, model.config.vocab_size, cfg.passage_length
-    if L % K:
-        raise ValueError(f"passage_length must be a multiple of the autoencoder's K={K}, got {L}")
     train_ids = load_token_ids(cfg.corpus, tok, "train", progress=False)
     val_ids = load_token_ids(cfg.corpus, tok, "validation", progress=False)
-    train = make_passages(train_ids, L, max_passages=cfg.fit_passages, seed=cfg.ae_seed)
-    test = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), L, max_passages=cfg.num_passages,
-                         seed=cfg.ae_seed + 1)
+    train, test = game_passages(cfg, tok, train_ids)
     source = None
     if "separation" in protocols:  # one source model for every budget and MCS, on the whole train split
         source = TokenSourceModel(V, cfg.source_model).fit(make_passages(train_ids, L, seed=cfg.ae_seed))
@@ -100,21 +134,19 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
                     variants[key] = [f"{key}#{m}" for m in bank]
                     facts["bits_sent"].update({f"{key}#{m}": p.bits_sent(L) for m, p in bank.items()})
                 else:
-                    if (d / "protocol.json").is_file():
-                        p = load_protocol(d, autoencoder=model)
-                    elif name == "jscc":
-                        adapter = ensure_jscc(cfg, checkpoint, model, train_ids, val_ids, n,
-                                              channels=cfg.channels, erasure_p=cfg.erasure_p)
-                        p = JSCCProtocol.from_pretrained(adapter, JSCCProtocolConfig(budget=n), autoencoder=model)
-                        p.with_channel(make_channel(cfg.channels[0], 1.0, erasure_p=cfg.erasure_p))  # check kinds
-                        p.fit(train).save(d)
-                    elif name == "uncoded-tokens":  # the unsent positions get the best guess, as in separation
-                        p = UncodedTokenProtocol(UncodedTokenProtocolConfig(vocab_size=V, budget=n,
-                                                                            fill_id=facts["guess"])).fit(train)
-                        p.save(d)
-                    else:
-                        p = make_protocol(name, model, budget=n).fit(train)
-                        p.save(d)
+                    def build(name=name, n=n):
+                        if name == "jscc":
+                            adapter = ensure_jscc(cfg, checkpoint, model, train_ids, val_ids, n,
+                                                  channels=cfg.channels, erasure_p=cfg.erasure_p)
+                            p = JSCCProtocol.from_pretrained(adapter, JSCCProtocolConfig(budget=n), autoencoder=model)
+                            p.with_channel(make_channel(cfg.channels[0], 1.0, erasure_p=cfg.erasure_p))  # kinds
+                            return p.fit(train)
+                        if name == "uncoded-tokens":  # the unsent positions get the best guess, as in separation
+                            return UncodedTokenProtocol(UncodedTokenProtocolConfig(
+                                vocab_size=V, budget=n, fill_id=facts["guess"])).fit(train)
+                        return make_protocol(name, model, budget=n).fit(train)
+
+                    p = fit_or_load(d, model, build)
                     variants[key] = [key]
                     facts["bits_sent"][key] = p.bits_sent(L)
             except ValueError as exc:

@@ -1,4 +1,5 @@
-"""What the experiments' reports share: the SNR where a pooled metric crosses a target, and SNR labels."""
+"""What the studies' tables share: per-passage metrics (token accuracy, chunk and passage exact, chrF), a mean
+with its 95% interval, the SNR where a pooled metric crosses a target, and SNR labels."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["fmt_snr", "snr_at_target", "snr_db_header"]
+__all__ = ["fmt_snr", "mean_interval", "passage_metrics", "snr_at_target", "snr_db_header"]
 
 
 def snr_at_target(table, group: list[str], metric: str, target: float):
@@ -48,3 +49,31 @@ def fmt_snr(value: float, lo: float, hi: float) -> str:
 def snr_db_header(sigma: float) -> str:
     """The column label of a noise level: its SNR in dB, ``inf`` without noise."""
     return "inf" if sigma == 0 else f"{-20 * math.log10(sigma) + 0.0:.1f}"
+
+
+def passage_metrics(decoded: np.ndarray, target: np.ndarray, K: int, texts: tuple[list[str], list[str]] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Per-passage metrics of ``decoded (B, L)`` against ``target (B, L)`` token ids.
+
+    Returns ``token_accuracy``, ``chunk_exact`` (fraction of the L/K chunks of K tokens all right) and
+    ``passage_exact`` (all L right), each ``(B,)``; with ``texts = (decoded texts, target texts)`` also
+    ``chrf`` (sacrebleu's sentence chrF, 0..100).
+    """
+    right = decoded == target  # (B, L)
+    B, L = right.shape
+    out = {"token_accuracy": right.mean(axis=1), "chunk_exact": right.reshape(B, L // K, K).all(axis=2).mean(axis=1),
+           "passage_exact": right.all(axis=1).astype(np.float64)}
+    if texts is not None:
+        from sacrebleu.metrics import CHRF
+
+        chrf = CHRF()
+        out["chrf"] = np.array([chrf.sentence_score(hyp, [ref]).score for hyp, ref in zip(*texts)])
+    return out
+
+
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-passage values with a 95% normal interval (clipped to the values' range)."""
+    values = np.asarray(values, dtype=np.float64)
+    m = float(values.mean())
+    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return m, max(float(values.min()), m - half), min(float(values.max()), m + half)

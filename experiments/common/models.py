@@ -15,16 +15,28 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.sweep import SweepConfig
+from experiments.common.config import SweepConfig
 
-__all__ = ["checkpoint_id", "ensure_calm", "ensure_checkpoint", "ensure_jscc", "ensure_k2_models", "ensure_token_lm",
-           "reconstruction_accuracy"]
+__all__ = ["K2_AUTOENCODER", "K2_CALM_STEPS", "K_AUTOENCODER", "K_KL_WEIGHT", "K_LATENT_PER_TOKEN",
+           "checkpoint_id", "ensure_calm", "ensure_checkpoint", "ensure_jscc", "ensure_k2_models",
+           "ensure_k_autoencoder", "ensure_token_lm", "reconstruction_accuracy"]
 
+
+#: the K = 2 autoencoder (K = 2, l = 16) the dialogue, steering and SAE studies run on by default
+K2_AUTOENCODER = {"tokenizer": "bpe:2048", "ae_preset": "tiny-k2", "ae_steps": 1500}
+#: optimiser steps of the default CALM on it
+K2_CALM_STEPS = 300
+#: the K study's autoencoders (experiments.scaling_k's defaults, which experiments.analyze_vectors reads by
+#: K): the tiny preset at K with l = K_LATENT_PER_TOKEN * K and KL weight K_KL_WEIGHT
+K_AUTOENCODER = {"tokenizer": "bpe:2048", "ae_steps": 1500}
+K_LATENT_PER_TOKEN = 32
+K_KL_WEIGHT = 0.01
 
 def checkpoint_id(directory: Path) -> str:
     """``<dir name>@<sha256[:12] of model.safetensors>``: names a checkpoint wherever it lives."""
@@ -102,8 +114,9 @@ def ensure_jscc(cfg: Any, checkpoint: Path, model, train_ids: np.ndarray, val_id
     """The jscc adapter (``calm.jscc``) for n channel uses around ``checkpoint``'s autoencoder ``model``, trained
     once on ``channels`` (``cfg.jscc_steps``, ``cfg.jscc_hidden_size``) and cached under ``runs_dir``."""
     from calm.checkpoint import save_pretrained
-    from calm.jscc import preset, train_jscc
     from calm.tokenizer import load_tokenizer
+    from protocols.jscc_model import preset
+    from protocols.jscc_task import train_jscc
 
     key = {"checkpoint": checkpoint_id(checkpoint), "n": n, "L": cfg.passage_length, "channels": list(channels),
            "erasure_p": erasure_p, "steps": cfg.jscc_steps, "hidden": cfg.jscc_hidden_size, "seed": cfg.ae_seed}
@@ -187,18 +200,27 @@ def ensure_token_lm(checkpoint: Path, *, token_lm_checkpoint: str | None = None,
 def ensure_k2_models(*, runs_dir: str = "runs", corpus: str = "kjv+shakespeare", checkpoint: str | None = None,
                      lm_checkpoint: str | None = None, token_lm_checkpoint: str | None = None, calm: bool = True,
                      token_lm: bool = True) -> tuple[Path, Path | None, Path | None]:
-    """``(autoencoder, CALM, token baseline)`` directories: the given ones (checked), else the defaults that
-    ``experiments.dialogue`` runs on (the K = 2 autoencoder, ``ensure_calm``'s CALM and ``ensure_token_lm``'s
-    baseline, each trained once and cached). ``calm`` / ``token_lm`` False: that model is not resolved (None)."""
-    from experiments.dialogue import Config as DialogueConfig
-
-    d = DialogueConfig(runs_dir=runs_dir, corpus=corpus, checkpoint=checkpoint)
+    """``(autoencoder, CALM, token baseline)`` directories: the given ones (checked), else the K = 2 defaults
+    (``K2_AUTOENCODER``, ``ensure_calm``'s CALM of ``K2_CALM_STEPS`` and ``ensure_token_lm``'s baseline, each
+    trained once and cached) that the dialogue, steering and SAE studies share. ``calm`` / ``token_lm`` False:
+    that model is not resolved (None)."""
+    d = replace(SweepConfig(runs_dir=runs_dir, corpus=corpus, checkpoint=checkpoint), **K2_AUTOENCODER)
     ae = ensure_checkpoint(d)
-    lm = ensure_calm(ae, lm_checkpoint=lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus, steps=d.calm_steps,
+    lm = ensure_calm(ae, lm_checkpoint=lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus, steps=K2_CALM_STEPS,
                      seed=d.ae_seed) if calm else None
     tm = ensure_token_lm(ae, token_lm_checkpoint=token_lm_checkpoint, runs_dir=d.runs_dir, corpus=d.corpus,
                          seed=d.ae_seed) if token_lm else None
     return ae, lm, tm
+
+
+def ensure_k_autoencoder(cfg: SweepConfig, K: int, *, latent_per_token: int = K_LATENT_PER_TOKEN,
+                         kl_weight: float = K_KL_WEIGHT) -> Path:
+    """The K study's autoencoder at ``K``: the ``tiny`` preset with ``K``, l = ``latent_per_token * K`` and
+    ``kl_weight``, trained once on ``cfg``'s tokenizer, corpus and autoencoder settings (``ensure_checkpoint``;
+    ``cfg.checkpoint`` is ignored) and cached under ``cfg.runs_dir``. ``replace(SweepConfig(...),
+    **K_AUTOENCODER)`` with the default l and KL weight names the cache ``experiments.scaling_k`` fills."""
+    overrides = {"K": K, "latent_dim": latent_per_token * K, "kl_weight": kl_weight}
+    return ensure_checkpoint(replace(cfg, ae_preset="tiny", checkpoint=None), overrides=overrides)
 
 
 def _given_model(directory: str, model_type: str, what: str) -> Path:

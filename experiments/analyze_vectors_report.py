@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["interpolation_table", "neighbour_table", "plot_dimensions", "plot_manifold", "write_summary"]
+__all__ = ["decode_text", "interpolation_table", "neighbour_table", "plot_dimensions", "plot_manifold", "write_summary"]
 
 
 def _show(text: str) -> str:
@@ -15,11 +15,18 @@ def _show(text: str) -> str:
     return text.replace("\n", "⏎").replace("|", "\\|")
 
 
+def decode_text(model, tok, z: np.ndarray) -> list[str]:
+    """Greedy decode of latents ``z (B, l)`` to text, one string per latent."""
+    import torch
+
+    with torch.inference_mode():
+        ids = model.decode(torch.as_tensor(z, dtype=torch.float32)[:, None, :]).argmax(-1).reshape(len(z), -1)
+    return [tok.decode(row.tolist()) for row in ids]
+
+
 def interpolation_table(model, tok, mu: np.ndarray, chunks, *, steps: int = 10) -> list[dict]:
     """Two pairs of chunks (KJV -> Shakespeare, and two KJV chunks) decoded along the straight line between
     their latents, every ``1/steps``: ``[{"from", "to", "rows": [{"t", "text"}]}]``."""
-    from experiments.analyze_vectors import decode_text
-
     kjv, shak = np.flatnonzero(chunks.source == 0), np.flatnonzero(chunks.source == 1)
     pairs = []
     if len(kjv) and len(shak):

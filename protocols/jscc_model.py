@@ -23,13 +23,13 @@ constraint). The cross-entropy cannot see a group's raw scale, so a penalty (log
 holds it at 1 for every condition; one running scalar then serves every SNR and kind (measured after the tiny
 preset, n = 8, L = 32: raw power 0.994..1.002 over -6..20 dB). ``protocols.jscc`` recalibrates one scalar on training passages on top.
 
-Channels (sigma = 10^(-SNR_dB / 20), unit signal power):
-    awgn      y = x + sigma * N(0, 1)
-    rayleigh  y = h * x + sigma * N(0, 1), one h = sqrt(Exp(1)) per message (E[h^2] = 1), told to the receiver
-    erasure   each symbol zeroed with probability erasure_p, then AWGN (the receiver is not told which)
+Channels: awgn, rayleigh (one gain per message, told to the receiver) and erasure (then AWGN, not told),
+simulated by ``environments.torch_channels.simulate_channel``.
 
-Training runs through ``calm.train`` (``JSCCTask``, registered as ``jscc``): in process with
-``calm.loop.train_local`` / ``train_jscc``, or ``python -m calm.train jscc --ae DIR --channel-uses 16 --out DIR``.
+Importing this module registers the model type ``jscc`` with ``calm.checkpoint`` (``save_pretrained`` /
+``load_pretrained``). Training: ``protocols.jscc_task`` (``JSCCTask``, registered with ``calm.tasks`` as
+``jscc``; in process with ``train_jscc``), or ``python -m protocols.jscc_train --ae DIR --channel-uses 16 --out DIR``
+(Ray Train, as ``python -m calm.train``).
 
 Dim letters: B batch, L tokens per passage, K tokens per chunk, N = L/K chunks, l latent size, D = N*l
 latent coordinates, n channel uses, d hidden width, V vocabulary, G condition groups, C sampled-softmax ids.
@@ -39,76 +39,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig, SwiGLUBlock
+from calm.checkpoint import register_model_type
 from calm.config import DictConfig
-from calm.lm_task import WindowTask
+from environments.torch_channels import CHANNEL_KINDS, ChannelKind, simulate_channel
 
 __all__ = [
     "CHANNEL_KINDS",
     "JSCCConfig",
     "JSCCModel",
     "JSCCOutput",
-    "JSCCTask",
     "PRESETS",
+    "check_autoencoder_config",
     "preset",
-    "simulate_channel",
-    "train_jscc",
 ]
 
-ChannelKind = Literal["awgn", "rayleigh", "erasure"]
-# index of each kind in the one-hot condition (protocols.jscc keeps the same order)
-CHANNEL_KINDS: tuple[str, ...] = ("awgn", "rayleigh", "erasure")
-AWGN, RAYLEIGH, ERASURE = range(3)
 # running power: exponential moving average per training step, like BatchNorm's momentum (starts at 1, where
 # the power penalty holds the raw power)
 POWER_MOMENTUM = 0.02
 # the decoder's equaliser never sees a sigma below this (SNR 60 dB), so a noiseless channel stays finite
 MIN_SIGMA = 1e-3
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the differentiable channel
-
-
-def simulate_channel(
-    x: torch.Tensor,
-    snr_db: torch.Tensor,
-    kind: torch.Tensor,
-    *,
-    erasure_p: float,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Send symbols through the simulated channel of each message; differentiable in x.
-
-    Args:
-        x: (B, n) symbols.
-        snr_db: (B,) SNR per message in dB; sigma = 10^(-snr_db / 20).
-        kind: (B,) int64 index into ``CHANNEL_KINDS`` per message.
-        erasure_p: erasure probability of the ``erasure`` kind.
-        generator: RNG on x's device (torch's default when None). The draws do not depend on the kinds: noise
-            (B, n), then fading (B,), then erasure uniforms (B, n), so one seed gives the same noise to any mix.
-
-    Returns:
-        (y, gain), each (B, n): received symbols and the fading gain per symbol the receiver is told
-        (h for rayleigh, ones otherwise; an erasure is not told).
-    """
-    B, n = x.shape
-    sigma = torch.pow(10.0, -snr_db.to(x.dtype) / 20.0)[:, None]  # (B, 1)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    h = torch.empty(B, device=x.device, dtype=x.dtype).exponential_(generator=generator).sqrt()  # (B,)
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    kind = kind[:, None]  # (B, 1)
-    gain = torch.where(kind == RAYLEIGH, h[:, None], torch.ones_like(h[:, None])).expand(B, n)
-    keep = (kind != ERASURE) | (u >= erasure_p)  # (B, n)
-    y = gain * x * keep + sigma * noise
-    return y, gain.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,7 +139,7 @@ class JSCCConfig(DictConfig):
         if isinstance(self.autoencoder, AutoencoderConfig):
             self.autoencoder = self.autoencoder.to_dict()
         if not self.autoencoder:
-            raise ValueError("JSCCConfig.autoencoder must hold the autoencoder's config (see calm.jscc.preset)")
+            raise ValueError("JSCCConfig.autoencoder must hold the autoencoder's config (see protocols.jscc_model.preset)")
         ae = AutoencoderConfig.from_dict(self.autoencoder)
         for name in ("K", "latent_dim", "vocab_size"):
             value, want = getattr(self, name), getattr(ae, name)
@@ -235,7 +190,7 @@ class JSCCConfig(DictConfig):
         return self.passage_length // self.K * self.latent_dim
 
 
-# Sizes. tiny: sized for two CPU cores (see the TrainConfig defaults in JSCCTask.train_presets);
+# Sizes. tiny: sized for two CPU cores (see the TrainConfig defaults in protocols.jscc_task.JSCCTask);
 # tiny-mixed: the same trained on all three channel kinds (the CLI has no --channels flag).
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=256, num_layers=2, train_negatives=1024),
@@ -436,133 +391,5 @@ class JSCCModel(nn.Module):
         return JSCCOutput(loss=loss, ce=ce.detach(), accuracy=accuracy, power=x.detach().pow(2).mean())
 
 
-# ----------------------------------------------------------------------------------------------------------
-# training task (used by calm.train: build, batch, loss, validation)
-
-
-class JSCCTask(WindowTask):
-    """Train a JSCC adapter on windows of passage_length tokens around a trained autoencoder
-    (validation sizes count K-token chunks, as for the other tasks)."""
-
-    name = "jscc"
-    config_cls = JSCCConfig
-    presets = PRESETS
-    # tiny: sized for two CPU cores (L = 32 around the tiny autoencoder, n = 8..32, l = 32 or 128: 5.7 steps/s
-    # with 2 threads, so 1500 steps take about 4.5 minutes); the tiny preset's sampled softmax makes a step about
-    # 3x cheaper than the full 8192-id softmax (1.9 steps/s)
-    train_presets: dict[str, dict] = {
-        name: dict(steps=1500, batch_size=128, lr=2e-3, warmup=100, val_every=500, checkpoint_every=500)
-        for name in PRESETS
-    }
-    #: SNRs (dB) validation reports token accuracy at, clipped to the trained range
-    val_snrs_db: tuple[float, ...] = (-6.0, 0.0, 6.0, 12.0, 20.0)
-
-    def __init__(self, config: JSCCConfig, *, autoencoder: Autoencoder | None = None) -> None:
-        super().__init__(config, tokens_per_example=config.passage_length, tokens_per_unit=config.K)
-        self.autoencoder = autoencoder
-        """an in-memory autoencoder to copy the frozen weights from (else config.autoencoder_path)"""
-
-    @classmethod
-    def make_config(cls, preset_name: str, *, vocab_size: int, overrides: dict, ae: str | None = None,
-                    **_) -> JSCCConfig:
-        """The config for `python -m calm.train jscc --ae DIR --preset NAME`: the preset around the autoencoder
-        checkpoint DIR (its vocabulary must be the tokenizer's)."""
-        from pathlib import Path
-
-        from calm.checkpoint import autoencoder_config_for
-
-        ae_config = autoencoder_config_for(ae, vocab_size, "jscc")
-        return preset(preset_name, ae_config, autoencoder_path=str(Path(ae).resolve()), **overrides)
-
-    def build_model(self) -> JSCCModel:
-        """A fresh adapter around the autoencoder's weights (from ``autoencoder`` or config.autoencoder_path)."""
-        from pathlib import Path
-
-        from calm.checkpoint import load_config, read_safetensors
-
-        model = JSCCModel(self.config)
-        if next(model.parameters()).is_meta:
-            return model
-        if self.autoencoder is not None:
-            check_autoencoder_config(self.config, self.autoencoder.config.to_dict())
-            weights = self.autoencoder.state_dict()
-        elif self.config.autoencoder_path:
-            meta = load_config(self.config.autoencoder_path)
-            if meta["model_type"] != "autoencoder":
-                raise ValueError(f"{self.config.autoencoder_path} holds a {meta['model_type']!r} checkpoint, "
-                                 "not an autoencoder")
-            check_autoencoder_config(self.config, meta["config"])
-            weights = read_safetensors(Path(self.config.autoencoder_path) / "model.safetensors")
-        else:
-            raise ValueError("JSCCTask needs the trained autoencoder: set config.autoencoder_path or pass "
-                             "autoencoder=")
-        model.autoencoder.load_state_dict(weights, strict=True)
-        return model
-
-    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator | None):
-        """(token cross-entropy, metrics to log: token accuracy ``acc`` and the sent power)."""
-        out = model(batch, generator=generator)
-        return out.loss, {"acc": out.accuracy.detach(), "ce": out.ce, "power": out.power}
-
-    @torch.no_grad()
-    def validate(self, model: JSCCModel, windows: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-        """Held-out token accuracy per trained channel kind at fixed SNRs (fixed seed), and their mean ``val_acc``."""
-        c = self.config
-        was_training = model.training
-        model.eval()
-        device = windows.device
-        scores = {}
-        snrs = sorted({float(np.clip(s, c.snr_db_min, c.snr_db_max)) for s in self.val_snrs_db})
-        for kind in c.channels:
-            for snr in snrs:
-                gen = torch.Generator(device=device).manual_seed(0)
-                correct = 0.0
-                for i in range(0, len(windows), batch_size):
-                    batch = windows[i : i + batch_size]
-                    correct += model(batch, generator=gen, snr_db=snr, kind=kind).accuracy.item() * len(batch)
-                scores[f"val_acc_{kind}_{snr:g}dB"] = correct / len(windows)
-        model.train(was_training)
-        return {"val_acc": float(np.mean(list(scores.values()))), **scores}
-
-
-def train_jscc(
-    config: JSCCConfig,
-    train_ids: np.ndarray,
-    *,
-    steps: int,
-    val_ids: np.ndarray | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    autoencoder: Autoencoder | None = None,
-    **train_overrides,
-) -> JSCCModel:
-    """A briefly trained JSCC adapter, in this process (``calm.loop.train_local``, the tiny preset's schedule).
-
-    Args:
-        config: the adapter config (``preset("tiny", ae.config, channel_uses=n, passage_length=L)``).
-        train_ids: flat int token stream.
-        steps: optimiser steps.
-        val_ids: optional stream to validate on (``history`` holds the result).
-        seed: seeds init, data order, conditions and channel noise.
-        autoencoder: the trained autoencoder (else its weights are read from config.autoencoder_path).
-        **train_overrides: any other ``TrainConfig`` field (lr, batch_size, warmup, ...).
-
-    Returns:
-        The trained model in eval mode, with ``trained_steps`` and ``history`` (validation records) attributes.
-
-    Raises:
-        NonFiniteLossError: the loss became NaN or inf.
-    """
-    from calm.loop import NonFiniteLossError, TrainConfig, train_local
-
-    tiny = JSCCTask.train_presets["tiny"]
-    defaults = {**tiny, "warmup": min(tiny["warmup"], max(1, steps // 10))}
-    cfg = TrainConfig(**{**defaults, "steps": steps, "seed": seed, "val_every": steps, "checkpoint_every": steps,
-                         **train_overrides})
-    result = train_local(JSCCTask(config, autoencoder=autoencoder), train_ids, cfg, val_ids=val_ids,
-                         progress=progress)
-    if result.stopped:
-        raise NonFiniteLossError(result.stopped)
-    result.model.trained_steps = result.step
-    result.model.history = result.history
-    return result.model
+# save_pretrained / load_pretrained know this model as "jscc" once this module is imported
+register_model_type("jscc", JSCCConfig, JSCCModel)

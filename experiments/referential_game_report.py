@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.tables import fmt_snr, snr_at_target, snr_db_header
+from experiments.common.tables import fmt_snr, snr_at_target, snr_db_header
 
 __all__ = ["console_summary", "leaks", "pooled", "snr_at_success", "write_report"]
 
@@ -50,7 +50,7 @@ def pooled(frame):
 
 def snr_at_success(table, target: float = 0.9):
     """Per (protocol, receiver, channel, n): the SNR in dB where pooled success first reaches ``target``
-    (``experiments.tables.snr_at_target``)."""
+    (``experiments.common.tables.snr_at_target``)."""
     return snr_at_target(table, GROUP, "success", target)
 
 

@@ -3,7 +3,7 @@
 ``LinkConfig`` is the sweep config of a token-reconstruction link between agents: passages of L tokens
 sent in n channel uses, over the vector protocol (CALM latents, analog) and the strongest digital
 baseline (``separation``: entropy coding + 5G LDPC/Polar + QAM with oracle rate adaptation) fitted by
-``experiments.link_protocols``. Its autoencoder defaults are the small ones these experiments train
+``experiments.common.links``. Its autoencoder defaults are the small ones these experiments train
 several of (l = 32, bpe:2048, 1,500 steps: about 2.5 min each on two cores) rather than the sweeps'
 ``tiny`` default. ``trial_metrics`` turns decoded ids into the row's metric columns.
 """
@@ -16,8 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.reconstruction_report import mean_interval, passage_metrics
-from experiments.sweep import SweepConfig
+from experiments.common.config import SweepConfig, unhashed
+from experiments.common.tables import mean_interval, passage_metrics
 
 __all__ = ["METRICS", "LinkConfig", "draw_candidates", "metric_columns", "sigma_of_snr", "trial_metrics"]
 
@@ -62,7 +62,7 @@ class LinkConfig(SweepConfig):
     channel_uses: int = 128
     """n, channel uses per message (per hop) for every protocol; 128 = L/K * l: every latent coordinate once (PCA
     of the l = 32 latents to fewer keeps little: 0.14 token accuracy at n = 32 without noise)"""
-    agent_pairs: int = 1
+    agent_pairs: int = unhashed(1)
     """unused: these experiments place an agent pool (one actor per role) instead of speaker/listener pairs"""
     episodes: int = 256
     """passages per trial"""
@@ -78,7 +78,7 @@ class LinkConfig(SweepConfig):
     """separation: the 5G codes whose (rate, modulation) menus the oracle picks from"""
     pilot_passages: int = 64
     """separation: passages every MCS of the menu plays before the oracle picks the best one"""
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = unhashed((0,))
     """passage and noise seeds (each seed: the same passages and noise draws for every protocol)"""
 
     def __post_init__(self) -> None:

@@ -1,0 +1,119 @@
+"""What every study's Config holds (``SweepConfig``), and which of its settings name a run.
+
+Which fields enter the run's settings hash is said once, on the fields: ``unhashed(...)`` marks a field that
+changes no row (where things go, how fast they run) or a grid axis (a rerun with more sigmas or seeds adds rows
+to the same run); ``unhashed(..., if_changed=True)`` a field that names the run only when set away from its
+default (added after runs were made: those keep their hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["SweepConfig", "settings_hash", "unhashed"]
+
+# field metadata key: False (never in the run hash), "if_changed" (in it only when set away from its default,
+# so that runs made before the field existed keep their hash); absent: in the hash
+HASH = "latentcomm_hash"
+
+
+def unhashed(default: Any = dataclasses.MISSING, *, if_changed: bool = False) -> Any:
+    """A Config field that does not name the run: where things go, how fast they run, or a grid axis (a rerun
+    with more values adds rows to the same run). ``if_changed``: it names the run only when set away from its
+    default (a setting added after runs were made: those runs keep their hash)."""
+    return field(default=default, metadata={HASH: "if_changed" if if_changed else False})
+
+
+@dataclass
+class SweepConfig:
+    """What every experiment's config holds: where runs go, the autoencoder, Ray and the sweep's pace.
+
+    Experiments subclass it with their own grid axes and settings (``experiments.referential_game.Config``).
+    """
+
+    run_name: str | None = unhashed(None)
+    """run directory name under results_dir; default <experiment>-<hash of the settings that change rows>"""
+    results_dir: str = unhashed("results")
+    """where run directories go"""
+    runs_dir: str = unhashed("runs")
+    """where the autoencoder trained when no checkpoint is given is cached"""
+    checkpoint: str | None = None
+    """autoencoder checkpoint directory; none: train the tiny one once and cache it under runs_dir"""
+    corpus: str = "kjv+shakespeare"
+    """corpus of passages and autoencoder training data (see calm.data)"""
+    tokenizer: str = "bpe:8192"
+    """tokenizer spec when training an autoencoder (a checkpoint brings its own)"""
+    ae_preset: str = "tiny"
+    """autoencoder size preset (calm.autoencoder.PRESETS) when training one"""
+    ae_latent_dim: int | None = None
+    """override the preset's latent size l"""
+    ae_hidden_size: int | None = None
+    """override the preset's width d"""
+    ae_intermediate_size: int | None = None
+    """override the preset's SwiGLU width"""
+    ae_steps: int = 3000
+    """optimiser steps when training the autoencoder"""
+    ae_batch_size: int = 256
+    """sequences (chunks of K tokens) per autoencoder training step"""
+    ae_time_limit: float = 0.0
+    """stop autoencoder training after this many seconds (0: no limit). A limit makes the learning-rate
+    schedule follow the clock, so the weights (and every result) then depend on the machine's speed"""
+    ae_seed: int = 0
+    """seed of autoencoder training and of the passage draws"""
+    agent_pairs: int = unhashed(1)
+    """speaker/listener actor pairs serving the trials"""
+    num_gpus: str = unhashed("auto")
+    """GPUs per agent actor: auto (1 or a share where Ray sees GPUs, else 0) or a number"""
+    address: str = unhashed("auto")
+    """Ray: auto joins a running cluster (RAY_ADDRESS or `ray start`) else starts a local one; local; or an address"""
+    num_cpus: int | None = unhashed(None)
+    """CPUs of a local Ray (default: all cores)"""
+    max_concurrent: int = unhashed(2)
+    """trials running at once"""
+    trial_cpus: float = unhashed(0.5)
+    """logical CPUs per trial (the env and driver loop; the models run in the agents)"""
+    max_trials: int | None = unhashed(None)
+    """run at most this many of the missing trials, then stop (a rerun continues)"""
+    plots: bool = unhashed(True)
+    """write the PNG plots"""
+
+    def __post_init__(self) -> None:
+        for name in ("ae_steps", "ae_batch_size", "agent_pairs", "max_concurrent"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.num_gpus != "auto":
+            try:
+                if float(self.num_gpus) < 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"num_gpus must be 'auto' or a number >= 0, got {self.num_gpus!r}") from None
+        if not self.ae_time_limit >= 0:
+            raise ValueError(f"ae_time_limit must be >= 0 seconds, got {self.ae_time_limit}")
+        if not self.trial_cpus > 0:
+            raise ValueError(f"trial_cpus must be > 0, got {self.trial_cpus}")
+        if self.max_trials is not None and self.max_trials < 0:
+            raise ValueError(f"max_trials must be >= 0 or none, got {self.max_trials}")
+        if self.run_name is not None and (not self.run_name or "/" in self.run_name):
+            raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}")
+
+
+def settings_hash(cfg: Any) -> str:
+    """Hash of every setting of the dataclass ``cfg`` that changes a row: every field but those marked
+    ``unhashed`` (an ``if_changed`` one only when it differs from its default)."""
+    values = asdict(cfg)
+    key = {}
+    for f in dataclasses.fields(cfg):
+        mode = f.metadata.get(HASH, True)
+        if mode is False or (mode == "if_changed" and values[f.name] == _default(f)):
+            continue
+        key[f.name] = values[f.name]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]

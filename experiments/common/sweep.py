@@ -1,0 +1,287 @@
+"""The sweep engine every study runs on: run directories, resumable rows, result files, the CLI, and
+``run_sweep``, the skeleton of a study's ``main``.
+
+A study is a short file that defines its ``Config`` dataclass (a ``SweepConfig``), a ``Study`` (its run-name
+prefix, row columns, and a ``prepare`` step that fits what the trials need and returns a ``Plan``: the grid,
+one trial ``trial_fn(spec, **shared) -> row dict``, the agents that serve it) and its report. ``run_sweep``
+does the rest:
+
+    checkpoint -> settings hash -> run directory -> prepare -> missing trials -> config.json
+      -> trials on Ray (``experiments.common.trials``) -> results.csv -> the study's report -> outcome
+
+Every finished trial's row is written at once to ``<run_dir>/rows/<key>.json`` (atomically), so a sweep
+that dies, or is stopped with Ctrl-C, resumes without redoing finished trials. Which settings name the run
+is said once, on the Config's fields: ``unhashed(...)`` marks a field that changes no row (where things go,
+how fast they run) or a grid axis (a rerun with more sigmas or seeds adds rows to the same run).
+``cli`` turns the errors found after argument parsing (unknown corpus, missing checkpoint, L not a multiple
+of K) into one-line errors with exit status 2, as argparse does for bad flags.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from experiments.common.config import SweepConfig, settings_hash, unhashed
+from experiments.common.models import checkpoint_id, ensure_checkpoint
+from experiments.common.trials import connect_ray, run_trials, run_with_agents, run_with_pool
+
+__all__ = [
+    "Plan", "Run", "Study", "SweepConfig", "SweepResult", "cli", "collect_rows", "git_commit", "make_channel",
+    "missing_trials", "open_run_dir", "print_outcome", "run_sweep", "settings_hash", "unhashed", "write_frame",
+]
+
+T = TypeVar("T")
+
+@dataclass
+class SweepResult:
+    """What an experiment's ``main`` returns."""
+
+    run_dir: Path
+    """results/<run>"""
+    ran: list[str]
+    """keys of the trials this call ran"""
+    failed: list[str]
+    """keys of trials that failed after retries (rerun to retry them)"""
+    rows: int
+    """rows in results.csv"""
+    total: int
+    """grid points (rows < total: the sweep was interrupted or trials failed; rerun to finish)"""
+
+
+def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_block: int | None = None):
+    """The channel model of a grid point by name (the env applies it; the receiver is told the same model).
+
+    ``awgn``: ``y = x + sigma N``; ``erasure``: each symbol erased (0) with prob ``erasure_p``, then AWGN;
+    ``rayleigh``: ``y = h x + sigma N``, one Rayleigh gain per message (or per ``fading_block`` symbols).
+    """
+    import environments
+
+    if name == "awgn":
+        return environments.AWGN(sigma)
+    if name == "erasure":
+        return environments.Chain([environments.Erasure(erasure_p), environments.AWGN(sigma)])
+    if name == "rayleigh":
+        return environments.RayleighBlockFading(sigma, block_length=fading_block)
+    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure or rayleigh")
+
+
+def git_commit() -> str:
+    """The repository's commit (with -dirty), or unknown outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def open_run_dir(results_dir: str, run_name: str, settings: str, checkpoint_id: str | None) -> Path:
+    """``<results_dir>/<run_name>`` with its ``rows/``; refuses a directory of other settings or weights.
+
+    Raises:
+        ValueError: the directory holds rows of another settings hash or another checkpoint.
+    """
+    run_dir = (Path(results_dir).expanduser() / run_name).resolve()
+    (run_dir / "rows").mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if config_path.is_file():
+        before = json.loads(config_path.read_text())
+        if before.get("settings_hash") != settings:
+            raise ValueError(f"{run_dir} holds a run with different settings (hash {before.get('settings_hash')} != "
+                             f"{settings}); pick another --run-name or the same settings")
+        if before.get("checkpoint_id") not in (None, checkpoint_id):
+            raise ValueError(f"{run_dir} holds rows and protocols of checkpoint {before['checkpoint_id']}, not "
+                             f"{checkpoint_id} (retrained or replaced); pick another --run-name or remove {run_dir}")
+    return run_dir
+
+
+def missing_trials(grid: list[dict], run_dir: Path, max_trials: int | None = None) -> list[dict]:
+    """The grid points without a row file, in grid order (at most ``max_trials`` of them)."""
+    done = {p.stem for p in (run_dir / "rows").glob("*.json")}
+    missing = [spec for spec in grid if spec["key"] not in done]
+    return missing if max_trials is None else missing[:max_trials]
+
+
+def print_outcome(rows: int, total: int, run_dir: Path, seconds: float, failed: list[str]) -> None:
+    """The closing lines of a run: rows written, failed trials, and whether to rerun."""
+    print(f"[run] {rows}/{total} rows in {run_dir / 'results.csv'}, tables in summary.md ({seconds:.0f} s)",
+          flush=True)
+    if failed:
+        print(f"[run] {len(failed)} trials failed ({', '.join(failed[:5])}...): rerun the same command to retry them",
+              flush=True)
+    if rows < total:
+        print(f"[run] incomplete: {total - rows} grid points have no row yet; rerun the same command", flush=True)
+
+
+def collect_rows(grid: list[dict], run_dir: Path, columns: list[str]):
+    """The rows of ``grid`` that exist, one per grid point, in grid order, as a DataFrame of ``columns``."""
+    import pandas as pd
+
+    rows = []
+    for spec in grid:
+        path = run_dir / "rows" / f"{spec['key']}.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_frame(frame, run_dir: Path) -> None:
+    """``results.csv`` (and ``results.parquet`` when pyarrow is installed)."""
+    frame.to_csv(run_dir / "results.csv", index=False)
+    try:
+        frame.to_parquet(run_dir / "results.parquet", index=False)
+    except ImportError:
+        pass
+
+
+@dataclass
+class Plan:
+    """What a study's ``prepare`` step hands ``run_sweep``: the grid, the trial and who serves it."""
+
+    grid: list[dict[str, Any]]
+    """every grid point, in a fixed order, each with a unique file-name-safe ``key``"""
+    trial: Callable[..., dict]
+    """``trial(spec, **shared)`` -> the row of one grid point (with ``pairs=`` or ``pool=`` when agents serve it)"""
+    shared: dict[str, Any]
+    """what every trial receives besides its spec"""
+    describe: str = ""
+    """the grid in words, for the start line (``4 protocols x 3 sigmas``)"""
+    record: dict[str, Any] = field(default_factory=dict)
+    """more entries for config.json (fitted facts, skipped protocols, model checkpoints)"""
+    protocols: dict[str, str] | None = None
+    """speaker/listener agent pairs serve the trials, each loading these saved protocols (name -> directory)"""
+    pool: dict[str, tuple[Path | str, dict[str, str]]] | None = None
+    """or a pool of different agents, ``name -> (autoencoder checkpoint, {protocol: saved dir})``"""
+    lm_checkpoint: str | Path | None = None
+    """the CALM language model every agent of the pairs loads too"""
+    token_lm_checkpoint: str | Path | None = None
+    """the token baseline every agent of the pairs loads too"""
+
+
+@dataclass
+class Run:
+    """The run a study's ``prepare`` and ``report`` work in."""
+
+    dir: Path
+    """results/<run name>"""
+    name: str
+    """the run's name (agent actors are named after it)"""
+    checkpoint: Path | None
+    """the autoencoder checkpoint directory (None: the study trains its own models)"""
+    checkpoint_id: str | None
+    """``<dir name>@<sha256[:12]>`` of the weights that name the run (the autoencoder's, or ``model``'s)"""
+    model: Path | None = None
+    """the model that names the run when the study's ``names_run`` gives one (the dialogue's CALM)"""
+
+
+@dataclass
+class Study:
+    """One study on the engine: ``run_sweep(cfg, Study(...))`` is its ``main``."""
+
+    prefix: str
+    """run directories are named ``<prefix>-<settings hash>[-<checkpoint hash>]`` unless --run-name is given"""
+    columns: list[str]
+    """the row columns, in results.csv order"""
+    prepare: Callable[[Any, Run], Plan]
+    """``prepare(cfg, run)``: fit or reload what the trials need, return the plan"""
+    report: Callable[[Any, Any, Run, Plan], None]
+    """``report(cfg, frame, run, plan)``: tables and plots of the finished rows, and the console summary"""
+    checkpoint: bool = True
+    """resolve the autoencoder first (``ensure_checkpoint``): its weights name the run too"""
+    tabulate: Callable[[Any], Any] | None = None
+    """``tabulate(rows)``: the trials' rows (a DataFrame of ``columns``) -> results.csv's frame, when a trial's row
+    holds several lines (broadcast: one per listener); the report gets that frame, ``rows`` still counts trials"""
+    names_run: Callable[[Any, Path], Path] | None = None
+    """``names_run(cfg, autoencoder)`` -> the model checkpoint whose weights name the run instead of the autoencoder's
+    (resolved, or trained once, before the run directory opens; ``Run.model``)"""
+
+
+def run_sweep(cfg: Any, study: Study) -> SweepResult:
+    """Run (or resume) ``study``'s sweep on ``cfg`` and write its run directory: the skeleton of every study's
+    ``main``. Returns the ``SweepResult`` (rows < total: interrupted or failed trials; rerun to finish)."""
+    import ray
+    import torch
+
+    t0 = time.time()
+    checkpoint = ckpt_id = model = None
+    if study.checkpoint:  # its weights name the run too, so a retrained autoencoder never mixes with old rows
+        checkpoint = ensure_checkpoint(cfg)
+        model = study.names_run(cfg, checkpoint) if study.names_run else None
+        ckpt_id = checkpoint_id(model or checkpoint)
+    settings = settings_hash(cfg)
+    run_name = cfg.run_name or "-".join([study.prefix, settings] + ([ckpt_id.rsplit("@", 1)[1][:6]] if ckpt_id else []))
+    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
+    run = Run(dir=run_dir, name=run_name, checkpoint=checkpoint, checkpoint_id=ckpt_id, model=model)
+    plan = study.prepare(cfg, run)
+    missing = missing_trials(plan.grid, run_dir, cfg.max_trials)
+    done = len(plan.grid) - len(missing_trials(plan.grid, run_dir))
+    print(f"[run] {run_dir}: {len(plan.grid)} trials ({plan.describe}), {done} done, {len(missing)} to run",
+          flush=True)
+    record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(),
+              "checkpoint": None if checkpoint is None else str(checkpoint), "checkpoint_id": ckpt_id, **plan.record,
+              "ray_version": ray.__version__, "torch_version": torch.__version__, "python": sys.version.split()[0],
+              "columns": study.columns}
+    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    if plan.pool is not None:
+        ran, failed = run_with_pool(cfg, plan.pool, run_name, plan.trial, missing, run_dir, plan.shared)
+    elif plan.protocols is not None:
+        ran, failed = run_with_agents(cfg, checkpoint, plan.protocols, run_name, plan.trial, missing, run_dir,
+                                      plan.shared, lm_checkpoint=plan.lm_checkpoint,
+                                      token_lm_checkpoint=plan.token_lm_checkpoint)
+    else:
+        ran, failed = _run_without_agents(cfg, plan, missing, run_dir)
+
+    rows = collect_rows(plan.grid, run_dir, study.columns)
+    frame = rows if study.tabulate is None else study.tabulate(rows)
+    write_frame(frame, run_dir)
+    study.report(cfg, frame, run, plan)
+    print_outcome(len(rows), len(plan.grid), run_dir, time.time() - t0, failed)
+    return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(rows), total=len(plan.grid))
+
+
+def _run_without_agents(cfg: Any, plan: Plan, missing: list[dict], run_dir: Path) -> tuple[list[str], list[str]]:
+    """The trials of a study that needs no agents (model training): Ray Tune alone."""
+    import ray
+
+    if not missing:
+        return [], []
+    started = connect_ray(cfg.address, cfg.num_cpus)
+    try:
+        failed = run_trials(plan.trial, missing, run_dir, trial_cpus=cfg.trial_cpus,
+                            max_concurrent=cfg.max_concurrent, shared=plan.shared)
+    finally:
+        if started:
+            ray.shutdown()
+    return [s["key"] for s in missing if (run_dir / "rows" / f"{s['key']}.json").is_file()], failed
+
+
+def cli(main: Callable[[T], Any], config_cls: type[T], *, prog: str, description: str) -> int:
+    """Parse the command line into ``config_cls``, run ``main``, and return the exit status.
+
+    Bad flags and bad values exit 2 through argparse. Errors that only show once the run starts (an
+    unknown corpus, a missing or mismatched checkpoint, L not a multiple of K) become the same kind of
+    one-line error with status 2, not a traceback. ``main`` returning an object with ``rows`` and
+    ``total`` exits 1 while grid points are missing (rerun to finish), else 0.
+    """
+    from calm.checkpoint import CheckpointError
+    from calm.cli import parse_config
+
+    cfg = parse_config(config_cls, prog=prog, description=description)
+    try:
+        result = main(cfg)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    rows, total = getattr(result, "rows", None), getattr(result, "total", None)
+    return 0 if rows == total else 1
