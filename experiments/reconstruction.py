@@ -10,7 +10,7 @@ seed), rho = n / L the bandwidth ratio: ``episodes`` passages sent by a speaker 
 listener agent (``reconstruction_v0``). Protocols:
 
 - ``vector``: CALM latent means, PCA to n, sent analog; least squares + the CALM decoder.
-- ``jscc``: a learned channel adapter around the frozen CALM autoencoder (``calm.jscc``), trained once
+- ``jscc``: a learned channel adapter around the frozen CALM autoencoder (``protocols.jscc_model``), trained once
   per n through a simulated channel at sampled SNRs (the SNR and channel kind given to both ends) and
   cached under ``runs/`` like the autoencoder.
 - ``separation``: range coding of the token ids under a bigram model fitted on train (constriction) ->

@@ -25,11 +25,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+import environments
 from agents import ListenerPolicy, SpeakerPolicy
+from calm.data import corpus_stats, format_corpus_stats
 from experiments.common.config import SweepConfig, unhashed
 from experiments.common.links import fit_or_load, game_passages, game_seed, open_autoencoder
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
 from experiments.referential_game_report import console_summary, leaks, write_report
+from protocols import make_protocol
+from protocols.metrics import efficiency, fano_delivered_bits, snr_db, wilson_interval
 
 __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_game_protocols", "main", "make_channel", "play_trial",
            "trial_grid"]
@@ -164,8 +168,6 @@ def fit_game_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
         bits_sent}`` (and ``_model``: K, l, V); ``{(protocol, n): why}`` for budgets a protocol cannot be
         built at (e.g. a 5G code below its smallest block); the test passages ``(N, L)``.
     """
-    from protocols import make_protocol
-
     model, tok = open_autoencoder(checkpoint, cfg.passage_length)
     K, ell, V = model.config.K, model.config.latent_dim, model.config.vocab_size
     L = cfg.passage_length
@@ -206,9 +208,6 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
     Returns:
         A dict with exactly the ``COLUMNS`` keys.
     """
-    import environments
-    from protocols.metrics import efficiency, fano_delivered_bits, snr_db, wilson_interval
-
     n, sigma, seed = spec["channel_uses"], spec["sigma"], spec["seed"]
     key = protocol_key(spec["protocol"], n)
     C, episodes = settings["candidates"], settings["episodes"]
@@ -260,8 +259,6 @@ def _trial(spec: dict[str, Any], *, pairs: list, passages: np.ndarray, settings:
 
 def prepare(cfg: Config, run: Run) -> Plan:
     """Fit the protocols and lay out the grid; the agent pairs load the fitted protocols."""
-    from calm.data import corpus_stats, format_corpus_stats
-
     checkpoint = run.checkpoint
     print(format_corpus_stats(corpus_stats(cfg.corpus, str(checkpoint / "tokenizer.json")), cfg.corpus,
                               f"of {run.checkpoint_id}"), flush=True)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from experiments.common.tables import fmt_snr, snr_at_target, snr_db_header
+from protocols.metrics import best_success, fano_delivered_bits, wilson_interval
 
 __all__ = ["console_summary", "leaks", "pooled", "snr_at_success", "write_report"]
 
@@ -30,8 +31,6 @@ STYLES = {"soft": "-", "hard": "--"}
 def pooled(frame):
     """Rows pooled over seeds per (protocol, receiver, channel, n, sigma): success (Wilson), bound, bits."""
     import pandas as pd
-
-    from protocols.metrics import best_success, fano_delivered_bits, wilson_interval
 
     out = []
     for key, g in frame.groupby([*GROUP, "sigma"], sort=False):
@@ -56,8 +55,6 @@ def snr_at_success(table, target: float = 0.9):
 
 def leaks(frame):
     """Rows whose Fano bound at ``success_ci_low`` exceeds their capacity (DESIGN.md section 3)."""
-    from protocols.metrics import fano_delivered_bits
-
     if not len(frame):
         return frame
     floor = np.array([fano_delivered_bits(low, int(c)) for low, c in zip(frame.success_ci_low, frame.candidates)])

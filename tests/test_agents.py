@@ -236,9 +236,11 @@ def test_generate_with_a_calm_language_model(checkpoint, tmp_path):
 
 def test_agent_pool_places_different_agents_and_restarts_a_dead_one(fake_gpu_ray, checkpoint, protocol_dirs,
                                                                     wait_for_restart):
-    """experiments.common.sweep.agent_pool: one actor per member, each with its own protocols and a GPU share (three
+    """experiments.common.trials.agent_pool: one actor per member, each with its own protocols and a GPU share (three
     agents on two fake GPUs); a member killed mid-run comes back and answers the same; all die on exit."""
-    from experiments.common.sweep import SweepConfig, agent_pool
+    from agents import held_agents
+    from experiments.common.config import SweepConfig
+    from experiments.common.trials import agent_pool
 
     ray = fake_gpu_ray
     dirs, passages = protocol_dirs
@@ -260,3 +262,5 @@ def test_agent_pool_places_different_agents_and_restarts_a_dead_one(fake_gpu_ray
         handles = list(pool.values())
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(handles[0].pid.remote(), timeout=60)
+    # the pool's exit released the model files it shipped (they are not held until the driver exits)
+    assert not [n for n in held_agents() if "pool-test" in str(n)]

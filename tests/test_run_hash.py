@@ -63,3 +63,13 @@ def test_grid_axes_and_places_do_not_name_the_run():
 def test_an_if_changed_field_names_the_run_only_away_from_its_default():
     assert settings_hash(Toy(beam=4)) == settings_hash(Toy())
     assert settings_hash(Toy(beam=8)) != settings_hash(Toy())
+
+
+@dataclass
+class Redeclared(Toy):
+    max_concurrent: int = 4
+    """a base field with the study's own default: still not in the hash"""
+
+
+def test_a_redeclared_field_keeps_its_mark():
+    assert settings_hash(Redeclared(max_concurrent=1)) == settings_hash(Redeclared())

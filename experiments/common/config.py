@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SweepConfig", "settings_hash", "unhashed"]
+__all__ = ["SweepConfig", "hash_mode", "settings_hash", "unhashed"]
 
 # field metadata key: False (never in the run hash), "if_changed" (in it only when set away from its default,
 # so that runs made before the field existed keep their hash); absent: in the hash
@@ -104,15 +104,26 @@ class SweepConfig:
 
 def settings_hash(cfg: Any) -> str:
     """Hash of every setting of the dataclass ``cfg`` that changes a row: every field but those marked
-    ``unhashed`` (an ``if_changed`` one only when it differs from its default)."""
+    ``unhashed`` (an ``if_changed`` one only when it differs from its default). A mark holds for subclasses:
+    a study that re-declares ``max_concurrent`` with its own default keeps it out of the hash."""
     values = asdict(cfg)
     key = {}
     for f in dataclasses.fields(cfg):
-        mode = f.metadata.get(HASH, True)
+        mode = hash_mode(type(cfg), f.name)
         if mode is False or (mode == "if_changed" and values[f.name] == _default(f)):
             continue
         key[f.name] = values[f.name]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def hash_mode(cls: type, name: str) -> bool | str:
+    """How field ``name`` of the Config class ``cls`` enters the hash: the nearest mark along the class's
+    bases (True where none is set)."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and HASH in f.metadata:
+            return f.metadata[HASH]
+    return True
 
 
 def _default(f: dataclasses.Field) -> Any:

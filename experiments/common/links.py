@@ -19,8 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from calm.checkpoint import load_pretrained
+from calm.data import load_token_ids, make_passages
 from experiments.common.models import ensure_jscc
 from experiments.common.sweep import make_channel
+from protocols import load_protocol, make_protocol
+from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
+from protocols.separation import SeparationProtocol, TokenSourceModel, load_bank, mcs_menu, save_bank
+from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
 
 __all__ = ["PRIOR_BASE", "PRIOR_PROTOCOLS", "fit_or_load", "fit_protocols", "game_passages", "game_seed",
            "open_autoencoder", "pick_best"]
@@ -40,8 +46,6 @@ def game_seed(seed: int, step: int, *, salt: int | None = 7) -> int:
 def open_autoencoder(checkpoint: Path, passage_length: int):
     """``(model, tokenizer)`` of the autoencoder checkpoint, checked to split passages of ``passage_length``
     tokens into whole chunks."""
-    from calm.checkpoint import load_pretrained
-
     model, tok = load_pretrained(checkpoint)
     if passage_length % model.config.K:
         raise ValueError(f"passage_length must be a multiple of the autoencoder's K={model.config.K}, "
@@ -52,8 +56,6 @@ def open_autoencoder(checkpoint: Path, passage_length: int):
 def game_passages(cfg: Any, tok, train_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(train, test)`` passages ``(N, L)``: ``cfg.fit_passages`` training passages the protocols are fitted on
     and ``cfg.num_passages`` held-out (test split) passages the trials play, drawn with ``cfg.ae_seed``."""
-    from calm.data import load_token_ids, make_passages
-
     L = cfg.passage_length
     if train_ids is None:
         train_ids = load_token_ids(cfg.corpus, tok, "train", progress=False)
@@ -65,8 +67,6 @@ def game_passages(cfg: Any, tok, train_ids: np.ndarray | None = None) -> tuple[n
 
 def fit_or_load(directory: Path, autoencoder: Any, build: Callable[[], Any]):
     """The protocol saved in ``directory``, or ``build()`` (a fitted protocol) saved there for the next run."""
-    from protocols import load_protocol
-
     if (directory / "protocol.json").is_file():
         return load_protocol(directory, autoencoder=autoencoder)
     protocol = build()
@@ -98,12 +98,6 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
         its fill accuracy, the best guess ``guess``, K and V); ``{(protocol, n): why}`` for budgets a
         protocol cannot be built at; the test passages ``(N, L)``.
     """
-    from calm.data import load_token_ids, make_passages
-    from protocols import make_protocol
-    from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
-    from protocols.separation import SeparationProtocol, TokenSourceModel, load_bank, mcs_menu, save_bank
-    from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
-
     protocols, budgets = list(dict.fromkeys(protocols)), sorted(set(budgets))
     model, tok = open_autoencoder(checkpoint, cfg.passage_length)
     K, V, L = model.config.K, model.config.vocab_size, cfg.passage_length

@@ -21,7 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from calm.autoencoder import preset as autoencoder_preset
+from calm.baseline import BaselineTask
+from calm.checkpoint import MODEL_TYPES, load_config, load_pretrained, save_pretrained
+from calm.data import load_token_ids
+from calm.energy_transformer import CalmTask
+from calm.loop import TrainConfig, train_local
+from calm.tokenizer import get_tokenizer, load_tokenizer, special_ids
+from calm.train import train_autoencoder
 from experiments.common.config import SweepConfig
+from protocols.jscc_model import preset as jscc_preset
+from protocols.jscc_task import train_jscc
 
 __all__ = ["K2_AUTOENCODER", "K2_CALM_STEPS", "K_AUTOENCODER", "K_KL_WEIGHT", "K_LATENT_PER_TOKEN",
            "checkpoint_id", "ensure_calm", "ensure_checkpoint", "ensure_jscc", "ensure_k2_models",
@@ -58,17 +68,12 @@ def ensure_checkpoint(cfg: SweepConfig, *, overrides: dict[str, Any] | None = No
         if not (path / "model.safetensors").is_file():
             raise ValueError(f"checkpoint {cfg.checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)")
         return path.resolve()
-    from calm.autoencoder import preset
-    from calm.checkpoint import save_pretrained
-    from calm.data import load_token_ids
-    from calm.tokenizer import get_tokenizer, special_ids
-    from calm.train import train_autoencoder
 
     tok = get_tokenizer(cfg.tokenizer, cfg.corpus)
     pad_id, _ = special_ids(tok)
     fields = {k: v for k, v in (("latent_dim", cfg.ae_latent_dim), ("hidden_size", cfg.ae_hidden_size),
                                 ("intermediate_size", cfg.ae_intermediate_size)) if v is not None}
-    ae_cfg = preset(cfg.ae_preset, vocab_size=len(tok), pad_id=pad_id, **{**(overrides or {}), **fields})
+    ae_cfg = autoencoder_preset(cfg.ae_preset, vocab_size=len(tok), pad_id=pad_id, **{**(overrides or {}), **fields})
     key = {"ae": ae_cfg.to_dict(), "corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "steps": cfg.ae_steps,
            "batch_size": cfg.ae_batch_size, "time_limit": cfg.ae_time_limit, "seed": cfg.ae_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -111,13 +116,8 @@ def reconstruction_accuracy(model, ids: np.ndarray, K: int, *, tokens: int = 327
 
 def ensure_jscc(cfg: Any, checkpoint: Path, model, train_ids: np.ndarray, val_ids: np.ndarray, n: int, *,
                 channels: tuple[str, ...], erasure_p: float) -> Path:
-    """The jscc adapter (``calm.jscc``) for n channel uses around ``checkpoint``'s autoencoder ``model``, trained
+    """The jscc adapter (``protocols.jscc_model``) for n channel uses around ``checkpoint``'s autoencoder ``model``, trained
     once on ``channels`` (``cfg.jscc_steps``, ``cfg.jscc_hidden_size``) and cached under ``runs_dir``."""
-    from calm.checkpoint import save_pretrained
-    from calm.tokenizer import load_tokenizer
-    from protocols.jscc_model import preset
-    from protocols.jscc_task import train_jscc
-
     key = {"checkpoint": checkpoint_id(checkpoint), "n": n, "L": cfg.passage_length, "channels": list(channels),
            "erasure_p": erasure_p, "steps": cfg.jscc_steps, "hidden": cfg.jscc_hidden_size, "seed": cfg.ae_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -127,7 +127,7 @@ def ensure_jscc(cfg: Any, checkpoint: Path, model, train_ids: np.ndarray, val_id
         return path
     print(f"[jscc] training the adapter for n={n} ({cfg.jscc_steps} steps on {', '.join(channels)}); cached at "
           f"{path}", flush=True)
-    config = preset("tiny", model.config, channel_uses=n, passage_length=cfg.passage_length,
+    config = jscc_preset("tiny", model.config, channel_uses=n, passage_length=cfg.passage_length,
                     channels=tuple(channels), erasure_p=erasure_p, hidden_size=cfg.jscc_hidden_size,
                     autoencoder_path=str(checkpoint))
     t0 = time.time()
@@ -153,9 +153,6 @@ def ensure_calm(checkpoint: Path, *, lm_checkpoint: str | None = None, runs_dir:
     The default (tiny-k2 on a K = 2 autoencoder, 300 x 8 x 4 windows of 128 patches) takes about 6 minutes on
     two cores and reaches Brier-1 about 0.035 (``docs/brierlm.md``).
     """
-    from calm.checkpoint import load_pretrained
-    from calm.energy_transformer import CalmTask
-
     if lm_checkpoint is not None:
         path = _given_model(lm_checkpoint, "calm", "lm_checkpoint")
         model, _ = load_pretrained(path)
@@ -182,8 +179,6 @@ def ensure_token_lm(checkpoint: Path, *, token_lm_checkpoint: str | None = None,
     cached as ``<runs_dir>/baseline-<preset>-<hash>/``. The default spends about the training FLOPs of
     ``ensure_calm``'s default CALM (900 x 8 x 256 tokens x 7.96 MFLOPs vs 300 x 32 x 256 x 6.08 MFLOPs).
     """
-    from calm.baseline import BaselineTask
-
     if token_lm_checkpoint is not None:
         path = _given_model(token_lm_checkpoint, "baseline", "token_lm_checkpoint")
         if (path / "tokenizer.json").read_bytes() != (checkpoint / "tokenizer.json").read_bytes():
@@ -225,8 +220,6 @@ def ensure_k_autoencoder(cfg: SweepConfig, K: int, *, latent_per_token: int = K_
 
 def _given_model(directory: str, model_type: str, what: str) -> Path:
     """A given checkpoint directory, checked to hold a ``model_type`` model (``calm.checkpoint.MODEL_TYPES``)."""
-    from calm.checkpoint import MODEL_TYPES, load_config
-
     path = Path(directory).expanduser()
     if not (path / "model.safetensors").is_file():
         raise ValueError(f"{what} {directory!r} holds no model.safetensors (a calm.checkpoint directory)")
@@ -240,11 +233,6 @@ def _train_cached(kind: str, make_task, checkpoint: Path, *, runs_dir: str, corp
                   batch_size: int, grad_accum: int, lr: float, seed: int) -> Path:
     """Train a language model ``make_task(vocab_size)`` on ``corpus`` with ``checkpoint``'s tokenizer once and
     cache it as ``<runs_dir>/<kind>-<preset>-<hash of the settings and the autoencoder's weights>/``."""
-    from calm.checkpoint import save_pretrained
-    from calm.data import load_token_ids
-    from calm.loop import TrainConfig, train_local
-    from calm.tokenizer import load_tokenizer
-
     tok = load_tokenizer(str(checkpoint / "tokenizer.json"))
     key = {"checkpoint": checkpoint_id(checkpoint), "preset": preset, "steps": steps, "batch_size": batch_size,
            "grad_accum": grad_accum, "lr": lr, "seed": seed, "corpus": corpus}

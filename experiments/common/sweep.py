@@ -28,6 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import environments
+from calm.checkpoint import CheckpointError
+from calm.cli import parse_config
 from experiments.common.config import SweepConfig, settings_hash, unhashed
 from experiments.common.models import checkpoint_id, ensure_checkpoint
 from experiments.common.trials import connect_ray, run_trials, run_with_agents, run_with_pool
@@ -61,8 +64,6 @@ def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_bloc
     ``awgn``: ``y = x + sigma N``; ``erasure``: each symbol erased (0) with prob ``erasure_p``, then AWGN;
     ``rayleigh``: ``y = h x + sigma N``, one Rayleigh gain per message (or per ``fading_block`` symbols).
     """
-    import environments
-
     if name == "awgn":
         return environments.AWGN(sigma)
     if name == "erasure":
@@ -274,9 +275,6 @@ def cli(main: Callable[[T], Any], config_cls: type[T], *, prog: str, description
     one-line error with status 2, not a traceback. ``main`` returning an object with ``rows`` and
     ``total`` exits 1 while grid points are missing (rerun to finish), else 0.
     """
-    from calm.checkpoint import CheckpointError
-    from calm.cli import parse_config
-
     cfg = parse_config(config_cls, prog=prog, description=description)
     try:
         result = main(cfg)

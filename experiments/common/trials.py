@@ -17,6 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agents import AgentConfig, kill_agent, make_agent
+from calm.ray_runtime import init_ray
+
 __all__ = ["NAMESPACE", "agent_pairs", "agent_pool", "connect_ray", "run_trials", "run_with_agents", "run_with_pool"]
 
 NAMESPACE = "latentcomm"
@@ -24,9 +27,7 @@ NAMESPACE = "latentcomm"
 
 def connect_ray(address: str, num_cpus: int | None) -> bool:
     """Join or start Ray (``calm.ray_runtime.init_ray``); True when this call started a local Ray."""
-    from calm.ray_runtime import init_ray
-
-    # ray submit fallback: the package is on sys.path only through the script's insert; pass it to workers
+    # a checkout used through PYTHONPATH rather than installed: Ray's workers need the same path
     runtime_env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if "PYTHONPATH" in os.environ else None
     return init_ray(address=address, num_cpus=num_cpus, namespace=NAMESPACE, runtime_env=runtime_env)
 
@@ -41,8 +42,6 @@ def agent_pairs(cfg: Any, checkpoint: Path, protocols: dict[str, str], run_name:
     GPU ids, pid) is printed once.
     """
     import ray
-
-    from agents import AgentConfig, make_agent
 
     pairs: list = []
     try:
@@ -61,7 +60,7 @@ def agent_pairs(cfg: Any, checkpoint: Path, protocols: dict[str, str], run_name:
     finally:
         for pair in pairs:
             for actor in pair:
-                ray.kill(actor, no_restart=True)
+                kill_agent(actor)  # also releases its shipped model files
 
 
 @contextmanager
@@ -79,8 +78,6 @@ def agent_pool(cfg: Any, members: dict[str, tuple[Path | str, dict[str, str]]], 
     """
     import ray
 
-    from agents import AgentConfig, make_agent
-
     pool: dict = {}
     # logical CPUs: what the trials leave, shared by the agents (at most AgentConfig's 0.5 each), so that a pool of
     # many agents on a small machine never holds every CPU while the trials wait for one
@@ -97,7 +94,7 @@ def agent_pool(cfg: Any, members: dict[str, tuple[Path | str, dict[str, str]]], 
         yield pool
     finally:
         for actor in pool.values():
-            ray.kill(actor, no_restart=True)
+            kill_agent(actor)  # also releases its shipped model files
 
 
 def run_with_pool(cfg: Any, members: dict[str, tuple[Path | str, dict[str, str]]], run_name: str,
