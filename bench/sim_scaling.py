@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from agents import AgentConfig, make_agent  # noqa: E402
 from calm.ray_runtime import init_ray  # noqa: E402
-from experiments.common.models import ensure_checkpoint  # noqa: E402
 from experiments.common.links import game_seed  # noqa: E402
+from experiments.common.models import ensure_checkpoint  # noqa: E402
 from experiments.referential_game import Config, fit_game_protocols, protocol_key  # noqa: E402
 
 MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
