@@ -24,24 +24,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m experiments.referential_game
 
-# Tests are picked by their markers alone (pyproject.toml; tests/conftest.py): `ray` (module-wide) on every
-# test file that starts Ray, `serial` on the Ray Train runs (no other Ray may run beside them), `e2e` on the
-# `ray up` test. The three selections below partition the suite: every test runs, once.
-RAY_PARALLEL = ray and not serial and not e2e
-RAY_ALONE = serial or e2e
-NO_RAY = not ray and not serial and not e2e
+# Tests are picked by their markers alone (pyproject.toml, tests/conftest.py): `ray`, module-wide, on every test
+# file that starts Ray. `-m ray` and `-m "not ray"` partition the suite: every test runs, once.
+# - `-m ray` in two pytest-xdist processes (whole files each: module fixtures are built once), each with one
+#   local Ray that its tests share (the Ray Train runs and the e2e `ray up` test bring their own); most of it
+#   waits on Ray, actors and subprocesses, which the second process overlaps;
+# - `-m "not ray"` in a third process beside them (conftest refuses ray.init there); its report follows.
 NORAY_LOG = .pytest-noray.log
 
-# 1. the `ray` tests in two pytest-xdist processes (whole files each: module fixtures are built once), each
-#    process with one local Ray that all its tests share; most of it waits on Ray, actors and subprocesses,
-#    which the second process overlaps. 2. the Ray Train runs and the e2e test alone in one process, and beside
-#    them the tests that never start Ray (conftest refuses ray.init there; their report follows)
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "$(RAY_PARALLEL)"
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "$(NO_RAY)" > $(NORAY_LOG) 2>&1 & noray=$$!; \
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "$(RAY_ALONE)"; alone=$$?; \
-	wait $$noray; rest=$$?; echo "--- tests that never start Ray (run beside the serial phase):"; cat $(NORAY_LOG); \
-	rm -f $(NORAY_LOG); test $$alone -eq 0 -a $$rest -eq 0
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "not ray" > $(NORAY_LOG) 2>&1 & noray=$$!; \
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m ray; ray=$$?; \
+	wait $$noray; rest=$$?; echo "--- tests that never start Ray (run beside the Ray ones):"; cat $(NORAY_LOG); \
+	rm -f $(NORAY_LOG); test $$ray -eq 0 -a $$rest -eq 0
 
 # calm_diagnostics reads the checkpoint calm_vs_baseline writes, so it runs last
 BENCHES = $(filter-out bench/calm_diagnostics.py,$(sort $(wildcard bench/*.py))) bench/calm_diagnostics.py

@@ -112,6 +112,16 @@ def _without_traceback(record: logging.LogRecord) -> bool:
 def _worker_setup() -> None:
     """Runs in every worker process of a job started here (``worker_process_setup_hook``)."""
     logging.getLogger(_COORDINATOR_LOGGER).addFilter(_without_traceback)
+    # Ray's state API (Ray Train's placement-group cleaner polls it) finds its cluster by RAY_ADDRESS, else by the
+    # GCS processes on this machine, and fails while another Ray runs here too (a second run, a test process):
+    # name this worker's own cluster
+    if not os.environ.get("RAY_ADDRESS"):
+        try:
+            import ray
+
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        except Exception:  # no runtime context: the state API keeps its own search
+            logging.getLogger(__name__).debug("could not name the cluster in RAY_ADDRESS", exc_info=True)
 
 
 def _with_setup_hook(runtime_env: dict | None) -> dict:

@@ -24,12 +24,12 @@ import pytest
 # - a test module that starts Ray, directly, through a study's `main` or in a subprocess, declares
 #   `pytestmark = pytest.mark.ray` (a list with its other module marks). `ray.init` in a test without the
 #   marker raises, so a file that starts Ray unmarked fails loudly, and `pytest -m "not ray"` (the process
-#   `make test` runs beside the serial Ray phase) never starts a Ray;
+#   `make test` runs beside the Ray ones) never starts a Ray;
 # - `ray` tests share one local Ray per test process (SHARED_RAY), started before the first of them and
 #   joined by everything else: `calm.ray_runtime.init_ray` keeps a Ray that is already initialised and
 #   returns False, so a study's `main` neither starts nor shuts down its own;
-# - `serial` and `e2e` tests keep Ray's lifecycle to themselves (Ray Train's state queries, the Ray a
-#   subprocess starts, a `ray up` cluster): the shared Ray is shut down before each of them, and started
+# - `serial` and `e2e` tests keep Ray's lifecycle to themselves (Ray Train runs with a Ray of their own, the
+#   Ray a subprocess starts, a `ray up` cluster): the shared Ray is shut down before each of them, and started
 #   again for the next `ray` test of the process.
 SHARED_RAY = dict(address="local", num_cpus=2, num_gpus=2, namespace="latentcomm", log_to_driver=False,
                   announce=False)  # fake GPUs let the placement tests run; CPU-only agents fall back to the CPU
@@ -55,8 +55,8 @@ def pytest_configure(config) -> None:
         if item is not None and not _ray_marked(item):
             raise RuntimeError(
                 f"{item.nodeid} starts Ray, but its module has no ray marker: add `pytestmark = pytest.mark.ray` "
-                "to it (a test process without that marker, such as the one `make test` runs beside the serial "
-                "Ray tests, must not start Ray)")
+                "to it (a test process without that marker, such as `make test`'s `-m \"not ray\"` one, must not "
+                "start Ray)")
         return real_init(*args, **kwargs)
 
     init._latentcomm_guard = True
@@ -86,7 +86,11 @@ def _start_shared_ray():
     if not ray.is_initialized():
         from calm.ray_runtime import init_ray
 
-        init_ray(**SHARED_RAY)
+        try:
+            init_ray(**SHARED_RAY)
+        except Exception:  # "The current node timed out during startup" (30 s) on an overloaded machine: again
+            ray.shutdown()
+            init_ray(**SHARED_RAY)
         _RUNNING["shared"] = ray.get_runtime_context().gcs_address
     return ray
 

@@ -99,14 +99,14 @@ def test_help_lists_every_field(capsys):
 def test_tiny_sweep_resumes_without_doubling_rows(tiny, tmp_path):
     ae, lm = tiny
     base = Config(checkpoint=str(ae), lm_checkpoint=str(lm), tokenizer="bpe:8192", results_dir=str(tmp_path),
-                  run_name="tiny", sigmas=(0.0, 1.0), episodes=2, turns=2, chunks_per_message=2, prompt_tokens=8,
-                  fit_prompts=4, num_passages=20, max_concurrent=1)
+                  run_name="tiny", sigmas=(1.0,), episodes=2, turns=2, chunks_per_message=2, prompt_tokens=8,
+                  fit_prompts=4, num_passages=20, max_concurrent=1)  # 2 trials: latent, tokens
     first = main(dataclasses.replace(base, max_trials=1))
     assert len(first.ran) == 1 and first.rows == 1
     second = main(base)
-    assert second.rows == second.total == 4 and not set(second.ran) & set(first.ran)
+    assert second.rows == second.total == 2 and not set(second.ran) & set(first.ran)
     frame = pd.read_csv(second.run_dir / "results.csv")
-    assert list(frame.columns) == COLUMNS and len(frame) == 4
+    assert list(frame.columns) == COLUMNS and len(frame) == 2
     assert "Latent vs tokens" in (second.run_dir / "summary.md").read_text()
     assert "received" in (second.run_dir / "transcripts.md").read_text()
     assert main(base).ran == []

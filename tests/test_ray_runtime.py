@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-# subprocesses start Ray; Ray Train beside another test process's Ray prints state-API errors
-pytestmark = [pytest.mark.ray, pytest.mark.serial]
+pytestmark = [pytest.mark.ray, pytest.mark.serial]  # subprocesses start Ray and run Ray Train
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "

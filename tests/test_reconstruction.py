@@ -24,7 +24,7 @@ def base(tmp_path_factory):
     return Config(results_dir=str(tmp_path_factory.mktemp("results")),
                   runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), passage_length=8,
                   rhos=(2.0,), channels=("awgn",), sigmas=(0.0, 1.0), seeds=(0,),
-                  protocols=("vector", "jscc", "separation"), separation_codes=("ldpc",), jscc_steps=30,
+                  protocols=("vector", "jscc", "separation"), separation_codes=("ldpc",), jscc_steps=5,
                   jscc_hidden_size=32, episodes=32, batch_size=32, num_passages=256, fit_passages=512, plots=False,
                   **MICRO)
 

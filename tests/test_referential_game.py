@@ -22,11 +22,13 @@ MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_st
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A tiny sweep: 2 sigmas x 3 protocols x 2 receivers x 1 seed = 12 trials of 64 games."""
+    """A tiny sweep: 2 sigmas x 3 protocols x the hard receiver x 1 seed = 6 trials of 64 games (the soft receiver
+    plays in test_leak_check_fires_for_a_protocol_that_peeks_at_the_target and tests/test_agents.py)."""
     return Config(results_dir=str(tmp_path_factory.mktemp("results")),
                   runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"),
                   passage_length=8, channel_uses=(32,), candidates=8, sigmas=(0.0, 3.0), seeds=(0,),
-                  protocols=("vector", "hash", "uncoded-tokens"), episodes=64, batch_size=64, num_passages=256,
+                  protocols=("vector", "hash", "uncoded-tokens"), receivers=("hard",), episodes=64, batch_size=64,
+                  num_passages=256,
                   fit_passages=512, plots=False, **MICRO)
 
 
@@ -67,12 +69,12 @@ def test_grid_is_the_cross_product():
 
 def test_interrupted_sweep_reruns_only_missing_trials(ray_session, base):
     grid_size = len(trial_grid(base))
-    # an interrupted sweep: it stops after 5 trials
-    first = main(dataclasses.replace(base, run_name="resume", max_trials=5))
-    assert len(first.ran) == 5 and first.rows == 5 and first.total == grid_size
-    # the same command again runs exactly the 7 missing trials
+    # an interrupted sweep: it stops after 3 trials
+    first = main(dataclasses.replace(base, run_name="resume", max_trials=3))
+    assert len(first.ran) == 3 and first.rows == 3 and first.total == grid_size == 6
+    # the same command again runs exactly the 3 missing trials
     second = main(dataclasses.replace(base, run_name="resume"))
-    assert len(second.ran) == grid_size - 5
+    assert len(second.ran) == grid_size - 3
     assert not set(second.ran) & set(first.ran)
     assert second.rows == grid_size
     # a third run has nothing left to do
