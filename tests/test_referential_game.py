@@ -102,8 +102,13 @@ def test_interrupted_sweep_reruns_only_missing_trials(ray_session, base):
         assert key in record
 
 
-def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv(ray_session, base,
-                                                                                wait_for_restart):
+def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv(ray_session, base):
+    """The listener is killed once the first row is written; Ray restarts it and replays its calls. Nothing here
+    races the restart: the killer does not call the agent again (the sweep may end, and kill the agents, before
+    a watcher would see the new process); Ray's actor table says afterwards that a new process took over."""
+    # GCS's actor table: it keeps an ended actor's record
+    from ray._private.state import actors as actor_table
+
     ray = ray_session
     cfg = dataclasses.replace(base, run_name="killed", max_concurrent=1)
     rows_dir = Path(cfg.results_dir) / "killed" / "rows"
@@ -115,11 +120,10 @@ def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv
             while time.time() < deadline:
                 if rows_dir.is_dir() and any(rows_dir.glob("*.json")):
                     actor = ray.get_actor("killed-listener0", namespace="latentcomm")
+                    seen["actor_id"] = actor._actor_id.hex()
                     seen["rows_at_kill"] = len(list(rows_dir.glob("*.json")))
                     seen["pid"] = ray.get(actor.pid.remote())
                     ray.kill(actor, no_restart=False)  # dies now; Ray restarts it, calls are replayed
-                    # ray.kill is asynchronous: wait until Ray has restarted it and calls reach the new process
-                    seen["new_pid"] = wait_for_restart(actor, seen["pid"], timeout=max(1.0, deadline - time.time()))
                     return
                 time.sleep(0.2)
         except Exception as exc:  # reported by the assertions below
@@ -130,9 +134,12 @@ def test_killing_an_agent_mid_sweep_still_yields_every_row_once_and_the_same_csv
     result = main(cfg)
     killer.join(timeout=60)
     grid_size = len(trial_grid(cfg))
-    assert "rows_at_kill" in seen, f"the agent was never killed: {seen}"
+    assert "error" not in seen and "rows_at_kill" in seen, f"the agent was never killed: {seen}"
     assert seen["rows_at_kill"] < grid_size, f"the kill came after the sweep had finished: {seen}"
-    assert "error" not in seen and seen["new_pid"] != seen["pid"], seen
+    # the sweep is over (its agents ended): the listener was restarted once, in a new process
+    record = actor_table(seen["actor_id"])
+    seen.update(restarts=record["NumRestarts"], new_pid=record["Pid"])
+    assert seen["restarts"] == 1 and seen["new_pid"] not in (0, seen["pid"]), seen
     assert result.failed == [], (result, seen)
     frame = pd.read_csv(result.run_dir / "results.csv")
     assert len(frame) == grid_size, (len(frame), seen)
