@@ -34,7 +34,7 @@ NORAY_LOG = .pytest-noray.log
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -ra -m "not ray" > $(NORAY_LOG) 2>&1 & noray=$$!; \
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m ray; ray=$$?; \
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra --durations=10 -n 2 --dist loadfile -m ray; ray=$$?; \
 	wait $$noray; rest=$$?; echo "--- tests that never start Ray (run beside the Ray ones):"; cat $(NORAY_LOG); \
 	rm -f $(NORAY_LOG); test $$ray -eq 0 -a $$rest -eq 0
 
