@@ -40,7 +40,16 @@ from calm.sae import (
     train_sae,
 )
 from experiments.common.models import ensure_k2_models
-from experiments.common.probes import ChunkSet, cap_classes, chunk_set, probe, token_classes
+from experiments.common.probes import (
+    POSITION_BUCKETS,
+    TOKEN_CLASSES,
+    ChunkSet,
+    cap_classes,
+    chunk_set,
+    probe,
+    token_classes,
+)
+from experiments.common.probes import SOURCES as CORPUS_SOURCES
 from experiments.common.sweep import cli
 from experiments.compare_sae_report import (
     abs_corr,
@@ -188,12 +197,10 @@ def probe_labels(chunks, classes: np.ndarray, train: np.ndarray, max_classes: in
 
 
 def _class_name(label: str, value: int, tok) -> str:
-    from experiments.common.probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES
-
     if value == -2:
         return "other"
     if label == "source":
-        return SOURCES[value]
+        return CORPUS_SOURCES[value]
     if label == "first token class":
         return TOKEN_CLASSES[value]
     if label == "position in line":
