@@ -14,7 +14,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SweepConfig", "hash_mode", "settings_hash", "unhashed"]
+from calm.checks import check_numbers
+
+__all__ = ["SweepConfig", "check_run_name", "hash_mode", "settings_hash", "unhashed"]
 
 # field metadata key: False (never in the run hash), "if_changed" (in it only when set away from its default,
 # so that runs made before the field existed keep their hash); absent: in the hash
@@ -80,8 +82,11 @@ class SweepConfig:
     """run at most this many of the missing trials, then stop (a rerun continues)"""
     plots: bool = unhashed(True)
     """write the PNG plots"""
+    overwrite: bool = unhashed(False)
+    """rewrite a finished run's results and reports from its rows (a finished run is otherwise left as it is)"""
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         for name in ("ae_steps", "ae_batch_size", "agent_pairs", "max_concurrent"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -98,8 +103,22 @@ class SweepConfig:
             raise ValueError(f"trial_cpus must be > 0, got {self.trial_cpus}")
         if self.max_trials is not None and self.max_trials < 0:
             raise ValueError(f"max_trials must be >= 0 or none, got {self.max_trials}")
-        if self.run_name is not None and (not self.run_name or "/" in self.run_name):
-            raise ValueError(f"run_name must be a non-empty name without '/', got {self.run_name!r}")
+        if self.run_name is not None:
+            check_run_name(self.run_name)
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"--num-cpus must be >= 1 or none (all cores), got {self.num_cpus}: with no CPU no trial "
+                             "ever starts")
+        if self.num_cpus is not None and self.trial_cpus > self.num_cpus:
+            raise ValueError(f"--trial-cpus {self.trial_cpus} is more than --num-cpus {self.num_cpus}: no trial could "
+                             "ever start")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it names a directory right under the results directory, else ValueError."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+        raise ValueError(f"run_name must be a plain directory name (no '/', not '.' or '..', no surrounding spaces), "
+                         f"got {name!r}")
+    return name
 
 
 def settings_hash(cfg: Any) -> str:

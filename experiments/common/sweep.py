@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 import environments
 from calm.checkpoint import CheckpointError
 from calm.cli import parse_config
-from experiments.common.config import SweepConfig, settings_hash, unhashed
+from calm.files import DamagedFileError, atomic_write_bytes, atomic_write_text, read_json
+from experiments.common.config import SweepConfig, check_run_name, settings_hash, unhashed
 from experiments.common.models import checkpoint_id, ensure_checkpoint
 from experiments.common.trials import connect_ray, run_trials, run_with_agents, run_with_pool
 
@@ -86,29 +87,90 @@ def git_commit() -> str:
         return "unknown"
 
 
-def open_run_dir(results_dir: str, run_name: str, settings: str, checkpoint_id: str | None) -> Path:
-    """``<results_dir>/<run_name>`` with its ``rows/``; refuses a directory of other settings or weights.
+RUN_FILE = "run.json"
+"""the record of who owns a run directory: experiment, settings hash, checkpoint, finished"""
+
+
+def open_run_dir(results_dir: str, run_name: str, settings: str, checkpoint_id: str | None, *,
+                 experiment: str) -> Path:
+    """``<results_dir>/<run_name>`` with its ``rows/``, claimed for ``experiment`` with ``settings``.
+
+    The directory's ``run.json`` records which experiment, settings hash and checkpoint own it; a run directory
+    made before that record existed is adopted when its ``config.json`` holds the same settings hash.
 
     Raises:
-        ValueError: the directory holds rows of another settings hash or another checkpoint.
+        ValueError: the name leaves ``results_dir``; the directory belongs to another experiment, other
+            settings or another checkpoint (both named); or it holds files of no run.
+        DamagedFileError: its ``run.json`` or ``config.json`` cannot be read.
     """
-    run_dir = (Path(results_dir).expanduser() / run_name).resolve()
-    (run_dir / "rows").mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.json"
-    if config_path.is_file():
-        before = json.loads(config_path.read_text())
-        if before.get("settings_hash") != settings:
-            raise ValueError(f"{run_dir} holds a run with different settings (hash {before.get('settings_hash')} != "
-                             f"{settings}); pick another --run-name or the same settings")
-        if before.get("checkpoint_id") not in (None, checkpoint_id):
-            raise ValueError(f"{run_dir} holds rows and protocols of checkpoint {before['checkpoint_id']}, not "
+    check_run_name(run_name)
+    root = Path(results_dir).expanduser().resolve()
+    run_dir = root / run_name
+    if run_dir.is_symlink() and run_dir.resolve().parent != root:
+        raise ValueError(f"{run_dir} links to {run_dir.resolve()}, outside the results directory {root}; "
+                         "pick another --run-name")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file, not a run directory; pick another --run-name")
+    theirs = None
+    if (run_dir / RUN_FILE).exists():
+        theirs = read_json(run_dir / RUN_FILE, what="run record")
+    elif (run_dir / "config.json").exists():  # made before run.json existed: the settings hash decides
+        before = read_json(run_dir / "config.json", what="run config")
+        theirs = {"experiment": experiment if before.get("settings_hash") == settings else "an unknown experiment",
+                  "settings_hash": before.get("settings_hash"), "checkpoint_id": before.get("checkpoint_id")}
+    elif run_dir.is_dir() and any(p.name != "rows" or any(p.iterdir()) for p in run_dir.iterdir()):
+        names = sorted(p.name for p in run_dir.iterdir())
+        raise ValueError(f"{run_dir} holds files of no {experiment} run ({', '.join(names[:5])}); pick another "
+                         "--run-name or remove it")
+    if theirs is not None:
+        if theirs.get("experiment") != experiment:
+            raise ValueError(f"{run_dir} belongs to {theirs.get('experiment')!s} run, not this {experiment} run; "
+                             "pick another --run-name")
+        if theirs.get("settings_hash") != settings:
+            raise ValueError(f"{run_dir} holds a {experiment} run with different settings (hash "
+                             f"{theirs.get('settings_hash')} != {settings}); pick another --run-name or the same "
+                             "settings")
+        if theirs.get("checkpoint_id") not in (None, checkpoint_id):
+            raise ValueError(f"{run_dir} holds rows and protocols of checkpoint {theirs['checkpoint_id']}, not "
                              f"{checkpoint_id} (retrained or replaced); pick another --run-name or remove {run_dir}")
+    (run_dir / "rows").mkdir(parents=True, exist_ok=True)
+    record = {"experiment": experiment, "settings_hash": settings, "checkpoint_id": checkpoint_id,
+              "finished": bool(theirs and theirs.get("finished"))}
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
     return run_dir
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s run ended with every row and wrote its reports."""
+    path = Path(run_dir) / RUN_FILE
+    return path.is_file() and bool(read_json(path, what="run record").get("finished"))
+
+
+def mark_finished(run_dir: Path, finished: bool = True) -> None:
+    """Record in ``run.json`` that the run has (or no longer has) every row and its reports."""
+    path = Path(run_dir) / RUN_FILE
+    record = read_json(path, what="run record")
+    record["finished"] = finished
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def done_rows(run_dir: Path) -> set[str]:
+    """Keys of the row files in ``run_dir/rows``, each checked to be readable: a row file that is a directory, is
+    truncated or holds no row stops the run (``DamagedFileError``) instead of counting as done."""
+    done = set()
+    for path in sorted((Path(run_dir) / "rows").glob("*.json")):
+        read_json(path, what="row file", fix=f"remove it (rm -r {path}) and rerun: that trial runs again")
+        done.add(path.stem)
+    return done
+
+
 def missing_trials(grid: list[dict], run_dir: Path, max_trials: int | None = None) -> list[dict]:
-    """The grid points without a row file, in grid order (at most ``max_trials`` of them)."""
-    done = {p.stem for p in (run_dir / "rows").glob("*.json")}
+    """The grid points without a row file, in grid order (at most ``max_trials`` of them).
+
+    Raises:
+        DamagedFileError: a row file cannot be read (see ``done_rows``).
+    """
+    done = done_rows(run_dir)
     missing = [spec for spec in grid if spec["key"] not in done]
     return missing if max_trials is None else missing[:max_trials]
 
@@ -125,22 +187,36 @@ def print_outcome(rows: int, total: int, run_dir: Path, seconds: float, failed: 
 
 
 def collect_rows(grid: list[dict], run_dir: Path, columns: list[str]):
-    """The rows of ``grid`` that exist, one per grid point, in grid order, as a DataFrame of ``columns``."""
+    """The rows of ``grid`` that exist, one per grid point, in grid order, as a DataFrame of ``columns``.
+
+    Raises:
+        DamagedFileError: a row file cannot be read, or holds none of ``columns`` (another experiment's row).
+    """
     import pandas as pd
 
     rows = []
     for spec in grid:
         path = run_dir / "rows" / f"{spec['key']}.json"
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
+        if path.exists():
+            row = read_json(path, what="row file", fix=f"remove it (rm {path}) and rerun: that trial runs again")
+            unknown = sorted(set(row) - set(columns))
+            if unknown:
+                raise DamagedFileError(path, f"the row holds columns this experiment does not write ({', '.join(unknown[:5])}): "
+                                             "another experiment's row?",
+                                       f"remove it (rm {path}) and rerun: that trial runs again")
+            rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
 
 def write_frame(frame, run_dir: Path) -> None:
-    """``results.csv`` (and ``results.parquet`` when pyarrow is installed)."""
-    frame.to_csv(run_dir / "results.csv", index=False)
+    """``results.csv`` (and ``results.parquet`` when pyarrow is installed), each written atomically."""
+    atomic_write_text(run_dir / "results.csv", frame.to_csv(index=False))
     try:
-        frame.to_parquet(run_dir / "results.parquet", index=False)
+        import io
+
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        atomic_write_bytes(run_dir / "results.parquet", buffer.getvalue())
     except ImportError:
         pass
 
@@ -221,18 +297,23 @@ def run_sweep(cfg: Any, study: Study) -> SweepResult:
         ckpt_id = checkpoint_id(model or checkpoint)
     settings = settings_hash(cfg)
     run_name = cfg.run_name or "-".join([study.prefix, settings] + ([ckpt_id.rsplit("@", 1)[1][:6]] if ckpt_id else []))
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id)
+    run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id, experiment=study.prefix)
     run = Run(dir=run_dir, name=run_name, checkpoint=checkpoint, checkpoint_id=ckpt_id, model=model)
     plan = study.prepare(cfg, run)
+    _check_grid(plan.grid)
     missing = missing_trials(plan.grid, run_dir, cfg.max_trials)
     done = len(plan.grid) - len(missing_trials(plan.grid, run_dir))
+    if not missing and run_finished(run_dir) and not cfg.overwrite:
+        print(f"[run] {run_dir} is complete ({done}/{len(plan.grid)} rows); its results and reports are kept "
+              "(--overwrite rewrites them from the rows)", flush=True)
+        return SweepResult(run_dir=run_dir, ran=[], failed=[], rows=done, total=len(plan.grid))
     print(f"[run] {run_dir}: {len(plan.grid)} trials ({plan.describe}), {done} done, {len(missing)} to run",
           flush=True)
     record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(),
               "checkpoint": None if checkpoint is None else str(checkpoint), "checkpoint_id": ckpt_id, **plan.record,
               "ray_version": ray.__version__, "torch_version": torch.__version__, "python": sys.version.split()[0],
               "columns": study.columns}
-    (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
 
     if plan.pool is not None:
         ran, failed = run_with_pool(cfg, plan.pool, run_name, plan.trial, missing, run_dir, plan.shared)
@@ -247,8 +328,17 @@ def run_sweep(cfg: Any, study: Study) -> SweepResult:
     frame = rows if study.tabulate is None else study.tabulate(rows)
     write_frame(frame, run_dir)
     study.report(cfg, frame, run, plan)
+    mark_finished(run_dir, len(rows) == len(plan.grid))
     print_outcome(len(rows), len(plan.grid), run_dir, time.time() - t0, failed)
     return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(rows), total=len(plan.grid))
+
+
+def _check_grid(grid: list[dict]) -> None:
+    """Every grid point has its own key: two points of one key would share one row file (one row lost)."""
+    keys = [spec["key"] for spec in grid]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"the grid holds key {dup!r} {keys.count(dup)} times (duplicate grid values?)")
 
 
 def _run_without_agents(cfg: Any, plan: Plan, missing: list[dict], run_dir: Path) -> tuple[list[str], list[str]]:
@@ -278,7 +368,7 @@ def cli(main: Callable[[T], Any], config_cls: type[T], *, prog: str, description
     cfg = parse_config(config_cls, prog=prog, description=description)
     try:
         result = main(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, FileNotFoundError, CheckpointError, DamagedFileError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     rows, total = getattr(result, "rows", None), getattr(result, "total", None)
