@@ -25,7 +25,7 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-__all__ = ["add_dataclass_args", "build_parser", "field_docs", "given_values", "parse_config"]
+__all__ = ["OneLineErrorParser", "add_dataclass_args", "build_parser", "field_docs", "given_values", "parse_config"]
 
 T = TypeVar("T")
 
@@ -160,10 +160,19 @@ def given_values(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
     return values
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (``prog: error: ...``) and exit status 2: a
+    study's usage runs to 50 lines, which would bury the one that says what is wrong."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser(cls: type, *, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field of the dataclass ``cls`` (defaults shown in help)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An argparse parser with one flag per field of the dataclass ``cls`` (defaults shown in help); its errors
+    are one line and exit status 2."""
+    parser = OneLineErrorParser(prog=prog, description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_args(parser, cls)
     return parser
 

@@ -57,15 +57,18 @@ def prepare_agents(cfg: Any, run_dir: Path):
     """
     n, L = cfg.channel_uses, cfg.passage_length
     speaker_ckpt = ensure_checkpoint(cfg)
+    speaker_model, speaker_tok = load_pretrained(speaker_ckpt)
+    train_ids = load_token_ids(cfg.corpus, speaker_tok, "train", progress=False)
+    pool = make_passages(train_ids, L, max_passages=max(cfg.anchors + (4,)), seed=cfg.ae_seed + 2)
+    if len(pool) < max(cfg.anchors):  # checked before any fitting: a map cannot have more anchors than passages
+        raise ValueError(f"--anchors {max(cfg.anchors)}: the corpus {cfg.corpus!r} holds only {len(pool)} training "
+                         f"passages of {L} tokens to draw anchors from; use at most {len(pool)} anchors")
     dirs, variants, facts_s, skipped, passages = fit_protocols(
         cfg, speaker_ckpt, run_dir / "protocols" / "speaker", protocols=("vector", *cfg.token_protocols), budgets=[n])
     if skipped:
         raise ValueError(f"the speaker's protocols cannot be built at n={n}: {skipped}")
     token_dirs = {k: v for k, v in dirs.items() if not k.startswith("vector@")}
-    speaker_model, speaker_tok = load_pretrained(speaker_ckpt)
     speaker_vector = load_protocol(dirs[f"vector@{n}"], autoencoder=speaker_model)
-    train_ids = load_token_ids(cfg.corpus, speaker_tok, "train", progress=False)
-    pool = make_passages(train_ids, L, max_passages=max(cfg.anchors + (4,)), seed=cfg.ae_seed + 2)
     source_anchors = speaker_vector.encode(pool).astype(np.float64)  # (A, n) the speaker's clean symbols
     members = {"speaker": (speaker_ckpt, dirs)}
     facts: dict[str, Any] = {"speaker": checkpoint_id(speaker_ckpt), "K": facts_s["K"], "V": facts_s["vocab_size"],

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -84,6 +84,8 @@ class Config(LinkConfig):
     """regenerate: the MCS oracle drops an MCS once its pilot accuracy after some hop is below the best complete
     chain's (accuracy does not grow along a chain but by chance); --no-oracle-pruning plays every MCS of the bank
     through every hop"""
+
+    ALLOW_INF: ClassVar[tuple[str, ...]] = ("snrs_db",)  # inf dB: a noiseless chain
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,9 +12,10 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+import math
+from typing import Any, ClassVar
 
-from calm.checks import check_numbers
+from calm.checks import check_numbers, in_range, merge_duplicates
 
 __all__ = ["SweepConfig", "check_run_name", "hash_mode", "settings_hash", "unhashed"]
 
@@ -85,8 +86,14 @@ class SweepConfig:
     overwrite: bool = unhashed(False)
     """rewrite a finished run's results and reports from its rows (a finished run is otherwise left as it is)"""
 
+    ALLOW_INF: ClassVar[tuple[str, ...]] = ()
+    """fields whose values may be +-inf (an SNR of inf dB: no noise); NaN is never allowed"""
+
     def __post_init__(self) -> None:
-        check_numbers(self)
+        check_numbers(self, allow_inf=self.ALLOW_INF)
+        # a value given twice on a grid axis would run one grid point twice and report it as two rows
+        merge_duplicates(self, *(f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), tuple)))
+        _check_shared_ranges(self)
         for name in ("ae_steps", "ae_batch_size", "agent_pairs", "max_concurrent"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -111,6 +118,28 @@ class SweepConfig:
         if self.num_cpus is not None and self.trial_cpus > self.num_cpus:
             raise ValueError(f"--trial-cpus {self.trial_cpus} is more than --num-cpus {self.num_cpus}: no trial could "
                              "ever start")
+
+
+# settings several studies share, checked wherever a Config has them: (low, high) bounds, closed
+_SHARED_RANGES: dict[str, tuple[float, float]] = {
+    "erasure_p": (0.0, 1.0),
+    "sigmas": (0.0, 1e4),  # noise std; 1e4 is an SNR of -80 dB
+    "snrs_db": (-80.0, 200.0),
+    "listener_snrs_db": (-80.0, 200.0),
+}
+
+
+def _check_shared_ranges(cfg: Any) -> None:
+    for name, (low, high) in _SHARED_RANGES.items():
+        if hasattr(cfg, name):
+            values = getattr(cfg, name)
+            values = values if isinstance(values, tuple) else (values,)
+            in_range(name, tuple(v for v in values if not (name in cfg.ALLOW_INF and v == math.inf)), low, high)
+    if getattr(cfg, "fading_block", None) is not None and cfg.fading_block < 1:
+        raise ValueError(f"--fading-block must be >= 1 symbol or none (one gain per message), got {cfg.fading_block}")
+    if hasattr(cfg, "num_passages") and cfg.num_passages < 2:
+        raise ValueError(f"--num-passages must be >= 2 (a game draws its distractors from the other passages), "
+                         f"got {cfg.num_passages}")
 
 
 def check_run_name(name: str) -> str:

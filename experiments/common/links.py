@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from calm.checkpoint import load_pretrained
+from calm.checkpoint import CheckpointError, load_pretrained
+from calm.files import DamagedFileError
 from calm.data import load_token_ids, make_passages
 from experiments.common.models import ensure_jscc
 from experiments.common.sweep import make_channel
@@ -29,7 +30,7 @@ from protocols.separation import SeparationProtocol, TokenSourceModel, load_bank
 from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
 
 __all__ = ["PRIOR_BASE", "PRIOR_PROTOCOLS", "fit_or_load", "fit_protocols", "game_passages", "game_seed",
-           "open_autoencoder", "pick_best"]
+           "load_saved", "open_autoencoder", "pick_best"]
 
 #: the LM-prior listeners on a base protocol's symbols: protocol name -> protocols.prior rule
 PRIOR_PROTOCOLS = {"vector-prior": "map", "vector-snap": "snap", "uncoded-tokens-prior": "token"}
@@ -66,12 +67,29 @@ def game_passages(cfg: Any, tok, train_ids: np.ndarray | None = None) -> tuple[n
 
 
 def fit_or_load(directory: Path, autoencoder: Any, build: Callable[[], Any]):
-    """The protocol saved in ``directory``, or ``build()`` (a fitted protocol) saved there for the next run."""
-    if (directory / "protocol.json").is_file():
-        return load_protocol(directory, autoencoder=autoencoder)
+    """The protocol saved in ``directory``, or ``build()`` (a fitted protocol) saved there for the next run.
+
+    A ``ValueError`` from ``build`` means "this protocol cannot be built here" (the caller skips it); a saved
+    protocol that cannot be loaded is damage, never that: ``DamagedFileError`` names the directory.
+    """
+    if (directory / "protocol.json").exists():
+        return load_saved(directory, lambda: load_protocol(directory, autoencoder=autoencoder))
     protocol = build()
     protocol.save(directory)
     return protocol
+
+
+def load_saved(directory: Path, load: Callable[[], Any]):
+    """``load()`` of the protocol saved in ``directory``; whatever stops it (a truncated protocol.json, a missing
+    or mismatched weight file) is a ``DamagedFileError`` naming ``directory`` and how to refit it."""
+    fix = f"remove it (rm -r {directory}) and rerun: the protocol is refitted"
+    try:
+        return load()
+    except DamagedFileError as exc:
+        raise DamagedFileError(exc.path, exc.problem, fix) from None
+    except (ValueError, KeyError, TypeError, IndexError, OSError, RuntimeError) as exc:
+        raise DamagedFileError(directory, f"the saved protocol cannot be loaded ({type(exc).__name__}: {exc})",
+                               fix) from None
 
 
 def pick_best(keys: list[str | None], score: Callable[[str | None], float]) -> str | None:
@@ -122,9 +140,9 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
                               flush=True)
                         variants[key] = []
                         continue
-                    if not (d / "protocol.json").is_file():
+                    if not (d / "protocol.json").exists():
                         save_bank([SeparationProtocol(c, source=source).fit(train) for c in menu], d)
-                    bank = load_bank(d)
+                    bank = load_saved(d, lambda d=d: load_bank(d))
                     variants[key] = [f"{key}#{m}" for m in bank]
                     facts["bits_sent"].update({f"{key}#{m}": p.bits_sent(L) for m, p in bank.items()})
                 else:
@@ -144,6 +162,8 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
                     variants[key] = [key]
                     facts["bits_sent"][key] = p.bits_sent(L)
             except ValueError as exc:
+                if isinstance(exc, CheckpointError):  # a damaged or mismatched model file, not "cannot be built"
+                    raise
                 skipped[(name, n)] = str(exc)
                 continue
             dirs[key] = str(d)

@@ -300,7 +300,7 @@ def run_sweep(cfg: Any, study: Study) -> SweepResult:
     run_dir = open_run_dir(cfg.results_dir, run_name, settings, ckpt_id, experiment=study.prefix)
     run = Run(dir=run_dir, name=run_name, checkpoint=checkpoint, checkpoint_id=ckpt_id, model=model)
     plan = study.prepare(cfg, run)
-    _check_grid(plan.grid)
+    _check_grid(plan)
     missing = missing_trials(plan.grid, run_dir, cfg.max_trials)
     done = len(plan.grid) - len(missing_trials(plan.grid, run_dir))
     if not missing and run_finished(run_dir) and not cfg.overwrite:
@@ -333,8 +333,15 @@ def run_sweep(cfg: Any, study: Study) -> SweepResult:
     return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(rows), total=len(plan.grid))
 
 
-def _check_grid(grid: list[dict]) -> None:
-    """Every grid point has its own key: two points of one key would share one row file (one row lost)."""
+def _check_grid(plan: Plan) -> None:
+    """The grid has points, and each its own key: two points of one key would share one row file (a row lost);
+    an empty grid (every protocol skipped) would end "0/0 rows" as if it had succeeded."""
+    grid = plan.grid
+    if not grid:
+        skipped = plan.record.get("skipped") or {}
+        why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
+        raise ValueError(f"nothing to run: no grid point can be played ({plan.describe or 'empty grid'})"
+                         + (f"; skipped {why}" if why else ""))
     keys = [spec["key"] for spec in grid]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
