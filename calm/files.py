@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DamagedFileError", "atomic_write_bytes", "atomic_write_text", "read_json"]
+__all__ = ["DamagedFileError", "atomic_write_bytes", "atomic_write_text", "read_json", "save_figure"]
 
 
 class DamagedFileError(Exception):
@@ -75,3 +75,13 @@ def read_json(path: str | os.PathLike, *, expect: type | tuple[type, ...] = dict
         raise DamagedFileError(path, f"the {what} holds a {type(value).__name__}, not a "
                                      f"{' or '.join(k.__name__ for k in kinds)}", fix)
     return value
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` (a matplotlib figure) to ``path`` atomically, in the format of its suffix."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from calm.files import atomic_write_text, save_figure
+
 import numpy as np
 
 __all__ = ["anchors_needed", "console_summary", "write_report"]
@@ -131,7 +133,7 @@ def _plot(pooled, metric: str, path: Path) -> None:
             ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -139,10 +141,10 @@ def write_report(frame, run_dir: Path, *, plots: bool = True) -> None:
     """``summary.md`` (tables per SNR, anchors needed) and ``alignment_<metric>.png``."""
     lines = ["# Latent alignment between heterogeneous agents", ""]
     if frame.empty:
-        (run_dir / "summary.md").write_text("\n".join(lines + ["no rows yet", ""]))
+        atomic_write_text(run_dir / "summary.md", "\n".join(lines + ["no rows yet", ""]))
         return
     lines += ["```", console_summary(frame), "```", ""]
-    (run_dir / "summary.md").write_text("\n".join(lines))
+    atomic_write_text(run_dir / "summary.md", "\n".join(lines))
     if plots:
         pooled = _pooled(frame)
         for metric in ("success", "token_accuracy", "chrf"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calm.files import atomic_write_text, save_figure
 from experiments.common.multiagent import METRICS, metric_columns
 
 __all__ = ["COLUMNS", "LISTENER_COLUMNS", "ROW_COLUMNS", "console_summary", "long_frame", "per_listener_table",
@@ -141,14 +142,14 @@ def plot_listeners(table, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle("One broadcast, every listener at its own SNR", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def write_report(frame, run_dir: Path, *, plots: bool = True) -> None:
     """Write summary.md (and broadcast.png with ``plots``) from the results.csv lines ``frame``."""
     if not len(frame):
-        (run_dir / "summary.md").write_text("# Broadcast\n\nNo rows yet.\n")
+        atomic_write_text(run_dir / "summary.md", "# Broadcast\n\nNo rows yet.\n")
         return
     table = pooled(frame)
     r = frame.iloc[0]
@@ -162,6 +163,6 @@ def write_report(frame, run_dir: Path, *, plots: bool = True) -> None:
         "Token accuracy [95%] / chrF per listener:\n\n" + per_listener_table(table) + "\n\n"
         "chrF [95%] per listener:\n\n" + per_listener_table(table, "chrf", chrf=False) + "\n"
         + ("\n![per listener](broadcast.png)\n" if plots else ""))
-    (run_dir / "summary.md").write_text(summary)
+    atomic_write_text(run_dir / "summary.md", summary)
     if plots:
         plot_listeners(table, run_dir / "broadcast.png")

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from calm.files import atomic_write_text, read_json
 from agents import CALMAgentCore, call
 from calm.checkpoint import load_config
 from calm.data import load_token_ids, make_passages
@@ -267,13 +268,14 @@ def prepare(cfg: Config, run: Run) -> Plan:
     prompts = make_passages(load_token_ids(cfg.corpus, tok, "test", progress=False), cfg.prompt_tokens,
                             max_passages=cfg.num_passages, seed=cfg.ae_seed + 1)
     stats_path = run.dir / "latent_stats.json"
-    if stats_path.is_file():
-        stats = json.loads(stats_path.read_text())
+    if stats_path.exists():
+        stats = read_json(stats_path, what="sender's latent statistics",
+                          fix=f"remove it (rm {stats_path}) and rerun: they are refitted")
     else:  # the sender's normalisation, fitted once per run on training prompts (kept for resumed runs)
         train = make_passages(load_token_ids(cfg.corpus, tok, "train", progress=False), cfg.prompt_tokens,
                               max_passages=cfg.fit_prompts, seed=cfg.ae_seed)
         stats = fit_latent_power(CALMAgentCore(str(checkpoint), {}, lm_checkpoint=str(lm)), train, M)
-        stats_path.write_text(json.dumps(stats) + "\n")
+        atomic_write_text(stats_path, json.dumps(stats) + "\n")
     settings = {"K": K, "chunks": M, "latent_dim": dim, "vocab_size": lm_config.vocab_size, "stats": stats,
                 "episodes": cfg.episodes, "turns": cfg.turns, "receiver": cfg.latent_receiver,
                 "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block, "checkpoint": run.checkpoint_id,

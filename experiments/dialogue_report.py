@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from calm.files import atomic_write_text
+
 __all__ = ["savings", "transcript_markdown", "write_report"]
 
 
@@ -74,12 +76,12 @@ def transcript_markdown(row) -> str:
 def write_report(frame, run_dir: Path) -> str:
     """Write summary.md and transcripts.md; returns the console summary."""
     if not len(frame):
-        (run_dir / "summary.md").write_text("# Latent dialogue\n\nNo rows yet.\n")
+        atomic_write_text(run_dir / "summary.md", "# Latent dialogue\n\nNo rows yet.\n")
         return "[run] no rows yet"
     per_message, saved = per_message_table(frame), savings(frame)
     summary = ("# Latent dialogue\n\nPer message (means over every message of every dialogue; FLOPs analytic, "
                "calm.flops, forward only):\n\n" + per_message + "\n\nLatent vs tokens per message:\n\n" + saved + "\n")
-    (run_dir / "summary.md").write_text(summary)
+    atomic_write_text(run_dir / "summary.md", summary)
     parts = ["# Latent dialogue transcripts\n\nThe first dialogue of the first seed at each channel and SNR; "
              "`sent` is what the sender's CALM generated, `received` what the other agent decoded and continued "
              "from.\n"]
@@ -89,5 +91,5 @@ def write_report(frame, run_dir: Path) -> str:
         for _, row in g.iterrows():
             parts.append(f"### {row.protocol} ({int(row.channel_uses)} channel uses per message)\n\n"
                          + transcript_markdown(row) + "\n")
-    (run_dir / "transcripts.md").write_text("\n".join(parts))
+    atomic_write_text(run_dir / "transcripts.md", "\n".join(parts))
     return per_message + "\n\n" + saved

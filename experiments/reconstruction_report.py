@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from calm.files import atomic_write_text, save_figure
 from experiments.common.tables import fmt_snr, passage_metrics, snr_at_target, snr_db_header
 
 __all__ = ["console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled", "prior_gain",
@@ -177,7 +178,7 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
                  targets: tuple[float, ...] = (0.9, 0.5, 0.25)) -> None:
     """``summary.md`` and the plots. ``examples``: decoded texts of one passage (see ``examples_table``)."""
     if not len(frame):
-        (run_dir / "summary.md").write_text(f"# Reconstruction: {run_dir.name}\n\n(no rows)\n")
+        atomic_write_text(run_dir / "summary.md", f"# Reconstruction: {run_dir.name}\n\n(no rows)\n")
         return
     table = pooled(frame)
     mcs = table[table["mcs"] != ""][["channel", "rho", "sigma", "mcs"]].drop_duplicates()
@@ -203,7 +204,7 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
                  "noise are the same, the difference is paired).\n\n" + prior_gain_table(gains) + "\n")
     if examples:
         text += "\n## One passage as each protocol delivers it\n\n" + examples_table(examples) + "\n"
-    (run_dir / "summary.md").write_text(text)
+    atomic_write_text(run_dir / "summary.md", text)
     if plots:
         plot_metric(table, run_dir / "accuracy_vs_snr.png", "token_accuracy", "token accuracy", bound=True)
         plot_metric(table, run_dir / "chrf_vs_snr.png", "chrf", "chrF")
@@ -263,7 +264,7 @@ def plot_prior_gain(gains, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -325,7 +326,7 @@ def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = Fal
             labels.setdefault(name, handle)
     fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -16,7 +16,6 @@ Dim letters: B games per env step, C candidates, L tokens per passage, n channel
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 
 import environments
 from agents import ListenerPolicy, SpeakerPolicy
+from calm.files import read_json
 from calm.data import corpus_stats, format_corpus_stats
 from experiments.common.config import SweepConfig, unhashed
 from experiments.common.links import fit_or_load, game_passages, game_seed, open_autoencoder
@@ -269,8 +269,8 @@ def prepare(cfg: Config, run: Run) -> Plan:
     record = {"autoencoder": model_facts, "protocols": facts,
               "skipped": {f"{p}@{n}": why for (p, n), why in skipped.items()}}
     train_info = checkpoint / "train_info.json"
-    if train_info.is_file():
-        record["autoencoder_training"] = json.loads(train_info.read_text())
+    if train_info.exists():
+        record["autoencoder_training"] = read_json(train_info, what="autoencoder's training record")
     settings = {"episodes": cfg.episodes, "batch_size": cfg.batch_size, "candidates": cfg.candidates,
                 "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
                 "checkpoint": run.checkpoint_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block}

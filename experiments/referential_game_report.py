@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from calm.files import atomic_write_text, save_figure
 from experiments.common.tables import fmt_snr, snr_at_target, snr_db_header
 from protocols.metrics import best_success, fano_delivered_bits, wilson_interval
 
@@ -102,7 +103,7 @@ def _full_table(table) -> str:
 def write_report(frame, run_dir: Path, *, plots: bool = True, target: float = 0.9) -> None:
     """``summary.md`` (pooled tables, the SNR at ``target`` success, leaks) and the PNG plots."""
     if not len(frame):
-        (run_dir / "summary.md").write_text(f"# Referential game: {run_dir.name}\n\n(no rows)\n")
+        atomic_write_text(run_dir / "summary.md", f"# Referential game: {run_dir.name}\n\n(no rows)\n")
         return
     table = pooled(frame)
     at = snr_at_success(table, target)
@@ -126,7 +127,7 @@ def write_report(frame, run_dir: Path, *, plots: bool = True, target: float = 0.
             "`> x`: not reached at any finite SNR up to x (the noise-free point does not count).\n\n"
             + "\n".join(snr_lines) + "\n\n## Leak check\n\n" + leak_text + "\n\n## Every pooled point\n\n"
             + _full_table(table) + "\n")
-    (run_dir / "summary.md").write_text(text)
+    atomic_write_text(run_dir / "summary.md", text)
     if plots:
         plot_results(table, run_dir)
 
@@ -174,7 +175,7 @@ def plot_results(table, run_dir: Path) -> None:
     fig.legend(list(labels.values()), list(labels), fontsize=8, loc="lower center", ncol=min(6, len(labels)),
                frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(labels) > 6), 1, 1))
-    fig.savefig(run_dir / "success_vs_snr.png", dpi=110)
+    save_figure(fig, run_dir / "success_vs_snr.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -196,5 +197,5 @@ def plot_results(table, run_dir: Path) -> None:
     ax.legend(fontsize=6, loc="upper left", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(run_dir / "delivered_vs_capacity.png", dpi=110)
+    save_figure(fig, run_dir / "delivered_vs_capacity.png", dpi=110)
     plt.close(fig)

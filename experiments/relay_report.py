@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from calm.files import atomic_write_text, save_figure
+
 import numpy as np
 
 __all__ = ["console_summary", "crossing_lines", "end_to_end_snr_db", "first_below", "pooled", "write_report"]
@@ -116,7 +118,7 @@ def console_summary(frame, metric: str = "token_accuracy") -> str:
 def write_report(frame, run_dir: Path, *, plots: bool = True) -> None:
     """``summary.md`` and (``plots``) ``accuracy_vs_hops.png`` of the rows in ``frame``."""
     if not len(frame):
-        (run_dir / "summary.md").write_text(f"# Relay: {run_dir.name}\n\n(no rows)\n")
+        atomic_write_text(run_dir / "summary.md", f"# Relay: {run_dir.name}\n\n(no rows)\n")
         return
     table = pooled(frame)
     crossings = crossing_lines(table)
@@ -138,7 +140,7 @@ def write_report(frame, run_dir: Path, *, plots: bool = True) -> None:
               "|---:|---|---:|---|---|\n"
             + "\n".join(f"| {_snr(r.snr_db)} | {r.mode} | {r.hops} | {_cell(r.example)} | {_cell(r.example_target)} |"
                         for r in examples.itertuples()) + "\n")
-    (run_dir / "summary.md").write_text(text)
+    atomic_write_text(run_dir / "summary.md", text)
     if plots:
         plot_accuracy(table, run_dir / "accuracy_vs_hops.png")
 
@@ -168,5 +170,5 @@ def plot_accuracy(table, path: Path, metric: str = "token_accuracy") -> None:
     axes[0][0].set_ylabel(metric.replace("_", " "))
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
