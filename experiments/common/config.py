@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 from calm.checks import check_numbers, in_range, merge_duplicates
@@ -100,10 +101,17 @@ class SweepConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.num_gpus != "auto":
             try:
-                if float(self.num_gpus) < 0:
+                gpus = float(self.num_gpus)
+                if not (math.isfinite(gpus) and gpus >= 0):
                     raise ValueError
             except ValueError:
                 raise ValueError(f"num_gpus must be 'auto' or a number >= 0, got {self.num_gpus!r}") from None
+            if gpus > 0 and self._starts_local_ray():  # agents would wait for a GPU forever
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise ValueError(f"--num-gpus {self.num_gpus}: this machine has no CUDA GPU for a local Ray; use "
+                                     "--num-gpus auto (CPU here) or --address of a cluster with GPUs")
         if not self.ae_time_limit >= 0:
             raise ValueError(f"ae_time_limit must be >= 0 seconds, got {self.ae_time_limit}")
         if not self.trial_cpus > 0:
@@ -118,6 +126,15 @@ class SweepConfig:
         if self.num_cpus is not None and self.trial_cpus > self.num_cpus:
             raise ValueError(f"--trial-cpus {self.trial_cpus} is more than --num-cpus {self.num_cpus}: no trial could "
                              "ever start")
+
+    def _starts_local_ray(self) -> bool:
+        """Whether this run would start Ray on this machine (no cluster address given or found)."""
+        import os
+
+        if self.address == "local":
+            return True
+        return (self.address == "auto" and not os.environ.get("RAY_ADDRESS")
+                and not Path("/tmp/ray/ray_current_cluster").exists())
 
 
 # settings several studies share, checked wherever a Config has them: (low, high) bounds, closed
