@@ -11,7 +11,6 @@ Token ids of a (corpus, tokenizer, split) are cached as ``.npy`` under the cache
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import time
@@ -153,12 +152,17 @@ def format_corpus_stats(rows: list[dict], corpus: str, tokenizer_spec: str) -> s
 
 def main(argv: list[str] | None = None) -> None:
     """Print corpus statistics: ``python -m calm.data --corpus kjv+shakespeare --tokenizer bpe:8192``."""
-    parser = argparse.ArgumentParser(prog="python -m calm.data", description=main.__doc__)
+    from calm.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="python -m calm.data", description=main.__doc__)
     parser.add_argument("--corpus", default=DEFAULT_CORPUS, help=f"one of {', '.join(CORPORA)}")
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="gpt2, bpe:<size> or a tokenizer.json")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    rows = corpus_stats(args.corpus, args.tokenizer)
+    try:
+        rows = corpus_stats(args.corpus, args.tokenizer)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
     print(format_corpus_stats(rows, args.corpus, args.tokenizer))
     print(f"({time.perf_counter() - t0:.1f} s)")
 

@@ -13,7 +13,6 @@ calm.backbone.default_device().
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -83,9 +82,11 @@ def generate(
 
 def main(argv: list[str] | None = None) -> list[str]:
     """CLI entry point: load the checkpoint, print the prompt and each continuation."""
-    from calm.checkpoint import load_pretrained
+    from calm.checkpoint import CheckpointError, load_pretrained
+    from calm.cli import OneLineErrorParser
+    from calm.files import DamagedFileError
 
-    parser = argparse.ArgumentParser(prog="python -m calm.generate", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m calm.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="checkpoint directory of a calm or baseline model")
     parser.add_argument("--prompt", default=GenerateConfig.prompt, help="text to continue")
     parser.add_argument("--max-tokens", type=int, default=GenerateConfig.max_tokens, help="tokens to generate")
@@ -97,15 +98,18 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--samples", type=int, default=GenerateConfig.samples, help="continuations to print")
     parser.add_argument("--seed", type=int, default=GenerateConfig.seed, help="seed of the sampling noise")
     cfg = GenerateConfig(**vars(parser.parse_args(argv)))
-    if cfg.max_tokens < 1 or cfg.samples < 1:
-        raise SystemExit("--max-tokens and --samples must be >= 1")
-    if not 0.0 < cfg.temperature <= 1.0:
-        raise SystemExit(f"--temperature must be in (0, 1], got {cfg.temperature}")
+    if cfg.max_tokens < 1 or cfg.samples < 1 or cfg.max_draws < 1 or cfg.batch_n < 0:
+        parser.error("--max-tokens, --samples and --max-draws must be >= 1, --batch-n >= 0")
+    if not 0.0 < cfg.temperature <= 1.0:  # NaN fails this too
+        parser.error(f"--temperature must be in (0, 1], got {cfg.temperature}")
     n, a = split_temperature(cfg.temperature)
     if cfg.batch_n > 0 and a != 0.0:
-        raise SystemExit(f"--batch-n {cfg.batch_n} needs a temperature 1/n (0.5, 0.333.., 0.25, ...), got "
-                         f"{cfg.temperature}; pass --batch-n 0 for the exact sampler")
-    model, tokenizer = load_pretrained(cfg.checkpoint, device=default_device())
+        parser.error(f"--batch-n {cfg.batch_n} needs a temperature 1/n (0.5, 0.333.., 0.25, ...), got "
+                     f"{cfg.temperature}; pass --batch-n 0 for the exact sampler")
+    try:
+        model, tokenizer = load_pretrained(cfg.checkpoint, device=default_device())
+    except (FileNotFoundError, CheckpointError, DamagedFileError) as exc:
+        parser.error(str(exc))
     texts = generate(model, tokenizer, cfg.prompt, cfg.max_tokens, temperature=cfg.temperature,
                      batch_n=cfg.batch_n, samples=cfg.samples, seed=cfg.seed, max_draws=cfg.max_draws)  # fmt: skip
     for text in texts:
