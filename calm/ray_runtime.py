@@ -145,7 +145,9 @@ def _start_local(kwargs: dict[str, Any]):
     try:
         # LATENTCOMM_DASHBOARD_PORT: the port to prefer (parallel test processes each name their own)
         port = _free_loopback_port(int(os.environ.get("LATENTCOMM_DASHBOARD_PORT", _DASHBOARD_PORT)))
-        return ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)
+        # address "local": always a new Ray, even where another cluster on this machine wrote ray_current_cluster
+        return ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                        **kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before_flag
         if before_env is None:
