@@ -121,7 +121,7 @@ class CALMAgentCore:
         self.device = pick_device(self.gpu_ids, name=name)
         self.note = "falling back to CPU: torch sees no CUDA" if self.gpu_ids and self.device == "cpu" else ""
         self.gpu_ids = self.gpu_ids or []
-        self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device)
+        self.model, self.tokenizer = load_pretrained(checkpoint, device=self.device, expect="autoencoder")
         self.checkpoint = checkpoint_name or str(checkpoint)
         from protocols.separation import is_bank, load_bank
 
@@ -131,10 +131,10 @@ class CALMAgentCore:
                 self.protocols.update({f"{key}#{name}": p for name, p in load_bank(path).items()})
             else:
                 self.protocols[key] = load_protocol(path, autoencoder=self.model)
-        self.lm, self.lm_tokenizer = (None, None) if lm_checkpoint is None else load_pretrained(lm_checkpoint,
-                                                                                              device=self.device)
-        self.token_lm = None if token_lm_checkpoint is None else load_pretrained(token_lm_checkpoint,
-                                                                                 device=self.device)[0]
+        self.lm, self.lm_tokenizer = (None, None) if lm_checkpoint is None else load_pretrained(
+            lm_checkpoint, device=self.device, expect="calm")
+        self.token_lm = None if token_lm_checkpoint is None else load_pretrained(
+            token_lm_checkpoint, device=self.device, expect="baseline")[0]
         self.calls = 0
 
     # ---- placement -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calm.checks import check_numbers
 from calm.config import DictConfig
 
 __all__ = [
@@ -124,6 +125,7 @@ class AutoencoderConfig(DictConfig):
             raise ValueError(f"AutoencoderConfig.train_negatives must be an integer >= 0, got {self.train_negatives!r}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"AutoencoderConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}")
+        check_numbers(self)  # finite numbers, ints that are ints (last: the checks above name their field)
 
 
 # Named sizes. `paper` is the paper's K=4 model. `tiny` is sized for 15 minutes on two CPU cores with the

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calm.checks import check_numbers
+
 __all__ = ["BackboneConfig", "Backbone", "Branches", "KVCache", "RMSNorm", "SwiGLU", "default_device", "count_parameters"]
 
 
@@ -64,6 +66,7 @@ class BackboneConfig:
             )
         if (self.hidden_size // self.num_heads) % 2:
             raise ValueError("BackboneConfig: head size hidden_size/num_heads must be even for RoPE")
+        check_numbers(self)  # finite numbers, ints that are ints (last: the checks above name their field)
 
 
 class RMSNorm(nn.Module):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calm.backbone import Backbone, BackboneConfig, Branches
+from calm.checks import check_numbers
 from calm.config import DictConfig
 from calm.lm_task import WindowTask
 
@@ -44,6 +45,7 @@ class BaselineConfig(DictConfig):
         if self.vocab_size < 2:
             raise ValueError(f"BaselineConfig.vocab_size must be >= 2, got {self.vocab_size}")
         self.backbone_config()  # validates the backbone sizes
+        check_numbers(self)  # finite numbers, ints that are ints (last: the checks above name their field)
 
     def backbone_config(self) -> BackboneConfig:
         """The backbone's config."""

@@ -8,10 +8,16 @@ A checkpoint directory holds:
     tokenizer.json      the tokenizer the model was trained with
 
 ``load_pretrained`` refuses a checkpoint whose parts disagree (tokenizer vs. the fingerprint in the config,
-vocabulary size or K vs. the weights) and says what differs. Any model type registered in ``MODEL_TYPES``
-can be stored; a model is an ``nn.Module`` with a ``config`` dataclass that has ``to_dict``/``from_dict``.
-A model defined outside calm registers itself when its module is imported (``register_model_type``); a
-checkpoint only names its type, never a module to import.
+vocabulary size or K vs. the weights) and says what differs (``CheckpointError``, a ``ValueError``). A part
+that is there but damaged (config.json truncated or holding ``"false"`` where a boolean belongs, a truncated or
+pickled model.safetensors, NaN weights) raises ``calm.files.DamagedFileError`` naming the file, which is not a
+``ValueError``: code that reads a ``ValueError`` as "this cannot be built" never absorbs it. ``expect=`` names
+the model type(s) a caller wants, so a checkpoint of another type (an adapter given for an autoencoder)
+is named as such.
+
+Any model type registered in ``MODEL_TYPES`` can be stored; a model is an ``nn.Module`` with a ``config``
+dataclass that has ``to_dict``/``from_dict``. A model defined outside calm registers itself when its module is
+imported (``register_model_type``); a checkpoint only names its type, never a module to import.
 
 The optimizer helpers (``save_optimizer``/``load_optimizer``) store AdamW state the same way, keyed by
 parameter name, for resumable training.
@@ -19,15 +25,19 @@ parameter name, for resumable training.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from calm.files import DamagedFileError, atomic_write_text, read_json
+from calm.integrity import check_json_types, check_tensors, read_safetensors, safetensors_shapes, with_fix
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,6 +50,7 @@ __all__ = [
     "load_pretrained",
     "load_config",
     "read_safetensors",
+    "check_checkpoint",
     "save_optimizer",
     "load_optimizer",
 ]
@@ -59,7 +70,8 @@ MODEL_TYPES: dict[str, tuple[str, str, str]] = {
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory is missing, damaged, or its parts do not match."""
+    """A checkpoint directory is missing, of another model type, or its parts do not match (damage is a
+    ``calm.files.DamagedFileError``)."""
 
 
 def register_model_type(name: str, config_cls: type, model_cls: type) -> None:
@@ -99,12 +111,6 @@ def model_type_of(model: nn.Module) -> str:
                           f"known types are {sorted(MODEL_TYPES)} (register it with calm.checkpoint.register_model_type)")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``tokenizer.json`` into ``directory``.
 
@@ -140,30 +146,68 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer) -
         "vocab_size": len(tokenizer),
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
-    _atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
 
 
-def load_config(directory: str | os.PathLike) -> dict:
-    """Read and check ``config.json`` of a checkpoint directory (no weights are loaded)."""
+def _checkpoint_fix(directory: Path) -> contextlib.AbstractContextManager:
+    """Damage inside a checkpoint is named with the fix that suits one: a trained model is restored or
+    retrained, not deleted on a hint (one a run caches is rebuilt once its directory is removed)."""
+    return with_fix(f"restore or retrain the checkpoint {directory} (one a run caches is rebuilt once removed: "
+                    f"rm -r {directory})")
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _expected_types(expect: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return () if expect is None else (expect,) if isinstance(expect, str) else tuple(expect)
+
+
+def load_config(directory: str | os.PathLike, *, expect: str | tuple[str, ...] | None = None) -> dict:
+    """Read and check ``config.json`` of a checkpoint directory (no weights are loaded).
+
+    Args:
+        directory: the checkpoint directory.
+        expect: the model type(s) the caller wants (``"autoencoder"``, ...); None: any.
+
+    Raises:
+        CheckpointError: no such directory, a file instead of one, no config.json in it, an unsupported
+            format version, or a model type other than ``expect``.
+        DamagedFileError: config.json is truncated, not JSON, or lacks a field or has one of the wrong kind.
+    """
     directory = Path(directory)
+    with _checkpoint_fix(directory):
+        return _load_config(directory, expect)
+
+
+def _load_config(directory: Path, expect: str | tuple[str, ...] | None) -> dict:
     path = directory / CONFIG_FILE
-    if not directory.is_dir():
+    if not directory.exists():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
-    if not path.is_file():
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, not a checkpoint directory (save_pretrained writes a "
+                              "directory of model.safetensors, config.json and tokenizer.json; pickles are never "
+                              "loaded)")
+    if not path.exists():
         raise CheckpointError(f"{path} is missing: not a checkpoint directory written by save_pretrained")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is damaged") from None
-    for key in ("format_version", "model_type", "config", "tokenizer_fingerprint"):
+    meta = read_json(path, what="checkpoint config")
+    kinds = {"format_version": int, "model_type": str, "config": dict, "tokenizer_fingerprint": str}
+    for key, kind in kinds.items():
         if key not in meta:
-            raise CheckpointError(f"{path} lacks the field {key!r}")
+            raise DamagedFileError(path, f"the checkpoint config lacks the field {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise DamagedFileError(path, f"the checkpoint config's {key!r} holds {meta[key]!r}, not "
+                                         f"{_article(kind.__name__)}")
     if meta["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {meta['format_version']} is not supported "
                               f"(this code reads version {FORMAT_VERSION})")
+    wanted = _expected_types(expect)
+    if wanted and meta["model_type"] not in wanted:
+        raise CheckpointError(f"{directory} is {_article(meta['model_type'])} checkpoint, not "
+                              f"{' or '.join(_article(w) for w in wanted)}")
     return meta
-
 
 
 def autoencoder_config_for(ae: str | os.PathLike | None, vocab_size: int, what: str) -> dict:
@@ -171,69 +215,114 @@ def autoencoder_config_for(ae: str | os.PathLike | None, vocab_size: int, what: 
     the tokenizer's ``vocab_size`` (clear errors for a missing flag, another model type or another tokenizer)."""
     if not ae:
         raise ValueError(f"{what} training needs --ae DIR, a trained autoencoder checkpoint")
-    meta = load_config(ae)
-    if meta["model_type"] != "autoencoder":
-        raise ValueError(f"--ae {ae} holds a {meta['model_type']!r} checkpoint, not an autoencoder")
+    try:
+        meta = check_checkpoint(ae, expect="autoencoder")
+    except CheckpointError as exc:
+        raise CheckpointError(f"--ae {ae}: {exc}") from None
     if meta["config"]["vocab_size"] != vocab_size:
         raise ValueError(f"--ae {ae} has vocab_size {meta['config']['vocab_size']} but the tokenizer has "
                          f"{vocab_size} ids; pass the --tokenizer the autoencoder was trained with")
     return meta["config"]
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, with a clear error for a missing, truncated or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    size = path.stat().st_size
-    # format: 8-byte little-endian header length, JSON header, then the raw tensor bytes
-    with open(path, "rb") as f:
-        head = f.read(8)
-        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
-        first = f.read(1) if header_len > 0 else b""
-    if header_len <= 0 or header_len > size - 8 or first != b"{":
-        raise CheckpointError(f"{path} is not a safetensors file (bad header; size {size} bytes). "
-                              "Checkpoints are safetensors only; pickle files are never loaded")
+
+def _build_config(directory: Path, meta: dict):
+    """The config dataclass of a checkpoint's config.json (its values of the declared JSON kinds)."""
+    path = directory / CONFIG_FILE
+    config_cls, _ = _classes(meta["model_type"])
+    values = meta["config"]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:  # another version of the model, not damage
+        raise CheckpointError(f"{path}: bad {meta['model_type']} config: {config_cls.__name__}: unknown fields "
+                              f"{unknown}; known fields are {sorted(known)}")
+    check_json_types(path, config_cls, values, what=f"{meta['model_type']} config")
+    if isinstance(values.get("autoencoder"), dict):  # the frozen autoencoder's config inside a model built on one
+        from calm.autoencoder import AutoencoderConfig
+
+        check_json_types(path, AutoencoderConfig, values["autoencoder"], what="autoencoder config")
     try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is damaged or truncated ({size} bytes): {exc}") from None
-    return tensors
+        return config_cls.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise DamagedFileError(path, f"the {meta['model_type']} config is refused: {exc}") from None
 
 
-def load_pretrained(directory: str | os.PathLike, *, tokenizer=None, device: str | torch.device = "cpu"):
+def _expected_shapes(model_cls: type, config) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in model_cls(config).state_dict().items()}
+
+
+def _check_fit(directory: Path, meta: dict, config, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The weights' names and shapes ``shapes`` are those of the model ``config`` describes."""
+    _, model_cls = _classes(meta["model_type"])
+    expected = _expected_shapes(model_cls, config)
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{directory / MODEL_FILE} does not fit a {meta['model_type']} with this config: "
+                              f"missing tensors {missing[:5]}, unexpected tensors {extra[:5]}")
+    bad = [(k, shapes[k], exp) for k, exp in expected.items() if shapes[k] != exp]
+    if bad:
+        k, got, exp = bad[0]
+        hint = _shape_hint(config, k, got)
+        raise CheckpointError(f"{directory / MODEL_FILE}: tensor {k!r} has shape {got} but config.json "
+                              f"({_summary(config)}) expects {exp}{hint}; {len(bad)} tensor(s) differ")
+
+
+def check_checkpoint(directory: str | os.PathLike, *, expect: str | tuple[str, ...] | None = None) -> dict:
+    """Check a checkpoint without loading its weights (before a long run starts): config.json (its kinds and
+    model type), and model.safetensors's header (safetensors, not a pickle; the names and shapes the config
+    implies). Returns the config.json dict. Raises what ``load_pretrained`` raises for the same faults."""
+    directory = Path(directory)
+    with _checkpoint_fix(directory):
+        meta = load_config(directory, expect=expect)
+        config = _build_config(directory, meta)
+        _check_fit(directory, meta, config, safetensors_shapes(directory / MODEL_FILE))
+    return meta
+
+
+def load_pretrained(directory: str | os.PathLike, *, tokenizer=None, device: str | torch.device = "cpu",
+                    expect: str | tuple[str, ...] | None = None):
     """Load a checkpoint written by ``save_pretrained``.
 
     Args:
         directory: the checkpoint directory.
         tokenizer: if given, the tokenizer the caller's data uses; it must match the checkpoint's.
         device: where to put the weights.
+        expect: the model type(s) the caller wants (``"autoencoder"``, ``("calm", "baseline")``); None: any.
 
     Returns:
         (model in eval mode, tokenizer) - the tokenizer from ``tokenizer.json`` when none was passed.
 
     Raises:
-        CheckpointError: a missing, truncated or non-safetensors weights file, a tokenizer whose
-            fingerprint or size differs from the checkpoint's, or weights whose shapes do not fit the
-            config (different K, vocabulary or sizes). The message says what differs.
+        CheckpointError: no checkpoint there, another model type than ``expect`` ("X is a calm checkpoint,
+            not an autoencoder"), a tokenizer whose fingerprint or size differs from the checkpoint's, or
+            weights whose shapes do not fit the config (different K, vocabulary or sizes). The message says
+            what differs.
+        DamagedFileError: a part that is there but damaged, named: config.json (truncated, a field of the
+            wrong kind or a value its config refuses), tokenizer.json missing or unreadable, model.safetensors
+            missing, truncated or not safetensors, or NaN/inf weights.
     """
+    directory = Path(directory)
+    with _checkpoint_fix(directory):
+        return _load_pretrained(directory, tokenizer, device, expect)
+
+
+def _load_pretrained(directory: Path, tokenizer, device: str | torch.device,
+                     expect: str | tuple[str, ...] | None):
     from calm.tokenizer import load_tokenizer, tokenizer_fingerprint
 
-    directory = Path(directory)
-    meta = load_config(directory)
-    config_cls, model_cls = _classes(meta["model_type"])
-    try:
-        config = config_cls.from_dict(meta["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: bad {meta['model_type']} config: {exc}") from None
+    meta = load_config(directory, expect=expect)
+    _, model_cls = _classes(meta["model_type"])
+    config = _build_config(directory, meta)
 
     # tokenizer: the stored one must be the one the model was trained with, and so must the caller's
     tok_path = directory / TOKENIZER_FILE
     if not tok_path.is_file():
-        raise CheckpointError(f"{tok_path} is missing")
-    stored_tok = load_tokenizer(tok_path)
+        raise DamagedFileError(tok_path, "the checkpoint's tokenizer is missing")
+    try:
+        stored_tok = load_tokenizer(tok_path)
+    except Exception as exc:  # the tokenizers library raises plain Exceptions for a damaged file
+        raise DamagedFileError(tok_path, f"the tokenizer cannot be read ({exc})") from None
     want = meta["tokenizer_fingerprint"]
     for name, tok in (("tokenizer.json", stored_tok), ("the tokenizer passed in", tokenizer)):
         if tok is None:
@@ -247,21 +336,10 @@ def load_pretrained(directory: str | os.PathLike, *, tokenizer=None, device: str
     if vocab is not None and len(stored_tok) != vocab:
         raise CheckpointError(f"tokenizer.json has {len(stored_tok)} ids but config vocab_size is {vocab}")
 
-    # weights: build the model from the config and check every tensor's name and shape
+    # weights: build the model from the config and check every tensor's name, shape and values
     tensors = read_safetensors(directory / MODEL_FILE)
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in model_cls(config).state_dict().items()}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{directory / MODEL_FILE} does not fit a {meta['model_type']} with this config: "
-                              f"missing tensors {missing[:5]}, unexpected tensors {extra[:5]}")
-    bad = [(k, tuple(tensors[k].shape), tuple(shape)) for k, shape in expected.items() if tensors[k].shape != shape]
-    if bad:
-        k, got, exp = bad[0]
-        hint = _shape_hint(config, k, got)
-        raise CheckpointError(f"{directory / MODEL_FILE}: tensor {k!r} has shape {got} but config.json "
-                              f"({_summary(config)}) expects {exp}{hint}; {len(bad)} tensor(s) differ")
+    _check_fit(directory, meta, config, {k: tuple(v.shape) for k, v in tensors.items()})
+    check_tensors(directory / MODEL_FILE, tensors)  # a NaN weight would make every output NaN, silently
     model = model_cls(config)
     model.load_state_dict(tensors, strict=True)
     model.to(device)
@@ -311,6 +389,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, path: str
 def load_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, path: str | os.PathLike) -> None:
     """Restore state written by ``save_optimizer`` into an optimizer over ``model``'s parameters."""
     tensors = read_safetensors(path)
+    check_tensors(path, tensors, what="optimizer state")
     params = dict(model.named_parameters())
     per_param: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

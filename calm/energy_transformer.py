@@ -32,6 +32,7 @@ from torch import nn
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig, manifold_distance
 from calm.backbone import Backbone, BackboneConfig, Branches
+from calm.checks import check_numbers
 from calm.config import DictConfig
 from calm.lm_task import WindowTask
 from calm.sampling import batch_temperature_sample, exact_temperature_sample, split_temperature
@@ -201,6 +202,7 @@ class EnergyTransformerConfig(DictConfig):
         if isinstance(self.autoencoder, AutoencoderConfig):
             self.autoencoder = self.autoencoder.to_dict()
         self.backbone_config()  # validates the backbone sizes
+        check_numbers(self)  # finite numbers, ints that are ints (last: the checks above name their field)
 
     @property
     def K(self) -> int:
@@ -604,10 +606,13 @@ class CalmTask(WindowTask):
         from pathlib import Path
 
         from calm.checkpoint import read_safetensors
+        from calm.integrity import check_tensors
 
         model = EnergyTransformer(self.config)
         if self.config.autoencoder_path and not next(model.parameters()).is_meta:
-            weights = read_safetensors(Path(self.config.autoencoder_path) / "model.safetensors")
+            path = Path(self.config.autoencoder_path) / "model.safetensors"
+            weights = read_safetensors(path)
+            check_tensors(path, weights)  # a NaN autoencoder would train a NaN model
             model.autoencoder.load_state_dict(weights, strict=True)
         return model
 

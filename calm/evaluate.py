@@ -9,12 +9,17 @@ when Gaussian noise of standard deviation sigma is added to mu (the latent robus
 per-dimension KL to the prior and the count of collapsed dimensions (KL < 0.01 nats); the scale of mu
 and of the posterior sigma (so that a noise level can be read against the size of the signal).
 Prints a table and writes JSON (default ``<checkpoint>/eval_<split>.json``).
+
+The settings, the output path (a folder that can be written, not a directory) and the checkpoint (its type,
+finite weights) are checked before anything is evaluated: a fault is one line and exit status 2, never an
+evaluation that runs and is then lost or a NaN model reported as accuracy 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +29,9 @@ import torch
 
 from calm.autoencoder import Autoencoder
 from calm.brier import BrierScores, evaluate_brier
+from calm.cli import OneLineErrorParser
+from calm.files import DamagedFileError, atomic_write_text
+from calm.integrity import check_output_path
 
 __all__ = ["AutoencoderReport", "COLLAPSE_THRESHOLD", "DEFAULT_SIGMAS", "chunk_stream", "evaluate_autoencoder",
            "evaluate_checkpoint", "format_report", "main"]
@@ -174,17 +182,15 @@ def evaluate_checkpoint(
 
     Passages are windows of the model's training length (calm: max_patches * K, baseline: max_positions),
     up to max_passages of them drawn with `seed`. Prints a table and writes JSON (default
-    <checkpoint>/eval_brier_<split>.json).
+    <checkpoint>/eval_brier_<split>.json), whose path is checked before anything is evaluated.
     """
     from calm.backbone import default_device
-    from calm.checkpoint import load_config, load_pretrained
+    from calm.checkpoint import load_pretrained
     from calm.data import load_token_ids, make_passages
 
-    meta = load_config(directory)
-    if meta["model_type"] != model_type:
-        raise ValueError(f"{directory} holds a {meta['model_type']!r} checkpoint, not {model_type!r}")
+    out = check_output_path(json_path or Path(directory) / f"eval_brier_{split}.json")
     device = default_device()
-    model, tokenizer = load_pretrained(directory, device=device)
+    model, tokenizer = load_pretrained(directory, device=device, expect=model_type)
     c = model.config
     length = c.max_patches * c.K if model_type == "calm" else c.max_positions
     ids = load_token_ids(corpus, tokenizer, split, progress=False)
@@ -203,19 +209,61 @@ def evaluate_checkpoint(
         print(f"  on-manifold {100 * manifold['on_manifold']:.1f}% of head samples (distance to the re-encoding "
               f"of their decoded tokens: median {manifold['sample_distance']:.3f}, real chunks "
               f"{manifold['data_distance']:.3f})")
-    out = Path(json_path) if json_path else Path(directory) / f"eval_brier_{split}.json"
-    out.write_text(json.dumps({"checkpoint": str(directory), "model_type": model_type, "corpus": corpus,
-                               "split": split, "passages": len(passages), "length": length, "samples": num_samples,
-                               **scores.as_dict(), **manifold, "counts": scores.counts}, indent=1) + "\n")  # fmt: skip
+    atomic_write_text(out, json.dumps({"checkpoint": str(directory), "model_type": model_type, "corpus": corpus,
+                                       "split": split, "passages": len(passages), "length": length,
+                                       "samples": num_samples, **scores.as_dict(), **manifold,
+                                       "counts": scores.counts}, indent=1) + "\n")
     return scores
 
 
-def main(argv: list[str] | None = None) -> AutoencoderReport:
-    """CLI entry point (see the module docstring)."""
+def main(argv: list[str] | None = None) -> AutoencoderReport | BrierScores:
+    """CLI entry point (see the module docstring). A setting, checkpoint or output path that is refused
+    raises (ValueError, CheckpointError, DamagedFileError, FileNotFoundError) before anything is evaluated;
+    ``python -m calm.evaluate`` prints it as one line and exits with status 2."""
+    return _run(_parser().parse_args(argv))
+
+
+def _sigmas(text: str) -> tuple[float, ...]:
+    try:
+        sigmas = tuple(float(s) for s in text.split(",") if s)
+    except ValueError:
+        raise ValueError(f"--sigmas {text!r}: not comma-separated numbers") from None
+    if not all(math.isfinite(s) and s >= 0 for s in sigmas):
+        raise ValueError(f"--sigmas {text!r}: each must be a finite number >= 0")
+    return sigmas
+
+
+def _run(args: argparse.Namespace) -> AutoencoderReport | BrierScores:
     from calm.checkpoint import load_pretrained
     from calm.data import load_token_ids
 
-    parser = argparse.ArgumentParser(prog="python -m calm.evaluate", description=__doc__.split("\n\n")[0])
+    for flag, value, low in (("--max-chunks", getattr(args, "max_chunks", None), 1),
+                             ("--max-passages", getattr(args, "max_passages", None), 1),
+                             ("--samples", getattr(args, "samples", None), 2)):
+        if value is not None and value < low:
+            name = flag[2:].replace("-", "_") if flag != "--samples" else "num_samples"
+            raise ValueError(f"{flag}: {name} must be >= {low}, got {value}")
+    if args.model in ("calm", "baseline"):
+        return evaluate_checkpoint(args.checkpoint, model_type=args.model, corpus=args.corpus, split=args.split,
+                                   max_passages=args.max_passages, seed=args.seed, num_samples=args.samples,
+                                   json_path=args.json)
+
+    sigmas = _sigmas(args.sigmas)
+    # the output path first: an evaluation that cannot be kept is not run
+    out = check_output_path(args.json or Path(args.checkpoint) / f"eval_{args.split}.json")
+    model, tokenizer = load_pretrained(args.checkpoint, expect="autoencoder")
+    ids = load_token_ids(args.corpus, tokenizer, args.split)
+    chunks = chunk_stream(ids, model.config.K, args.max_chunks)
+    report = evaluate_autoencoder(model, chunks, sigmas=sigmas, seed=args.seed)
+    print(format_report(report))
+    atomic_write_text(out, json.dumps({"checkpoint": str(args.checkpoint), "corpus": args.corpus,
+                                       "split": args.split, **asdict(report)}, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="python -m calm.evaluate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="model", required=True)
     p = sub.add_parser("autoencoder", help="evaluate an autoencoder checkpoint")
     p.add_argument("checkpoint", help="checkpoint directory (save_pretrained layout)")
@@ -235,24 +283,12 @@ def main(argv: list[str] | None = None) -> AutoencoderReport:
         q.add_argument("--samples", type=int, default=2,
                        help="sampled continuations per position (>= 2; the paper's 2, more lower the variance)")
         q.add_argument("--json", default=None, help="output path (default <checkpoint>/eval_brier_<split>.json)")
-    args = parser.parse_args(argv)
-    if args.model in ("calm", "baseline"):
-        return evaluate_checkpoint(args.checkpoint, model_type=args.model, corpus=args.corpus, split=args.split,
-                                   max_passages=args.max_passages, seed=args.seed, num_samples=args.samples,
-                                   json_path=args.json)
-
-    model, tokenizer = load_pretrained(args.checkpoint)
-    ids = load_token_ids(args.corpus, tokenizer, args.split)
-    chunks = chunk_stream(ids, model.config.K, args.max_chunks)
-    sigmas = tuple(float(s) for s in args.sigmas.split(",") if s)
-    report = evaluate_autoencoder(model, chunks, sigmas=sigmas, seed=args.seed)
-    print(format_report(report))
-    out = Path(args.json) if args.json else Path(args.checkpoint) / f"eval_{args.split}.json"
-    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "corpus": args.corpus, "split": args.split,
-                               **asdict(report)}, indent=1) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
-    return report
+    return parser
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DamagedFileError, FileNotFoundError, ValueError) as exc:  # CheckpointError is a ValueError
+        print(f"python -m calm.evaluate: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -30,6 +30,9 @@ import torch
 from torch import nn
 
 from calm.checkpoint import load_optimizer, read_safetensors, save_optimizer, save_pretrained
+from calm.checks import check_numbers
+from calm.files import DamagedFileError, read_json
+from calm.integrity import check_tensors
 
 __all__ = ["OPTIMIZER_FILE", "TRAIN_STATE_FILE", "FitResult", "NonFiniteLossError", "TrainConfig", "load_training_state",
            "lr_at", "make_optimizer", "newest_checkpoint", "run_loop", "save_training_state", "step_seed",
@@ -108,6 +111,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.threads must be >= 0, got {self.threads}")
         if not isinstance(self.brier_samples, int) or self.brier_samples < 2:
             raise ValueError(f"TrainConfig.brier_samples must be an integer >= 2, got {self.brier_samples!r}")
+        check_numbers(self)  # finite numbers, ints that are ints (last: the checks above name their field)
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -358,14 +362,19 @@ def load_training_state(directory: str | os.PathLike, task, model: nn.Module, op
     path = directory / TRAIN_STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {directory} is not a training checkpoint")
-    state = json.loads(path.read_text())
+    state = read_json(path, what="training state")
+    for key in ("task", "step", "model_config"):
+        if key not in state:
+            raise DamagedFileError(path, f"the training state lacks the field {key!r}")
     if state["task"] != task.name:
         raise ValueError(f"checkpoint {directory} is from task {state['task']!r}, not {task.name!r}")
     if state["model_config"] != task.config.to_dict():
         diff = {k: (v, task.config.to_dict().get(k)) for k, v in state["model_config"].items()
                 if task.config.to_dict().get(k) != v}
         raise ValueError(f"checkpoint {directory} has a different model config (checkpoint, now): {diff}")
-    model.load_state_dict(read_safetensors(directory / "model.safetensors"), strict=True)
+    weights = read_safetensors(directory / "model.safetensors")
+    check_tensors(directory / "model.safetensors", weights)  # a NaN checkpoint is not resumed from
+    model.load_state_dict(weights, strict=True)
     load_optimizer(optimizer, model, directory / OPTIMIZER_FILE)
     return state
 

@@ -188,19 +188,21 @@ def save_sae(sae: TopKSAE, directory: str | os.PathLike, **metadata) -> Path:
 
     ``metadata`` (JSON values; e.g. ``hook_name``, ``model_name``) joins ``sae.metadata`` under cfg["metadata"].
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from calm.files import atomic_write_bytes, atomic_write_text
 
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     weights = {name: getattr(sae, name).detach().float().contiguous() for name in WEIGHT_KEYS}
-    save_file(weights, str(path / SAE_WEIGHTS_FILENAME))
+    atomic_write_bytes(path / SAE_WEIGHTS_FILENAME, save(weights))
     cfg = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": sae.apply_b_dec_to_input, "normalize_activations": "none",
            "reshape_activations": "none",
            "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": None,
                         **sae.metadata, **metadata},
            "k": sae.k, "rescale_acts_by_decoder_norm": False, "architecture": "topk"}
-    (path / SAE_CFG_FILENAME).write_text(json.dumps(cfg, indent=2) + "\n")
+    atomic_write_text(path / SAE_CFG_FILENAME, json.dumps(cfg, indent=2) + "\n")
     return path
 
 
@@ -215,17 +217,29 @@ def _is_pre_6(cfg: dict) -> bool:
 def load_sae(directory: str | os.PathLike) -> TopKSAE:
     """A TopK SAE from a directory written by ``save_sae`` or by SAELens (``SAE.save_model``).
 
-    Raises ValueError naming what was found for anything this module does not compute: another architecture
-    (standard ReLU, jumprelu, gated, batchtopk, ...), input normalisation other than "none", or decoder-norm
-    rescaling.
+    Raises:
+        ValueError: naming what was found for anything this module does not compute: another architecture
+            (standard ReLU, jumprelu, gated, batchtopk, ...), input normalisation other than "none", or
+            decoder-norm rescaling; or no cfg.json in ``directory``.
+        DamagedFileError: cfg.json is truncated or holds a value of the wrong JSON kind (``"false"`` for a
+            boolean, ``2.7`` for k), or the weights file is missing, damaged, of other shapes than cfg.json's
+            or holds NaN/inf.
     """
-    from calm.checkpoint import read_safetensors
+    from calm.integrity import with_fix
 
     path = Path(directory)
     cfg_path = path / SAE_CFG_FILENAME
-    if not cfg_path.is_file():
+    if not cfg_path.exists():
         raise ValueError(f"{path} holds no {SAE_CFG_FILENAME} (an SAELens SAE directory)")
-    cfg = json.loads(cfg_path.read_text())
+    with with_fix(f"save the SAE again (calm.sae.save_sae) or fetch it again into {path}"):
+        return _read_sae(path, cfg_path)
+
+
+def _read_sae(path: Path, cfg_path: Path) -> TopKSAE:
+    from calm.files import DamagedFileError, read_json
+    from calm.integrity import check_json_value, check_tensors, read_safetensors
+
+    cfg = read_json(cfg_path, what="SAE config")
     architecture = cfg.get("architecture")
     k = cfg.get("k")
     if _is_pre_6(cfg):
@@ -239,22 +253,29 @@ def load_sae(directory: str | os.PathLike) -> TopKSAE:
     if architecture != "topk":
         raise ValueError(f"{path}: SAE architecture {architecture!r} is not supported; only 'topk' is")
     if k is None:
-        raise ValueError(f"{path}: a topk SAE's {SAE_CFG_FILENAME} needs k")
+        raise DamagedFileError(cfg_path, "a topk SAE's config needs k")
+    # the JSON kinds: bool("false") is True and int(2.7) is 2, so a value of the wrong kind is never converted
+    for name, value, kind in (("k", k, int), ("d_in", cfg.get("d_in"), int), ("d_sae", cfg.get("d_sae"), int),
+                              ("apply_b_dec_to_input", cfg.get("apply_b_dec_to_input", True), bool),
+                              ("rescale_acts_by_decoder_norm", cfg.get("rescale_acts_by_decoder_norm", False),
+                               bool | None)):
+        check_json_value(cfg_path, name, value, kind, what="SAE config")
     norm = cfg.get("normalize_activations", "none")
     if norm not in (None, False, "none"):
         raise ValueError(f"{path}: normalize_activations {norm!r} is not supported; only 'none' is")
     if cfg.get("rescale_acts_by_decoder_norm"):
         raise ValueError(f"{path}: rescale_acts_by_decoder_norm=true is not supported")
-    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    if not 1 <= k <= d_sae or d_in < 1:
+        raise DamagedFileError(cfg_path, f"a TopK SAE needs 1 <= k <= d_sae and d_in >= 1, got k={k}, "
+                                         f"d_sae={d_sae}, d_in={d_in}")
     weights = read_safetensors(path / SAE_WEIGHTS_FILENAME)
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    for name, shape in expected.items():
-        if name not in weights or tuple(weights[name].shape) != shape:
-            found = tuple(weights[name].shape) if name in weights else "missing"
-            raise ValueError(f"{path}: {SAE_WEIGHTS_FILENAME} {name} should have shape {shape}, found {found}")
+    check_tensors(path / SAE_WEIGHTS_FILENAME, {name: weights[name] for name in expected if name in weights},
+                  expected)
     metadata = {key: value for key, value in (cfg.get("metadata") or {}).items()
                 if key not in ("sae_lens_version", "sae_lens_training_version")}
-    sae = TopKSAE(d_in, d_sae, int(k), apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+    sae = TopKSAE(d_in, d_sae, k, apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True),
                   metadata=metadata)
     with torch.no_grad():
         for name in WEIGHT_KEYS:  # computed in float32 whatever the stored dtype

@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 
 from calm.autoencoder import AutoencoderTask
-from calm.cli import add_dataclass_args, given_values
+from calm.checkpoint import CheckpointError, check_checkpoint
+from calm.cli import OneLineErrorParser, add_dataclass_args, given_values
+from calm.files import DamagedFileError, read_json
 from calm.loop import (
     TRAIN_STATE_FILE,
     FitResult,
@@ -84,7 +86,7 @@ def _derived_fields(task_cls) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m calm.train`` parser: one subcommand per task."""
-    parser = argparse.ArgumentParser(prog="python -m calm.train", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m calm.train", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="task", required=True)
     for name, task_cls in TASKS.items():
         p = sub.add_parser(name, help=f"train the {name}")
@@ -116,26 +118,60 @@ def configs_from_args(args: argparse.Namespace, task_cls, *, vocab_size: int, pa
     return model_cfg, train_cfg
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The paths the command line names, checked in a moment before anything slow (the tokenizer, the
+    corpus, Ray): ``--ae`` is an autoencoder checkpoint directory (config.json of that model type,
+    safetensors weights of the shapes it implies, never a pickle), ``--out`` is not a file, the worker counts
+    are counts.
+
+    Raises:
+        ValueError: a setting is refused (the message names the flag).
+        DamagedFileError: a named file is there but damaged.
+    """
+    if args.workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+    if args.max_failures < 0:
+        raise ValueError(f"--max-failures must be an integer >= 0, got {args.max_failures}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file, not a run directory")
+    if getattr(args, "ae", None) is not None:
+        try:
+            check_checkpoint(args.ae, expect="autoencoder")
+        except (CheckpointError, DamagedFileError) as exc:  # the flag named first: it is the user's to fix
+            raise ValueError(f"--ae {args.ae}: {exc}") from None
+
+
+def _resumed_config(args: argparse.Namespace, task_cls, model_cfg):
+    """The model config a ``--resume`` continues with: the newest checkpoint's (flags may only change the
+    training schedule); ``model_cfg`` when there is none yet."""
+    ckpt = newest_checkpoint(Path(args.out) / "ray")
+    if ckpt is None:
+        return model_cfg
+    path = ckpt / TRAIN_STATE_FILE
+    stored = read_json(path, what="training state")
+    try:
+        return task_cls.config_cls.from_dict(stored["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedFileError(path, f"its model config cannot be rebuilt ({type(exc).__name__}: {exc})") from None
+
+
 def main(argv: list[str] | None = None) -> FitResult:
     """CLI entry point (see the module docstring)."""
-    from calm.data import load_token_ids
-    from calm.tokenizer import get_tokenizer
-
     parser = build_parser()
     args = parser.parse_args(argv)
     task_cls = TASKS[args.task]
     try:  # settings are checked before Ray starts: a bad one is one line and exit status 2
+        check_paths(args)  # first: a wrong --ae is named in a moment, not after the tokenizer, corpus or Ray
+        from calm.data import load_token_ids  # (imports transformers: a second)
+        from calm.tokenizer import get_tokenizer
+
         tokenizer = get_tokenizer(args.tokenizer, corpus=args.corpus)
         model_cfg, train_cfg = configs_from_args(args, task_cls, vocab_size=len(tokenizer),
                                                  pad_id=int(tokenizer.pad_token_id))
-    except (ValueError, FileNotFoundError) as exc:
+        if args.resume:
+            model_cfg = _resumed_config(args, task_cls, model_cfg)
+    except (ValueError, FileNotFoundError, DamagedFileError) as exc:
         parser.error(str(exc))
-    if args.resume:
-        ckpt = newest_checkpoint(Path(args.out) / "ray")
-        if ckpt is not None:
-            # a resumed run keeps its model config; flags may only change the training schedule
-            stored = json.loads((ckpt / TRAIN_STATE_FILE).read_text())
-            model_cfg = task_cls.config_cls.from_dict(stored["model_config"])
     task = task_cls(model_cfg)
     train_ids = load_token_ids(args.corpus, tokenizer, "train")
     val_ids = load_token_ids(args.corpus, tokenizer, "validation")

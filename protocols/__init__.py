@@ -108,7 +108,14 @@ def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: i
 
 
 def load_protocol(directory: str | Path, autoencoder: Any | None = None) -> Protocol:
-    """Load any saved protocol; the latent ones need the autoencoder they were fitted with."""
+    """Load any saved protocol; the latent ones need the autoencoder they were fitted with.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no ``protocol.json``.
+        DamagedFileError: it does, but it or ``protocol.safetensors`` is damaged (``protocols.saved``): the
+            message names the file. Not a ValueError, so it is never taken for "cannot be built".
+        ValueError: an unknown protocol, or an autoencoder other than the one it was fitted with.
+    """
     kind = Protocol.read_config(directory)["protocol"]
     if kind == UncodedTokenProtocol.name:
         return UncodedTokenProtocol.load(directory)

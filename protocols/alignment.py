@@ -24,8 +24,9 @@ and the listener applies it to what it receives, then decodes with its own proto
   map only when both hold the same weights).
 
 A fitted alignment is a few arrays: ``save`` writes them as safetensors with a JSON config, ``load``
-reads them back (no pickles); ``transform`` evaluates them with numpy, so a reloaded map gives the same
-output bit for bit.
+reads them back (no pickles) and checks them: arrays of the names and shapes the config's method and sizes
+imply, finite, or a ``calm.files.DamagedFileError`` naming the file; ``transform`` evaluates them with numpy,
+so a reloaded map gives the same output bit for bit.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ from typing import Literal
 
 import numpy as np
 
+from calm.files import DamagedFileError, atomic_write_bytes, atomic_write_text, read_json
+
 __all__ = ["METHODS", "AlignmentConfig", "LatentAlignment"]
 
 Method = Literal["none", "procrustes", "ridge", "mlp"]
 METHODS: tuple[str, ...] = ("procrustes", "ridge", "mlp")
+CONFIG_FILE = "alignment.json"
+WEIGHTS_FILE = "alignment.safetensors"
 
 
 @dataclass
@@ -75,6 +80,16 @@ class AlignmentConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
+
+
+def _shapes(config: AlignmentConfig, n: int, m: int) -> dict[str, tuple[int, ...]]:
+    """The arrays of a fitted ``config.method`` map from ``n`` to ``m`` dims, by name."""
+    if config.method == "none":
+        return {}
+    if config.method in ("procrustes", "ridge"):
+        return {"weight": (n, m), "bias": (m,)}
+    h = config.hidden_size
+    return {"weight0": (n, h), "bias0": (h,), "weight1": (h, m), "bias1": (m,)}
 
 
 class LatentAlignment:
@@ -174,7 +189,7 @@ class LatentAlignment:
 
     def save(self, directory: str | Path) -> None:
         """Write ``alignment.json`` (config, sizes, fit info) and ``alignment.safetensors`` (the arrays)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         if self.source_dim is None:
             raise RuntimeError("alignment not fitted: nothing to save")
@@ -182,18 +197,24 @@ class LatentAlignment:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"config": asdict(self.config), "source_dim": self.source_dim, "target_dim": self.target_dim,
                 "anchors": self.anchors, "info": self.info}
-        save_file(self.arrays or {"empty": np.zeros(0)}, str(directory / "alignment.safetensors"))
-        (directory / "alignment.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_bytes(directory / WEIGHTS_FILE, save(self.arrays or {"empty": np.zeros(0)}))
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> LatentAlignment:
-        """Read an alignment written by ``save``."""
-        from safetensors.numpy import load_file
+        """Read an alignment written by ``save``.
+
+        Raises:
+            FileNotFoundError: no ``alignment.json`` in ``directory``.
+            DamagedFileError: either file is damaged (truncated, a field of the wrong kind, a config its class
+                refuses), or the arrays are not the names and shapes that ``method``, ``source_dim``,
+                ``target_dim`` and ``hidden_size`` imply, or hold NaN/inf.
+        """
+        from calm.integrity import with_fix
 
         directory = Path(directory)
-        meta = json.loads((directory / "alignment.json").read_text())
-        arrays = {k: v for k, v in load_file(str(directory / "alignment.safetensors")).items() if k != "empty"}
-        return cls.from_arrays({**meta, "arrays": arrays})
+        with with_fix(f"remove the saved alignment (rm -r {directory}) and fit it again"):
+            return cls.from_arrays(_read_saved(directory))
 
     def to_arrays(self) -> dict:
         """Everything ``from_arrays`` needs (for shipping to Ray workers without files)."""
@@ -210,3 +231,31 @@ class LatentAlignment:
         out.anchors = int(state["anchors"])
         out.arrays, out.info = dict(state["arrays"]), dict(state["info"])
         return out
+
+
+def _read_saved(directory: Path) -> dict:
+    """The checked state in ``directory``, in ``LatentAlignment.to_arrays``'s layout (see ``load``)."""
+    from calm.integrity import check_json_types, check_json_value, check_tensors, read_safetensors
+
+    path = directory / CONFIG_FILE
+    meta = read_json(path, what="alignment config")
+    for key, tp in (("config", dict), ("source_dim", int), ("target_dim", int), ("anchors", int),
+                    ("info", dict)):
+        if key not in meta:
+            raise DamagedFileError(path, f"the alignment config lacks the field {key!r}")
+        check_json_value(path, key, meta[key], tp, what="alignment config")
+    check_json_types(path, AlignmentConfig, meta["config"], what="alignment config")
+    try:
+        config = AlignmentConfig(**{**meta["config"], "alphas": tuple(meta["config"].get("alphas", ()))})
+    except (TypeError, ValueError) as exc:
+        raise DamagedFileError(path, f"the AlignmentConfig it holds is refused: {exc}") from None
+    n, m = meta["source_dim"], meta["target_dim"]
+    if n < 1 or m < 1 or (config.method == "none" and n != m):
+        raise DamagedFileError(path, f"sizes n={n}, n'={m} do not fit a {config.method} map")
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise DamagedFileError(weights, f"the map's arrays are missing ({CONFIG_FILE} is there)")
+    arrays = read_safetensors(weights, framework="numpy")
+    arrays.pop("empty", None)
+    check_tensors(weights, arrays, _shapes(config, n, m), what="alignment arrays")
+    return {**meta, "arrays": arrays}

@@ -21,13 +21,14 @@ noise variance, which ranks candidates exactly as AWGN at any sigma does.
 from __future__ import annotations
 
 import abc
-import json
 import math
 from pathlib import Path
 from typing import Any, ClassVar, runtime_checkable
 from typing import Protocol as TypingProtocol
 
 import numpy as np
+
+from protocols.saved import build_config, read_meta, restore_stats, write_saved
 
 __all__ = [
     "ChannelModel",
@@ -40,9 +41,6 @@ __all__ = [
     "hamming_score",
     "log_likelihood",
 ]
-
-CONFIG_FILE = "protocol.json"
-STATS_FILE = "protocol.safetensors"
 
 
 def check_sigma(sigma: float) -> float:
@@ -282,42 +280,40 @@ class Protocol(abc.ABC):
 
     def save(self, directory: str | Path) -> None:
         """Write ``protocol.json`` (type, config, seq_len) and ``protocol.safetensors`` (fitted stats)."""
-        from safetensors.numpy import save_file
-
         self._require_fit()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"protocol": self.name, "config": self._config(), "seq_len": self.seq_len}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        stats = {k: np.ascontiguousarray(v) for k, v in self._stats().items()}
-        save_file(stats, str(directory / STATS_FILE))
+        write_saved(directory, {"protocol": self.name, "config": self._config(), "seq_len": self.seq_len},
+                    self._stats())
 
     @classmethod
     def load(cls, directory: str | Path) -> Protocol:
-        """Load a protocol written by ``save`` (one built from its ``config_class`` alone)."""
+        """Load a protocol written by ``save`` (one built from its ``config_class`` alone).
+
+        Raises:
+            FileNotFoundError: no ``protocol.json`` in ``directory``.
+            ValueError: it holds another kind of protocol.
+            DamagedFileError: a damaged ``protocol.json`` or ``protocol.safetensors`` (``protocols.saved``).
+        """
         meta = cls.read_config(directory)
         if meta["protocol"] != cls.name:
             raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
-        proto = cls(cls.config_class(**meta["config"]))
+        proto = cls(build_config(directory, cls.config_class, meta["config"]))
         proto._load_stats(directory, meta["seq_len"])
         return proto
 
     @staticmethod
     def read_config(directory: str | Path) -> dict[str, Any]:
-        """The ``protocol.json`` of a saved protocol (``protocol``, ``config``, ``seq_len``)."""
-        path = Path(directory) / CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved protocol at {directory}: missing {CONFIG_FILE}")
-        return json.loads(path.read_text())
+        """The checked ``protocol.json`` of a saved protocol (``protocol``, ``config``, ``seq_len``):
+        FileNotFoundError when there is none, DamagedFileError when it cannot be read back."""
+        return read_meta(directory)
+
+    def _stat_shapes(self, L: int) -> dict[str, tuple[int, ...]] | None:
+        """The names and shapes of the fitted arrays for passages of ``L`` tokens (None: ``_set_stats``
+        checks them itself)."""
+        return None
 
     def _load_stats(self, directory: str | Path, seq_len: int) -> None:
-        from safetensors.numpy import load_file
-
-        path = Path(directory) / STATS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved protocol at {directory}: missing {STATS_FILE}")
-        self._set_stats(load_file(str(path)))
-        self.seq_len = int(seq_len)
+        """Restore the fitted arrays of ``directory``, checked against the config (names, shapes, finite)."""
+        restore_stats(self, directory, seq_len)
 
     # ---- validation --------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from environments.torch_channels import CHANNEL_KINDS
 from protocols import jscc_model  # noqa: F401  (registers the adapter's model type for load_pretrained)
 from protocols.base import ChannelModel, check_budget
 from protocols.latent import LatentProtocol, check_autoencoder
+from protocols.saved import build_config, read_autoencoder_dims
 
 __all__ = ["ChannelState", "JSCCProtocol", "JSCCProtocolConfig", "channel_snr_db", "file_sha256"]
 
@@ -185,7 +186,7 @@ class JSCCProtocol(LatentProtocol):
         """A protocol around the adapter checkpoint ``adapter_dir`` (its path and sha256 go in the config)."""
         from calm.checkpoint import load_pretrained
 
-        adapter, _ = load_pretrained(adapter_dir)
+        adapter, _ = load_pretrained(adapter_dir, expect="jscc")
         config = dataclasses.replace(config or JSCCProtocolConfig(), adapter_path=str(Path(adapter_dir).resolve()))
         return cls(adapter, config, autoencoder=autoencoder, channel=channel)
 
@@ -301,7 +302,13 @@ class JSCCProtocol(LatentProtocol):
     def _stats(self) -> dict[str, np.ndarray]:
         return {"scale": np.array([self.scale])}
 
+    def _stat_shapes(self, L: int) -> dict[str, tuple[int, ...]]:
+        self._check_length(L)
+        return {"scale": (1,)}
+
     def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
+        if not stats["scale"][0] > 0:
+            raise ValueError(f"the power scale must be > 0, got {stats['scale'][0]}")
         self.scale = float(stats["scale"][0])
 
     # ---- saving ----
@@ -337,25 +344,28 @@ class JSCCProtocol(LatentProtocol):
         Raises:
             ValueError: a changed adapter; an ``autoencoder`` whose K, latent_dim or vocab_size (or other
                 config field, or weights) differ from the adapter's (the message names the field).
+            DamagedFileError: a damaged protocol.json or protocol.safetensors, or the recorded adapter missing.
         """
         from calm.checkpoint import load_pretrained
+        from calm.files import DamagedFileError
 
         meta = cls.read_config(directory)
         if meta["protocol"] != cls.name:
             raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
         values = dict(meta["config"])
-        dims = values.pop("autoencoder")
-        config = JSCCProtocolConfig(**values)
+        dims = read_autoencoder_dims(directory, values)
+        config = build_config(directory, JSCCProtocolConfig, values)
         path = Path(config.adapter_path) / "model.safetensors"
         if not path.is_file():
-            raise ValueError(f"the jscc adapter {config.adapter_path} recorded in {directory} is missing")
+            raise DamagedFileError(path, f"the jscc adapter recorded in {Path(directory) / 'protocol.json'} is "
+                                         "missing", f"restore it, or remove {directory} and refit the protocol")
         sha = file_sha256(path)
         if sha != config.adapter_sha256:
             raise ValueError(f"the jscc adapter at {config.adapter_path} changed: model.safetensors has sha256 "
                              f"{sha[:16]}..., the protocol was fitted with {config.adapter_sha256[:16]}...")
         if autoencoder is not None:
             check_autoencoder(dims, autoencoder)
-        adapter, _ = load_pretrained(config.adapter_path)
+        adapter, _ = load_pretrained(config.adapter_path, expect="jscc")
         proto = cls(adapter, config, autoencoder=autoencoder, channel=channel)
         proto._load_stats(directory, meta["seq_len"])
         return proto

@@ -46,6 +46,7 @@ from torch import nn
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig, SwiGLUBlock
 from calm.checkpoint import register_model_type
+from calm.checks import check_numbers
 from calm.config import DictConfig
 from environments.torch_channels import CHANNEL_KINDS, ChannelKind, simulate_channel
 
@@ -172,6 +173,7 @@ class JSCCConfig(DictConfig):
             raise ValueError(f"JSCCConfig.erasure_p must be in [0, 1), got {self.erasure_p}")
         if isinstance(self.train_negatives, bool) or not isinstance(self.train_negatives, int) or self.train_negatives < 0:
             raise ValueError(f"JSCCConfig.train_negatives must be an integer >= 0, got {self.train_negatives!r}")
+        check_numbers(self)  # finite numbers, ints that are ints (last: the checks above name their field)
 
     def to_dict(self) -> dict:
         """The config as a JSON-ready dict (channels as a list, so it equals its JSON round trip)."""

@@ -61,6 +61,7 @@ class JSCCTask(WindowTask):
         from pathlib import Path
 
         from calm.checkpoint import load_config, read_safetensors
+        from calm.integrity import check_tensors
 
         model = JSCCModel(self.config)
         if next(model.parameters()).is_meta:
@@ -69,12 +70,11 @@ class JSCCTask(WindowTask):
             check_autoencoder_config(self.config, self.autoencoder.config.to_dict())
             weights = self.autoencoder.state_dict()
         elif self.config.autoencoder_path:
-            meta = load_config(self.config.autoencoder_path)
-            if meta["model_type"] != "autoencoder":
-                raise ValueError(f"{self.config.autoencoder_path} holds a {meta['model_type']!r} checkpoint, "
-                                 "not an autoencoder")
+            meta = load_config(self.config.autoencoder_path, expect="autoencoder")
             check_autoencoder_config(self.config, meta["config"])
-            weights = read_safetensors(Path(self.config.autoencoder_path) / "model.safetensors")
+            path = Path(self.config.autoencoder_path) / "model.safetensors"
+            weights = read_safetensors(path)
+            check_tensors(path, weights)  # a NaN autoencoder would train a NaN adapter
         else:
             raise ValueError("JSCCTask needs the trained autoencoder: set config.autoencoder_path or pass "
                              "autoencoder=")

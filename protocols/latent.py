@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from protocols.base import Protocol
+from protocols.saved import build_config, read_autoencoder_dims
 
 __all__ = ["LatentBasis", "autoencoder_dims", "decode_latents", "encode_means"]
 
@@ -143,7 +144,16 @@ class LatentBasis:
             "pca_components": self.components,
         }
 
+    @staticmethod
+    def shapes(latent_dim: int, D: int, d: int) -> dict[str, tuple[int, ...]]:
+        """The shapes ``stats`` has for latents of ``latent_dim`` and a code of ``d`` of ``D`` dims."""
+        pca = d < D
+        return {"latent_mean": (latent_dim,), "latent_std": (latent_dim,), "pca_mean": (D,) if pca else (0,),
+                "pca_components": (D, d) if pca else (0, 0)}
+
     def set_stats(self, stats: dict[str, np.ndarray]) -> None:
+        if not (stats["latent_std"] > 0).all():  # the standardisation divides by it
+            raise ValueError("latent_std must be > 0 in every dimension")
         self.mean = stats["latent_mean"]
         self.std = stats["latent_std"]
         self.pca_mean = stats["pca_mean"]
@@ -207,7 +217,7 @@ class LatentProtocol(Protocol):
         if meta["protocol"] != cls.name:
             raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
         config = dict(meta["config"])
-        check_autoencoder(config.pop("autoencoder"), autoencoder)
-        proto = cls(autoencoder, cls.config_class(**config))
+        check_autoencoder(read_autoencoder_dims(directory, config), autoencoder)
+        proto = cls(autoencoder, build_config(directory, cls.config_class, config))
         proto._load_stats(directory, meta["seq_len"])
         return proto

@@ -170,7 +170,13 @@ class QuantizedVectorProtocol(LatentProtocol):
     def _stats(self) -> dict[str, np.ndarray]:
         return {**self.basis.stats(), "code_std": self.code_std}
 
+    def _stat_shapes(self, L: int) -> dict[str, tuple[int, ...]]:
+        d = self.code_size(L)
+        return {**self.basis.shapes(self.latent_dim, self.latent_size(L), d), "code_std": (d,)}
+
     def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
         self.basis.set_stats(stats)
+        if not (stats["code_std"] > 0).all():  # the quantiser divides by it
+            raise ValueError("code_std must be > 0 in every dimension")
         self.code_std = stats["code_std"]
 

@@ -60,8 +60,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from calm.files import DamagedFileError, atomic_write_text, read_json
 from protocols.base import ChannelModel, Protocol, check_budget
 from protocols.coded import MODULATION_BITS, CodedLink, check_link_fields
+from protocols.saved import build_config
 from protocols.source_coding import (
     _WORD,
     FILL_HORIZON,
@@ -441,7 +443,7 @@ def save_bank(protocols: list[SeparationProtocol], directory: str | Path) -> Non
     directory = Path(directory)
     first.save(directory)
     entries = {mcs_name(p.config): dataclasses.asdict(p.config) for p in protocols}
-    (directory / BANK_FILE).write_text(json.dumps({"seq_len": first.seq_len, "entries": entries}, indent=1) + "\n")
+    atomic_write_text(directory / BANK_FILE, json.dumps({"seq_len": first.seq_len, "entries": entries}, indent=1) + "\n")
 
 
 def is_bank(directory: str | Path) -> bool:
@@ -450,13 +452,29 @@ def is_bank(directory: str | Path) -> bool:
 
 
 def load_bank(directory: str | Path) -> dict[str, SeparationProtocol]:
-    """The bank's protocols by ``mcs_name``, all sharing the one saved source model."""
+    """The bank's protocols by ``mcs_name``, all sharing the one saved source model.
+
+    Raises:
+        DamagedFileError: a damaged protocol (see ``Protocol.load``) or bank file: not JSON, no entries, a
+            seq_len other than the saved protocol's, or an entry that is not a buildable config.
+    """
     directory = Path(directory)
+    path = directory / BANK_FILE
     first = SeparationProtocol.load(directory)
-    meta = json.loads((directory / BANK_FILE).read_text())
+    meta = read_json(path, what="separation bank")
+    entries = meta.get("entries")
+    if not isinstance(entries, dict) or not entries:
+        raise DamagedFileError(path, f"the bank's 'entries' hold {entries!r}, not its MCS configs")
+    if meta.get("seq_len") != first.seq_len:
+        raise DamagedFileError(path, f"the bank's seq_len {meta.get('seq_len')!r} is not the saved protocol's "
+                                     f"{first.seq_len}")
     out = {}
-    for name, fields in meta["entries"].items():
-        proto = SeparationProtocol(SeparationProtocolConfig(**fields), source=first.source)
-        proto.seq_len = int(meta["seq_len"])
+    for name, fields in entries.items():
+        config = build_config(directory, SeparationProtocolConfig, fields, file=BANK_FILE)
+        try:
+            proto = SeparationProtocol(config, source=first.source)
+        except ValueError as exc:  # it was built when the bank was saved
+            raise DamagedFileError(path, f"the entry {name!r} cannot be built: {exc}") from None
+        proto.seq_len = first.seq_len
         out[name] = proto
     return out

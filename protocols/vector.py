@@ -121,7 +121,12 @@ class VectorProtocol(LatentProtocol):
     def _stats(self) -> dict[str, np.ndarray]:
         return {**self.basis.stats(), "scale": np.array([self.scale])}
 
+    def _stat_shapes(self, L: int) -> dict[str, tuple[int, ...]]:
+        return {**self.basis.shapes(self.latent_dim, self.latent_size(L), self.code_size(L)), "scale": (1,)}
+
     def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
         self.basis.set_stats(stats)
+        if not stats["scale"][0] > 0:
+            raise ValueError(f"the power scale must be > 0, got {stats['scale'][0]}")
         self.scale = float(stats["scale"][0])
 

@@ -8,6 +8,7 @@ from tokenizers import ByteLevelBPETokenizer
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig
 from calm.checkpoint import CheckpointError, load_optimizer, load_pretrained, save_optimizer, save_pretrained
+from calm.files import DamagedFileError
 from calm.tokenizer import load_tokenizer
 
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
@@ -105,20 +106,20 @@ def test_missing_truncated_and_foreign_files_are_clear_errors(tmp_path, tokenize
     weights = ck / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="damaged or truncated"):
+    with pytest.raises(DamagedFileError, match="damaged or truncated"):
         load_pretrained(ck)
     weights.write_bytes(good[:5])
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
+    with pytest.raises(DamagedFileError, match="not a safetensors file"):
         load_pretrained(ck)
     # a zip/pickle file (what torch.save writes) is never unpickled
     weights.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
+    with pytest.raises(DamagedFileError, match="not a safetensors file"):
         load_pretrained(ck)
     weights.unlink()
-    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+    with pytest.raises(DamagedFileError, match="model.safetensors: the file is missing"):
         load_pretrained(ck)
     (ck / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    with pytest.raises(DamagedFileError, match="not valid JSON"):
         load_pretrained(ck)
 
 

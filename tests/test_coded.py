@@ -11,6 +11,7 @@ pytest.importorskip("sionna.phy")
 
 import torch  # noqa: E402
 
+from calm.files import DamagedFileError  # noqa: E402
 from environments.channels import AWGN, Chain, Erasure, RayleighBlockFading  # noqa: E402
 from protocols.coded import MODULATION_BITS, CodedLink, CodedProtocol, CodedProtocolConfig  # noqa: E402
 
@@ -282,5 +283,5 @@ def test_save_load_round_trip(tmp_path, kw):
     meta = json.loads((tmp_path / "protocol.json").read_text())
     meta["config"]["rate"] = 0.25
     (tmp_path / "protocol.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(DamagedFileError, match="do not match"):  # the two files disagree: damage, named
         CodedProtocol.load(tmp_path)

@@ -47,7 +47,7 @@ def game_seed(seed: int, step: int, *, salt: int | None = 7) -> int:
 def open_autoencoder(checkpoint: Path, passage_length: int):
     """``(model, tokenizer)`` of the autoencoder checkpoint, checked to split passages of ``passage_length``
     tokens into whole chunks."""
-    model, tok = load_pretrained(checkpoint)
+    model, tok = load_pretrained(checkpoint, expect="autoencoder")
     if passage_length % model.config.K:
         raise ValueError(f"passage_length must be a multiple of the autoencoder's K={model.config.K}, "
                          f"got {passage_length}")

@@ -155,8 +155,8 @@ def ensure_calm(checkpoint: Path, *, lm_checkpoint: str | None = None, runs_dir:
     """
     if lm_checkpoint is not None:
         path = _given_model(lm_checkpoint, "calm", "lm_checkpoint")
-        model, _ = load_pretrained(path)
-        ae, _ = load_pretrained(checkpoint)
+        model, _ = load_pretrained(path, expect="calm")
+        ae, _ = load_pretrained(checkpoint, expect="autoencoder")
         mine, theirs = ae.state_dict(), model.autoencoder.state_dict()
         if mine.keys() != theirs.keys() or any(not mine[k].equal(theirs[k]) for k in mine):
             raise ValueError(f"lm_checkpoint {lm_checkpoint!r} was trained on another autoencoder than {checkpoint}")
