@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         parser.error(f"--batch-n {cfg.batch_n} needs a temperature 1/n (0.5, 0.333.., 0.25, ...), got "
                      f"{cfg.temperature}; pass --batch-n 0 for the exact sampler")
     try:
-        model, tokenizer = load_pretrained(cfg.checkpoint, device=default_device())
+        model, tokenizer = load_pretrained(cfg.checkpoint, device=default_device(), expect=("calm", "baseline"))
     except (FileNotFoundError, CheckpointError, DamagedFileError) as exc:
         parser.error(str(exc))
     texts = generate(model, tokenizer, cfg.prompt, cfg.max_tokens, temperature=cfg.temperature,

@@ -383,10 +383,13 @@ def newest_checkpoint(root: str | os.PathLike) -> Path | None:
     """The training checkpoint with the highest step anywhere under ``root`` (None if there is none)."""
     best, best_key = None, None
     for path in Path(root).glob("**/" + TRAIN_STATE_FILE):
-        try:
-            step = json.loads(path.read_text())["step"]
-        except (OSError, ValueError, KeyError):
-            continue  # a checkpoint being written or a damaged one
+        # written atomically (os.replace), so one that cannot be read is damage, never "being written"
+        state = read_json(path, what="training state",
+                          fix=f"remove that checkpoint (rm -r {path.parent}) to resume from an older one")
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise DamagedFileError(path, f"the training state's step is {step!r}, not an integer",
+                                   f"remove that checkpoint (rm -r {path.parent}) to resume from an older one")
         if not (path.parent / OPTIMIZER_FILE).is_file():
             continue
         key = (step, path.stat().st_mtime)

@@ -57,7 +57,7 @@ def prepare_agents(cfg: Any, run_dir: Path):
     """
     n, L = cfg.channel_uses, cfg.passage_length
     speaker_ckpt = ensure_checkpoint(cfg)
-    speaker_model, speaker_tok = load_pretrained(speaker_ckpt)
+    speaker_model, speaker_tok = load_pretrained(speaker_ckpt, expect="autoencoder")
     train_ids = load_token_ids(cfg.corpus, speaker_tok, "train", progress=False)
     pool = make_passages(train_ids, L, max_passages=max(cfg.anchors + (4,)), seed=cfg.ae_seed + 2)
     if len(pool) < max(cfg.anchors):  # checked before any fitting: a map cannot have more anchors than passages
@@ -84,7 +84,7 @@ def prepare_agents(cfg: Any, run_dir: Path):
                                                      protocols=("vector",), budgets=[n])
             if lskipped:
                 raise ValueError(f"the {pairing} listener's vector protocol cannot be built at n={n}: {lskipped}")
-        model, tok = load_pretrained(ckpt)
+        model, tok = load_pretrained(ckpt, expect="autoencoder")
         if L % model.config.K:
             raise ValueError(f"passage_length {L} is not a multiple of the {pairing} listener's K={model.config.K}")
         other_tok = tokenizer_fingerprint(tok) != tokenizer_fingerprint(speaker_tok)

@@ -412,3 +412,18 @@ def test_train_config_refuses_non_finite_numbers():
         AutoencoderConfig(kl_weight=float("inf"))
     with pytest.raises(ValueError, match="integer"):
         BaselineConfig(num_layers=2.0)
+
+
+def test_damaged_training_state_is_named_not_skipped(tmp_path):
+    """A resume used to skip a damaged train_state.json and quietly start from an older checkpoint."""
+    from calm.loop import OPTIMIZER_FILE, TRAIN_STATE_FILE, newest_checkpoint
+
+    for step in (4, 8):
+        d = tmp_path / f"step_{step:07d}"
+        d.mkdir()
+        (d / TRAIN_STATE_FILE).write_text(json.dumps({"step": step}))
+        (d / OPTIMIZER_FILE).write_bytes(b"x")
+    assert newest_checkpoint(tmp_path).name == "step_0000008"
+    (tmp_path / "step_0000008" / TRAIN_STATE_FILE).write_text('{"step": 8')
+    with pytest.raises(DamagedFileError, match="step_0000008"):
+        newest_checkpoint(tmp_path)
