@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from calm.checkpoint import load_pretrained
+from calm.checks import check_numbers, in_range, merge_duplicates, positive_ints
 from calm.corpus import load_split
+from calm.files import atomic_write_text
 from experiments.analyze_vectors_report import (
     interpolation_table,
     neighbour_table,
@@ -35,8 +37,8 @@ from experiments.analyze_vectors_report import (
     plot_manifold,
     write_summary,
 )
-from experiments.common.config import SweepConfig
-from experiments.common.models import K_AUTOENCODER, ensure_k_autoencoder
+from experiments.common.config import SweepConfig, check_run_name, unhashed
+from experiments.common.models import K_AUTOENCODER, checkpoint_id, ensure_k_autoencoder
 from experiments.common.probes import (
     TOKEN_CLASSES,
     bag_of_ids,
@@ -48,7 +50,7 @@ from experiments.common.probes import (
     split_by_document,
     token_classes,
 )
-from experiments.common.sweep import cli
+from experiments.common.sweep import claim_single_run, cli, mark_finished
 
 __all__ = ["Config", "main", "probe_table"]
 
@@ -60,16 +62,17 @@ K_STUDY_PASSAGE_LENGTH = 16
 class Config:
     """One autoencoder's vector analysis."""
 
-    checkpoint: str | None = None
+    # both pick the autoencoder, whose weights (its checkpoint id in run.json) name the run
+    checkpoint: str | None = unhashed(None)
     """autoencoder checkpoint directory; none: experiments.scaling_k's autoencoder at --k (trained once, cached)"""
-    k: int = 4
+    k: int = unhashed(4)
     """without --checkpoint: the K of experiments.scaling_k's autoencoder (its defaults: l = 32 K, bpe:2048;
     K divides 16, that study's passage length)"""
-    runs_dir: str = "runs"
+    runs_dir: str = unhashed("runs")
     """where experiments.scaling_k caches its autoencoders"""
-    results_dir: str = "results"
+    results_dir: str = unhashed("results")
     """where the run directory goes"""
-    run_name: str | None = None
+    run_name: str | None = unhashed(None)
     """run directory name; default vectors-<checkpoint directory name>"""
     corpus: str = "kjv+shakespeare"
     """held-out documents: the test split of this corpus (it must carry KJV / Shakespeare names for the source)"""
@@ -84,23 +87,33 @@ class Config:
     noise_sigmas: tuple[float, ...] = (0.3, 1.0)
     """noise added to mu for the noisy probes"""
     umap_points: int = 3000
-    """chunks in the UMAP picture"""
+    """chunks in the UMAP picture (UMAP reads 15 neighbours of each)"""
     seed: int = 0
     """seed of the chunk sample, the split, the noise and UMAP"""
-    plots: bool = True
+    plots: bool = unhashed(True)
     """write the PNG plots"""
+    overwrite: bool = unhashed(False)
+    """replace a finished analysis of these settings in the run directory (a finished one is otherwise refused)"""
 
     def __post_init__(self) -> None:
-        for name in ("k", "max_chunks", "max_classes", "umap_points"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_numbers(self)
+        merge_duplicates(self, "probe_cs", "noise_sigmas")
+        positive_ints(self, "k")
+        positive_ints(self, "max_chunks", minimum=100)  # fewer leave the probes' held-out documents nearly empty
+        positive_ints(self, "max_classes", minimum=2)
+        positive_ints(self, "umap_points", minimum=16)
+        positive_ints(self, "seed", minimum=0)
         if not 0.05 <= self.test_fraction <= 0.95:
             raise ValueError(f"test_fraction must be in [0.05, 0.95], got {self.test_fraction}")
-        if self.max_classes < 2 or any(not s >= 0 for s in self.noise_sigmas):
-            raise ValueError("max_classes must be >= 2 and noise_sigmas >= 0")
-        if not self.probe_cs or any(not c > 0 for c in self.probe_cs):
-            raise ValueError(f"probe_cs must hold values > 0, got {self.probe_cs}")
+        in_range("noise_sigmas", self.noise_sigmas, 0, 1e4)
+        if not self.probe_cs:
+            raise ValueError("--probe-cs needs at least one value")
+        in_range("probe_cs", self.probe_cs, 0, 1e6, low_open=True)
+        if self.checkpoint is None and K_STUDY_PASSAGE_LENGTH % self.k:  # the K study makes no other autoencoder
+            raise ValueError(f"--k {self.k}: experiments.scaling_k has autoencoders at the K dividing "
+                             f"{K_STUDY_PASSAGE_LENGTH} (its passage length): 1 2 4 8 16; or give --checkpoint")
+        if self.run_name is not None:
+            check_run_name(self.run_name)
 
 
 def _checkpoint(cfg: Config) -> Path:
@@ -109,8 +122,6 @@ def _checkpoint(cfg: Config) -> Path:
         if not (path / "model.safetensors").is_file():
             raise ValueError(f"checkpoint {cfg.checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)")
         return path.resolve()
-    if K_STUDY_PASSAGE_LENGTH % cfg.k:  # the K study makes no other autoencoder
-        raise ValueError(f"k must divide {K_STUDY_PASSAGE_LENGTH} (the K study's passage length), got {cfg.k}")
     # the K study's default autoencoder (experiments.common.models.K_AUTOENCODER, l = 32 K): the same cache
     return ensure_k_autoencoder(replace(SweepConfig(runs_dir=cfg.runs_dir, corpus=cfg.corpus), **K_AUTOENCODER), cfg.k)
 
@@ -177,8 +188,7 @@ def main(cfg: Config) -> dict:
     model, tok = load_pretrained(path)
     model.eval()
     K, ell = model.config.K, model.config.latent_dim
-    run_dir = (Path(cfg.results_dir) / (cfg.run_name or f"vectors-{path.name}")).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_single_run(cfg, cfg.run_name or f"vectors-{path.name}", checkpoint_id(path), experiment="vectors")
     print(f"[vectors] {path} (K={K}, l={ell}) -> {run_dir}", flush=True)
     chunks = chunk_set(load_split(cfg.corpus, "test"), tok, K, max_chunks=cfg.max_chunks, seed=cfg.seed)
     classes = token_classes(tok)
@@ -207,7 +217,7 @@ def main(cfg: Config) -> dict:
               "config": asdict(cfg)}
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(run_dir / "probes.csv", index=False)
+    atomic_write_text(run_dir / "probes.csv", pd.DataFrame(rows).to_csv(index=False))
     if cfg.plots:
         plot_dimensions(kl, var, run_dir / "dimensions.png")
         plot_manifold(mu, {"source": (chunks.source, ("KJV", "Shakespeare")),
@@ -217,8 +227,9 @@ def main(cfg: Config) -> dict:
     result["seconds"] = round(time.time() - t0, 1)
     command = "python -m experiments.analyze_vectors " + (f"--checkpoint {path}" if cfg.checkpoint else f"--k {cfg.k}")
     result["command"] = command
-    (run_dir / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(run_dir / "analysis.json", json.dumps(result, indent=2) + "\n")
     write_summary(result, run_dir / "summary.md")
+    mark_finished(run_dir)
     print(f"[vectors] done in {result['seconds']:.0f} s: {run_dir / 'summary.md'}\n[vectors] reproduce: {command}",
           flush=True)
     return result

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calm.files import atomic_write_text, save_figure
+
 __all__ = ["decode_text", "interpolation_table", "neighbour_table", "plot_dimensions", "plot_manifold", "write_summary"]
 
 
@@ -75,7 +77,7 @@ def plot_dimensions(kl: np.ndarray, variance: np.ndarray, path: Path) -> None:
     step = max(1, len(kl) // 16)
     axes[1].set_xticks(np.arange(0, len(kl), step), [str(d) for d in order[::step]], fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -111,7 +113,7 @@ def plot_manifold(mu: np.ndarray, colourings: dict[str, tuple[np.ndarray, tuple[
                 ax.legend(handles=[plt.Line2D([], [], marker="o", ls="", color=palette[c % 10], label=names[c])
                                    for c in present if 0 <= c < len(names)], fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -158,4 +160,4 @@ def write_summary(result: dict, path: Path) -> None:
         lines += [f"| {r['t']:.1f} | `{_show(r['text'])}` |" for r in pair["rows"]]
         lines.append("")
     lines += ["## Manifold", "", "![manifold](manifold.png)", ""]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")

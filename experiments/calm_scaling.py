@@ -21,14 +21,14 @@ where CALM's line crosses the baseline's (or says it cannot). Trials run as a Ra
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from calm.checks import in_range, positive_ints
 from experiments.calm_scaling_report import write_report
 from experiments.common.config import SweepConfig, unhashed
-from experiments.common.lm_budget import SIZES, train_and_score
+from experiments.common.lm_budget import SIZES, check_budgets, check_train_device, train_and_score
 from experiments.common.models import checkpoint_id, ensure_checkpoint
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, run_sweep
 
@@ -58,13 +58,14 @@ class Config(SweepConfig):
     """backbone sizes (experiments.common.lm_budget.SIZES: xs d=64 x 2 layers, s d=96 x 3, m d=128 x 4 = the
     tiny presets)"""
     budgets: tuple[float, ...] = unhashed((1e12, 2.5e12, 6.25e12))
-    """training-FLOPs budgets (analytic, calm.flops; each model is trained from scratch to each)"""
+    """training-FLOPs budgets (analytic, calm.flops; each model is trained from scratch to each); one that would
+    train a model more than 100,000 optimizer steps (lm_budget.MAX_STEPS) is refused without --force"""
     batch_size: int = 8
     """windows of 256 tokens per micro-batch, every family"""
     calm_grad_accum: int = 4
     """CALM micro-batches per optimiser step (K = 2: 4,096 patches per step)"""
     lr: float = 2e-3
-    """peak learning rate (10% warm-up, cosine to 10%)"""
+    """peak learning rate (10% warm-up, cosine to 10%), in (0, 1]"""
     eval_windows: int = 32
     """held-out windows of 256 tokens every model is scored on (the bootstrap resamples them)"""
     brier_samples: int = 4
@@ -81,25 +82,33 @@ class Config(SweepConfig):
     """models training at once (one CPU thread each)"""
     trial_cpus: float = unhashed(1.0)
     """logical CPUs per trial"""
+    force: bool = unhashed(False)
+    """train budgets above the step limit anyway"""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("batch_size", "calm_grad_accum", "eval_windows"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        super().__post_init__()  # finite numbers, duplicate grid values merged
+        positive_ints(self, "batch_size", "calm_grad_accum")
+        positive_ints(self, "seed", minimum=0)
         if self.eval_windows < 2:
             raise ValueError("eval_windows must be >= 2 (the intervals bootstrap over windows)")
         if self.brier_samples < 2:
             raise ValueError(f"brier_samples must be >= 2, got {self.brier_samples}")
-        if not self.budgets or any(not (math.isfinite(b) and b > 0) for b in self.budgets):
+        if not self.budgets or any(not b > 0 for b in self.budgets):
             raise ValueError(f"budgets must be positive FLOPs, got {self.budgets}")
         for name, allowed in (("families", FAMILIES), ("sizes", tuple(SIZES))):
             values = getattr(self, name)
             if not values or any(v not in allowed for v in values):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {values}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        in_range("lr", self.lr, 0, 1, low_open=True)
+        check_train_device(self.device)
+        check_budgets(self, {f: self._autoencoder(f) for f in self.families if f != "baseline"})
+
+    def _autoencoder(self, family: str) -> dict[str, Any]:
+        """``calm.autoencoder.preset`` arguments of the family's autoencoder (as ``prepare`` trains it)."""
+        preset, overrides = AUTOENCODERS[family]
+        fields = {k: v for k, v in (("latent_dim", self.ae_latent_dim), ("hidden_size", self.ae_hidden_size),
+                                    ("intermediate_size", self.ae_intermediate_size)) if v is not None}
+        return {"name": preset, **overrides, **fields}
 
 
 def trial_grid(cfg: Config) -> list[dict[str, Any]]:

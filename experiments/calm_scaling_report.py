@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from calm.brier import brier_lm
+from calm.files import atomic_write_text, save_figure
 
 __all__ = ["crossover", "fit_power_law", "frontier_losses", "summarise", "write_report"]
 
@@ -164,7 +165,7 @@ def plot(frame, summary: dict, path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:  # no fit (a single budget, or a score 0 everywhere): no legend
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -174,7 +175,7 @@ def write_report(frame, run_dir: Path, *, plots: bool = True, seed: int = 0) -> 
         print("[report] one budget only: no power law to fit yet", flush=True)
         return {}
     summary = summarise(frame, seed=seed)
-    (run_dir / "fits.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(run_dir / "fits.json", json.dumps(summary, indent=1) + "\n")
     lines = ["# CALM scaling study", "", "| family | size | budget | params | steps | Brier-1 [95%] | BrierLM [95%] | "
              "on-manifold | s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in frame.sort_values(["family", "size", "budget"]).to_dict("records"):
@@ -198,7 +199,7 @@ def write_report(frame, run_dir: Path, *, plots: bool = True, seed: int = 0) -> 
                         f"10^{cross['log10_flops_ci'][1]:.1f} FLOPs)"
             lines.append(line)
             print(f"[report] {label}: {line[2:]}", flush=True)
-    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")
     if plots:
         plot(frame, summary, run_dir / "scaling.png")
     return summary

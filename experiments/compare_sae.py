@@ -24,13 +24,14 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from calm.checkpoint import load_pretrained
+from calm.checks import check_numbers, in_range, merge_duplicates, positive_ints
 from calm.corpus import load_split
+from calm.files import atomic_write_text
 from calm.sae import (
     dead_features,
     feature_frequency,
@@ -39,24 +40,18 @@ from calm.sae import (
     save_sae,
     train_sae,
 )
-from experiments.common.models import ensure_k2_models
-from experiments.common.probes import (
-    POSITION_BUCKETS,
-    TOKEN_CLASSES,
-    ChunkSet,
-    cap_classes,
-    chunk_set,
-    probe,
-    token_classes,
-)
-from experiments.common.probes import SOURCES as CORPUS_SOURCES
-from experiments.common.sweep import cli
+from experiments.common.config import check_run_name, unhashed
+from experiments.common.models import checkpoint_id, ensure_k2_models
+from experiments.common.probes import ChunkSet, chunk_set, token_classes
+from experiments.common.sweep import claim_single_run, cli, mark_finished
 from experiments.compare_sae_report import (
     abs_corr,
     feature_matches,
     pca_fve,
     plot_fve_l0,
     plot_matches,
+    probe_directions,
+    probe_labels,
     reproduce_command,
     strongest,
     write_summary,
@@ -71,24 +66,25 @@ SOURCES = ("latent", "hidden")
 class Config:
     """One comparison of CALM vectors with SAE features."""
 
-    checkpoint: str | None = None
+    # the models' weights (checkpoint ids in run.json) name the run, not the paths they are read from
+    checkpoint: str | None = unhashed(None)
     """autoencoder checkpoint; none: experiments.dialogue's tiny K = 2 one (trained once, cached)"""
-    lm_checkpoint: str | None = None
+    lm_checkpoint: str | None = unhashed(None)
     """CALM (energy transformer) checkpoint on that autoencoder; none: ensure_calm's (trained once, cached)"""
-    runs_dir: str = "runs"
+    runs_dir: str = unhashed("runs")
     """where the default models are cached"""
     corpus: str = "kjv+shakespeare"
     """train split: SAEs and probes; test split: scoring (document names give the KJV / Shakespeare source)"""
-    results_dir: str = "results"
+    results_dir: str = unhashed("results")
     """where the run directory goes"""
-    run_name: str | None = None
+    run_name: str | None = unhashed(None)
     """run directory name; default sae-<CALM checkpoint directory name>"""
     sources: tuple[Literal["latent", "hidden"], ...] = SOURCES
     """activations: latent = encoder mean mu of each chunk; hidden = the CALM's hidden state after reading it"""
     expansions: tuple[int, ...] = (4, 16)
     """dictionary sizes as multiples of the input width d_in"""
     ks: tuple[int, ...] = (2, 4, 8, 16)
-    """active features per row (TopK)"""
+    """active features per row (TopK): each at most the smallest dictionary, min(expansions) x d_in"""
     sae: tuple[str, ...] = ()
     """SAE directories (SAELens format) to evaluate instead of training; source from metadata hook_name or d_in"""
     steps: int = 1000
@@ -96,7 +92,7 @@ class Config:
     batch_size: int = 256
     """SAE training rows per step"""
     lr: float = 2e-3
-    """SAE Adam learning rate"""
+    """SAE Adam learning rate, in (0, 1]"""
     train_chunks: int = 30000
     """training rows (chunks of train documents)"""
     test_chunks: int = 8000
@@ -118,22 +114,25 @@ class Config:
     FVE a dictionary reaches on data with no sparse structure"""
     seed: int = 0
     """seed of the document and window sample, the SAEs, the probes and the Gaussian rows"""
-    plots: bool = True
+    plots: bool = unhashed(True)
     """write the PNG plots"""
+    overwrite: bool = unhashed(False)
+    """replace a finished comparison of these settings in the run directory (a finished one is otherwise refused)"""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "train_chunks", "test_chunks", "top_n"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.window < 2 or self.max_classes < 2:
-            raise ValueError(f"window and max_classes must be >= 2, got {self.window}, {self.max_classes}")
+        check_numbers(self)
+        merge_duplicates(self, "sources", "expansions", "ks", "sae")
+        positive_ints(self, "steps", "batch_size", "train_chunks", "test_chunks", "top_n", "expansions", "ks")
+        positive_ints(self, "window", "max_classes", minimum=2)
+        positive_ints(self, "seed", minimum=0)
         if not self.sources or any(s not in SOURCES for s in self.sources):
             raise ValueError(f"sources must be among {SOURCES}, got {self.sources}")
-        if any(e < 1 for e in self.expansions) or any(k < 1 for k in self.ks):
-            raise ValueError(f"expansions and ks must be >= 1, got {self.expansions}, {self.ks}")
-        if not (0 < self.min_share <= 1 and self.min_lift >= 1 and 0 < self.threshold < 1 and self.lr > 0):
-            raise ValueError("need 0 < min_share <= 1, min_lift >= 1, 0 < threshold < 1 and lr > 0")
+        in_range("min_share", self.min_share, 0, 1, low_open=True)
+        in_range("min_lift", self.min_lift, 1, 1e6)
+        in_range("threshold", self.threshold, 0, 1, low_open=True, high_open=True)
+        in_range("lr", self.lr, 0, 1, low_open=True)
+        if self.run_name is not None:
+            check_run_name(self.run_name)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,58 +184,22 @@ def activations(ae, lm, windows: np.ndarray, sources: tuple[str, ...], batch: in
 
 
 # ----------------------------------------------------------------------------------------------------------
-# probes and matches
-
-
-def probe_labels(chunks, classes: np.ndarray, train: np.ndarray, max_classes: int) -> dict[str, np.ndarray]:
-    """The labels probed: source, first token class, position in line, first token id, next first token id."""
-    return {"source": chunks.source, "first token class": classes[chunks.ids[:, 0]],
-            "position in line": chunks.position,
-            "first token": cap_classes(chunks.ids[:, 0], train, max_classes),
-            "next first token": cap_classes(chunks.next_first, train, max_classes)}
-
-
-def _class_name(label: str, value: int, tok) -> str:
-    if value == -2:
-        return "other"
-    if label == "source":
-        return CORPUS_SOURCES[value]
-    if label == "first token class":
-        return TOKEN_CLASSES[value]
-    if label == "position in line":
-        lo, hi = POSITION_BUCKETS[value]
-        return f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < math.inf else f"{lo}+"
-    return repr(tok.decode([int(value)]))
-
-
-def probe_directions(x: np.ndarray, labels: dict[str, np.ndarray], train: np.ndarray, test: np.ndarray, tok, *,
-                     seed: int = 0) -> tuple[np.ndarray, list[str], list[dict]]:
-    """Fit a logistic probe per label on the ``train`` rows of ``x (N, d_in)``; returns its decision scores on
-    the ``test`` rows ``(N_test, C)`` (one column per class, one for a binary label), the column names, and
-    the probes' accuracies against the majority class."""
-    columns, names, accuracies = [], [], []
-    for label, y in labels.items():
-        r = probe(x, y, train, test, Cs=(1.0,), seed=seed)
-        accuracies.append({"label": label, "classes": r.classes, "probe": r.accuracy, "majority": r.majority})
-        if r.model is None:
-            continue
-        score = r.model.decision_function(x[test])
-        classes = r.model.classes_
-        if score.ndim == 1:  # binary: one direction, towards classes[1]
-            score, classes = score[:, None], classes[1:]
-        columns.append(score)
-        names += [f"{label} = {_class_name(label, int(c), tok)}" for c in classes]
-    return np.concatenate(columns, axis=1), names, accuracies
-
-
-# ----------------------------------------------------------------------------------------------------------
 # run
 
 
 def _sae_jobs(cfg: Config, d_in: dict[str, int]) -> list[tuple[str, int, int, str | None]]:
-    """(source, expansion, k, directory of a given SAE or None) for each SAE of the run."""
+    """(source, expansion, k, directory of a given SAE or None) for each SAE of the run.
+
+    Raises:
+        ValueError: a k of --ks exceeds a dictionary it would train (expansion x d_in features).
+    """
     if not cfg.sae:
-        return [(s, e, k, None) for s in cfg.sources for e in cfg.expansions for k in cfg.ks if k <= e * d_in[s]]
+        for s in cfg.sources:
+            if too_big := [k for k in cfg.ks if k > min(cfg.expansions) * d_in[s]]:
+                raise ValueError(f"--ks {' '.join(map(str, too_big))}: the {s} SAE of expansion {min(cfg.expansions)} "
+                                 f"has {min(cfg.expansions) * d_in[s]} features (d_in {d_in[s]}); k must be at most "
+                                 "that (lower --ks or raise --expansions)")
+        return [(s, e, k, None) for s in cfg.sources for e in cfg.expansions for k in cfg.ks]
 
     jobs = []
     for directory in cfg.sae:
@@ -273,9 +236,12 @@ def main(cfg: Config) -> dict:
         load_sae(directory)
     checkpoint, lm_path, ae, tok, lm = _models(cfg)
     K = ae.config.K
-    name = cfg.run_name or f"sae-{(lm_path or checkpoint).name}"
-    run_dir = (Path(cfg.results_dir) / name).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # the widths (from the models' configs) decide which k fit, before minutes of rows and probes
+    widths = {"latent": ae.config.latent_dim, "hidden": lm.config.hidden_size if lm is not None else 0}
+    _sae_jobs(cfg, {s: widths[s] for s in cfg.sources})
+    run_dir = claim_single_run(cfg, cfg.run_name or f"sae-{(lm_path or checkpoint).name}",
+                               " + ".join(checkpoint_id(p) for p in (checkpoint, lm_path) if p is not None),
+                               experiment="sae")
     print(f"[sae] {checkpoint} + {lm_path} (K={K}) -> {run_dir}", flush=True)
     # rows: train documents fit SAEs and probes, test documents score them
     tr, tr_windows = windowed_rows(load_split(cfg.corpus, "train"), tok, K, cfg.window, cfg.train_chunks, cfg.seed)
@@ -308,6 +274,9 @@ def main(cfg: Config) -> dict:
             sae = train_sae(torch.as_tensor(x_tr[source]), expansion * d_in[source], k, steps=cfg.steps,
                             batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=True,
                             metadata={"hook_name": f"calm.{source}", "model_name": (lm_path or checkpoint).name})
+            if not all(torch.isfinite(p).all() for p in sae.parameters()):
+                raise ValueError(f"the SAE {tag} diverged at --lr {cfg.lr:g} (NaN or inf weights; nothing saved): "
+                                 "lower --lr")
             save_sae(sae, run_dir / "saes" / tag, training_steps=cfg.steps)
         else:
             sae = load_sae(given)
@@ -341,7 +310,7 @@ def main(cfg: Config) -> dict:
               f"{row['live_test']} live ({row['seconds']:.0f} s)", flush=True)
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(run_dir / "sae.csv", index=False)
+    atomic_write_text(run_dir / "sae.csv", pd.DataFrame(rows).to_csv(index=False))
     result = {"checkpoint": str(checkpoint), "lm_checkpoint": str(lm_path) if lm_path else None, "K": K,
               "train_rows": len(tr), "test_rows": len(te), "test_documents": len(te.docs), "saes": rows,
               "baselines": baselines,
@@ -353,8 +322,9 @@ def main(cfg: Config) -> dict:
     result["seconds"] = round(time.time() - t0, 1)
     command = reproduce_command(cfg)
     result["command"] = command
-    (run_dir / "analysis.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    atomic_write_text(run_dir / "analysis.json", json.dumps(result, indent=2, default=float) + "\n")
     write_summary(result, run_dir / "summary.md")
+    mark_finished(run_dir)
     print(f"[sae] done in {result['seconds']:.0f} s: {run_dir / 'summary.md'}\n[sae] reproduce: {command}", flush=True)
     return result
 

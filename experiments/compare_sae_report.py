@@ -4,15 +4,58 @@ matches and summary.md."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.common.probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES
+from calm.files import atomic_write_text, save_figure
+from experiments.common.probes import POSITION_BUCKETS, SOURCES, TOKEN_CLASSES, cap_classes, probe
 
-__all__ = ["abs_corr", "feature_matches", "pca_fve", "plot_fve_l0", "plot_matches", "reproduce_command",
-           "shared_labels", "strongest", "write_summary"]
+__all__ = ["abs_corr", "feature_matches", "pca_fve", "plot_fve_l0", "plot_matches", "probe_directions",
+           "probe_labels", "reproduce_command", "shared_labels", "strongest", "write_summary"]
+
+
+def probe_labels(chunks, classes: np.ndarray, train: np.ndarray, max_classes: int) -> dict[str, np.ndarray]:
+    """The labels probed: source, first token class, position in line, first token id, next first token id."""
+    return {"source": chunks.source, "first token class": classes[chunks.ids[:, 0]],
+            "position in line": chunks.position,
+            "first token": cap_classes(chunks.ids[:, 0], train, max_classes),
+            "next first token": cap_classes(chunks.next_first, train, max_classes)}
+
+
+def _class_name(label: str, value: int, tok) -> str:
+    if value == -2:
+        return "other"
+    if label == "source":
+        return SOURCES[value]
+    if label == "first token class":
+        return TOKEN_CLASSES[value]
+    if label == "position in line":
+        lo, hi = POSITION_BUCKETS[value]
+        return f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < math.inf else f"{lo}+"
+    return repr(tok.decode([int(value)]))
+
+
+def probe_directions(x: np.ndarray, labels: dict[str, np.ndarray], train: np.ndarray, test: np.ndarray, tok, *,
+                     seed: int = 0) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Fit a logistic probe per label on the ``train`` rows of ``x (N, d_in)``; returns its decision scores on
+    the ``test`` rows ``(N_test, C)`` (one column per class, one for a binary label), the column names, and
+    the probes' accuracies against the majority class."""
+    columns, names, accuracies = [], [], []
+    for label, y in labels.items():
+        r = probe(x, y, train, test, Cs=(1.0,), seed=seed)
+        accuracies.append({"label": label, "classes": r.classes, "probe": r.accuracy, "majority": r.majority})
+        if r.model is None:
+            continue
+        score = r.model.decision_function(x[test])
+        classes = r.model.classes_
+        if score.ndim == 1:  # binary: one direction, towards classes[1]
+            score, classes = score[:, None], classes[1:]
+        columns.append(score)
+        names += [f"{label} = {_class_name(label, int(c), tok)}" for c in classes]
+    return np.concatenate(columns, axis=1), names, accuracies
 
 
 def abs_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -164,7 +207,7 @@ def plot_fve_l0(rows: list[dict], baselines: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -194,7 +237,7 @@ def plot_matches(rows: list[dict], baselines: dict, path: Path) -> None:
         ax.set_title(source)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -250,7 +293,7 @@ def write_summary(result: dict, path: Path) -> None:
                 lines.append(f"| {m['feature']} | {m['frequency']:.3f} | {_show(m['probe'])} ({m['r_probe']:.2f}) "
                              f"| {m['dim']} ({m['r_dim']:.2f}) | {_show(shared)} | {chunks} |")
             lines.append("")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def reproduce_command(cfg: Any) -> str:
@@ -260,7 +303,8 @@ def reproduce_command(cfg: Any) -> str:
     default = type(cfg)()
     parts = ["python -m experiments.compare_sae"]
     for name, value in asdict(cfg).items():
-        if value == getattr(default, name) or name in ("results_dir", "run_name") and value is None:
+        if value == getattr(default, name) or name in ("results_dir", "run_name") and value is None \
+                or name == "overwrite":  # how this run met an earlier one, not what it computes
             continue
         flag = "--" + name.replace("_", "-")
         if name == "sae":

@@ -30,14 +30,18 @@ from typing import Any, Literal
 import numpy as np
 
 from calm.checkpoint import load_pretrained
+from calm.checks import in_range, positive_ints
 from calm.data import load_token_ids
 from calm.evaluate import chunk_stream, evaluate_autoencoder
+from calm.files import atomic_write_text, read_json
 from calm.flops import autoencoder_flops
 from experiments.common.config import SweepConfig, settings_hash, unhashed
 from experiments.common.links import fit_protocols, pick_best
 from experiments.common.lm_budget import (
     SIZES,
     WINDOW_TOKENS,
+    check_budgets,
+    check_train_device,
     generation_measure,
     generation_speed,
     train_and_score,
@@ -56,9 +60,11 @@ from experiments.common.sweep import (
     collect_rows,
     git_commit,
     make_channel,
+    mark_finished,
     missing_trials,
     open_run_dir,
     print_outcome,
+    run_finished,
     write_frame,
 )
 from experiments.common.tables import mean_interval
@@ -95,19 +101,20 @@ class Config(SweepConfig):
     sizes: tuple[Literal["xs", "s", "m"], ...] = unhashed(("xs",))
     """backbone sizes (experiments.common.lm_budget.SIZES; xs d=64 x 2 layers is the frontier at these budgets)"""
     budgets: tuple[float, ...] = unhashed((1e12, 2.5e12))
-    """training-FLOPs budgets every language model is trained to from scratch (analytic, calm.flops)"""
+    """training-FLOPs budgets every language model is trained to from scratch (analytic, calm.flops); one that
+    would train a model more than 100,000 optimizer steps (lm_budget.MAX_STEPS) is refused without --force"""
     batch_size: int = 8
     """windows of 256 tokens per micro-batch, every family"""
     calm_grad_accum: int = 4
     """CALM micro-batches per optimiser step"""
     lr: float = 2e-3
-    """peak learning rate (10% warm-up, cosine to 10%)"""
+    """peak learning rate (10% warm-up, cosine to 10%), in (0, 1]"""
     eval_windows: int = 32
     """held-out windows of 256 tokens every language model is scored on (the bootstrap resamples them)"""
     brier_samples: int = 4
     """sampled continuations per position in the Brier estimates"""
     generate_tokens: int = 64
-    """tokens each of 8 prompts is continued by when timing generation"""
+    """tokens each of 8 prompts of 16 is continued by when timing generation (at most 240: a 256-token window)"""
     noise_sigmas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 1.0)
     """noise on mu for the autoencoder's robustness curve (the table shows 0.3 and 1.0)"""
     eval_tokens: int = 65536
@@ -118,7 +125,7 @@ class Config(SweepConfig):
     """communication view: channel uses per token (n = this x L); 32 sends each coordinate of l = 32 K once,
     fewer send the top principal components (referential success saturates at 1.0 above a few per token)"""
     snrs_db: tuple[float, ...] = (20.0, 10.0, 0.0, -10.0)
-    """communication view: AWGN SNRs (unit power per channel use)"""
+    """communication view: AWGN SNRs (unit power per channel use), in [-80, 200] dB"""
     episodes: int = 512
     """communication view: passages per (K, channel uses, SNR)"""
     num_candidates: int = 16
@@ -144,9 +151,11 @@ class Config(SweepConfig):
     """trials at once (one CPU thread each)"""
     trial_cpus: float = unhashed(1.0)
     """logical CPUs per trial"""
+    force: bool = unhashed(False)
+    """train budgets above the step limit anyway"""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # finite numbers, duplicate grid values merged, SNRs in [-80, 200] dB
         if not self.ks or any(not isinstance(k, int) or k < 1 or WINDOW_TOKENS % k or self.passage_length % k
                               for k in self.ks):
             raise ValueError(f"ks must be integers >= 1 dividing {WINDOW_TOKENS} and passage_length "
@@ -164,8 +173,23 @@ class Config(SweepConfig):
             raise ValueError(f"sizes must be a non-empty subset of {tuple(SIZES)}, got {self.sizes}")
         if not self.channel_uses_per_token or any(c < 1 for c in self.channel_uses_per_token):
             raise ValueError(f"channel_uses_per_token must hold integers >= 1, got {self.channel_uses_per_token}")
-        if any(s < 0 for s in self.noise_sigmas) or not (self.lr > 0 and self.ae_kl_weight >= 0):
-            raise ValueError("noise_sigmas and ae_kl_weight must be >= 0 and lr > 0")
+        in_range("ae_kl_weight", self.ae_kl_weight, 0, 1e3)
+        in_range("lr", self.lr, 0, 1, low_open=True)
+        in_range("noise_sigmas", self.noise_sigmas, 0, 1e4)
+        positive_ints(self, "seed", minimum=0)
+        if self.num_candidates > self.num_passages:
+            raise ValueError(f"--num-candidates {self.num_candidates} is more than --num-passages {self.num_passages} "
+                             "(the candidates are distinct passages)")
+        if self.eval_tokens < max(self.ks):
+            raise ValueError(f"--eval-tokens {self.eval_tokens} holds no chunk of K = {max(self.ks)}")
+        if self.generate_tokens > WINDOW_TOKENS - 16:
+            raise ValueError(f"--generate-tokens {self.generate_tokens}: a 16-token prompt plus them must fit the "
+                             f"{WINDOW_TOKENS}-token window (at most {WINDOW_TOKENS - 16})")
+        check_train_device(self.device)
+        fields = {k: v for k, v in (("latent_dim", self.ae_latent_dim), ("hidden_size", self.ae_hidden_size),
+                                    ("intermediate_size", self.ae_intermediate_size)) if v is not None}
+        check_budgets(self, {f"calm-k{k}": {"name": "tiny", "K": k, "latent_dim": self.latent_per_token * k,
+                                            "kl_weight": self.ae_kl_weight, **fields} for k in self.ks})
 
 
 def ae_grid(cfg: Config) -> list[dict[str, Any]]:
@@ -263,7 +287,7 @@ def _ae_trial(spec: dict[str, Any], *, settings: dict[str, Any], run_dir: str) -
     chunks = chunk_stream(load_token_ids(cfg.corpus, tok, "test", progress=False), K, cfg.eval_tokens // K)
     report = evaluate_autoencoder(model, chunks, sigmas=tuple(cfg.noise_sigmas), seed=cfg.seed)
     flops = autoencoder_flops(model.config)
-    info = json.loads((path / "train_info.json").read_text()) if (path / "train_info.json").is_file() else {}
+    info = read_json(path / "train_info.json", what="training record") if (path / "train_info.json").exists() else {}
     return {"K": K, "latent_dim": model.config.latent_dim, "steps": info.get("steps_done"),
             "token_accuracy": report.token_accuracy, "chunk_accuracy": report.chunk_accuracy,
             "noise_token_accuracy": json.dumps(report.noise_token_accuracy), "kl_total": report.kl_total,
@@ -291,11 +315,17 @@ def main(cfg: Config) -> SweepResult:
     t0 = time.time()
     settings = settings_hash(cfg)
     run_name = cfg.run_name or f"scaling-k-{settings}"
-    run_dir = open_run_dir(cfg.results_dir, run_name, settings, None)
+    run_dir = open_run_dir(cfg.results_dir, run_name, settings, None, experiment="scaling-k")
+    grids = {"autoencoders": ae_grid(cfg), "language models": lm_grid(cfg)}  # the second needs the first
+    total = sum(len(g) for g in grids.values())
+    done = total - len(missing_trials(grids["autoencoders"] + grids["language models"], run_dir))
+    if done == total and run_finished(run_dir) and not cfg.overwrite:
+        print(f"[run] {run_dir} is complete ({done}/{total} rows); its results and reports are kept (--overwrite "
+              "rewrites them from the rows)", flush=True)
+        return SweepResult(run_dir=run_dir, ran=[], failed=[], rows=done, total=total)
     print(f"[run] reproduce: python -m experiments.scaling_k --run-name {run_name} --ks "
           f"{' '.join(map(str, cfg.ks))} --budgets {' '.join(f'{b:g}' for b in cfg.budgets)} --sizes "
           f"{' '.join(cfg.sizes)}", flush=True)
-    grids = {"autoencoders": ae_grid(cfg), "language models": lm_grid(cfg)}  # the second needs the first
     # absolute paths: a Tune trial runs in its own working directory
     shared = {"settings": asdict(replace(cfg, runs_dir=str(Path(cfg.runs_dir).expanduser().resolve()))),
               "run_dir": str(run_dir), "autoencoders": {}}
@@ -306,7 +336,7 @@ def main(cfg: Config) -> SweepResult:
         for phase, grid in grids.items():
             if phase == "language models":  # every K's autoencoder exists now (cached by the first phase)
                 shared["autoencoders"] = {f"calm-k{k}": str(autoencoder_dir(cfg, k)) for k in cfg.ks}
-                (run_dir / "config.json").write_text(json.dumps(
+                atomic_write_text(run_dir / "config.json", json.dumps(
                     {**asdict(cfg), "settings_hash": settings, "git_commit": git_commit(),
                      "autoencoders": {f: checkpoint_id(Path(p)) for f, p in shared["autoencoders"].items()}},
                     indent=2) + "\n")
@@ -330,16 +360,16 @@ def main(cfg: Config) -> SweepResult:
     ae_frame = collect_rows(grids["autoencoders"] + links, run_dir, AE_COLUMNS)
     lm_frame = collect_rows([s for s in grids["language models"] if s["kind"] == "lm"], run_dir, LM_COLUMNS)
     write_frame(lm_frame, run_dir)
-    ae_frame.to_csv(run_dir / "autoencoders.csv", index=False)
+    atomic_write_text(run_dir / "autoencoders.csv", ae_frame.to_csv(index=False))
     speeds = None
     if len(lm_frame) == len([s for s in grids["language models"] if s["kind"] == "lm"]) and shared["autoencoders"]:
         speeds = generation_speed(cfg, shared["autoencoders"])
-        (run_dir / "generation.json").write_text(json.dumps(speeds, indent=2) + "\n")
+        atomic_write_text(run_dir / "generation.json", json.dumps(speeds, indent=2) + "\n")
     if len(ae_frame) or len(lm_frame):
         write_report(ae_frame, lm_frame, run_dir, plots=cfg.plots, ae_batch_size=cfg.ae_batch_size, speeds=speeds)
-    total = sum(len(g) for g in grids.values())
     rows = len(ae_frame) + len(lm_frame)
     ran = [k for k in attempted if (run_dir / "rows" / f"{k}.json").is_file()]
+    mark_finished(run_dir, rows == total)
     print_outcome(rows, total, run_dir, time.time() - t0, failed)
     return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=rows, total=total)
 

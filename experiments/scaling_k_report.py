@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calm.files import atomic_write_text, save_figure
+
 __all__ = ["frontier", "link_frame", "verdicts", "write_report"]
 
 
@@ -115,7 +117,7 @@ def _plot_frontier(front, path: Path) -> None:
     axes[1].set_title("Brier-1 vs training compute")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -137,7 +139,7 @@ def _plot_robustness(ae, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -163,7 +165,7 @@ def _plot_link(link, path: Path) -> None:
             axes[i, j].grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -214,9 +216,9 @@ def write_report(ae, lm, run_dir: Path, *, plots: bool = True, ae_batch_size: in
                              f"{_fmt(r.get('token_accuracy_ci_high'))}] | {_fmt(r['success'])} "
                              f"[{_fmt(r.get('success_ci_low'))}, {_fmt(r.get('success_ci_high'))}] |")
             lines.append("")
-            link.to_csv(run_dir / "link.csv", index=False)
+            atomic_write_text(run_dir / "link.csv", link.to_csv(index=False))
             if plots:
                 _plot_link(link, run_dir / "link.png")
         if plots and (ae["K"] > 0).any():
             _plot_robustness(ae, run_dir / "robustness.png")
-    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")

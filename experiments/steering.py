@@ -35,16 +35,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from calm.autoencoder import manifold_distance
 from calm.checkpoint import load_pretrained
+from calm.checks import check_numbers, in_range, merge_duplicates, positive_ints
 from calm.corpus import load_split
 from calm.energy_transformer import ON_MANIFOLD_TOL
-from experiments.common.models import ensure_k2_models
-from experiments.common.sweep import cli
+from calm.files import atomic_write_text
+from experiments.common.config import check_run_name, unhashed
+from experiments.common.models import checkpoint_id, ensure_k2_models
+from experiments.common.sweep import claim_single_run, cli, mark_finished
 from experiments.common.tables import mean_interval
 from experiments.steering_methods import (
     ATTRIBUTES,
@@ -75,17 +77,18 @@ METHODS = ("codec-mean", "codec-probe", "latent-mean", "latent-probe", "hidden-m
 class Config:
     """One steering run."""
 
-    checkpoint: str | None = None
+    # the models' weights (checkpoint ids in run.json) name the run, not the paths they are read from
+    checkpoint: str | None = unhashed(None)
     """CALM autoencoder directory; none: experiments.dialogue's K = 2 autoencoder (trained once, cached)"""
-    lm_checkpoint: str | None = None
+    lm_checkpoint: str | None = unhashed(None)
     """energy transformer on that autoencoder; none: experiments.common.models.ensure_calm's (trained once)"""
-    token_lm_checkpoint: str | None = None
+    token_lm_checkpoint: str | None = unhashed(None)
     """token baseline with the autoencoder's tokenizer (steered, and the fluency judge); none: ensure_token_lm's"""
-    runs_dir: str = "runs"
+    runs_dir: str = unhashed("runs")
     """where the default models are cached"""
-    results_dir: str = "results"
+    results_dir: str = unhashed("results")
     """where the run directory goes"""
-    run_name: str | None = None
+    run_name: str | None = unhashed(None)
     """run directory name; default steering-<energy transformer directory name>"""
     corpus: str = "kjv+shakespeare"
     """judge and directions: its train split; prompts: its test split"""
@@ -94,9 +97,11 @@ class Config:
     methods: tuple[str, ...] = METHODS
     """steering methods compared"""
     alphas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
-    """step sizes: multiples of the mean difference; nats of logit bias for token-logit (0 must be first)"""
-    example_alphas: tuple[float, ...] = (1.0, 4.0, 16.0)
-    """alphas shown in examples.md"""
+    """step sizes, increasing from 0 (the unsteered reference): multiples of the mean difference; nats of logit
+    bias for token-logit"""
+    example_alphas: tuple[float, ...] = ()
+    """alphas shown in examples.md besides 0, each one of --alphas; none given: three spread over them (1 4 16 of
+    the default alphas)"""
     prompts: int = 256
     """held-out negative-side windows steered per attribute"""
     tokens: int = 16
@@ -113,24 +118,41 @@ class Config:
     """token-logit: how many over-represented tokens get the bias"""
     seed: int = 0
     """seed of the samples, the prompts and the generation noise"""
-    plots: bool = True
+    plots: bool = unhashed(True)
     """write the PNG plots"""
+    overwrite: bool = unhashed(False)
+    """replace a finished run of these settings in the run directory (a finished run is otherwise refused)"""
 
     def __post_init__(self) -> None:
-        for name in ("prompts", "tokens", "direction_windows", "judge_windows", "probe_rows", "bias_tokens"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_numbers(self)
+        merge_duplicates(self, "attributes", "methods", "alphas", "example_alphas")
+        positive_ints(self, "prompts", "tokens", "direction_windows", "judge_windows", "probe_rows", "bias_tokens")
+        positive_ints(self, "layer", "seed", minimum=0)
         if unknown := set(self.attributes) - set(ATTRIBUTES):
             raise ValueError(f"unknown attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
         if unknown := set(self.methods) - set(METHODS):
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
         if not self.attributes or not self.methods:
             raise ValueError("give at least one attribute and one method")
-        if not self.alphas or self.alphas[0] != 0 or any(a < 0 for a in self.alphas):
-            raise ValueError(f"alphas must start with 0 (the unsteered reference) and be >= 0, got {self.alphas}")
-        if self.layer < 0:
-            raise ValueError(f"layer must be >= 0, got {self.layer}")
+        alphas = " ".join(f"{a:g}" for a in self.alphas)
+        if not self.alphas or self.alphas[0] != 0:
+            raise ValueError(f"--alphas must start with 0 (the unsteered reference), got {alphas}")
+        in_range("alphas", self.alphas, 0, 1e6)
+        if list(self.alphas) != sorted(self.alphas):
+            raise ValueError(f"--alphas must increase from 0 (the 50% crossing is read between neighbours), got "
+                             f"{alphas}")
+        if stray := [a for a in self.example_alphas if a not in self.alphas]:
+            raise ValueError(f"--example-alphas {' '.join(f'{a:g}' for a in stray)}: not among --alphas {alphas} "
+                             "(examples.md shows outputs the run made)")
+        if self.run_name is not None:
+            check_run_name(self.run_name)
+
+    def shown_alphas(self) -> tuple[float, ...]:
+        """The alphas of examples.md besides 0: --example-alphas, else three spread over the steered ones."""
+        if self.example_alphas:
+            return self.example_alphas
+        steered = [a for a in self.alphas if a > 0]
+        return tuple(dict.fromkeys(steered[round(i * (len(steered) - 1) / 2)] for i in range(3))) if steered else ()
 
 
 def models(cfg: Config):
@@ -252,8 +274,12 @@ def main(cfg: Config) -> dict:
         raise ValueError(f"tokens ({cfg.tokens}) must be a multiple of the autoencoder's K = {K}")
     if (2 * cfg.tokens) // K > lm.config.max_patches or 2 * cfg.tokens > tm.config.max_positions:
         raise ValueError(f"a {cfg.tokens}-token prompt plus as many new tokens exceeds a model's context")
-    run_dir = (Path(cfg.results_dir) / (cfg.run_name or f"steering-{lm_dir.name}")).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for prefix, model, path in (("hidden", lm, lm_dir), ("token-actadd", tm, tm_dir)):  # the steered blocks
+        blocks = len(model.backbone.layers)
+        if any(m.startswith(prefix) for m in cfg.methods) and cfg.layer >= blocks:
+            raise ValueError(f"--layer {cfg.layer}: {path.name} has {blocks} blocks (--layer 0 to {blocks - 1})")
+    run_dir = claim_single_run(cfg, cfg.run_name or f"steering-{lm_dir.name}",
+                               " + ".join(checkpoint_id(d) for d in (ae_dir, lm_dir, tm_dir)), experiment="steering")
     print(f"[steering] autoencoder {ae_dir}\n[steering] CALM {lm_dir}\n[steering] token baseline {tm_dir}\n"
           f"[steering] -> {run_dir}", flush=True)
     train = cut_windows(load_split(cfg.corpus, "train"), tok, cfg.tokens, max_windows=cfg.judge_windows, seed=cfg.seed)
@@ -262,7 +288,7 @@ def main(cfg: Config) -> dict:
     context_use = _context_use(lm, tm, test.ids, cfg, rng)
     print(f"[steering] same noise, another prompt: {context_use['calm']:.3f} of the CALM's tokens and "
           f"{context_use['token']:.3f} of the token baseline's stay the same", flush=True)
-    rows, examples, attributes = [], {}, {}
+    rows, examples, attributes, shown = [], {}, {}, cfg.shown_alphas()
     total = len(cfg.attributes) * len(cfg.methods) * len(cfg.alphas)
     bar = tqdm(total=total, desc="steering", unit="point", mininterval=5)
     for attribute in cfg.attributes:
@@ -305,12 +331,12 @@ def main(cfg: Config) -> dict:
                 if base is None:
                     base = (out, texts)
                 rows.append({"attribute": attribute, **row})
-                if alpha == 0 or alpha in cfg.example_alphas:
+                if alpha == 0 or alpha in shown:
                     examples[attribute]["outputs"].setdefault(method, {})[str(alpha)] = texts[0]
                 bar.update()
     bar.close()
     frame = pd.DataFrame(rows)
-    frame.to_csv(run_dir / "rows.csv", index=False)
+    atomic_write_text(run_dir / "rows.csv", frame.to_csv(index=False))
     reached = [{"attribute": a, "method": m, **reach(g["alpha"], g["success"], g["nll"]),
                 "success_at_0": float(g["success"].iloc[0]), "max_success": float(g["success"].max())}
                for (a, m), g in frame.groupby(["attribute", "method"], sort=False)]
@@ -321,8 +347,9 @@ def main(cfg: Config) -> dict:
     result = {"checkpoint": str(ae_dir), "lm_checkpoint": str(lm_dir), "token_lm_checkpoint": str(tm_dir),
               "attributes": attributes, "reach_50": reached, "same_noise_other_prompt_overlap": context_use, "examples": examples, "config": asdict(cfg),
               "seconds": round(time.time() - t0, 1), "command": command}
-    (run_dir / "steering.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(run_dir / "steering.json", json.dumps(result, indent=2) + "\n")
     write_report(result, frame, run_dir, plots=cfg.plots)
+    mark_finished(run_dir)
     print(f"[steering] done in {result['seconds']:.0f} s: {run_dir / 'summary.md'}\n[steering] reproduce: {command}",
           flush=True)
     return result

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calm.files import atomic_write_text, save_figure
+
 __all__ = ["plot_frontier", "write_report"]
 
 _STYLE = {"codec": "-", "latent": "--", "hidden": "-.", "token": ":"}
@@ -58,7 +60,7 @@ def plot_frontier(frame, path: Path, *, x: str, xlabel: str, invert: bool = Fals
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.suptitle("steering: success vs " + xlabel + " (hollow: alpha = 0; bars: 95% intervals)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
 
 
@@ -116,7 +118,7 @@ def write_report(result: dict, frame, run_dir: Path, *, plots: bool = True) -> N
                        f"[{r['nll_lo']:.2f}, {r['nll_hi']:.2f}] | {manifold} |")
         out.append("")
     out += ["Example outputs: [examples.md](examples.md)", ""]
-    (run_dir / "summary.md").write_text("\n".join(out))
+    atomic_write_text(run_dir / "summary.md", "\n".join(out))
     ex = ["# Steering examples (the first prompt of each attribute)", ""]
     for attribute, e in result["examples"].items():
         alphas = sorted({a for outs in e["outputs"].values() for a in outs}, key=float)
@@ -125,4 +127,4 @@ def write_report(result: dict, frame, run_dir: Path, *, plots: bool = True) -> N
         for method, outs in e["outputs"].items():
             ex.append(f"| {method} | " + " | ".join(f"`{_cell(outs.get(a, ''))}`" for a in alphas) + " |")
         ex.append("")
-    (run_dir / "examples.md").write_text("\n".join(ex))
+    atomic_write_text(run_dir / "examples.md", "\n".join(ex))

@@ -5,7 +5,8 @@ scratch to ``spec['budget']`` training FLOPs (analytic, ``calm.flops``; its own 
 windows of ``WINDOW_TOKENS`` tokens, and scores it on held-out windows: Brier-1..4 and BrierLM with bootstrap
 intervals and per-window estimates, CALM also with the on-manifold fraction of its head's samples. ``SIZES``
 scale the backbone's width and depth alike in every family. ``experiments.calm_scaling`` and
-``experiments.scaling_k`` train on it.
+``experiments.scaling_k`` train on it. ``check_budgets`` refuses, before anything starts, a budget that would
+train a model more than ``MAX_STEPS`` optimizer steps (the studies' ``--force`` lets it through).
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from calm.autoencoder import preset as autoencoder_preset
 from calm.baseline import BaselineTask
 from calm.brier import evaluate_brier
 from calm.checkpoint import autoencoder_config_for, load_pretrained
 from calm.data import load_token_ids
 from calm.energy_transformer import CalmTask, EnergyTransformer
+from calm.energy_transformer import preset as calm_preset
 from calm.flops import baseline_flops, calm_flops
 from calm.loop import TrainConfig, train_local
 from calm.tokenizer import get_tokenizer
 
-__all__ = ["SIZES", "WINDOW_TOKENS", "generation_measure", "generation_speed", "make_task", "train_and_score"]
+__all__ = ["MAX_STEPS", "SIZES", "WINDOW_TOKENS", "check_budgets", "check_train_device", "generation_measure",
+           "generation_speed", "make_task", "training_steps", "train_and_score"]
 
 # backbone sizes of the studies (every family); m = the tiny presets of calm.baseline / calm.energy_transformer
 SIZES: dict[str, dict[str, int]] = {
@@ -40,6 +44,17 @@ SIZES: dict[str, dict[str, int]] = {
 WINDOW_TOKENS = 256
 """tokens per training and scoring window of every family (CALM: WINDOW_TOKENS / K patches)"""
 
+MAX_STEPS = 100_000
+"""optimizer steps of one model above which ``check_budgets`` refuses a budget (without --force): at a few steps a
+second on one CPU thread, a day or more of training per model, where the default budgets train at most ~1,700"""
+
+
+def _calm_overrides(size: str, K: int) -> dict[str, int]:
+    if WINDOW_TOKENS % K:
+        raise ValueError(f"K={K} does not divide the {WINDOW_TOKENS}-token window")
+    dims = SIZES[size]
+    return {**dims, "head_intermediate_size": dims["hidden_size"], "max_patches": WINDOW_TOKENS // K}
+
 
 def make_task(family: str, size: str, vocab_size: int, ae_dir: str | None):
     """The training task (calm.lm_task.WindowTask) of one family at one size.
@@ -47,16 +62,69 @@ def make_task(family: str, size: str, vocab_size: int, ae_dir: str | None):
     ``baseline`` is the token transformer; any other family is an energy transformer on the autoencoder
     ``ae_dir`` (its K sets the patches per window: WINDOW_TOKENS / K, so every family sees 256 tokens).
     """
-    dims = SIZES[size]
     if family == "baseline":
-        return BaselineTask(BaselineTask.make_config("tiny", vocab_size=vocab_size, overrides=dims))
+        return BaselineTask(BaselineTask.make_config("tiny", vocab_size=vocab_size, overrides=SIZES[size]))
     if ae_dir is None:
         raise ValueError(f"family {family!r} needs an autoencoder checkpoint")
     K = int(autoencoder_config_for(ae_dir, vocab_size, "calm")["K"])
-    if WINDOW_TOKENS % K:
-        raise ValueError(f"K={K} does not divide the {WINDOW_TOKENS}-token window")
-    overrides = {**dims, "head_intermediate_size": dims["hidden_size"], "max_patches": WINDOW_TOKENS // K}
-    return CalmTask(CalmTask.make_config("tiny", vocab_size=vocab_size, overrides=overrides, ae=ae_dir))
+    return CalmTask(CalmTask.make_config("tiny", vocab_size=vocab_size, overrides=_calm_overrides(size, K), ae=ae_dir))
+
+
+def training_steps(per_token_flops: float, budget: float, batch_size: int, accum: int) -> tuple[int, float]:
+    """``(optimizer steps, FLOPs per step)`` of a model of ``per_token_flops`` training FLOPs per token trained to
+    ``budget`` on micro-batches of ``batch_size`` windows, ``accum`` per step (at least one step)."""
+    step_flops = per_token_flops * batch_size * accum * WINDOW_TOKENS
+    return max(1, math.ceil(budget / step_flops)), step_flops
+
+
+def _vocab_size(tokenizer: str) -> int:
+    """The vocabulary a tokenizer spec names (``bpe:N``, ``gpt2``); 256, fewer FLOPs and so more steps than any
+    real one, for a tokenizer file."""
+    if tokenizer.startswith("bpe:") and tokenizer[4:].isdigit():
+        return int(tokenizer[4:])
+    return 50257 if tokenizer == "gpt2" else 256
+
+
+def check_train_device(device: str) -> None:
+    """``--device`` (cpu or cuda) is one this machine has (``calm.checks.check_device``)."""
+    from calm.checks import check_device
+
+    try:
+        check_device(device)
+    except ValueError as exc:  # the studies' --device is cpu or cuda: no auto
+        raise ValueError(str(exc).replace("use cpu or auto", "use --device cpu")) from None
+
+
+def check_budgets(cfg: Any, autoencoders: dict[str, dict[str, Any]]) -> None:
+    """Refuse (``ValueError``) a ``cfg.budgets`` that would train a model of ``cfg.sizes`` more than ``MAX_STEPS``
+    optimizer steps, or two budgets of one grid key, before anything is trained. ``autoencoders``: CALM family
+    -> the ``calm.autoencoder.preset`` arguments of its autoencoder (name and fields); ``cfg``: tokenizer, sizes,
+    budgets, batch_size, calm_grad_accum, force. The FLOPs are the analytic ones ``train_and_score`` trains to."""
+    keys: dict[str, float] = {}
+    for budget in cfg.budgets:
+        if (key := f"C{float(budget):.3g}") in keys:
+            raise ValueError(f"--budgets {keys[key]:g} and {budget:g} name one grid point ({key}: 3 significant "
+                             "digits); give budgets that differ there")
+        keys[key] = budget
+    if getattr(cfg, "force", False):
+        return
+    vocab = _vocab_size(cfg.tokenizer)
+    worst = (0, "", "")
+    for family in ["baseline", *autoencoders]:
+        for size in cfg.sizes:
+            if family == "baseline":
+                config = BaselineTask.make_config("tiny", vocab_size=vocab, overrides=SIZES[size])
+                per_token, accum = baseline_flops(config).training, 1
+            else:
+                ae = autoencoder_preset(**{**autoencoders[family], "vocab_size": vocab}).to_dict()
+                per_token = calm_flops(calm_preset("tiny", ae, **_calm_overrides(size, ae["K"]))).training
+                accum = cfg.calm_grad_accum
+            steps, _ = training_steps(per_token, max(cfg.budgets), cfg.batch_size, accum)
+            worst = max(worst, (steps, family, size))
+    if worst[0] > MAX_STEPS:
+        raise ValueError(f"--budgets {max(cfg.budgets):g}: the {worst[1]} {worst[2]} model would train about "
+                         f"{worst[0]:.3g} optimizer steps, more than {MAX_STEPS:,} (the default budgets train at most "
+                         "about 1,700); lower --budgets, or --force to train it anyway")
 
 
 def train_and_score(spec: dict[str, Any], *, settings: dict[str, Any], autoencoders: dict[str, str],
@@ -80,8 +148,8 @@ def train_and_score(spec: dict[str, Any], *, settings: dict[str, Any], autoencod
     is_calm = family != "baseline"
     per_token = (calm_flops if is_calm else baseline_flops)(task.config).training
     accum = cfg.calm_grad_accum if is_calm else 1
-    step_flops = per_token * cfg.batch_size * accum * L
-    steps = max(1, math.ceil(spec["budget"] / step_flops))
+    assert L == WINDOW_TOKENS, f"a {family} window holds {L} tokens, not {WINDOW_TOKENS}"
+    steps, step_flops = training_steps(per_token, spec["budget"], cfg.batch_size, accum)
     train_cfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, grad_accum=accum, lr=cfg.lr,
                             warmup=max(1, steps // 10), val_every=10 * steps, checkpoint_every=10 * steps,
                             seed=cfg.seed, threads=1, brier_samples=cfg.brier_samples)

@@ -37,7 +37,7 @@ from experiments.common.models import checkpoint_id, ensure_checkpoint
 from experiments.common.trials import connect_ray, run_trials, run_with_agents, run_with_pool
 
 __all__ = [
-    "Plan", "Run", "Study", "SweepConfig", "SweepResult", "cli", "collect_rows", "git_commit", "make_channel",
+    "Plan", "Run", "Study", "SweepConfig", "SweepResult", "claim_single_run", "cli", "collect_rows", "git_commit", "make_channel",
     "missing_trials", "open_run_dir", "print_outcome", "run_sweep", "settings_hash", "unhashed", "write_frame",
 ]
 
@@ -92,8 +92,9 @@ RUN_FILE = "run.json"
 
 
 def open_run_dir(results_dir: str, run_name: str, settings: str, checkpoint_id: str | None, *,
-                 experiment: str) -> Path:
-    """``<results_dir>/<run_name>`` with its ``rows/``, claimed for ``experiment`` with ``settings``.
+                 experiment: str, rows: bool = True) -> Path:
+    """``<results_dir>/<run_name>`` with its ``rows/`` (unless ``rows=False``: a study that writes no row files),
+    claimed for ``experiment`` with ``settings``.
 
     The directory's ``run.json`` records which experiment, settings hash and checkpoint own it; a run directory
     made before that record existed is adopted when its ``config.json`` holds the same settings hash.
@@ -133,10 +134,31 @@ def open_run_dir(results_dir: str, run_name: str, settings: str, checkpoint_id: 
         if theirs.get("checkpoint_id") not in (None, checkpoint_id):
             raise ValueError(f"{run_dir} holds rows and protocols of checkpoint {theirs['checkpoint_id']}, not "
                              f"{checkpoint_id} (retrained or replaced); pick another --run-name or remove {run_dir}")
-    (run_dir / "rows").mkdir(parents=True, exist_ok=True)
+    (run_dir / "rows" if rows else run_dir).mkdir(parents=True, exist_ok=True)
     record = {"experiment": experiment, "settings_hash": settings, "checkpoint_id": checkpoint_id,
               "finished": bool(theirs and theirs.get("finished"))}
     atomic_write_text(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
+    return run_dir
+
+
+def claim_single_run(cfg: Any, run_name: str, checkpoint_id: str | None, *, experiment: str) -> Path:
+    """The run directory of a study that is one job, not a grid (steering, analyze_vectors, compare_sae):
+    ``open_run_dir`` without ``rows/``, refused when it holds a finished run of these settings and
+    ``cfg.overwrite`` is not set, marked unfinished until the study's ``mark_finished``, with its
+    ``config.json`` (the config, settings hash, checkpoint ids, git commit).
+
+    Raises:
+        ValueError: another owner (see ``open_run_dir``), or a finished run without --overwrite.
+    """
+    settings = settings_hash(cfg)
+    run_dir = open_run_dir(cfg.results_dir, run_name, settings, checkpoint_id, experiment=experiment, rows=False)
+    if run_finished(run_dir) and not cfg.overwrite:
+        raise ValueError(f"{run_dir} holds a finished {experiment} run of these settings; --overwrite replaces it "
+                         "(or pick another --run-name)")
+    mark_finished(run_dir, False)  # until every file of this run is written
+    atomic_write_text(run_dir / "config.json", json.dumps(
+        {"experiment": experiment, "config": asdict(cfg), "settings_hash": settings, "checkpoint_id": checkpoint_id,
+         "git_commit": git_commit()}, indent=2) + "\n")
     return run_dir
 
 
