@@ -8,7 +8,7 @@
 
 Modules: ``core`` (the agent: ``CALMAgentCore``, ``AgentConfig``), ``actor`` (it as a Ray actor: ``make_agent``,
 ``kill_agent``), ``placement`` (GPUs and device), ``shipping`` (checkpoints through Ray's object store),
-``policies``. Ray is imported only when an actor is started, so ``CALMAgentCore`` works in plain processes too.
+``policies``, ``watch`` (what a sweep's agents need that Ray's restarts do not give: ``AgentWatch``). Ray is imported only when an actor is started, so ``CALMAgentCore`` works in plain processes too.
 """
 
 from agents.actor import CALMAgent, kill_agent, make_agent

@@ -60,8 +60,11 @@ class AgentConfig:
     """torch CPU threads inside the agent (1 keeps results bit-identical across runs)"""
     max_restarts: int = 3
     """times Ray restarts a dead agent"""
-    max_task_retries: int = 3
-    """times a call interrupted by an agent's death is replayed on the restarted agent"""
+    max_task_retries: int = -1
+    """times a call interrupted by an agent's death is replayed on the restarted agent (-1: until the agent is back or
+    gone for good, which ``max_restarts`` bounds). Not a small number: while the cluster has not yet noticed that an
+    agent's node is lost (Ray's node health checks, 15-30 s by default) every try fails at once, and a few tries
+    would be spent in a second, failing the trial, rather than waiting for the restart"""
     ship_files: bool = True
     """send the checkpoint and protocol files through Ray's object store, so that agents on other nodes
     (GPU workers of a cluster) need no shared filesystem; False: agents read the paths themselves"""

@@ -19,6 +19,9 @@ A **local** Ray (no cluster to join) is started so that
 
 Joining a cluster (``ray submit``, ``RAY_ADDRESS``, a node where ``ray start`` ran) changes nothing of
 the cluster's own set-up: its ports are whatever ``cluster.yaml`` started (dashboard on 127.0.0.1 there too).
+A cluster whose nodes all run on 127.0.0.1 (``ray.cluster_utils.Cluster``, ``ray start --node-ip-address
+127.0.0.1``) is joined in the same single-machine mode: Ray would otherwise rewrite the loopback address to this
+machine's own IP, where no GCS listens, and wait for it without end.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import os
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ TRAIN_LOG_LEVEL = "WARNING"
 # the driver's own Ray loggers: token set-up notes (the token is saved in ~/.ray/auth_token either way)
 _QUIET_DRIVER_LOGGERS = ("ray._private.authentication", "ray._private.authentication.authentication_token_setup")
 _DASHBOARD_PORT = 8265
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -131,29 +136,57 @@ def _with_setup_hook(runtime_env: dict | None) -> dict:
     return env
 
 
-def _start_local(kwargs: dict[str, Any]):
-    """``ray.init`` a new local Ray whose servers all listen on 127.0.0.1; returns Ray's context."""
-    import ray
+@contextmanager
+def _single_machine_mode():
+    """Ray's single-machine mode for the calls inside: this process takes 127.0.0.1 as its node IP.
+
+    The variable reaches the processes Ray spawns meanwhile (they inherit this environment); the flag is this
+    process's copy, read by ``ray._private.services.get_node_ip_address``.
+    """
     from ray._private import ray_constants
 
     mode_var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
     before_env, before_flag = os.environ.get(mode_var), ray_constants.ENABLE_RAY_CLUSTER
-    # single-machine mode: the node IP is the loopback one, so every server binds to it. The variable
-    # reaches the processes Ray spawns (they inherit this environment); the flag is this process's copy
     os.environ[mode_var] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        # LATENTCOMM_DASHBOARD_PORT: the port to prefer (parallel test processes each name their own)
-        port = _free_loopback_port(int(os.environ.get("LATENTCOMM_DASHBOARD_PORT", _DASHBOARD_PORT)))
-        # address "local": always a new Ray, even where another cluster on this machine wrote ray_current_cluster
-        return ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                        **kwargs)
+        yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before_flag
         if before_env is None:
             os.environ.pop(mode_var, None)
         else:
             os.environ[mode_var] = before_env
+
+
+def _start_local(kwargs: dict[str, Any]):
+    """``ray.init`` a new local Ray whose servers all listen on 127.0.0.1; returns Ray's context."""
+    import ray
+
+    # single-machine mode: the node IP is the loopback one, so every server binds to it
+    with _single_machine_mode():
+        # LATENTCOMM_DASHBOARD_PORT: the port to prefer (parallel test processes each name their own)
+        port = _free_loopback_port(int(os.environ.get("LATENTCOMM_DASHBOARD_PORT", _DASHBOARD_PORT)))
+        # address "local": always a new Ray, even where another cluster on this machine wrote ray_current_cluster
+        return ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                        **kwargs)
+
+
+def _joins_loopback(target: str) -> bool:
+    """Whether the cluster to join (an address, or ``"auto"``: ``RAY_ADDRESS`` or the one ``ray start`` left)
+    has its GCS on a loopback address, as every node of a cluster started on 127.0.0.1 does."""
+    address = os.environ.get("RAY_ADDRESS") if target == "auto" else target
+    if target == "auto" and not address:
+        try:
+            from ray._private.services import find_bootstrap_address
+
+            address = find_bootstrap_address(None)
+        except Exception:
+            return False
+    if not address or address.startswith("ray://"):
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    return host in _LOOPBACK_HOSTS
 
 
 def session_log_dir() -> Path | None:
@@ -201,7 +234,15 @@ def init_ray(
               "logging_level": logging.WARNING}
     target = resolve_address(address)
     if target is not None:
-        ray.init(address=target, **common)
+        if _joins_loopback(target):
+            # a cluster whose nodes all run on 127.0.0.1 (``ray.cluster_utils.Cluster``, ``ray start
+            # --node-ip-address 127.0.0.1``): Ray would rewrite the address to this machine's own IP, where no
+            # GCS listens (the driver then waits for it without end), and look for a raylet on that IP; in
+            # single-machine mode the driver keeps 127.0.0.1 and attaches to the head node's raylet there
+            with _single_machine_mode():
+                ray.init(address=target, **common)
+        else:
+            ray.init(address=target, **common)
         if announce:
             print(f"[ray] joined the Ray cluster at {ray.get_runtime_context().gcs_address} "
                   f"({int(ray.cluster_resources().get('CPU', 0))} CPUs)", flush=True)

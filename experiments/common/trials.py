@@ -4,13 +4,23 @@ grid that writes each finished trial's row at once.
 Each trial is ``trial_fn(spec, **shared)``; its row is written to ``<run_dir>/rows/<key>.json`` atomically as it
 reports, so a sweep that dies, or is stopped with Ctrl-C, resumes without redoing finished trials
 (``experiments.common.sweep.missing_trials``). A trial that fails is retried twice.
+
+Losing a node: Ray restarts the agents that ran there on the nodes left (``max_restarts``; their interrupted calls
+wait and are replayed, ``max_task_retries``) and Tune reruns the trials that ran there. When the nodes left cannot
+hold the agents beside a trial, or an agent finds no room on them for ``AGENT_PLACEMENT_GRACE_S`` (the trials hold
+their CPUs while they wait for it, or its GPUs went with the node), the sweep stops its trials, places every agent
+anew for the cluster as it is now and runs the trials that have no row yet; it ends with the rows of an undisturbed
+run (``tests/test_node_loss.py``). The console names our own way to resume, "rerun the same command", and not
+Tune's ``Tuner.restore``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,11 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from agents import AgentConfig, kill_agent, make_agent
+from agents.watch import AgentWatch, actors_in
 from calm.ray_runtime import init_ray
 
 __all__ = ["NAMESPACE", "agent_pairs", "agent_pool", "connect_ray", "run_trials", "run_with_agents", "run_with_pool"]
 
 NAMESPACE = "latentcomm"
+#: seconds an agent may wait for a place in the cluster (its node lost, no room on the others) before the sweep stops
+#: its trials and places every agent anew (``LATENTCOMM_AGENT_GRACE_S``); an agent that is being started (loading its
+#: model) is not waiting
+AGENT_PLACEMENT_GRACE_S = float(os.environ.get("LATENTCOMM_AGENT_GRACE_S", "60"))
+#: times one sweep places its agents anew after losing some (then the trials without a row are left for a rerun)
+MAX_AGENT_REPLACEMENTS = 3
+_INTERRUPTED = threading.Event()  # set when Tune ends a run on Ctrl-C (SIGINT): no further round then
 
 
 def connect_ray(address: str, num_cpus: int | None) -> bool:
@@ -39,17 +57,19 @@ def agent_pairs(cfg: Any, checkpoint: Path, protocols: dict[str, str], run_name:
 
     Each agent loads ``checkpoint``, the saved ``protocols`` (name -> directory) and, when given, the CALM
     language model ``lm_checkpoint`` and the token baseline ``token_lm_checkpoint``; their placement (device,
-    GPU ids, pid) is printed once.
+    GPU ids, pid) is printed once. Each reserves at most 0.5 logical CPU, less where the trials would leave too
+    few (``agent_pool``).
     """
     import ray
 
     pairs: list = []
     try:
+        n_agents = 2 * cfg.agent_pairs
         agent_cfg = AgentConfig(checkpoint=str(checkpoint), protocols=protocols,
                                 lm_checkpoint=None if lm_checkpoint is None else str(lm_checkpoint),
                                 token_lm_checkpoint=None if token_lm_checkpoint is None else str(token_lm_checkpoint),
+                                num_cpus=_agent_cpus(cfg, n_agents),
                                 num_gpus="auto" if cfg.num_gpus == "auto" else float(cfg.num_gpus))
-        n_agents = 2 * cfg.agent_pairs
         pairs = [(make_agent(agent_cfg, name=f"{run_name}-speaker{i}", num_agents=n_agents),
                   make_agent(agent_cfg, name=f"{run_name}-listener{i}", num_agents=n_agents))
                  for i in range(cfg.agent_pairs)]
@@ -79,10 +99,7 @@ def agent_pool(cfg: Any, members: dict[str, tuple[Path | str, dict[str, str]]], 
     import ray
 
     pool: dict = {}
-    # logical CPUs: what the trials leave, shared by the agents (at most AgentConfig's 0.5 each), so that a pool of
-    # many agents on a small machine never holds every CPU while the trials wait for one
-    spare = float(ray.cluster_resources().get("CPU", 1.0)) - cfg.max_concurrent * cfg.trial_cpus
-    agent_cpus = round(min(0.5, max(spare, 0.05 * len(members)) / max(len(members), 1)), 3)
+    agent_cpus = _agent_cpus(cfg, len(members))
     try:
         for name, (checkpoint, protocols) in members.items():
             agent_cfg = AgentConfig(checkpoint=str(checkpoint), protocols=dict(protocols), num_cpus=agent_cpus,
@@ -95,6 +112,16 @@ def agent_pool(cfg: Any, members: dict[str, tuple[Path | str, dict[str, str]]], 
     finally:
         for actor in pool.values():
             kill_agent(actor)  # also releases its shipped model files
+
+
+def _agent_cpus(cfg: Any, n_agents: int) -> float:
+    """Logical CPUs per agent: what the trials (``max_concurrent x trial_cpus``) leave of the cluster's CPUs, shared by
+    the agents, at most AgentConfig's 0.5 each, so that many agents on a small machine (or on the nodes a sweep has
+    left) never hold every CPU while the trials wait for one."""
+    import ray
+
+    spare = float(ray.cluster_resources().get("CPU", 1.0)) - cfg.max_concurrent * cfg.trial_cpus
+    return round(min(0.5, max(spare, 0.05 * n_agents) / max(n_agents, 1)), 3)
 
 
 def run_with_pool(cfg: Any, members: dict[str, tuple[Path | str, dict[str, str]]], run_name: str,
@@ -110,17 +137,47 @@ def run_with_pool(cfg: Any, members: dict[str, tuple[Path | str, dict[str, str]]
 def _run_on_ray(cfg: Any, agents: Callable[[], Any], name: str, trial_fn: Callable[..., dict],
                 missing: list[dict], run_dir: Path, shared: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Connect Ray, enter the ``agents()`` context and run the missing trials with its value as ``shared[name]``;
-    ``(ran, failed)``. Shuts down a Ray it started."""
+    ``(ran, failed)``. Shuts down a Ray it started.
+
+    A round that was stopped as ``agents.watch.AgentWatch`` says (an agent found no room on the nodes left for
+    ``AGENT_PLACEMENT_GRACE_S``, or those nodes cannot hold the agents and a trial), or whose trials failed while
+    Ray restarted an agent, is followed by another (not after a Ctrl-C), with every agent placed anew for the
+    cluster as it is then, for the trials that still have no row (at most ``MAX_AGENT_REPLACEMENTS`` more rounds).
+    """
     import ray
 
     if not missing:
         return [], []
+
+    def has_row(spec: dict) -> bool:
+        return (run_dir / "rows" / f"{spec['key']}.json").is_file()
+
     started = connect_ray(cfg.address, cfg.num_cpus)
     try:
-        with agents() as handles:
-            failed = run_trials(trial_fn, missing, run_dir, trial_cpus=cfg.trial_cpus,
-                                max_concurrent=cfg.max_concurrent, shared={name: handles, **shared})
-        ran = [spec["key"] for spec in missing if (run_dir / "rows" / f"{spec['key']}.json").is_file()]
+        todo, failed = list(missing), []
+        for round_ in range(1 + MAX_AGENT_REPLACEMENTS):
+            with agents() as handles:
+                actors = actors_in(handles)
+                need = len(actors) * _agent_cpus(cfg, len(actors)) + cfg.trial_cpus  # agents + one trial
+                with AgentWatch(actors, AGENT_PLACEMENT_GRACE_S, need) as watch:
+                    failed = run_trials(trial_fn, todo, run_dir, trial_cpus=cfg.trial_cpus,
+                                        max_concurrent=cfg.max_concurrent, shared={name: handles, **shared},
+                                        stop=lambda w=watch: w.stuck is not None)
+            todo = [spec for spec in todo if not has_row(spec)]
+            # another round for what the lost agents cost: the trials of a stopped round, or failed ones
+            if not todo or _INTERRUPTED.is_set() or not (watch.stuck or (watch.lost and failed)):
+                break
+            why = watch.stuck or f"{len(failed)} trials failed while Ray restarted an agent"
+            if round_ == MAX_AGENT_REPLACEMENTS:
+                print(f"[agents] {why}, after {MAX_AGENT_REPLACEMENTS} placements anew: the {len(todo)} trials "
+                      "without a row are left for a rerun", flush=True)
+                break
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            print(f"[agents] {why}: placing every agent anew on the cluster's {nodes} live node(s) "
+                  f"({int(ray.cluster_resources().get('CPU', 0))} CPUs) and running the {len(todo)} trials "
+                  "without a row", flush=True)
+        failed = [key for key in failed if key in {spec["key"] for spec in todo}]
+        ran = [spec["key"] for spec in missing if has_row(spec)]
     finally:
         if started:
             ray.shutdown()
@@ -175,12 +232,50 @@ def _row_writer(rows_dir: Path, total: int):
     return RowWriter()
 
 
+class _OwnHints(logging.Filter):
+    """On Tune's logger (``ray.tune.tune``): its lines about resuming through its own API (``Tuner.restore``) and
+    its list of trials that did not complete are dropped, for our own ``rerun the same command`` (the rows are the
+    sweep's state, not Tune's experiment folder); its notice of a Ctrl-C becomes ours."""
+
+    DROP = ("Tuner.restore", "Resume experiment with", "Resume training with", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Stop signal received" in message:
+            _INTERRUPTED.set()
+            print("[run] stopping: the trials running now are ended; every row written so far is kept, and the same "
+                  "command runs the rest", file=sys.stderr, flush=True)
+            return False
+        return not any(text in message for text in self.DROP)
+
+
+def _stopper(stop: Callable[[], bool]):
+    """A Tune stopper that ends every trial once ``stop()`` is true (asked each step of Tune's loop)."""
+    from ray import tune
+
+    class StopWhen(tune.Stopper):
+        def __init__(self, stop: Callable[[], bool]) -> None:  # an argument: the class closes over nothing
+            self.stop = stop
+
+        def __getstate__(self) -> dict:  # Tune pickles its run config with the experiment: not the closure
+            return {"stop": None}
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return bool(self.stop is not None and self.stop())
+
+    return StopWhen(stop)
+
+
 def run_trials(trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path, *, trial_cpus: float,
-               max_concurrent: int, shared: dict[str, Any]) -> list[str]:
+               max_concurrent: int, shared: dict[str, Any], stop: Callable[[], bool] | None = None) -> list[str]:
     """Run ``trial_fn(spec, **shared)`` for every spec in ``missing`` as a Ray Tune grid.
 
     Each trial's row is written to ``run_dir/rows/<key>.json`` as it reports; a trial that fails is
-    retried twice (``FailureConfig``). Returns the keys of trials that still failed.
+    retried twice (``FailureConfig``). ``stop``: asked as the trials run; once true, every trial is ended (the
+    rest have no row). Returns the keys of trials that still failed.
     """
     from ray import tune
 
@@ -201,10 +296,17 @@ def run_trials(trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path
             storage_path=str((run_dir / "tune").resolve()),
             failure_config=tune.FailureConfig(max_failures=2),
             callbacks=[_row_writer(run_dir / "rows", len(missing))],
+            stop=None if stop is None else _stopper(stop),
             verbose=0,
         ),
     )
-    grid = tuner.fit()
+    tune_logger, hints = logging.getLogger("ray.tune.tune"), _OwnHints()
+    _INTERRUPTED.clear()
+    tune_logger.addFilter(hints)
+    try:
+        grid = tuner.fit()
+    finally:
+        tune_logger.removeFilter(hints)
     return [str(result.config["trial"]["key"]) for result in grid if result.error is not None]
 
 
