@@ -353,3 +353,23 @@ def test_results_csv_is_written_atomically(tmp_path):
     write_frame(pd.DataFrame({"key": ["a"], "value": [1.0]}), tmp_path)
     assert pd.read_csv(tmp_path / "results.csv").value.tolist() == [1.0]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_more_anchors_than_the_corpus_holds_is_refused_before_any_fitting(tmp_path_factory, monkeypatch, capsys):
+    """Found inside each Ray trial before, three failures with tracebacks; now one line, before protocols or Ray."""
+    import ray
+
+    from experiments import alignment
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+    results = tmp_path_factory.mktemp("anchors")
+    monkeypatch.setattr(sys, "argv", ["python -m experiments.alignment", "--anchors", "0", "10000000",
+                                      "--results-dir", str(results),
+                                      "--runs-dir", str(tmp_path_factory.getbasetemp() / "latentcomm-runs"),
+                                      "--passage-length", "8", "--ae-hidden-size", "32", "--ae-intermediate-size", "64",
+                                      "--ae-latent-dim", "16", "--ae-steps", "20", "--ae-batch-size", "32"])
+    code = cli(alignment.main, alignment.Config, prog="python -m experiments.alignment", description="")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--anchors 10000000: the corpus" in err[-1] and "use at most" in err[-1]
+    assert not list(results.glob("*/protocols"))  # nothing fitted
