@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from calm.files import atomic_write_text, save_figure
-
 import numpy as np
+
+from calm.files import atomic_write_text, save_figure
 
 __all__ = ["anchors_needed", "console_summary", "write_report"]
 

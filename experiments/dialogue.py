@@ -41,11 +41,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from calm.files import atomic_write_text, read_json
 from agents import CALMAgentCore, call
 from calm.checkpoint import load_config
 from calm.data import load_token_ids, make_passages
 from calm.energy_transformer import EnergyTransformerConfig
+from calm.files import atomic_write_text, read_json
 from calm.flops import calm_flops
 from calm.tokenizer import cached_tokenizer, load_tokenizer
 from experiments.common.config import SweepConfig, unhashed

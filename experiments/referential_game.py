@@ -26,8 +26,8 @@ import numpy as np
 
 import environments
 from agents import ListenerPolicy, SpeakerPolicy
-from calm.files import read_json
 from calm.data import corpus_stats, format_corpus_stats
+from calm.files import read_json
 from experiments.common.config import SweepConfig, unhashed
 from experiments.common.links import fit_or_load, game_passages, game_seed, open_autoencoder
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep

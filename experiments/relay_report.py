@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from calm.files import atomic_write_text, save_figure
-
 import numpy as np
+
+from calm.files import atomic_write_text, save_figure
 
 __all__ = ["console_summary", "crossing_lines", "end_to_end_snr_db", "first_below", "pooled", "write_report"]
 

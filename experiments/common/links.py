@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from calm.checkpoint import CheckpointError, load_pretrained
-from calm.files import DamagedFileError
 from calm.data import load_token_ids, make_passages
+from calm.files import DamagedFileError
 from experiments.common.models import ensure_jscc
 from experiments.common.sweep import make_channel
 from protocols import load_protocol, make_protocol
