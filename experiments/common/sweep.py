@@ -176,8 +176,9 @@ def run_sweep(cfg: Any, study: Study) -> SweepResult:
     run = Run(dir=run_dir, name=run_name, checkpoint=checkpoint, checkpoint_id=ckpt_id, model=model)
     plan = study.prepare(cfg, run)
     _check_grid(plan)
-    missing = missing_trials(plan.grid, run_dir, cfg.max_trials)
-    done = len(plan.grid) - len(missing_trials(plan.grid, run_dir))
+    unfinished = missing_trials(plan.grid, run_dir)  # every row file read once: a damaged one stops the run here
+    missing = unfinished if cfg.max_trials is None else unfinished[:cfg.max_trials]
+    done = len(plan.grid) - len(unfinished)
     if not missing and run_finished(run_dir) and not cfg.overwrite:
         print(f"[run] {run_dir} is complete ({done}/{len(plan.grid)} rows); its results and reports are kept "
               "(--overwrite rewrites them from the rows)", flush=True)

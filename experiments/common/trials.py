@@ -29,6 +29,7 @@ from typing import Any
 
 from agents import AgentConfig, kill_agent, make_agent
 from agents.watch import AgentWatch, actors_in
+from calm.files import atomic_write_text
 from calm.ray_runtime import init_ray
 
 __all__ = ["NAMESPACE", "agent_pairs", "agent_pool", "connect_ray", "run_trials", "run_with_agents", "run_with_pool"]
@@ -214,9 +215,7 @@ def _row_writer(rows_dir: Path, total: int):
             if "row_json" not in result:
                 return
             path = rows_dir / f"{result['key']}.json"
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(result["row_json"] + "\n")
-            tmp.replace(path)  # atomic: a row is either complete or absent
+            atomic_write_text(path, result["row_json"] + "\n")  # a row is either complete or absent
             if self.bar is not None:
                 self.bar.update(1)
 
