@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -74,6 +75,8 @@ class SwiGLUBlock(nn.Module):
 class AutoencoderConfig(DictConfig):
     """Hyperparameters of the autoencoder. Defaults are the paper's K=4 model (with its 128k vocabulary)."""
 
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("linear_bias",)
+
     K: int = 4
     """tokens per chunk (one latent vector per K tokens)"""
     latent_dim: int = 128
@@ -105,6 +108,9 @@ class AutoencoderConfig(DictConfig):
     """standard deviation of the normal initialisation of linear weights"""
     embed_init_std: float = 0.02
     """standard deviation of the normal initialisation of the (tied) embedding"""
+    linear_bias: bool = False
+    """biases on the four reshaping layers (squeeze, to-latent, from-latent, expand), as in the released
+    CALM autoencoder (``calm.official``); the SwiGLU blocks never have biases"""
 
     def __post_init__(self) -> None:
         for name in ("K", "latent_dim", "hidden_size", "intermediate_size", "vocab_size"):
@@ -219,18 +225,18 @@ class Autoencoder(nn.Module):
         self.enc_token_blocks = nn.ModuleList(
             SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
         )
-        self.squeeze = nn.Linear(c.K * c.hidden_size, c.hidden_size, bias=False)
+        self.squeeze = nn.Linear(c.K * c.hidden_size, c.hidden_size, bias=c.linear_bias)
         self.enc_chunk_blocks = nn.ModuleList(
             SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
         )
         self.enc_norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
-        self.to_latent = nn.Linear(c.hidden_size, 2 * c.latent_dim, bias=False)
+        self.to_latent = nn.Linear(c.hidden_size, 2 * c.latent_dim, bias=c.linear_bias)
         # decoder
-        self.from_latent = nn.Linear(c.latent_dim, c.hidden_size, bias=False)
+        self.from_latent = nn.Linear(c.latent_dim, c.hidden_size, bias=c.linear_bias)
         self.dec_chunk_blocks = nn.ModuleList(
             SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
         )
-        self.expand = nn.Linear(c.hidden_size, c.K * c.hidden_size, bias=False)
+        self.expand = nn.Linear(c.hidden_size, c.K * c.hidden_size, bias=c.linear_bias)
         self.dec_token_blocks = nn.ModuleList(
             SwiGLUBlock(c.hidden_size, c.intermediate_size, c.rms_norm_eps) for _ in range(half)
         )
@@ -240,6 +246,8 @@ class Autoencoder(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.embed_init_std)
 

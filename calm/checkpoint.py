@@ -193,6 +193,9 @@ def _load_config(directory: Path, expect: str | tuple[str, ...] | None) -> dict:
     if not path.exists():
         raise CheckpointError(f"{path} is missing: not a checkpoint directory written by save_pretrained")
     meta = read_json(path, what="checkpoint config")
+    if "format_version" not in meta and "patch_size" in meta:  # the official code's save_pretrained
+        raise CheckpointError(f"{directory} is a released CALM checkpoint (the official code's layout); convert it "
+                              f"once: python -m calm.convert {directory} OUT, and pass OUT")
     kinds = {"format_version": int, "model_type": str, "config": dict, "tokenizer_fingerprint": str}
     for key, kind in kinds.items():
         if key not in meta:

@@ -6,8 +6,8 @@ the code does not know is an error (it means a different model version), never a
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
-from typing import TypeVar
+from dataclasses import MISSING, asdict, fields
+from typing import ClassVar, TypeVar
 
 __all__ = ["DictConfig"]
 
@@ -17,9 +17,18 @@ ConfigT = TypeVar("ConfigT", bound="DictConfig")
 class DictConfig:
     """Mixin for dataclass configs: `to_dict` and its inverse `from_dict`."""
 
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
+    """fields added after checkpoints and run caches existed: written only when they differ from their
+    default, so the configs (and the cache keys hashed from them) of models that do not use them stay as
+    they were"""
+
     def to_dict(self) -> dict:
-        """The config as a JSON-ready dict."""
-        return asdict(self)  # type: ignore[call-overload]
+        """The config as a JSON-ready dict (``OMIT_AT_DEFAULT`` fields only when not at their default)."""
+        values = asdict(self)  # type: ignore[call-overload]
+        for f in fields(self):  # type: ignore[arg-type]
+            if f.name in self.OMIT_AT_DEFAULT and f.default is not MISSING and values[f.name] == f.default:
+                del values[f.name]
+        return values
 
     @classmethod
     def from_dict(cls: type[ConfigT], values: dict) -> ConfigT:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -106,11 +106,11 @@ def energy_loss(x: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0) -> torc
 
 
 class HeadBlock(nn.Module):
-    """x + down(silu(gate([LN x, c])) * up([LN x, c]))."""
+    """x + down(silu(gate([LN x, c])) * up([LN x, c])): the ``swiglu`` head block."""
 
-    def __init__(self, d: int, intermediate: int) -> None:
+    def __init__(self, d: int, intermediate: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(d)
+        self.norm = nn.LayerNorm(d, eps=eps)
         self.gate = nn.Linear(2 * d, intermediate)
         self.up = nn.Linear(2 * d, intermediate)
         self.down = nn.Linear(intermediate, d)
@@ -120,18 +120,41 @@ class HeadBlock(nn.Module):
         return x + self.down(F.silu(self.gate(u)) * self.up(u))
 
 
+class MLPGLUHeadBlock(nn.Module):
+    """The released CALM's head block (``mlp-glu``): [LN x, c] -> Linear d -> SiLU -> Linear d -> SiLU ->
+    Linear 2d, split into (gate, up); x + down(silu(gate) * up). Three layers before the gate, width d."""
+
+    def __init__(self, d: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d, eps=eps)
+        self.mlp = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 2 * d))
+        self.down = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        gate, up = self.mlp(torch.cat([self.norm(x), c], dim=-1)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+HEAD_BLOCKS = ("swiglu", "mlp-glu")
+"""the energy head's block structures: ours, and the released CALM's (``calm.official``)"""
+
+
 class EnergyHead(nn.Module):
     """(h, uniform noise) -> one latent sample per noise vector."""
 
-    def __init__(self, d: int, latent_dim: int, noise_dim: int, num_blocks: int, intermediate: int) -> None:
+    def __init__(self, d: int, latent_dim: int, noise_dim: int, num_blocks: int, intermediate: int,
+                 *, block: str = "swiglu", eps: float = 1e-5) -> None:
         super().__init__()
         self.noise_dim = noise_dim
         self.noise_in = nn.Linear(noise_dim, d)
-        self.noise_norm = nn.LayerNorm(d)
+        self.noise_norm = nn.LayerNorm(d, eps=eps)
         self.cond_in = nn.Linear(d, d)
-        self.cond_norm = nn.LayerNorm(d)
-        self.blocks = nn.ModuleList(HeadBlock(d, intermediate) for _ in range(num_blocks))
-        self.out_norm = nn.LayerNorm(d)
+        self.cond_norm = nn.LayerNorm(d, eps=eps)
+        if block == "mlp-glu":
+            self.blocks = nn.ModuleList(MLPGLUHeadBlock(d, eps) for _ in range(num_blocks))
+        else:
+            self.blocks = nn.ModuleList(HeadBlock(d, intermediate, eps) for _ in range(num_blocks))
+        self.out_norm = nn.LayerNorm(d, eps=eps)
         self.out_hidden = nn.Linear(d, d)
         self.out = nn.Linear(d, latent_dim)
 
@@ -187,6 +210,22 @@ class EnergyTransformerConfig(DictConfig):
     autoencoder_path: str = ""
     """checkpoint the frozen autoencoder was loaded from when training started (a record; the CALM
     checkpoint itself holds the autoencoder's weights)"""
+    start_vector: bool = True
+    """a learned start vector before the first patch, so that patch 0 is predicted too; False is the
+    released CALM's layout (``calm.official``): patch t+1 is read off patch t's position and the first
+    patch, which that model never learned to predict, is read off a zero input vector alone"""
+    head_block: str = "swiglu"
+    """the energy head's block structure, one of HEAD_BLOCKS (``mlp-glu``: the released CALM's; its width is
+    hidden_size and head_intermediate_size is unused)"""
+    layer_norm_eps: float = 1e-5
+    """epsilon of the LayerNorms of the input compression and the head (the released CALM: 1e-6)"""
+    rope_theta: float = 10000.0
+    """RoPE base of the backbone"""
+    rms_norm_eps: float = 1e-6
+    """epsilon of the backbone's RMSNorms"""
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("start_vector", "head_block", "layer_norm_eps", "rope_theta",
+                                                  "rms_norm_eps")
 
     def __post_init__(self) -> None:
         for name in (
@@ -199,6 +238,11 @@ class EnergyTransformerConfig(DictConfig):
             raise ValueError(f"EnergyTransformerConfig.num_samples must be >= 2, got {self.num_samples}")
         if not 0.0 < self.alpha < 2.0:
             raise ValueError(f"EnergyTransformerConfig.alpha must be in (0, 2), got {self.alpha}")
+        if self.head_block not in HEAD_BLOCKS:
+            raise ValueError(f"EnergyTransformerConfig.head_block must be one of {HEAD_BLOCKS}, got {self.head_block!r}")
+        for name in ("layer_norm_eps", "rope_theta", "rms_norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"EnergyTransformerConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if isinstance(self.autoencoder, AutoencoderConfig):
             self.autoencoder = self.autoencoder.to_dict()
         self.backbone_config()  # validates the backbone sizes
@@ -226,7 +270,9 @@ class EnergyTransformerConfig(DictConfig):
             num_layers=self.num_layers,
             num_heads=self.num_heads,
             intermediate_size=self.intermediate_size,
-            max_positions=self.max_patches + 1,
+            max_positions=self.max_patches + int(self.start_vector),
+            rope_theta=self.rope_theta,
+            norm_eps=self.rms_norm_eps,
         )
 
 
@@ -304,18 +350,21 @@ class EnergyTransformer(nn.Module):
         d = config.hidden_size
         self.embed = nn.Embedding(self.vocab_size, d)
         self.compress = nn.Sequential(
-            nn.Linear(self.K * d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d), nn.LayerNorm(d)
+            nn.Linear(self.K * d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d), nn.LayerNorm(d, eps=config.layer_norm_eps)
         )
-        self.start = nn.Parameter(torch.zeros(d))
+        # without a start vector (the released layout) the first patch is read off a zero input vector
+        self.start = nn.Parameter(torch.zeros(d)) if config.start_vector else None
         self.backbone = Backbone(config.backbone_config())
-        self.head = EnergyHead(d, self.latent_dim, config.noise_dim, config.head_blocks, config.head_intermediate_size)
+        self.head = EnergyHead(d, self.latent_dim, config.noise_dim, config.head_blocks, config.head_intermediate_size,
+                               block=config.head_block, eps=config.layer_norm_eps)
         for module in [self.embed, self.compress, self.head]:
             for m in module.modules():
                 if isinstance(m, (nn.Linear, nn.Embedding)):
                     nn.init.normal_(m.weight, std=0.02)
                     if getattr(m, "bias", None) is not None:
                         nn.init.zeros_(m.bias)
-        nn.init.normal_(self.start, std=0.02)
+        if self.start is not None:
+            nn.init.normal_(self.start, std=0.02)
         # zero-initialised output layer: the head starts by predicting the origin for every noise
         nn.init.zeros_(self.head.out.weight)
         nn.init.zeros_(self.head.out.bias)
@@ -349,12 +398,32 @@ class EnergyTransformer(nn.Module):
         x = self.embed(ids).view(B, P, self.K * d)  # (B, P, K*d)
         return self.compress(x)  # (B, P, d)
 
+    @property
+    def start_offset(self) -> int:
+        """Backbone position of patch 0's input: 1 after a start vector, 0 in the released layout."""
+        return 0 if self.start is None else 1
+
+    def _start_state(self, B: int) -> torch.Tensor:
+        """Released layout: the hidden state that predicts patch 0, read off a zero input vector alone (B, 1, d)."""
+        zero = self.compress[-1].bias.new_zeros(1, 1, self.config.hidden_size)
+        return self.backbone(zero).expand(B, 1, -1)
+
+    def _with_start(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The backbone's input sequence for patch inputs (B, T, d): the start vector first, when there is one."""
+        if self.start is None:
+            return inputs
+        return torch.cat([self.start.expand(inputs.shape[0], 1, -1), inputs], dim=1)
+
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Teacher-forced hidden states: h[:, t] predicts patch t. ids (B, L) -> (B, L/K, d)."""
         B, _ = self._check_ids(ids)
         inputs = self.patch_inputs(ids)  # (B, P, d)
-        start = self.start.expand(B, 1, -1)
-        return self.backbone(torch.cat([start, inputs[:, :-1]], dim=1))  # (B, P, d)
+        if self.start is not None:
+            return self.backbone(self._with_start(inputs[:, :-1]))  # (B, P, d)
+        first = self._start_state(B)
+        if inputs.shape[1] == 1:
+            return first
+        return torch.cat([first, self.backbone(inputs[:, :-1])], dim=1)  # (B, P, d)
 
     # ---- training ----
 
@@ -478,8 +547,11 @@ class EnergyTransformer(nn.Module):
                 f"prompt + generation = {P0 + num_chunks} patches exceeds max_patches {self.config.max_patches}"
             )
         cache = self.backbone.new_cache(B, P0 + num_chunks)
-        x = torch.cat([self.start.expand(B, 1, -1), self.patch_inputs(ids)], dim=1)  # (B, P0+1, d)
-        h = self.backbone(x, cache)[:, -1]  # (B, d)
+        x = self._with_start(self.patch_inputs(ids))  # (B, P0 + start_offset, d)
+        if x.shape[1] == 0:  # released layout, empty prompt: patch 0's state, the cache stays empty
+            h = self._start_state(B)[:, 0]
+        else:
+            h = self.backbone(x, cache)[:, -1]  # (B, d)
         chunks, latents = [], []
         for step in range(num_chunks):
             if temperature == 1.0:
@@ -563,8 +635,10 @@ class EnergyTransformer(nn.Module):
         # later patches: branches forking at every patch, one per (t, s), on the cached true prefix
         cache = self.backbone.new_cache(B, P)
         inputs = self.patch_inputs(ids)  # (B, P, d)
-        self.backbone(torch.cat([self.start.expand(B, 1, -1), inputs[:, :-1]], dim=1), cache)
-        starts = torch.arange(1, P + 1, device=ids.device).repeat_interleave(S)  # branch (t, s) at position t+1
+        if self.start is not None or P > 1:
+            self.backbone(self._with_start(inputs[:, :-1]), cache)
+        # branch (t, s) sees the true patches < t and steps from position t + start_offset
+        starts = torch.arange(self.start_offset, P + self.start_offset, device=ids.device).repeat_interleave(S)
         branches = Branches(cache, starts)
         pieces = [first]
         chunk = first.reshape(B, P * S, K)

@@ -38,6 +38,7 @@ __all__ = [
     "save_tokenizer",
     "tokenizer_fingerprint",
     "special_ids",
+    "wrap_tokenizer",
 ]
 
 # ids of the special tokens of every `bpe:<size>` tokenizer
@@ -48,12 +49,16 @@ EOT_TOKEN = "<|endoftext|>"
 # GPT-2 has a single special token, which serves as both end-of-text and pad
 GPT2_EOT_ID = 50256
 GPT2_VOCAB_SIZE = 50257
+# the released CALM's Llama-3 tokenizer: end of text, and the pad the official trainer appends
+LLAMA3_EOT_TOKEN = "<|end_of_text|>"
+LLAMA3_PAD_TOKEN = "[PAD]"
 # CPU presets train on this vocabulary: small embedding tables make CPU training several times faster
 DEFAULT_TOKENIZER = "bpe:8192"
 MIN_BPE_SIZE = 260  # 256 bytes + specials, and room for a few merges
 
 
-def _wrap(backend: Tokenizer, *, eot: str, pad: str) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(backend: Tokenizer, *, eot: str, pad: str) -> PreTrainedTokenizerFast:
+    """A ``tokenizers`` backend as a lossless ``PreTrainedTokenizerFast`` with end-of-text and pad tokens."""
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=eot,
@@ -77,7 +82,7 @@ def _gpt2() -> PreTrainedTokenizerFast:
     bpe = ByteLevelBPETokenizer(str(vocab), str(merges), add_prefix_space=False)
     bpe.add_special_tokens([EOT_TOKEN])
     backend = Tokenizer.from_str(bpe.to_str())
-    tok = _wrap(backend, eot=EOT_TOKEN, pad=EOT_TOKEN)
+    tok = wrap_tokenizer(backend, eot=EOT_TOKEN, pad=EOT_TOKEN)
     assert tok.eos_token_id == GPT2_EOT_ID and len(tok) == GPT2_VOCAB_SIZE, (tok.eos_token_id, len(tok))
     return tok
 
@@ -141,11 +146,13 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
         raise FileNotFoundError(f"no tokenizer at {path}")
     backend = Tokenizer.from_file(str(path))
     vocab = backend.get_vocab()
+    if LLAMA3_EOT_TOKEN in vocab and LLAMA3_PAD_TOKEN in vocab:  # a released CALM's (calm.official)
+        return wrap_tokenizer(backend, eot=LLAMA3_EOT_TOKEN, pad=LLAMA3_PAD_TOKEN)
     if PAD_TOKEN in vocab:
-        return _wrap(backend, eot=EOT_TOKEN, pad=PAD_TOKEN)
+        return wrap_tokenizer(backend, eot=EOT_TOKEN, pad=PAD_TOKEN)
     if EOT_TOKEN in vocab:
-        return _wrap(backend, eot=EOT_TOKEN, pad=EOT_TOKEN)
-    raise ValueError(f"tokenizer {path} defines no {EOT_TOKEN!r} token")
+        return wrap_tokenizer(backend, eot=EOT_TOKEN, pad=EOT_TOKEN)
+    raise ValueError(f"tokenizer {path} defines no {EOT_TOKEN!r} (nor {LLAMA3_EOT_TOKEN!r} with {LLAMA3_PAD_TOKEN!r}) token")
 
 
 @functools.lru_cache(maxsize=8)

@@ -66,7 +66,8 @@ def ensure_checkpoint(cfg: SweepConfig, *, overrides: dict[str, Any] | None = No
     if cfg.checkpoint is not None:
         path = Path(cfg.checkpoint).expanduser()
         if not (path / "model.safetensors").is_file():
-            raise ValueError(f"checkpoint {cfg.checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)")
+            raise ValueError(f"checkpoint {cfg.checkpoint!r} holds no model.safetensors (a calm.checkpoint directory)"
+                             + _released_hint(path))
         return path.resolve()
 
     tok = get_tokenizer(cfg.tokenizer, cfg.corpus)
@@ -218,11 +219,20 @@ def ensure_k_autoencoder(cfg: SweepConfig, K: int, *, latent_per_token: int = K_
     return ensure_checkpoint(replace(cfg, ae_preset="tiny", checkpoint=None), overrides=overrides)
 
 
+def _released_hint(path: Path) -> str:
+    """The way out when a released CALM directory is given where one of ours belongs."""
+    from calm.official import is_released_layout
+
+    return (f"; it is a released CALM checkpoint: convert it once with python -m calm.convert {path} OUT and pass "
+            "OUT") if is_released_layout(path) else ""
+
+
 def _given_model(directory: str, model_type: str, what: str) -> Path:
     """A given checkpoint directory, checked to hold a ``model_type`` model (``calm.checkpoint.MODEL_TYPES``)."""
     path = Path(directory).expanduser()
     if not (path / "model.safetensors").is_file():
-        raise ValueError(f"{what} {directory!r} holds no model.safetensors (a calm.checkpoint directory)")
+        raise ValueError(f"{what} {directory!r} holds no model.safetensors (a calm.checkpoint directory)"
+                         + _released_hint(path))
     found = load_config(path)["model_type"]
     if found != model_type:
         raise ValueError(f"{what} {directory!r} is a {MODEL_TYPES[found][2]}, not a {MODEL_TYPES[model_type][2]}")
