@@ -229,7 +229,8 @@ def _autoencoder_config(config: dict, tensors: dict[str, torch.Tensor], prefix: 
         intermediate_size=int(gate.shape[0]) if gate is not None else int(config.get("intermediate_size", 1)),
         num_layers=int(layers), vocab_size=int(embed.shape[0]), token_dropout=dropout, latent_dropout=dropout,
         kl_clip=float(config.get("kl_clamp", 0.5)), kl_weight=float(config.get("kl_weight", 1e-3)),
-        pad_id=0,  # the official token dropout multiplies dropped ids by 0
+        # the tokenizer's [PAD], which the rest of the project pads with (the official token dropout writes 0)
+        pad_id=pad if isinstance(pad := config.get("pad_token_id"), int) and 0 <= pad < embed.shape[0] else 0,
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)), init_std=float(config.get("initializer_range", 0.02)),
         embed_init_std=float(config.get("initializer_range", 0.02)), linear_bias=True)
 
@@ -442,7 +443,7 @@ def load_released(source: str | os.PathLike, *, tokenizer: str | os.PathLike | N
         ae_config = _autoencoder_config(config, tensors, "", where)
         model = _build(Autoencoder, ae_config, _map(tensors, kind, ae_config.num_layers, where), where)
     else:
-        ae_source = {"patch_size": config.get("patch_size"), "latent_size": config.get("latent_size")}
+        ae_source = {key: config.get(key) for key in ("patch_size", "latent_size", "pad_token_id")}
         if autoencoder is not None:
             ae_source = read_released(resolve_source(autoencoder))[0]
         ae_config = _autoencoder_config(ae_source, tensors, "ae_model.", where)

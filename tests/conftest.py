@@ -203,3 +203,27 @@ def wait_for_restart():
             time.sleep(0.1)
 
     return wait
+
+
+#: tiny models saved in the released CALM layout by the official code (scripts/make_official_fixture.py)
+OFFICIAL_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "official_calm")
+
+
+@pytest.fixture(scope="session")
+def official_checkpoints(tmp_path_factory) -> dict:
+    """The fixture's released-layout autoencoder and CALM converted into our format once per session:
+    ``{"autoencoder": Path, "calm": Path, "corpus": "text:<path>"}`` (vocabulary 303, K = 4, l = 16, width 32).
+    The corpus is 200 chapters of the bundled KJV text, which the fixture's byte-level tokenizer encodes."""
+    from calm.convert import convert
+    from calm.corpus import load_split
+
+    root = tmp_path_factory.mktemp("official")
+    tokenizer_dir = os.path.join(OFFICIAL_FIXTURE, "tokenizer")
+    out = {kind: convert(os.path.join(OFFICIAL_FIXTURE, kind), root / kind, tokenizer=tokenizer_dir)
+           for kind in ("autoencoder", "calm")}
+    docs = [d.text for d in load_split("kjv", "train")[:200]]
+    text = root / "corpus" / "kjv.txt"
+    text.parent.mkdir()
+    text.write_text("\n\n".join(docs) + "\n")
+    out["corpus"] = f"text:{text}"
+    return out
