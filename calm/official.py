@@ -219,13 +219,18 @@ def _autoencoder_config(config: dict, tensors: dict[str, torch.Tensor], prefix: 
     if layers < 2 or layers % 2:
         raise CheckpointError(f"{where}: {layers} layers per side; the released code splits them into two stages, "
                               "so the count must be even")
+    squeeze = tensors.get(prefix + "encoder.squeeze_layer.weight")
+    K = _need(config, "patch_size", int, where)
+    if squeeze is not None and squeeze.dim() == 2 and squeeze.shape[1] != K * embed.shape[1]:
+        raise CheckpointError(f"{where}: patch_size {K} but the autoencoder weights {prefix}encoder.squeeze_layer "
+                              f"{tuple(squeeze.shape)} were trained with K={squeeze.shape[1] / embed.shape[1]:g}")
     gate = tensors.get(prefix + "encoder.encoder_layers.0.mlp.gate_proj.weight")
     latent = config.get("latent_size")
     if latent is None:
         latent = tensors[prefix + "encoder.hidden_to_latent.weight"].shape[0] // 2
     dropout = float(config.get("ae_dropout", 0.15))
     return AutoencoderConfig(
-        K=_need(config, "patch_size", int, where), latent_dim=int(latent), hidden_size=int(embed.shape[1]),
+        K=K, latent_dim=int(latent), hidden_size=int(embed.shape[1]),
         intermediate_size=int(gate.shape[0]) if gate is not None else int(config.get("intermediate_size", 1)),
         num_layers=int(layers), vocab_size=int(embed.shape[0]), token_dropout=dropout, latent_dropout=dropout,
         kl_clip=float(config.get("kl_clamp", 0.5)), kl_weight=float(config.get("kl_weight", 1e-3)),

@@ -94,13 +94,12 @@ def main() -> None:
     import tokenizers
     import torch
     import transformers
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer
-
     from models.configuration_autoencoder import AutoencoderConfig
     from models.configuration_calm import CALMConfig
     from models.modeling_autoencoder import Autoencoder
     from models.modeling_energy import EnergyTransformer
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
 
     out = args.out
     if out.exists():
