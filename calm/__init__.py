@@ -28,6 +28,7 @@ _EXPORTS = {
     "AutoencoderConfig": "calm.autoencoder",
     "save_pretrained": "calm.checkpoint",
     "load_pretrained": "calm.checkpoint",
+    "load_released": "calm.official",
     "CheckpointError": "calm.checkpoint",
     "EnergyTransformer": "calm.energy_transformer",
     "EnergyTransformerConfig": "calm.energy_transformer",

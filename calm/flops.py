@@ -82,11 +82,10 @@ def _head_flops(config: EnergyTransformerConfig, latent_dim: int) -> tuple[float
     """(per-position part, per-sample part) of the energy head's forward FLOPs."""
     d, ffh = config.hidden_size, config.head_intermediate_size
     per_position = 2.0 * d * d  # condition projection, shared by all samples of a position
-    per_sample = (
-        2.0 * config.noise_dim * d
-        + config.head_blocks * 2.0 * (2 * (2 * d) * ffh + ffh * d)
-        + 2.0 * (d * d + d * latent_dim)
-    )
+    # a swiglu block: gate and up 2d -> ffh, down ffh -> d; an mlp-glu block (the released CALM's):
+    # 2d -> d -> d -> 2d, down d -> d
+    block = 2.0 * (2 * (2 * d) * ffh + ffh * d) if config.head_block == "swiglu" else 2.0 * 6 * d * d
+    per_sample = 2.0 * config.noise_dim * d + config.head_blocks * block + 2.0 * (d * d + d * latent_dim)
     return per_position, per_sample
 
 
@@ -131,10 +130,15 @@ def calm_parameters(config: EnergyTransformerConfig) -> int:
     d, K, lat, ffh = config.hidden_size, ae.K, ae.latent_dim, config.head_intermediate_size
     embed = ae.vocab_size * d
     compress = (K * d * 2 * d + 2 * d) + (2 * d * d + d) + 2 * d
+    if config.head_block == "swiglu":
+        block = 2 * d + 2 * (2 * d * ffh + ffh) + ffh * d + d
+    else:  # mlp-glu: LN, 2d -> d, d -> d, d -> 2d, down d -> d, all with biases
+        block = 2 * d + (2 * d * d + d) + (d * d + d) + (2 * d * d + 2 * d) + (d * d + d)
     head = (
         (config.noise_dim * d + d) + 2 * d  # noise in + LN
         + (d * d + d) + 2 * d  # condition + LN
-        + config.head_blocks * (2 * d + 2 * (2 * d * ffh + ffh) + ffh * d + d)
+        + config.head_blocks * block
         + 2 * d + (d * d + d) + (d * lat + lat)
     )  # fmt: skip
-    return embed + compress + d + head + _blocks_parameters(d, config.num_layers, config.intermediate_size)
+    start = d if config.start_vector else 0
+    return embed + compress + start + head + _blocks_parameters(d, config.num_layers, config.intermediate_size)

@@ -252,3 +252,34 @@ def test_a_truncated_bin_is_named_as_damaged(tmp_path):
     (directory / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
     with pytest.raises(DamagedFileError, match="pytorch_model.bin"):
         read_released(directory)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the real sizes
+
+
+def released_config(hidden: int, ff: int, heads: int) -> dict:
+    """A CALM config.json as the official train_energy.sh writes it (its --config_overrides), Llama-3 ids."""
+    return {"ae_path": "/path/to/the/autoencoder", "patch_size": 4, "latent_size": 128, "num_mlp_layers": 4,
+            "hidden_size": hidden, "intermediate_size": ff, "num_hidden_layers": 16, "num_attention_heads": heads,
+            "num_key_value_heads": heads, "noise_size": 64, "num_samples": 8, "beta": 1.0, "vocab_size": 128257,
+            "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "rope_scaling": None,
+            "attention_bias": False, "mlp_bias": False, "hidden_act": "silu", "pad_token_id": 128256,
+            "bos_token_id": 128000, "eos_token_id": 128001}
+
+
+@pytest.mark.parametrize("hidden, ff, heads, paper", [(1024, 2752, 16, 371e6), (1536, 4096, 24, 735e6),
+                                                      (2560, 6880, 32, 1.82e9)])
+def test_the_released_sizes_have_the_papers_parameter_counts(hidden, ff, heads, paper):
+    from calm.autoencoder import Autoencoder, AutoencoderConfig
+    from calm.flops import calm_parameters
+    from calm.official import _calm_config
+
+    ae = AutoencoderConfig(K=4, latent_dim=128, hidden_size=512, intermediate_size=1280, num_layers=2,
+                           vocab_size=128257, linear_bias=True, pad_id=128256)
+    config = _calm_config(released_config(hidden, ff, heads), ae, "CALM")
+    assert calm_parameters(config) == pytest.approx(paper, rel=0.005)
+    if hidden == 1024:  # build CALM-M and the autoencoder on the meta device: the formula is the model
+        with torch.device("meta"):
+            assert EnergyTransformer(config).num_parameters() == calm_parameters(config)
+            assert sum(p.numel() for p in Autoencoder(ae).parameters()) == pytest.approx(75e6, rel=0.02)
