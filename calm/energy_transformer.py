@@ -449,11 +449,17 @@ class EnergyTransformer(nn.Module):
     # ---- sampling ----
 
     @torch.no_grad()
-    def decode_chunks(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent vectors (..., l) -> their K tokens by argmax decoding, (..., K)."""
+    def decode_chunks(self, z: torch.Tensor, *, max_logits: int = 1 << 25) -> torch.Tensor:
+        """Latent vectors (..., l) -> their K tokens by argmax decoding, (..., K).
+
+        Decoded in pieces of at most ``max_logits`` logits (128 MB in float32): at a 128k vocabulary one
+        step of 256 sequences would otherwise hold B K V = 131M logits at once.
+        """
         lead = z.shape[:-1]
-        logits = self.autoencoder.decode(z.reshape(1, -1, self.latent_dim))  # (1, n*K, V)
-        return logits.argmax(-1).view(*lead, self.K)
+        flat = z.reshape(1, -1, self.latent_dim)  # (1, n, l)
+        piece = max(1, max_logits // (self.K * self.vocab_size))
+        ids = [self.autoencoder.decode(flat[:, i : i + piece]).argmax(-1) for i in range(0, flat.shape[1], piece)]
+        return torch.cat(ids, dim=1).view(*lead, self.K)
 
     @torch.no_grad()
     def sample_chunks(self, h: torch.Tensor, num_samples: int, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -71,7 +71,9 @@ def generate(
     generator = torch.Generator(device=device).manual_seed(seed)
     if isinstance(model, EnergyTransformer):
         coins = torch.Generator().manual_seed(seed + 1)
-        out = model.generate(prompt_ids, max_tokens, temperature=temperature, batch_n=batch_n, pad_id=eot,
+        # left-pad a prompt to a multiple of K with the autoencoder's pad, as the agents do
+        out = model.generate(prompt_ids, max_tokens, temperature=temperature, batch_n=batch_n,
+                             pad_id=model.autoencoder.config.pad_id,
                              generator=generator, coins=coins, max_draws=max_draws)  # fmt: skip
     elif isinstance(model, TokenTransformer):
         out = model.generate(prompt_ids, max_tokens, temperature=temperature, generator=generator)

@@ -9,11 +9,11 @@ On held-out (test split) documents, each K-token chunk's encoder mean mu is anal
 - per dimension: KL to the prior and variance of mu (sorted bar plot), collapsed dimensions, effective rank;
 - linear probes (``experiments.common.probes``: logistic regression, train and test chunks from different
   documents) from mu to each of the K token ids, each token's class (capitalised / punctuation / digit /
-  whitespace-led / other), the source corpus, the position in the verse/line and the next chunk's first
-  token; read against the majority class and a bag-of-token-ids probe; the same probes on mu + sigma N(0,1);
-  and single-dimension probes of the dimension with most KL;
-- pictures: PCA and UMAP of mu coloured by source, first token class and position; interpolation between two
-  chunks' latents decoded every 10%; nearest-neighbour chunks, and how often neighbours share a label.
+  whitespace-led / other), the source corpus (KJV or Shakespeare, when the documents' names say), the position
+  in the verse/line and the next chunk's first token; read against the majority class and a bag-of-token-ids
+  probe; the same probes on mu + sigma N(0,1); and single-dimension probes of the dimension with most KL;
+- pictures: PCA and UMAP of mu coloured by source (when known), first token class and position; interpolation
+  between two chunks' latents decoded every 10%; nearest-neighbour chunks, and how often neighbours share a label.
 Writes summary.md, probes.csv, analysis.json and PNGs under results/<run>/ (default vectors-<checkpoint>).
 """
 
@@ -75,7 +75,8 @@ class Config:
     run_name: str | None = unhashed(None)
     """run directory name; default vectors-<checkpoint directory name>"""
     corpus: str = "kjv+shakespeare"
-    """held-out documents: the test split of this corpus (it must carry KJV / Shakespeare names for the source)"""
+    """held-out documents: the test split of this corpus, which the autoencoder's tokenizer encodes (WikiText-103,
+    text:<path>); the source label needs KJV / Shakespeare document names and is left out without them"""
     max_chunks: int = 12000
     """held-out chunks analysed (a uniform sample)"""
     test_fraction: float = 0.3
@@ -146,7 +147,7 @@ def probe_table(mu: np.ndarray, chunks, classes: np.ndarray, vocab_size: int, sp
     K = chunks.ids.shape[1]
     features = {**{f"token id @{j}": chunks.ids[:, j] for j in range(K)},
                 **{f"token class @{j}": classes[chunks.ids[:, j]] for j in range(K)},
-                "source": chunks.source, "position in line": chunks.position}
+                **_source_label(chunks), "position in line": chunks.position}
     has_next = chunks.next_first >= 0
     bag = bag_of_ids(chunks.ids, vocab_size)
     rows = []
@@ -167,11 +168,17 @@ def probe_table(mu: np.ndarray, chunks, classes: np.ndarray, vocab_size: int, sp
     return rows
 
 
+def _source_label(chunks) -> dict[str, np.ndarray]:
+    """``{"source": labels}`` when the chunks come from more than one source (KJV / Shakespeare document names),
+    else nothing: a corpus of one source (WikiText-103, a ``text:`` corpus) has no source to probe."""
+    return {"source": chunks.source} if len(np.unique(chunks.source)) > 1 else {}
+
+
 def _top_dimension_probes(mu, kl, chunks, classes, split, cfg: Config) -> dict:
     """Single-dimension probes on the dimension with most KL: which label it alone predicts best."""
     train, test = split
     dim = int(np.argmax(kl))
-    labels = {"token id @0": chunks.ids[:, 0], "token class @0": classes[chunks.ids[:, 0]], "source": chunks.source,
+    labels = {"token id @0": chunks.ids[:, 0], "token class @0": classes[chunks.ids[:, 0]], **_source_label(chunks),
               "position in line": chunks.position}
     out = {}
     for name, y in labels.items():
@@ -202,8 +209,8 @@ def main(cfg: Config) -> dict:
     first_class = classes[chunks.ids[:, 0]]
     # neighbours among distinct chunks: a repeated chunk (every "\n" at K = 1) is its own neighbour at distance 0
     distinct = np.sort(np.unique(chunks.ids, axis=0, return_index=True)[1])
-    neighbours = neighbour_agreement(mu[distinct], {"source": chunks.source[distinct],
-                                                    "first token": chunks.ids[distinct, 0],
+    source = _source_label(chunks.subset(distinct))
+    neighbours = neighbour_agreement(mu[distinct], {**source, "first token": chunks.ids[distinct, 0],
                                                     "first token class": first_class[distinct],
                                                     "position in line": chunks.position[distinct]}, seed=cfg.seed)
     result = {"checkpoint": str(path), "K": K, "latent_dim": ell, "chunks": len(chunks), "documents": len(chunks.docs),
@@ -220,12 +227,14 @@ def main(cfg: Config) -> dict:
     atomic_write_text(run_dir / "probes.csv", pd.DataFrame(rows).to_csv(index=False))
     if cfg.plots:
         plot_dimensions(kl, var, run_dir / "dimensions.png")
-        plot_manifold(mu, {"source": (chunks.source, ("KJV", "Shakespeare")),
+        plot_manifold(mu, {**({"source": (chunks.source, ("KJV", "Shakespeare"))} if _source_label(chunks) else {}),
                            "first token class": (first_class, TOKEN_CLASSES),
                            "position in line": (chunks.position, ("0", "1-4", "5-9", "10-19", "20+"))},
                       run_dir / "manifold.png", umap_points=cfg.umap_points, seed=cfg.seed)
     result["seconds"] = round(time.time() - t0, 1)
     command = "python -m experiments.analyze_vectors " + (f"--checkpoint {path}" if cfg.checkpoint else f"--k {cfg.k}")
+    if cfg.corpus != Config.corpus:
+        command += f" --corpus {cfg.corpus}"
     result["command"] = command
     atomic_write_text(run_dir / "analysis.json", json.dumps(result, indent=2) + "\n")
     write_summary(result, run_dir / "summary.md")

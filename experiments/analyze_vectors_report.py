@@ -27,14 +27,16 @@ def decode_text(model, tok, z: np.ndarray) -> list[str]:
 
 
 def interpolation_table(model, tok, mu: np.ndarray, chunks, *, steps: int = 10) -> list[dict]:
-    """Two pairs of chunks (KJV -> Shakespeare, and two KJV chunks) decoded along the straight line between
-    their latents, every ``1/steps``: ``[{"from", "to", "rows": [{"t", "text"}]}]``."""
+    """Two pairs of chunks (KJV -> Shakespeare, and two KJV chunks, or two of any document where there are not two
+    KJV ones: a corpus without KJV / Shakespeare names) decoded along the straight line between their latents,
+    every ``1/steps``: ``[{"from", "to", "rows": [{"t", "text"}]}]``."""
     kjv, shak = np.flatnonzero(chunks.source == 0), np.flatnonzero(chunks.source == 1)
     pairs = []
     if len(kjv) and len(shak):
         pairs.append((kjv[0], shak[len(shak) // 2]))
-    if len(kjv) > 1:
-        pairs.append((kjv[len(kjv) // 3], kjv[2 * len(kjv) // 3]))
+    same = kjv if len(kjv) > 1 else np.arange(len(chunks))
+    if len(same) > 1:
+        pairs.append((same[len(same) // 3], same[2 * len(same) // 3]))
     out = []
     t = np.linspace(0.0, 1.0, steps + 1)
     for a, b in pairs:
@@ -122,7 +124,8 @@ def write_summary(result: dict, path: Path) -> None:
     kl = np.asarray(result["kl_per_dim"])
     order = np.argsort(-kl)[:5]
     top = result["top_dimension"]
-    sig = [k.removeprefix("probe_sigma_") for k in result["probes"][0] if k.startswith("probe_sigma_")]
+    sig = list(dict.fromkeys(k.removeprefix("probe_sigma_") for r in result["probes"] for k in r
+                             if k.startswith("probe_sigma_")))
     lines = [f"# What the K = {result['K']} vectors hold (l = {result['latent_dim']})", "",
              f"{result['chunks']} held-out chunks from {result['documents']} test documents; "
              f"{result['seconds']:.0f} s. Reproduce: `{result['command']}`.", "",
@@ -135,10 +138,11 @@ def write_summary(result: dict, path: Path) -> None:
              "## Probes (logistic regression, test documents unseen in training)", "",
              "| feature | classes | majority | bag of ids | probe on mu | C | " + " | ".join(f"σ={s}" for s in sig)
              + " |", "|---|---|---|---|---|---|" + "---|" * len(sig)]
-    for r in result["probes"]:
+    for r in result["probes"]:  # a one-class label has no noisy scores (the probe is the majority class)
+        noisy = [r.get(f"probe_sigma_{s}") for s in sig]
         lines.append(f"| {r['feature']} | {r['classes']} | {r['majority']:.3f} | {r['bag_of_ids']:.3f} | "
-                     f"**{r['probe']:.3f}** | {r['C']:g} | " + " | ".join(f"{r[f'probe_sigma_{s}']:.3f}" for s in sig)
-                     + " |")
+                     f"**{r['probe']:.3f}** | {r['C']:g} | "
+                     + " | ".join("–" if v is None or v != v else f"{v:.3f}" for v in noisy) + " |")
     lines += ["", "Labels with more than the cap's values keep the most frequent ones, the rest are one class. C: the "
               "regularisation picked on held-out training documents. The noisy columns score the same probe on "
               "mu + σ N(0, 1).", "",

@@ -74,7 +74,8 @@ class Config:
     runs_dir: str = unhashed("runs")
     """where the default models are cached"""
     corpus: str = "kjv+shakespeare"
-    """train split: SAEs and probes; test split: scoring (document names give the KJV / Shakespeare source)"""
+    """train split: SAEs and probes; test split: scoring (any corpus the autoencoder's tokenizer encodes, e.g.
+    WikiText-103 or text:<path>; KJV / Shakespeare document names give the source label)"""
     results_dir: str = unhashed("results")
     """where the run directory goes"""
     run_name: str | None = unhashed(None)

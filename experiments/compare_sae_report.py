@@ -18,8 +18,10 @@ __all__ = ["abs_corr", "feature_matches", "pca_fve", "plot_fve_l0", "plot_matche
 
 
 def probe_labels(chunks, classes: np.ndarray, train: np.ndarray, max_classes: int) -> dict[str, np.ndarray]:
-    """The labels probed: source, first token class, position in line, first token id, next first token id."""
-    return {"source": chunks.source, "first token class": classes[chunks.ids[:, 0]],
+    """The labels probed: source (when the rows come from more than one: KJV / Shakespeare document names), first
+    token class, position in line, first token id, next first token id."""
+    source = {"source": chunks.source} if len(np.unique(chunks.source)) > 1 else {}
+    return {**source, "first token class": classes[chunks.ids[:, 0]],
             "position in line": chunks.position,
             "first token": cap_classes(chunks.ids[:, 0], train, max_classes),
             "next first token": cap_classes(chunks.next_first, train, max_classes)}
@@ -29,7 +31,7 @@ def _class_name(label: str, value: int, tok) -> str:
     if value == -2:
         return "other"
     if label == "source":
-        return SOURCES[value]
+        return SOURCES[value] if 0 <= value < len(SOURCES) else "other"
     if label == "first token class":
         return TOKEN_CLASSES[value]
     if label == "position in line":

@@ -4,8 +4,10 @@
     python -m experiments.steering --attributes source question --prompts 128
     python -m experiments.steering --help
 
-For each attribute (``experiments.steering_methods.ATTRIBUTES``: source Shakespeare -> KJV; within
-Shakespeare you/your -> thee/thou/thy, no question -> question, no speech prefix -> speech prefix), a judge
+For each attribute (``experiments.steering_methods.ATTRIBUTES``: source Shakespeare -> KJV; outside KJV
+you/your -> thee/thou/thy, no question -> question, no speech prefix -> speech prefix; on a corpus without
+KJV / Shakespeare names, such as WikiText-103 or a ``text:`` corpus, every window is outside KJV and
+``source`` has no contrast: choose the others with --attributes), a judge
 (bag-of-words logistic regression) is fitted on training documents, directions are fitted on training
 windows, and held-out windows of the negative side are steered towards the positive side by each method:
 
@@ -55,13 +57,16 @@ from experiments.steering_methods import (
     attribute_labels,
     attribute_tokens,
     calm_generate,
+    check_attribute,
     codec_steer,
     cut_windows,
+    document_sources,
     judge_labels,
     logit_bias,
     mean_direction,
     probe_direction,
     residual_shift,
+    rows_per_piece,
     token_nll,
 )
 from experiments.steering_report import write_report
@@ -91,7 +96,8 @@ class Config:
     run_name: str | None = unhashed(None)
     """run directory name; default steering-<energy transformer directory name>"""
     corpus: str = "kjv+shakespeare"
-    """judge and directions: its train split; prompts: its test split"""
+    """judge and directions: its train split; prompts: its test split (any corpus the autoencoder's tokenizer
+    encodes: WikiText-103, text:<path>; ``source`` needs the KJV / Shakespeare document names)"""
     attributes: tuple[str, ...] = ATTRIBUTES
     """attributes steered (source, archaic, question, speech)"""
     methods: tuple[str, ...] = METHODS
@@ -237,7 +243,8 @@ def _score(method, alpha, out, z, base, prompts, judge, tm, ae, tok) -> tuple[di
         row.update({name: m, f"{name}_lo": lo_, f"{name}_hi": hi_})
     if z is not None:
         with torch.no_grad():
-            row["on_manifold"] = float((manifold_distance(ae, z) <= ON_MANIFOLD_TOL).float().mean())
+            piece = rows_per_piece(ae.config.K * ae.config.vocab_size)  # chunks whose logits fit the budget
+            row["on_manifold"] = float((manifold_distance(ae, z, batch=piece) <= ON_MANIFOLD_TOL).float().mean())
     return row, texts
 
 
@@ -278,12 +285,19 @@ def main(cfg: Config) -> dict:
         blocks = len(model.backbone.layers)
         if any(m.startswith(prefix) for m in cfg.methods) and cfg.layer >= blocks:
             raise ValueError(f"--layer {cfg.layer}: {path.name} has {blocks} blocks (--layer 0 to {blocks - 1})")
+    train_docs, test_docs = load_split(cfg.corpus, "train"), load_split(cfg.corpus, "test")
+    if "source" in cfg.attributes:  # the documents' names alone tell, before a run directory is claimed
+        check_attribute(attribute_labels([], document_sources(train_docs), "source"), "source", cfg.corpus, "train")
     run_dir = claim_single_run(cfg, cfg.run_name or f"steering-{lm_dir.name}",
                                " + ".join(checkpoint_id(d) for d in (ae_dir, lm_dir, tm_dir)), experiment="steering")
     print(f"[steering] autoencoder {ae_dir}\n[steering] CALM {lm_dir}\n[steering] token baseline {tm_dir}\n"
           f"[steering] -> {run_dir}", flush=True)
-    train = cut_windows(load_split(cfg.corpus, "train"), tok, cfg.tokens, max_windows=cfg.judge_windows, seed=cfg.seed)
-    test = cut_windows(load_split(cfg.corpus, "test"), tok, cfg.tokens, seed=cfg.seed)
+    train = cut_windows(train_docs, tok, cfg.tokens, max_windows=cfg.judge_windows, seed=cfg.seed)
+    test = cut_windows(test_docs, tok, cfg.tokens, seed=cfg.seed)
+    for attribute in cfg.attributes:  # every attribute has both sides, before minutes of fitting and steering
+        check_attribute(attribute_labels(train.text, train.source, attribute), attribute, cfg.corpus, "train")
+        if not (attribute_labels(test.text, test.source, attribute) == 0).any():
+            raise ValueError(f"no held-out window on the negative side of {attribute!r} in corpus {cfg.corpus!r}")
     rng = np.random.default_rng(cfg.seed)
     context_use = _context_use(lm, tm, test.ids, cfg, rng)
     print(f"[steering] same noise, another prompt: {context_use['calm']:.3f} of the CALM's tokens and "
@@ -340,10 +354,13 @@ def main(cfg: Config) -> dict:
     reached = [{"attribute": a, "method": m, **reach(g["alpha"], g["success"], g["nll"]),
                 "success_at_0": float(g["success"].iloc[0]), "max_success": float(g["success"].max())}
                for (a, m), g in frame.groupby(["attribute", "method"], sort=False)]
+    default = Config()
     command = "python -m experiments.steering" + "".join(
         f" --{flag.replace('_', '-')} {value}" for flag, value in
         (("checkpoint", cfg.checkpoint), ("lm_checkpoint", cfg.lm_checkpoint),
-         ("token_lm_checkpoint", cfg.token_lm_checkpoint)) if value)
+         ("token_lm_checkpoint", cfg.token_lm_checkpoint),
+         ("corpus", cfg.corpus if cfg.corpus != default.corpus else None),
+         ("attributes", " ".join(cfg.attributes) if cfg.attributes != default.attributes else None)) if value)
     result = {"checkpoint": str(ae_dir), "lm_checkpoint": str(lm_dir), "token_lm_checkpoint": str(tm_dir),
               "attributes": attributes, "reach_50": reached, "same_noise_other_prompt_overlap": context_use, "examples": examples, "config": asdict(cfg),
               "seconds": round(time.time() - t0, 1), "command": command}

@@ -3,10 +3,12 @@ interventions.
 
 - ``cut_windows`` cuts documents into L-token windows; ``attribute_labels`` labels each window for one of
   ``ATTRIBUTES`` from its text alone (no hand labelling): ``source`` (KJV 1 vs Shakespeare 0: steered
-  towards KJV, because the judge reads the word salad of an unsteered tiny CALM as Shakespeare); and, within
-  Shakespeare so that their direction is not the source's, ``archaic`` (thee / thou / thy / thine and no
-  you / your: 1; you / your and none of those: 0), ``question`` (a "?": 1; none: 0) and ``speech`` (a line
-  that is a speaker's name in capitals, "HAMLET.": 1; none: 0). -1: neither side.
+  towards KJV, because the judge reads the word salad of an unsteered tiny CALM as Shakespeare); and, outside
+  KJV so that their direction is not the source's, ``archaic`` (thee / thou / thy / thine and no you / your:
+  1; you / your and none of those: 0), ``question`` (a "?": 1; none: 0) and ``speech`` (a line that is a
+  speaker's name in capitals, "HAMLET.": 1; none: 0). -1: neither side. Outside KJV is Shakespeare in the
+  default corpus, and every window of a corpus whose documents carry neither name (WikiText-103, a ``text:``
+  corpus), which has no ``source`` contrast (``check_attribute`` says so).
 - ``Judge``: a bag-of-words logistic regression (scikit-learn) on the window text, fitted on training
   documents and scored on held-out ones, positive side vs every other window of the attribute's population
   (``judge_labels``: a text with neither thee nor you is not archaic). It reads words, never a model's
@@ -14,7 +16,8 @@ interventions.
 - ``mean_direction`` / ``probe_direction``: the difference of the two groups' mean activation, and a
   logistic probe's weight (in the activations' own units, scaled to the mean difference's norm, so one alpha
   means the same step length for both).
-- interventions: ``codec_steer`` adds alpha * direction to every latent of a passage and decodes it;
+- interventions: ``codec_steer`` adds alpha * direction to every latent of a passage and decodes it (in pieces
+  whose logits stay under ``LOGITS_BUDGET`` numbers: a 128k-id vocabulary makes them large);
   ``calm_generate`` continues prompts with the CALM, optionally adding a vector to each generated latent;
   ``residual_shift`` adds a vector to one block's output (the residual stream) of either model while it
   runs; ``logit_bias`` adds alpha nats to chosen token ids of the token baseline's next-token logits.
@@ -29,15 +32,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ATTRIBUTES", "Judge", "Windows", "activations", "attribute_labels", "attribute_tokens", "calm_generate",
-           "codec_steer", "cut_windows", "judge_labels", "logit_bias", "mean_direction", "probe_direction",
-           "residual_shift", "token_nll"]
+__all__ = ["ATTRIBUTES", "LOGITS_BUDGET", "Judge", "Windows", "activations", "attribute_labels", "attribute_tokens",
+           "calm_generate", "check_attribute", "codec_steer", "cut_windows", "document_sources", "judge_labels",
+           "logit_bias", "mean_direction", "probe_direction", "residual_shift", "rows_per_piece", "token_nll"]
 
 ATTRIBUTES = ("source", "archaic", "question", "speech")
 """what a steering run moves: the positive side is the target, the negative side the prompts"""
 POSITIVE = {"source": "KJV", "archaic": "thee/thou/thy", "question": "question",
             "speech": "speech prefix"}
 NEGATIVE = {"source": "Shakespeare", "archaic": "you/your", "question": "no question", "speech": "no speech prefix"}
+
+LOGITS_BUDGET = 1 << 25
+"""numbers of one vocabulary-sized tensor (logits) a step here may hold at once: 128 MB in float32, as
+``protocols.latent.MAX_LOGITS``. At the released CALM's 128,257 ids the logits of 256 prompts x 16 tokens
+would take 2 GB"""
 
 _ARCHAIC = re.compile(r"\b(thee|thou|thy|thine)\b", re.IGNORECASE)
 _MODERN = re.compile(r"\b(you|your)\b", re.IGNORECASE)
@@ -68,6 +76,7 @@ class Windows:
 def cut_windows(documents, tokenizer, length: int, *, max_windows: int | None = None, seed: int = 0) -> Windows:
     """Cut each ``calm.corpus.Document`` into ``length``-token windows (a uniform sample of ``max_windows``)."""
     ids, doc, source = [], [], []
+    sources = document_sources(documents)
     for d, document in enumerate(documents):
         tokens = np.asarray(tokenizer(document.text, add_special_tokens=False)["input_ids"], dtype=np.int64)
         n = len(tokens) // length
@@ -75,8 +84,7 @@ def cut_windows(documents, tokenizer, length: int, *, max_windows: int | None = 
             continue
         ids.append(tokens[: n * length].reshape(n, length))
         doc.append(np.full(n, d))
-        name = document.name.split("/", 1)[0]
-        source.append(np.full(n, {"kjv": 0, "shakespeare": 1}.get(name, -1)))
+        source.append(np.full(n, sources[d]))
     if not ids:
         raise ValueError(f"no document holds a whole window of {length} tokens")
     all_ids, all_doc, all_source = np.concatenate(ids), np.concatenate(doc), np.concatenate(source)
@@ -85,6 +93,12 @@ def cut_windows(documents, tokenizer, length: int, *, max_windows: int | None = 
         index = np.sort(np.random.default_rng(seed).choice(len(index), max_windows, replace=False))
     text = tokenizer.batch_decode(all_ids[index].tolist())
     return Windows(all_ids[index], text, all_doc[index], all_source[index])
+
+
+def document_sources(documents) -> np.ndarray:
+    """(N,) the source of each ``calm.corpus.Document`` from its name: 0 = KJV, 1 = Shakespeare, -1 = other."""
+    return np.array([{"kjv": 0, "shakespeare": 1}.get(d.name.split("/", 1)[0], -1) for d in documents],
+                    dtype=np.int64)
 
 
 def attribute_labels(texts: list[str], source: np.ndarray, attribute: str) -> np.ndarray:
@@ -102,15 +116,41 @@ def attribute_labels(texts: list[str], source: np.ndarray, attribute: str) -> np
         y = np.array([1 if _SPEAKER.search(t) else 0 for t in texts])
     else:
         raise ValueError(f"unknown attribute {attribute!r}; choose from {ATTRIBUTES}")
-    return np.where(source == 1, y, -1)  # within Shakespeare: the contrast is not the source's
+    return np.where(_population(source, attribute), y, -1)  # outside KJV: the contrast is not the source's
+
+
+def _population(source: np.ndarray, attribute: str) -> np.ndarray:
+    """(N,) bool: the windows an attribute is read on. ``source``: KJV and Shakespeare; the others: every
+    window but KJV's (Shakespeare in the default corpus; all of a corpus without KJV / Shakespeare names)."""
+    source = np.asarray(source)
+    return np.isin(source, (0, 1)) if attribute == "source" else source != 0
 
 
 def judge_labels(texts: list[str], source: np.ndarray, attribute: str) -> np.ndarray:
     """(N,) what the judge learns: 1 = the positive side, 0 = any other window of the attribute's population
-    (both sources for ``source``, Shakespeare for the rest), -1 = outside it."""
+    (both sources for ``source``, every window but KJV's for the rest), -1 = outside it."""
     y = attribute_labels(texts, source, attribute)
-    inside = np.isin(np.asarray(source), (0, 1)) if attribute == "source" else np.asarray(source) == 1
-    return np.where(y == 1, 1, np.where(inside, 0, -1))
+    return np.where(y == 1, 1, np.where(_population(source, attribute), 0, -1))
+
+
+def check_attribute(y: np.ndarray, attribute: str, corpus: str, split: str) -> None:
+    """Refuse (``ValueError``, one line) an attribute whose labels ``y`` (``attribute_labels`` of a split's
+    windows) lack a side: nothing to fit a direction or a judge on, or no prompt to steer."""
+    if (y == 1).any() and (y == 0).any():
+        return
+    if attribute == "source":
+        why = ("it contrasts KJV with Shakespeare documents (names kjv/..., shakespeare/...), and the corpus has "
+               "not both")
+    else:
+        missing = POSITIVE[attribute] if not (y == 1).any() else NEGATIVE[attribute]
+        why = f"no {split} window outside KJV is on its {missing!r} side"
+    raise ValueError(f"attribute {attribute!r} cannot be steered on corpus {corpus!r}: {why}; choose others with "
+                     f"--attributes (of {' '.join(ATTRIBUTES)})")
+
+
+def rows_per_piece(per_row: int, budget: int = LOGITS_BUDGET) -> int:
+    """How many rows of ``per_row`` numbers each (e.g. tokens x vocabulary) fit in ``budget`` (at least 1)."""
+    return max(1, budget // max(1, per_row))
 
 
 class Judge:
@@ -207,8 +247,13 @@ def activations(model, ids: np.ndarray, *, layer: int | None, batch: int = 256) 
     """Per-position activations of windows ``ids (N, L)``, rows pooled: ``(N * P, d)``.
 
     ``layer None``: the autoencoder latent (``model`` an Autoencoder: mu of each K-token chunk, P = L / K).
-    Otherwise the output of block ``layer`` of an EnergyTransformer (teacher-forced, P = L / K patches) or a
-    TokenTransformer (P = L tokens).
+    Otherwise the output of block ``layer`` of an EnergyTransformer (teacher-forced, P = L / K patches: row t
+    is where ``model.hidden``'s h[:, t], which predicts patch t, is computed) or a TokenTransformer (P = L
+    tokens; its backbone alone, no vocabulary-sized logits).
+
+    The released CALM layout (no start vector) computes h[:, 0] in a backbone pass of its own, on a zero input
+    vector shared by every window: its block output is that pass's, broadcast, followed by the pass over the
+    patches; with a start vector one pass gives all P rows.
     """
     out = []
     for i in range(0, len(ids), batch):
@@ -219,21 +264,23 @@ def activations(model, ids: np.ndarray, *, layer: int | None, batch: int = 256) 
             seen: list[torch.Tensor] = []
             hook = model.backbone.layers[layer].register_forward_hook(lambda _m, _i, o, seen=seen: seen.append(o))
             try:
-                model.hidden(x) if hasattr(model, "hidden") else model.logits(x)
+                model.hidden(x) if hasattr(model, "hidden") else model.backbone(model.embed(x))
             finally:
                 hook.remove()
-            h = seen[0]
+            h = torch.cat([o.expand(len(x), -1, -1) for o in seen], dim=1)  # the passes in position order
         out.append(h.reshape(-1, h.shape[-1]).double().numpy())
     return np.concatenate(out)
 
 
 @torch.no_grad()
 def codec_steer(autoencoder, ids: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode passages ``ids (B, L)``, add ``shift (l,)`` to every latent, decode by argmax.
-    Returns ``(ids (B, L), steered latents (B, L/K, l))``."""
+    """Encode passages ``ids (B, L)``, add ``shift (l,)`` to every latent, decode by argmax (passages in pieces
+    whose logits hold at most ``LOGITS_BUDGET`` numbers). Returns ``(ids (B, L), steered latents (B, L/K, l))``."""
     mu, _ = autoencoder.encode(ids)
     z = mu + shift.to(mu.dtype)
-    return autoencoder.decode(z).argmax(-1).reshape(ids.shape), z
+    rows = rows_per_piece(ids.shape[1] * autoencoder.config.vocab_size)
+    out = torch.cat([autoencoder.decode(z[i: i + rows]).argmax(-1) for i in range(0, len(z), rows)])
+    return out.reshape(ids.shape), z
 
 
 @torch.no_grad()
@@ -253,9 +300,15 @@ def calm_generate(lm, prompt: torch.Tensor, new_tokens: int, *, latent_shift: to
 @torch.no_grad()
 def token_nll(model, context: torch.Tensor, text: torch.Tensor) -> np.ndarray:
     """(B,) mean negative log-likelihood (nats per token) of ``text (B, n)`` after ``context (B, T)`` under the
-    token baseline (the fluency judge). With an empty context the first token is not scored."""
+    token baseline (the fluency judge). With an empty context the first token is not scored. Rows go through in
+    pieces whose logits hold at most ``LOGITS_BUDGET`` numbers."""
     ids = torch.cat([context, text], dim=1)
-    logp = torch.log_softmax(model.logits(ids)[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]  # (B, T + n - 1): nll of ids[:, 1:]
+    rows = rows_per_piece(ids.shape[1] * model.config.vocab_size)
     start = max(context.shape[1] - 1, 0)
-    return nll[:, start:].mean(1).numpy()
+    out = []
+    for i in range(0, len(ids), rows):
+        piece = ids[i: i + rows]
+        logits = model.logits(piece)[:, :-1].float()  # (b, T + n - 1, V)
+        nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, piece[:, 1:, None])[..., 0]  # nll of ids[:, 1:]
+        out.append(nll[:, start:].mean(1))
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

@@ -37,15 +37,21 @@ estimate is noisy, so the prior tends to take over there (measured: it then hurt
   support.
 
 ``lm_prior_decode`` is the glue for a fitted ``VectorProtocol`` and an ``EnergyTransformer`` (agents call it);
-``sequential_decode`` is the pure algorithm (numpy, any proposal function).
+``sequential_decode`` is the pure algorithm (numpy, any proposal function). The CALM's state for chunk c is
+``EnergyTransformer.hidden``'s h[:, c] (it has read chunks < c), in either layout: after a learned start vector,
+or the released CALM's, where chunk 0 is read off a zero input vector and chunk c off chunk c - 1's position.
 
 **The digital link's counterpart** (``token_prior_decode``, the LLM-SC idea): the token ids sent as uncoded BPSK
 (``protocols.token.UncodedTokenProtocol``, b bits per id) are decoded token by token with the **token baseline**
 (``calm.baseline.TokenTransformer``) as the prior. The soft bits give every id ``v < V`` its exact
 log-likelihood ``sum_i (1 - 2 bit_i(v)) LLR_i / 2``; the listener picks ``argmax_v loglik + weight log p_LM(v |
 decoded prefix)`` summed over the passage, by beam search (``beam`` hypotheses, 1: greedy) left to right with
-a KV cache. The first token has no context: its prior is flat. Positions the budget left unsent get the LM's most likely token instead of the fixed best
-guess. With ``weight = 0`` the listener returns plain decoding exactly.
+a KV cache. The first token has no context: its prior is flat. Positions the budget left unsent get the LM's most
+likely token instead of the fixed best guess. With ``weight = 0`` the listener returns plain decoding exactly.
+
+Vocabulary-sized tensors (the autoencoder's logits of the prior's samples, the beam's ``(passages, beam, V)``
+scores) are made in pieces of at most ``protocols.latent.MAX_LOGITS`` numbers: at the released CALM's 128,257
+ids a whole batch of them would take gigabytes.
 """
 
 from __future__ import annotations
@@ -176,7 +182,7 @@ def lm_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any = 
     A noiseless channel (or ``samples = 0``) returns plain decoding. Returns ``(ids (B, L), info)``."""
     import torch
 
-    from protocols.latent import encode_means
+    from protocols.latent import MAX_LOGITS, encode_means
 
     plain = protocol.decode(symbols, channel=channel, gain=gain)  # (B, L)
     noise = noise_power(channel)
@@ -191,11 +197,15 @@ def lm_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any = 
     generator = torch.Generator(device=device).manual_seed(int(seed))
     mean, std = protocol.basis.mean, protocol.basis.std
 
+    rows = max(1, MAX_LOGITS // (K * lm.vocab_size))  # samples decoded at once: their logits are (rows K, V)
+
     def propose(c: int, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = np.concatenate([prefix, np.zeros((B, K), dtype=np.int64)], axis=1)  # chunk c's slot is not looked at
         with torch.inference_mode():
             h = lm.hidden(torch.as_tensor(ids, device=device))[:, c]  # (B, d_model): predicts chunk c
-            tokens = lm.decode_chunks(lm.head.sample(h, samples, generator=generator)).cpu().numpy()  # (B, N, K)
+            z = lm.head.sample(h, samples, generator=generator).reshape(B * samples, -1)  # (B N, l)
+            tokens = torch.cat([lm.decode_chunks(z[i: i + rows]) for i in range(0, len(z), rows)])
+            tokens = tokens.view(B, samples, K).cpu().numpy()  # (B, N, K)
         mu = encode_means(protocol.autoencoder, tokens.reshape(B * samples, K), batch_size=4096)
         return tokens, ((mu.reshape(B, samples, -1) - mean) / std)
 
@@ -207,13 +217,21 @@ def token_log_likelihood(protocol: Any, symbols: np.ndarray, channel: Any = None
                          gain: np.ndarray | None = None) -> np.ndarray:
     """Every id's log-likelihood at every sent position of an ``UncodedTokenProtocol``: ``(B, T, V)`` float64,
     up to a constant per position (``T``: the tokens its budget sends)."""
+    llr, signs = _token_llr(protocol, symbols, channel, gain)
+    return 0.5 * llr @ signs.T
+
+
+def _token_llr(protocol: Any, symbols: np.ndarray, channel: Any, gain: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(llr (B, T, b), signs (V, b))``: the combined LLR of every sent bit (> 0: bit 0, i.e. +1, more likely)
+    and every id's bits as signs (+1 for a 0 bit); id v's log-likelihood at position t is
+    ``0.5 * llr[:, t] @ signs[v]``."""
     y = protocol._check_symbols(symbols)
     g = protocol._check_gain(gain, y.shape)
     L = protocol._require_fit()
     T, b, V = protocol.tokens_sent(L), protocol.bits, protocol.vocab_size
-    llr = protocol._llr(y, channel, g).reshape(y.shape[0], T, b)  # > 0: bit 0 (+1) more likely
+    llr = protocol._llr(y, channel, g).reshape(y.shape[0], T, b)
     signs = 1.0 - 2.0 * protocol.token_bits(np.arange(V, dtype=np.int64)[:, None])  # (V, b)
-    return 0.5 * llr @ signs.T
+    return llr, signs
 
 
 def token_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any = None,
@@ -221,8 +239,9 @@ def token_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any
     """Decode an ``UncodedTokenProtocol``'s ``symbols (B, n)`` with the token baseline ``lm`` (``TokenTransformer``)
     as the prior (module docstring): beam search of width ``beam`` (1: greedy) over
     ``sum_t loglik_t + weight log p_LM``, with a KV cache. Returns ids ``(B, L)``.
-    ``weight = 0`` or a noiseless channel: plain decoding."""
-    import torch
+    ``weight = 0`` or a noiseless channel: plain decoding. Passages are searched in groups whose
+    ``(group, beam, V)`` scores hold at most ``MAX_LOGITS`` numbers; each id's likelihood is formed per position."""
+    from protocols.latent import MAX_LOGITS
 
     if not (np.isfinite(weight) and weight >= 0):
         raise ValueError(f"weight must be finite and >= 0, got {weight}")
@@ -237,9 +256,28 @@ def token_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any
     B, L = plain.shape
     if L > lm.config.max_positions:
         raise ValueError(f"passages of {L} tokens exceed the token LM's max_positions {lm.config.max_positions}")
-    loglik = torch.as_tensor(token_log_likelihood(protocol, symbols, channel, gain))  # (B, T, V)
-    T, V, W = loglik.shape[1], protocol.vocab_size, min(beam, protocol.vocab_size)
+    if B == 0:
+        return plain
+    llr, signs = _token_llr(protocol, symbols, channel, gain)
+    W = min(beam, protocol.vocab_size)
+    rows = max(1, MAX_LOGITS // (W * protocol.vocab_size))
+    return np.concatenate([_beam_search(lm, llr[i: i + rows], signs, plain[i: i + rows], weight, W)
+                           for i in range(0, B, rows)])
+
+
+def _beam_search(lm: Any, llr: np.ndarray, signs: np.ndarray, plain: np.ndarray, weight: float, W: int) -> np.ndarray:
+    """``token_prior_decode``'s beam search over passages ``plain (B, L)`` (the plain decoding) with the sent bits'
+    LLRs ``llr (B, T, b)`` and the ids' ``signs (V, b)``: ids ``(B, L)``."""
+    import torch
+
+    B, L = plain.shape
+    T, V = llr.shape[1], signs.shape[0]
     device = next(lm.parameters()).device
+    signs_t = torch.as_tensor(signs.T)  # (b, V) float64
+
+    def loglik(t: int) -> torch.Tensor:  # (B, V): every id's log-likelihood at sent position t
+        return 0.5 * torch.as_tensor(llr[:, t]) @ signs_t
+
     scores = torch.full((B, W), -math.inf, dtype=torch.float64)
     scores[:, 0] = 0.0  # one live beam to start: the others would duplicate it
     seqs = torch.zeros((B, W, 0), dtype=torch.int64)
@@ -248,13 +286,13 @@ def token_prior_decode(protocol: Any, lm: Any, symbols: np.ndarray, channel: Any
         cache = lm.backbone.new_cache(B * W, L)
         for t in range(L):
             if t == 0:  # no context: a flat prior (the unsent first token: the fixed best guess)
-                step = (loglik[:, 0] if T else torch.nn.functional.one_hot(torch.as_tensor(plain[:, 0]), V).log()
+                step = (loglik(0) if T else torch.nn.functional.one_hot(torch.as_tensor(plain[:, 0]), V).log()
                         .double())[:, None].expand(B, W, V)
             else:
                 h = lm.backbone(lm.embed(seqs[:, :, -1].reshape(B * W, 1).to(device)), cache)[:, -1]
                 step = weight * torch.log_softmax(lm.lm_head(h).double(), dim=-1).cpu().view(B, W, V)
                 if t < T:
-                    step = step + loglik[:, t][:, None]
+                    step = step + loglik(t)[:, None]
             top = (scores[:, :, None] + step).view(B, W * V).topk(W, dim=-1)
             parent, token = top.indices // V, top.indices % V
             scores, seqs = top.values, torch.cat([seqs[rows, parent], token[:, :, None]], dim=-1)
