@@ -30,6 +30,7 @@ import dataclasses
 import importlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -249,8 +250,28 @@ def _build_config(directory: Path, meta: dict):
         raise DamagedFileError(path, f"the {meta['model_type']} config is refused: {exc}") from None
 
 
+_INIT_FUNCTIONS = ("normal_", "zeros_", "ones_", "uniform_", "constant_", "trunc_normal_", "kaiming_uniform_",
+                   "kaiming_normal_", "xavier_uniform_", "xavier_normal_")
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Build modules on the meta device without running ``torch.nn.init``: only names and shapes are wanted,
+    and torch's meta ``normal_`` imports torch._dynamo on first use (1-1.5 s in every process that checks a
+    checkpoint: each agent actor). Short-lived and single-purpose: the init functions are restored on exit."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
 def _expected_shapes(model_cls: type, config) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
+    with shapes_only():
         return {k: tuple(v.shape) for k, v in model_cls(config).state_dict().items()}
 
 

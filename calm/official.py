@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig
-from calm.checkpoint import CheckpointError
+from calm.checkpoint import CheckpointError, shapes_only
 from calm.energy_transformer import EnergyTransformer, EnergyTransformerConfig
 from calm.files import DamagedFileError, read_json
 from calm.integrity import check_tensors, read_safetensors
@@ -357,7 +357,7 @@ def _map(tensors: dict[str, torch.Tensor], kind: str, layers: int, where: str) -
 
 
 def _build(model_cls: type, config, mapped: dict[str, torch.Tensor], where: str):
-    with torch.device("meta"):
+    with shapes_only():
         expected = {k: tuple(v.shape) for k, v in model_cls(config).state_dict().items()}
     missing = sorted(set(expected) - set(mapped))
     if missing:

@@ -33,10 +33,8 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import torch
-
 from calm.autoencoder import AutoencoderTask
-from calm.checkpoint import CheckpointError, check_checkpoint
+from calm.checkpoint import CheckpointError, check_checkpoint, shapes_only
 from calm.cli import OneLineErrorParser, add_dataclass_args, given_values
 from calm.files import DamagedFileError, read_json
 from calm.loop import (
@@ -176,7 +174,7 @@ def main(argv: list[str] | None = None) -> FitResult:
     train_ids = load_token_ids(args.corpus, tokenizer, "train")
     val_ids = load_token_ids(args.corpus, tokenizer, "validation")
     # derived quantities, printed once
-    with torch.device("meta"):
+    with shapes_only():  # names and shapes only: no weights, no init
         n_params = task.build_model().num_parameters()
     tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * args.workers * getattr(task, "tokens_per_example", getattr(model_cfg, "K", 1))
     print(json.dumps({"task": args.task, "preset": args.preset, "params": n_params, "workers": args.workers,

@@ -13,6 +13,10 @@ listener holds another one (``pairing``):
 - ``latent``: another latent size l (``other_latent_dim``);
 - ``tokenizer``: another tokenizer (``other_tokenizer``), so another segmentation of the same text.
 
+A listener without its own checkpoint (``--seed-checkpoint`` ...) is trained here once. Next to a given speaker
+``--checkpoint`` (a converted released CALM autoencoder, say) it copies the speaker's architecture, and the seed
+and latent listeners its tokenizer, so that it differs from the speaker in its pairing's respect only.
+
 The speaker sends its vector protocol's symbols (its CALM latent means, PCA to n, analog). The
 listener maps what it receives into its own message space with a ``protocols.alignment`` map fitted on
 ``anchors`` texts both agents encode (the first 16, 64, ... of one pool of training passages; the

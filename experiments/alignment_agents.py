@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from calm.checkpoint import load_pretrained
+from calm.checkpoint import load_config, load_pretrained
 from calm.data import load_token_ids, make_passages
 from calm.tokenizer import special_ids, tokenizer_fingerprint
 from experiments.common.links import fit_protocols
@@ -39,12 +39,42 @@ def retokenize(ids: np.ndarray, source_tok, target_tok, L: int) -> tuple[np.ndar
     return out, mask
 
 
-def listener_configs(cfg: Any) -> dict[str, Any]:
-    """The config each pairing's listener autoencoder comes from (checkpoint given, or trained and cached)."""
-    return {"same": cfg,
-            "seed": dataclasses.replace(cfg, ae_seed=cfg.other_seed, checkpoint=cfg.seed_checkpoint),
-            "latent": dataclasses.replace(cfg, ae_latent_dim=cfg.other_latent_dim, checkpoint=cfg.latent_checkpoint),
-            "tokenizer": dataclasses.replace(cfg, tokenizer=cfg.other_tokenizer, checkpoint=cfg.tokenizer_checkpoint)}
+#: the AutoencoderConfig fields a listener trained next to a given speaker checkpoint copies from it (its
+#: architecture); the training knobs (dropouts, KL, initialisation, sampled softmax) stay the preset's
+ARCHITECTURE = ("K", "latent_dim", "hidden_size", "intermediate_size", "num_layers", "rms_norm_eps", "linear_bias")
+
+
+def listener_configs(cfg: Any, speaker: Path | None = None) -> dict[str, tuple[Any, dict[str, Any] | None]]:
+    """``pairing -> (config, overrides)``: the config each pairing's listener autoencoder comes from (its
+    checkpoint given, or trained once and cached) and the ``ensure_checkpoint`` overrides of a trained one.
+
+    ``speaker``: the speaker's checkpoint when ``cfg.checkpoint`` gives it (a released model, say). A listener
+    trained here then differs from the speaker only in its pairing's respect: it copies the speaker's
+    architecture (``ARCHITECTURE``), and the seed and latent listeners its tokenizer; the ``--ae-*`` size flags
+    and ``--tokenizer`` apply only where the speaker is trained here too (then both come from ``cfg``).
+    """
+    configs = {"same": (cfg, None),
+               "seed": (dataclasses.replace(cfg, ae_seed=cfg.other_seed, checkpoint=cfg.seed_checkpoint), None),
+               "latent": (dataclasses.replace(cfg, ae_latent_dim=cfg.other_latent_dim,
+                                              checkpoint=cfg.latent_checkpoint), None),
+               "tokenizer": (dataclasses.replace(cfg, tokenizer=cfg.other_tokenizer,
+                                                 checkpoint=cfg.tokenizer_checkpoint), None)}
+    if cfg.checkpoint is None or speaker is None:
+        return configs
+    arch = {k: v for k, v in load_config(speaker, expect="autoencoder")["config"].items() if k in ARCHITECTURE}
+    out = {"same": configs["same"]}
+    for pairing in ("seed", "latent", "tokenizer"):
+        pcfg = dataclasses.replace(configs[pairing][0], ae_latent_dim=None, ae_hidden_size=None,
+                                   ae_intermediate_size=None)
+        if pairing != "tokenizer":  # the speaker's own tokenizer (a released model's Llama-3 one, say)
+            pcfg = dataclasses.replace(pcfg, tokenizer=str(Path(speaker) / "tokenizer.json"))
+        out[pairing] = (pcfg, {**arch, "latent_dim": cfg.other_latent_dim} if pairing == "latent" else arch)
+    return out
+
+
+def _same_latent(ell: int) -> str:
+    return (f"the latent pairing's listener has the speaker's latent size l={ell}: set --other-latent-dim (or "
+            "--latent-checkpoint) to another size")
 
 
 def prepare_agents(cfg: Any, run_dir: Path):
@@ -63,6 +93,8 @@ def prepare_agents(cfg: Any, run_dir: Path):
     if len(pool) < max(cfg.anchors):  # checked before any fitting: a map cannot have more anchors than passages
         raise ValueError(f"--anchors {max(cfg.anchors)}: the corpus {cfg.corpus!r} holds only {len(pool)} training "
                          f"passages of {L} tokens to draw anchors from; use at most {len(pool)} anchors")
+    if "latent" in cfg.pairings and cfg.latent_checkpoint is None and cfg.other_latent_dim == speaker_model.config.latent_dim:
+        raise ValueError(_same_latent(cfg.other_latent_dim))  # before training a listener that would be no pairing
     dirs, variants, facts_s, skipped, passages = fit_protocols(
         cfg, speaker_ckpt, run_dir / "protocols" / "speaker", protocols=("vector", *cfg.token_protocols), budgets=[n])
     if skipped:
@@ -73,10 +105,10 @@ def prepare_agents(cfg: Any, run_dir: Path):
     members = {"speaker": (speaker_ckpt, dirs)}
     facts: dict[str, Any] = {"speaker": checkpoint_id(speaker_ckpt), "K": facts_s["K"], "V": facts_s["vocab_size"],
                              "variants": variants, "pairings": {}}
-    for pairing, pcfg in listener_configs(cfg).items():
+    for pairing, (pcfg, overrides) in listener_configs(cfg, speaker_ckpt).items():
         if pairing not in cfg.pairings:
             continue
-        ckpt = speaker_ckpt if pairing == "same" else ensure_checkpoint(pcfg)
+        ckpt = speaker_ckpt if pairing == "same" else ensure_checkpoint(pcfg, overrides=overrides)
         if pairing == "same":
             ldirs = dirs
         else:
@@ -87,6 +119,8 @@ def prepare_agents(cfg: Any, run_dir: Path):
         model, tok = load_pretrained(ckpt, expect="autoencoder")
         if L % model.config.K:
             raise ValueError(f"passage_length {L} is not a multiple of the {pairing} listener's K={model.config.K}")
+        if pairing == "latent" and model.config.latent_dim == speaker_model.config.latent_dim:
+            raise ValueError(_same_latent(model.config.latent_dim))
         other_tok = tokenizer_fingerprint(tok) != tokenizer_fingerprint(speaker_tok)
         if other_tok:
             targets, mask = retokenize(passages, speaker_tok, tok, L)

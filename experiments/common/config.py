@@ -46,9 +46,11 @@ class SweepConfig:
     runs_dir: str = unhashed("runs")
     """where the autoencoder trained when no checkpoint is given is cached"""
     checkpoint: str | None = None
-    """autoencoder checkpoint directory; none: train the tiny one once and cache it under runs_dir"""
+    """autoencoder checkpoint directory (ours; a released CALM autoencoder once converted by python -m calm.convert);
+    none: train the tiny one once and cache it under runs_dir"""
     corpus: str = "kjv+shakespeare"
-    """corpus of passages and autoencoder training data (see calm.data)"""
+    """corpus of passages and autoencoder training data (see calm.data), tokenised with the checkpoint's tokenizer
+    (a released CALM's Llama-3 one: wikitext103, or text:<path> offline)"""
     tokenizer: str = "bpe:8192"
     """tokenizer spec when training an autoencoder (a checkpoint brings its own)"""
     ae_preset: str = "tiny"

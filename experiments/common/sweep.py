@@ -13,8 +13,8 @@ Every finished trial's row is written at once to ``<run_dir>/rows/<key>.json`` (
 that dies, or is stopped with Ctrl-C, resumes without redoing finished trials. Which settings name the run
 is said once, on the Config's fields: ``unhashed(...)`` marks a field that changes no row (where things go,
 how fast they run) or a grid axis (a rerun with more sigmas or seeds adds rows to the same run).
-``cli`` turns the errors found after argument parsing (unknown corpus, missing checkpoint, L not a multiple
-of K) into one-line errors with exit status 2, as argparse does for bad flags.
+``cli`` turns the errors found after argument parsing (unknown corpus, a hub corpus offline, missing checkpoint,
+L not a multiple of K) into one-line errors with exit status 2, as argparse does for bad flags.
 """
 
 from __future__ import annotations
@@ -244,14 +244,15 @@ def cli(main: Callable[[T], Any], config_cls: type[T], *, prog: str, description
     """Parse the command line into ``config_cls``, run ``main``, and return the exit status.
 
     Bad flags and bad values exit 2 through argparse. Errors that only show once the run starts (an
-    unknown corpus, a missing or mismatched checkpoint, L not a multiple of K) become the same kind of
-    one-line error with status 2, not a traceback. ``main`` returning an object with ``rows`` and
-    ``total`` exits 1 while grid points are missing (rerun to finish), else 0.
+    unknown corpus, a hub corpus such as wikitext103 while offline, a missing or mismatched checkpoint, L not
+    a multiple of K) become the same kind of one-line error with status 2, not a traceback. ``main``
+    returning an object with ``rows`` and ``total`` exits 1 while grid points are missing (rerun to finish),
+    else 0.
     """
     cfg = parse_config(config_cls, prog=prog, description=description)
     try:
         result = main(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError, DamagedFileError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError, CheckpointError, DamagedFileError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     rows, total = getattr(result, "rows", None), getattr(result, "total", None)
