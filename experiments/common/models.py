@@ -27,7 +27,7 @@ from calm.checkpoint import MODEL_TYPES, load_config, load_pretrained, save_pret
 from calm.data import load_token_ids
 from calm.energy_transformer import CalmTask
 from calm.loop import TrainConfig, train_local
-from calm.tokenizer import get_tokenizer, load_tokenizer, special_ids
+from calm.tokenizer import get_tokenizer, load_tokenizer, special_ids, tokenizer_fingerprint
 from calm.train import train_autoencoder
 from experiments.common.config import SweepConfig
 from protocols.jscc_model import preset as jscc_preset
@@ -75,7 +75,10 @@ def ensure_checkpoint(cfg: SweepConfig, *, overrides: dict[str, Any] | None = No
     fields = {k: v for k, v in (("latent_dim", cfg.ae_latent_dim), ("hidden_size", cfg.ae_hidden_size),
                                 ("intermediate_size", cfg.ae_intermediate_size)) if v is not None}
     ae_cfg = autoencoder_preset(cfg.ae_preset, vocab_size=len(tok), pad_id=pad_id, **{**(overrides or {}), **fields})
-    key = {"ae": ae_cfg.to_dict(), "corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "steps": cfg.ae_steps,
+    # a tokenizer given as a file (a given speaker's, for alignment listeners) is keyed by its vocabulary: the same
+    # path may hold another tokenizer tomorrow; spec strings (bpe:2048) keep the keys of existing caches
+    tokenizer_key = f"file:{tokenizer_fingerprint(tok)}" if os.path.exists(cfg.tokenizer) else cfg.tokenizer
+    key = {"ae": ae_cfg.to_dict(), "corpus": cfg.corpus, "tokenizer": tokenizer_key, "steps": cfg.ae_steps,
            "batch_size": cfg.ae_batch_size, "time_limit": cfg.ae_time_limit, "seed": cfg.ae_seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     path = (Path(cfg.runs_dir).expanduser() / f"ae-{cfg.ae_preset}-{digest}").resolve()
