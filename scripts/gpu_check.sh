@@ -9,8 +9,12 @@
 #   4. real CUDA placement of agent actors: Ray actors asking for GPUs must hold their models on cuda; where
 #      Ray does not import (the device image has no Ray, and its wheel is larger than a call may carry), the
 #      agent core itself (the code inside every actor) is checked to load its models on cuda instead, and
-#      the output says which of the two ran.
-# Everything it measures is written under ${OUT:-gpu-check-out}/ (gpu_train.json, placement.json, logs).
+#      the output says which of the two ran;
+#   5. the released CALM sizes' costs on the GPU (bench/official_cost.py --device cuda: bf16 weights, timed with
+#      cuda.synchronize): games/s, passages/s, the LM-prior listener, CALM-M generation and a training step, in
+#      the time the steps before it left of the 10 minutes (at most 180 s; skipped under 60 s).
+# Everything it measures is written under ${OUT:-gpu-check-out}/ (gpu_train.json, placement.json,
+# official_cost.json, logs).
 #
 #   bash scripts/gpu_check.sh               # on the device machine (python3 there holds a CUDA torch)
 #   PYTHON=.venv/bin/python bash scripts/gpu_check.sh     # elsewhere; without a GPU it says so and stops
@@ -98,5 +102,18 @@ print(f"[placement] {how}: {placements}\n[placement] every agent on cuda: {ok}")
 sys.exit(0 if ok else 1)
 EOF
 status=$?
+
+# the released sizes' costs (random weights, speed does not depend on them); a section that a missing package
+# stops (pettingzoo, Sionna, sacrebleu) is reported as failed in the JSON and the others still run
+left=$(( 590 - ($(date +%s) - start) ))
+if [ "$left" -ge 60 ]; then
+    limit=$(( left < 180 ? left : 180 ))
+    say "5. released CALM sizes' costs on cuda, bf16 (bench/official_cost.py, ${limit}s at most)"
+    timeout "$limit" "$PY" bench/official_cost.py --device cuda --dtype bf16 --out "$OUT/official_cost.json" \
+        > /dev/null 2> >(tee "$OUT/official_cost.log" >&2) \
+        || say "official_cost failed or ran out of time (status $?): see $OUT/official_cost.log"
+else
+    say "5. skipped: ${left}s of the 10 minutes left, too few for bench/official_cost.py"
+fi
 say "done (placement check status $status); outputs in $OUT/"
 exit $status

@@ -37,3 +37,17 @@ def test_gpu_check_script_stops_cleanly_without_a_gpu(tmp_path):
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "sees no CUDA device" in done.stdout
+
+
+def test_gpu_check_runs_the_official_cost_bench_on_cuda_in_bf16_with_flags_it_takes():
+    import shlex
+
+    import official_cost
+
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    calls = [line for line in script.splitlines()
+             if '"$PY" bench/official_cost.py' in line and not line.lstrip().startswith("#")]
+    assert len(calls) == 1, calls
+    flags = shlex.split(calls[0].split("bench/official_cost.py", 1)[1].split(">")[0].rstrip(" \\"))
+    args = official_cost.build_parser().parse_args(flags)
+    assert args.device == "cuda" and args.dtype == "bf16" and args.out
