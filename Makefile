@@ -26,7 +26,8 @@ demo: $(STAMP)
 
 # Tests are picked by their markers alone (pyproject.toml, tests/conftest.py): `ray`, module-wide, on every test
 # file that starts Ray. `-m ray` and `-m "not ray"` partition the suite: every test runs, once.
-# - `-m ray` in two pytest-xdist processes (whole files each: module fixtures are built once), each with one
+# - `-m ray` in two pytest-xdist processes (whole files each: module fixtures are built once; the longest files
+#   first, tests/conftest.py's RAY_FILE_SECONDS), each with one
 #   local Ray that its tests share (the Ray Train runs and the e2e `ray up` test bring their own); most of it
 #   waits on Ray, actors and subprocesses, which the second process overlaps;
 # - `-m "not ray"` in a third process beside them (conftest refuses ray.init there), niced: it is CPU-bound and
@@ -35,7 +36,7 @@ NORAY_LOG = .pytest-noray.log
 
 test: $(STAMP)
 	$(OFFLINE) nice -n 10 $(BIN)/python -m pytest -q -ra -m "not ray" > $(NORAY_LOG) 2>&1 & noray=$$!; \
-	$(OFFLINE) $(BIN)/python -m pytest -q -ra --durations=10 -n 2 --dist loadfile -m ray; ray=$$?; \
+	$(OFFLINE) $(BIN)/python -m pytest -q -ra --durations=10 -n 2 --dist loadfile --no-loadscope-reorder -m ray; ray=$$?; \
 	wait $$noray; rest=$$?; echo "--- tests that never start Ray (run beside the Ray ones):"; cat $(NORAY_LOG); \
 	rm -f $(NORAY_LOG); test $$ray -eq 0 -a $$rest -eq 0
 

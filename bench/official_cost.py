@@ -7,7 +7,7 @@
 Randomly initialised models at the released sizes (``calm.official``; speed does not depend on the weights):
 the 75M autoencoder ``cccczshao/CALM-Autoencoder`` (K = 4, l = 128, d = 512, V = 128257) and the 371M energy
 transformer ``cccczshao/CALM-M`` (the paper's count, without the frozen autoencoder), its config built from a
-released-style config.json with ``calm.official._calm_config``. Measured:
+released-style config.json with ``calm.official_layout.calm_config``. Measured:
 
 1. parameters, fp32 weight memory, and the process's peak RSS after each stage (``ru_maxrss``);
 2. referential game: games/s of the in-process part of one trial, ``experiments.referential_game.play_trial``
@@ -60,12 +60,12 @@ sys.path.insert(0, str(ROOT))
 
 from calm.autoencoder import Autoencoder, AutoencoderConfig  # noqa: E402
 from calm.energy_transformer import EnergyTransformer  # noqa: E402
-from calm.official import _calm_config  # noqa: E402
+from calm.official_layout import calm_config  # noqa: E402
 
 # the released autoencoder (cccczshao/CALM-Autoencoder) in our config
 AE_CONFIG = dict(K=4, latent_dim=128, hidden_size=512, intermediate_size=1280, num_layers=2, vocab_size=128257,
                  linear_bias=True, pad_id=128256)
-# the fields of CALM-M's released config.json that calm.official._calm_config reads
+# the fields of CALM-M's released config.json that calm.official_layout.calm_config reads
 CALM_M_JSON = {"model_type": "energy", "patch_size": 4, "latent_size": 128, "vocab_size": 128257, "hidden_size": 1024,
                "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
                "intermediate_size": 2752, "max_position_embeddings": 2048, "noise_size": 64, "num_mlp_layers": 4,
@@ -158,7 +158,7 @@ def skipped(exc: BaseException) -> dict:
 
 def build_models(device: str) -> tuple[Autoencoder, EnergyTransformer, dict]:
     ae_config = AutoencoderConfig(**AE_CONFIG)
-    lm_config = _calm_config(CALM_M_JSON, ae_config, "bench/official_cost CALM-M")
+    lm_config = calm_config(CALM_M_JSON, ae_config, "bench/official_cost CALM-M")
     torch.manual_seed(0)
     ae = Autoencoder(ae_config).eval()
     lm = EnergyTransformer(lm_config).eval()  # its own autoencoder inside, as a loaded CALM has

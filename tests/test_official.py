@@ -273,11 +273,11 @@ def released_config(hidden: int, ff: int, heads: int) -> dict:
 def test_the_released_sizes_have_the_papers_parameter_counts(hidden, ff, heads, paper):
     from calm.autoencoder import Autoencoder, AutoencoderConfig
     from calm.flops import calm_parameters
-    from calm.official import _calm_config
+    from calm.official_layout import calm_config
 
     ae = AutoencoderConfig(K=4, latent_dim=128, hidden_size=512, intermediate_size=1280, num_layers=2,
                            vocab_size=128257, linear_bias=True, pad_id=128256)
-    config = _calm_config(released_config(hidden, ff, heads), ae, "CALM")
+    config = calm_config(released_config(hidden, ff, heads), ae, "CALM")
     assert calm_parameters(config) == pytest.approx(paper, rel=0.01)  # the paper rounds: 371M, 735M, 1.82B
     if hidden == 1024:  # build CALM-M and the autoencoder on the meta device: the formula is the model
         with torch.device("meta"):
