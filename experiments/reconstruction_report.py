@@ -6,7 +6,10 @@
 - ``snr_at_accuracy``: per (protocol, channel, rho) the SNR where pooled token accuracy reaches 0.9.
 - ``snr_gap``: the SNR two protocols need for the same token accuracy (jscc vs separation), and the
   steepest fall of each curve (a cliff).
-- ``write_report``: ``summary.md`` (accuracy tables with the separation bound, the SNR for target token
+- ``reference_lines``: per grid SNR the three lines of ``protocols.bounds``, each named for what it bounds: the
+  lossless prefix at capacity (``bound_accuracy``), the finite-blocklength line (AWGN, 1% frame errors) and the
+  rate-distortion ceiling, from the source statistics the run recorded (config.json ``facts``).
+- ``write_report``: ``summary.md`` (accuracy tables with the reference lines, the SNR for target token
   accuracies, the jscc-vs-separation gap, decoded examples) and ``accuracy_vs_snr.png`` / ``chrf_vs_snr.png`` (a panel per channel
   and rho).
 """
@@ -19,11 +22,27 @@ from typing import Any
 
 import numpy as np
 
-from calm.files import atomic_write_text, save_figure
+from calm.files import atomic_write_text, read_json, save_figure
 from experiments.common.tables import fmt_snr, passage_metrics, snr_at_target, snr_db_header
+from protocols.bounds import finite_length_accuracy, rate_distortion_accuracy
 
-__all__ = ["console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled", "prior_gain",
-           "prior_gain_table", "snr_at_accuracy", "snr_gap", "write_report"]
+__all__ = ["LINES", "FRAME_ERROR", "console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled",
+           "prior_gain", "prior_gain_table", "reference_lines", "run_facts", "snr_at_accuracy", "snr_gap",
+           "write_report"]
+
+#: frame-error rate of the finite-blocklength line
+FRAME_ERROR = 0.01
+#: the reference lines: column -> (label, what it bounds, in one sentence)
+LINES = {
+    "bound_accuracy": ("lossless prefix at capacity", "a separated scheme coding a prefix losslessly at the source "
+                       "model's entropy rate and delivering it at capacity with infinitely long blocks (the rest "
+                       "guessed); a finite frame delivers less, a lossy or joint scheme may deliver more"),
+    "finite_length_accuracy": ("finite blocklength (AWGN, 1% frame errors)", "the same prefix coding through one "
+                               "frame of n uses with the best code of that length (normal approximation): what a "
+                               "separated link can promise at this n"),
+    "rd_accuracy": ("rate-distortion ceiling", "no scheme, joint or separated, reaches a higher token accuracy over "
+                    "this capacity (Shannon lower bound for token errors at the measured entropy rate)"),
+}
 
 GROUP = ["protocol", "channel", "rho", "channel_uses"]
 COLORS = {"vector": "tab:blue", "jscc": "tab:cyan", "separation": "tab:red", "uncoded-tokens": "tab:orange",
@@ -50,6 +69,37 @@ def pooled(frame):
             row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean, mean - 1.96 * se, mean + 1.96 * se
         out.append(row)
     return pd.DataFrame(out)
+
+
+def run_facts(run_dir: Path) -> dict | None:
+    """The source statistics a run recorded (config.json ``facts``: entropy rate, fill accuracy, vocabulary) and
+    its passage length, or None for a run directory without them."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    record = read_json(path, what="run config")
+    facts = record.get("facts")
+    if not isinstance(facts, dict) or "entropy_bits_per_token" not in facts:
+        return None
+    return {**facts, "passage_length": record.get("config", {}).get("passage_length")}
+
+
+def reference_lines(table, facts: dict | None):
+    """``table`` (pooled) with ``finite_length_accuracy`` (AWGN rows only, NaN elsewhere) and ``rd_accuracy``;
+    both NaN without ``facts`` (``run_facts``)."""
+    table = table.copy()
+    finite, rd = [], []
+    for r in table.itertuples():
+        if facts is None or not np.isfinite(r.capacity_bits):
+            finite.append(np.nan if facts is None else 1.0)
+            rd.append(np.nan if facts is None else 1.0)
+            continue
+        L, H = int(facts["passage_length"]), float(facts["entropy_bits_per_token"])
+        rd.append(rate_distortion_accuracy(r.capacity_bits, H, L, int(facts["vocab_size"])))
+        finite.append(finite_length_accuracy(int(r.channel_uses), float(r.sigma), H, L, float(facts["fill_accuracy"]),
+                                             FRAME_ERROR) if r.channel == "awgn" else np.nan)
+    table["finite_length_accuracy"], table["rd_accuracy"] = finite, rd
+    return table
 
 
 def snr_at_accuracy(table, target: float = 0.9, metric: str = "token_accuracy"):
@@ -138,11 +188,12 @@ def gap_table(table, a: str = "jscc", b: str = "separation") -> str:
     return "\n".join(lines)
 
 
-def console_summary(frame, metric: str = "token_accuracy") -> str:
-    """Pooled ``metric`` as one table per (channel, rho): a row per protocol, a column per SNR, the bound."""
+def console_summary(frame, metric: str = "token_accuracy", facts: dict | None = None) -> str:
+    """Pooled ``metric`` as one table per (channel, rho): a row per protocol, a column per SNR, the reference
+    lines (``LINES``; the finite-length and rate-distortion ones need ``facts``, see ``run_facts``)."""
     if not len(frame):
         return "(no rows)"
-    table = pooled(frame)
+    table = reference_lines(pooled(frame), facts)
     blocks = []
     for (channel, rho, n), t in table.groupby(["channel", "rho", "channel_uses"], sort=False):
         sigmas = sorted(t["sigma"].unique())
@@ -153,8 +204,12 @@ def console_summary(frame, metric: str = "token_accuracy") -> str:
             by = dict(zip(g["sigma"], g[metric]))
             lines.append(f"| {protocol} | " + " | ".join(fmt.format(by[s]) if s in by else "" for s in sigmas) + " |")
         if metric == "token_accuracy":
-            bound = t.drop_duplicates("sigma").set_index("sigma")["bound_accuracy"]
-            lines.append("| separation bound | " + " | ".join(f"{bound[s]:.3f}" for s in sigmas) + " |")
+            by_sigma = t.drop_duplicates("sigma").set_index("sigma")
+            for column, (label, _) in LINES.items():
+                values = by_sigma[column]
+                if values.notna().any():
+                    lines.append(f"| *{label}* | " + " | ".join("" if math.isnan(values[s]) else f"{values[s]:.3f}"
+                                                                for s in sigmas) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -180,13 +235,17 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
     if not len(frame):
         atomic_write_text(run_dir / "summary.md", f"# Reconstruction: {run_dir.name}\n\n(no rows)\n")
         return
-    table = pooled(frame)
+    facts = run_facts(run_dir)
+    table = reference_lines(pooled(frame), facts)
     mcs = table[table["mcs"] != ""][["channel", "rho", "sigma", "mcs"]].drop_duplicates()
     mcs_lines = [f"- {r.channel}, rho={r.rho:g}, sigma={r.sigma:g}: {r.mcs}" for r in mcs.itertuples()]
     text = (f"# Reconstruction: {run_dir.name}\n\n"
-            "Token accuracy pooled over seeds; `separation bound`: the tokens a separated scheme can deliver at "
-            "capacity under the best source model's entropy rate (the rest filled with the best guess).\n\n"
-            + console_summary(frame) + "\n\n## chrF (sacrebleu, detokenised text)\n\n" + console_summary(frame, "chrf")
+            "Token accuracy pooled over seeds. The reference lines, in italics, each bound something else:\n\n"
+            + "".join(f"- *{label}*: {what}.\n" for label, what in LINES.values())
+            + (f"\nSource statistics on the test passages the trials play: {facts['entropy_bits_per_token']:.3f} "
+               f"bits/token, best-guess fill accuracy {facts['fill_accuracy']:.3f}.\n" if facts else "")
+            + "\n" + console_summary(frame, facts=facts) + "\n\n## chrF (sacrebleu, detokenised text)\n\n"
+            + console_summary(frame, "chrf")
             + "\n\n## SNR needed for a token accuracy\n\nInterpolated in dB between grid points; `< x`: reached at the "
             "grid's lowest SNR x; `> x`: not reached at any finite SNR up to x.\n\n" + snr_table(table, targets)
             + "\n\n## jscc vs separation: SNR at equal token accuracy\n\nLevels spread over the accuracy range both "
@@ -206,7 +265,7 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
         text += "\n## One passage as each protocol delivers it\n\n" + examples_table(examples) + "\n"
     atomic_write_text(run_dir / "summary.md", text)
     if plots:
-        plot_metric(table, run_dir / "accuracy_vs_snr.png", "token_accuracy", "token accuracy", bound=True)
+        plot_metric(table, run_dir / "accuracy_vs_snr.png", "token_accuracy", "token accuracy", bound=True)  # with lines
         plot_metric(table, run_dir / "chrf_vs_snr.png", "chrf", "chrF")
         if len(gains):
             plot_prior_gain(gains, run_dir / "prior_gain_vs_snr.png")
@@ -278,7 +337,7 @@ def examples_table(examples: list[dict[str, Any]]) -> str:
 
 
 def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = False) -> None:
-    """One panel per (channel, rho): ``metric`` vs SNR per protocol, 95% bands, the separation bound."""
+    """One panel per (channel, rho): ``metric`` vs SNR per protocol, 95% bands, the reference lines (``LINES``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,8 +350,8 @@ def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = Fal
     fig, axes = plt.subplots(len(channels), len(rhos), figsize=(4.2 * len(rhos), 3.6 * len(channels)),
                              squeeze=False, sharey=True)
     # the curves use a fraction of the full scale at this model size: zoom to what is drawn
-    drawn = [table[f"{metric}_high"].max()] + ([table.loc[np.isfinite(table["snr_db"]), "bound_accuracy"].max()]
-                                               if bound else [])
+    finite_rows = table.loc[np.isfinite(table["snr_db"])]
+    drawn = [table[f"{metric}_high"].max()] + ([finite_rows[c].max() for c in LINES if c in finite_rows] if bound else [])
     top = min(100.0 if metric == "chrf" else 1.0, 1.1 * float(np.nanmax(drawn)))
     for i, channel in enumerate(channels):
         for j, rho in enumerate(rhos):
@@ -305,13 +364,15 @@ def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = Fal
                         label=protocol)
                 ax.fill_between(x[order], g[f"{metric}_low"].to_numpy()[order], g[f"{metric}_high"].to_numpy()[order],
                                 alpha=0.15, color=COLORS.get(protocol))
-            if bound and len(t):  # at finite SNR only: with no noise the capacity is infinite (the bound is 1)
+            if bound and len(t):  # at finite SNR only: with no noise the capacity is infinite (the lines are 1)
                 b = t.drop_duplicates("sigma")
                 b = b[np.isfinite(b["snr_db"])]
                 xb = np.where(np.isinf(b["snr_db"]), inf_at, b["snr_db"])
                 order = np.argsort(xb)
-                ax.plot(xb[order], b["bound_accuracy"].to_numpy()[order], color="black", lw=1.2, ls="--",
-                        label="separation bound")
+                for column, style in (("bound_accuracy", "--"), ("finite_length_accuracy", ":"), ("rd_accuracy", "-.")):
+                    if column in b and b[column].notna().any():
+                        ax.plot(xb[order], b[column].to_numpy()[order], color="black", lw=1.1, ls=style,
+                                label=LINES[column][0])
             n = int(t["channel_uses"].iloc[0]) if len(t) else 0
             ax.set_title(f"{channel}, rho={rho:g} (n={n})", fontsize=9)
             ax.set_ylim(0, top)

@@ -19,9 +19,10 @@ import numpy as np
 
 from calm.files import atomic_write_text, save_figure
 from experiments.common.tables import fmt_snr, snr_at_target, snr_db_header
+from protocols.bounds import simplex_success
 from protocols.metrics import best_success, fano_delivered_bits, wilson_interval
 
-__all__ = ["console_summary", "leaks", "pooled", "snr_at_success", "write_report"]
+__all__ = ["above_simplex", "console_summary", "leaks", "pooled", "simplex_line", "snr_at_success", "write_report"]
 
 GROUP = ["protocol", "receiver", "channel", "channel_uses"]
 COLORS = {"vector": "tab:blue", "quantized": "tab:green", "hash": "tab:purple", "coded": "tab:red",
@@ -29,8 +30,17 @@ COLORS = {"vector": "tab:blue", "quantized": "tab:green", "hash": "tab:purple", 
 STYLES = {"soft": "-", "hard": "--"}
 
 
+def simplex_line(channel: str, n: int, sigma: float, C: int) -> float:
+    """The simplex line (``protocols.bounds.simplex_success``) of an AWGN point; NaN on other channels (the
+    formula is AWGN's) and where C candidates do not fit a simplex in n dimensions."""
+    if channel != "awgn" or C > n + 1:
+        return float("nan")
+    return simplex_success(int(n), float(sigma), int(C))
+
+
 def pooled(frame):
-    """Rows pooled over seeds per (protocol, receiver, channel, n, sigma): success (Wilson), bound, bits."""
+    """Rows pooled over seeds per (protocol, receiver, channel, n, sigma): success (Wilson), the Fano bound at
+    capacity, the simplex line, bits."""
     import pandas as pd
 
     out = []
@@ -43,6 +53,7 @@ def pooled(frame):
         out.append({**dict(zip([*GROUP, "sigma"], key)), "snr_db": g["snr_db"].iloc[0], "candidates": C,
                     "success": wins / games, "low": low, "high": high, "games": games,
                     "bound": best_success(capacity, C), "delivered_bits": fano_delivered_bits(wins / games, C),
+                    "simplex": simplex_line(key[2], int(key[3]), float(key[4]), C),
                     "capacity_bits": capacity, "bits_sent": g["bits_sent"].iloc[0],
                     "token_accuracy": g["token_accuracy"].mean()})
     return pd.DataFrame(out)
@@ -62,6 +73,17 @@ def leaks(frame):
     return frame[floor > frame.capacity_bits.to_numpy() + 1e-9]
 
 
+def above_simplex(frame):
+    """Rows whose success interval lies wholly above the simplex line: better than ML decoding of the best known
+    code for C messages, which a speaker that knows only its target cannot be (a leak, or a listener helped)."""
+    if not len(frame):
+        return frame
+    line = np.array([simplex_line(r.channel, int(r.channel_uses), float(r.sigma), int(r.candidates))
+                     for r in frame.itertuples()])
+    with np.errstate(invalid="ignore"):
+        return frame[frame.success_ci_low.to_numpy() > line + 1e-9]
+
+
 def console_summary(frame) -> str:
     """Pooled success as one small table per (channel, n): a row per protocol/receiver, a column per SNR."""
     if not len(frame):
@@ -79,8 +101,11 @@ def console_summary(frame) -> str:
             by = dict(zip(g["sigma"], g["success"]))
             lines.append(f"| {protocol} / {receiver} | " + " | ".join(
                 f"{by[s]:.3f}" if s in by else "" for s in sigmas) + " |")
-        bound = t.drop_duplicates("sigma").set_index("sigma")["bound"]
-        lines.append("| bound (Fano at capacity) | " + " | ".join(f"{bound[s]:.3f}" for s in sigmas) + " |")
+        by_sigma = t.drop_duplicates("sigma").set_index("sigma")
+        lines.append("| *bound (Fano at capacity)* | " + " | ".join(f"{by_sigma['bound'][s]:.3f}" for s in sigmas) + " |")
+        if by_sigma["simplex"].notna().any():
+            lines.append("| *simplex line (ML, best code for C)* | " + " | ".join(
+                "" if math.isnan(by_sigma["simplex"][s]) else f"{by_sigma['simplex'][s]:.3f}" for s in sigmas) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -115,17 +140,25 @@ def write_report(frame, run_dir: Path, *, plots: bool = True, target: float = 0.
               for r in g.itertuples()}
         snr_lines.append(f"| {protocol} / {receiver} | " + " | ".join(by.get(c, "") for c in columns) + " |")
     bad = leaks(frame)
+    over = above_simplex(frame)
+    simplex_text = ("None: no success interval lies above the simplex line." if not len(over) else "\n".join(
+        f"- {r.protocol}/{r.receiver} {r.channel} n={r.channel_uses} sigma={r.sigma:g} seed={r.seed}: success >= "
+        f"{r.success_ci_low:.3f} above the simplex line" for r in over.itertuples()))
     leak_text = ("None: at every point the Fano bound at the lower end of the success interval stays within "
                  "capacity." if not len(bad) else "\n".join(
                      f"- {r.protocol}/{r.receiver} {r.channel} n={r.channel_uses} sigma={r.sigma:g} seed={r.seed}: "
                      f"success >= {r.success_ci_low:.3f} over a {r.capacity_bits:.2f}-bit channel" for r in bad.itertuples()))
     text = (f"# Referential game: {run_dir.name}\n\n"
-            "Success pooled over seeds (95% Wilson interval); bits per message. `bound`: the best success any "
-            "scheme can reach at the channel's capacity (Fano inverted).\n\n"
+            "Success pooled over seeds (95% Wilson interval); bits per message. Two reference lines, in italics: "
+            "`bound (Fano at capacity)`: no scheme beats it at the channel's capacity (Fano inverted; loose: at n = 32 "
+            "it is 1.000 at every SNR of the grid, so it cannot catch a leak there); `simplex line`: maximum-likelihood "
+            "decoding of a regular simplex of C points with the same power and n (AWGN), the best known code for C "
+            "messages, which a speaker that knows only its target cannot beat (a protocol above it is flagged).\n\n"
             + console_summary(frame) + f"\n\n## SNR needed for {target:.0%} success\n\n"
             "Interpolated linearly in dB between grid points; `< x`: already reached at the grid's lowest SNR x, "
             "`> x`: not reached at any finite SNR up to x (the noise-free point does not count).\n\n"
-            + "\n".join(snr_lines) + "\n\n## Leak check\n\n" + leak_text + "\n\n## Every pooled point\n\n"
+            + "\n".join(snr_lines) + "\n\n## Leak check\n\n" + leak_text + "\n\n## Above the simplex line\n\n"
+            + simplex_text + "\n\n## Every pooled point\n\n"
             + _full_table(table) + "\n")
     atomic_write_text(run_dir / "summary.md", text)
     if plots:
@@ -159,6 +192,9 @@ def plot_results(table, run_dir: Path) -> None:
         xb = np.where(np.isinf(b["snr_db"]), inf_at, b["snr_db"])
         order = np.argsort(xb)
         ax.plot(xb[order], b["bound"].to_numpy()[order], color="black", lw=1.2, label="bound: Fano at capacity")
+        if b["simplex"].notna().any():
+            ax.plot(xb[order], b["simplex"].to_numpy()[order], color="black", lw=1.2, ls="-.",
+                    label="simplex line: ML, best code for C")
         ax.axhline(1.0 / C, color="gray", lw=0.8, ls=":", label=f"chance (1/{C})")
         ax.set_xlabel(f"SNR (dB); sigma 0 drawn at {inf_at:.0f}")
         ax.set_ylabel("success")
