@@ -17,7 +17,9 @@ Receivers (the channel and gains are explicit arguments, see ``protocols.base``)
   copies, sign -> the ``T b`` hard bits; the candidate at minimum Hamming distance to them wins
   (an erased bit, LLR 0, does not count). One flipped bit costs one bit of distance, not a token.
 - ``decode`` (token accuracy): the same hard bits -> ids; an id >= V (possible when V is not a
-  power of two) maps to V - 1; unsent positions ``T..L-1`` get ``fill_id``.
+  power of two) maps to V - 1; unsent positions ``T..L-1`` get ``fill_id``, or, with ``fill_model``, the
+  source model's best guesses after the last sent token (``TokenSourceModel.fill``: the same fill separation
+  gives the positions its frame did not carry).
 - soft (``score``): the channel log-likelihood of each candidate's symbols, which only sees the sent
   tokens; candidates that differ only in unsent tokens tie.
 """
@@ -40,6 +42,7 @@ from protocols.base import (
     cyclic_sum,
     hamming_score,
 )
+from protocols.source_coding import SOURCE_MODELS, TokenSourceModel
 
 __all__ = ["UncodedTokenProtocol", "UncodedTokenProtocolConfig"]
 
@@ -53,7 +56,10 @@ class UncodedTokenProtocolConfig:
     budget: int | None = None
     """channel uses n per message; None sends every token once (n = L * ceil(log2 V))"""
     fill_id: int = 0
-    """token id the hard decoder writes at positions a truncating budget did not send"""
+    """token id the hard decoder writes at positions a truncating budget did not send (without fill_model)"""
+    fill_model: str | None = None
+    """``bigram`` / ``unigram``: unsent positions get this source model's best guesses after the last sent token
+    (fitted on the training passages, or the one passed in: separation's), as separation fills; None: fill_id"""
 
     def __post_init__(self) -> None:
         if (
@@ -65,6 +71,8 @@ class UncodedTokenProtocolConfig:
         self.budget = check_budget(self.budget)
         if not 0 <= self.fill_id < self.vocab_size:
             raise ValueError(f"fill_id must be in [0, vocab_size={self.vocab_size}), got {self.fill_id}")
+        if self.fill_model is not None and self.fill_model not in SOURCE_MODELS:
+            raise ValueError(f"fill_model must be one of {', '.join(SOURCE_MODELS)} or None, got {self.fill_model!r}")
 
 
 class UncodedTokenProtocol(Protocol):
@@ -73,11 +81,17 @@ class UncodedTokenProtocol(Protocol):
     name = "uncoded-tokens"
     config_class = UncodedTokenProtocolConfig
 
-    def __init__(self, config: UncodedTokenProtocolConfig) -> None:
+    def __init__(self, config: UncodedTokenProtocolConfig, *, source: TokenSourceModel | None = None) -> None:
         super().__init__()
         self.config = config
         # bits per token, b = ceil(log2 V)
         self.bits = max(1, math.ceil(math.log2(config.vocab_size)))
+        if source is not None and (config.fill_model != source.kind or source.vocab_size != config.vocab_size):
+            raise ValueError(f"the fill source ({source.kind}, V={source.vocab_size}) is not the config's "
+                             f"fill_model {config.fill_model!r} over V={config.vocab_size}")
+        self.source = source if source is not None else (
+            TokenSourceModel(config.vocab_size, config.fill_model) if config.fill_model else None)
+        self._source_given = source is not None
 
     @property
     def vocab_size(self) -> int:
@@ -118,10 +132,13 @@ class UncodedTokenProtocol(Protocol):
         return bits.reshape(*ids.shape[:-1], T * self.bits)
 
     def fit(self, train_ids: np.ndarray) -> UncodedTokenProtocol:
-        """Record the passage length; BPSK needs no statistics (every symbol is +-1)."""
+        """Record the passage length (BPSK needs no statistics: every symbol is +-1), and fit the fill's source
+        model on ``train_ids`` unless one was passed in."""
         ids = self._check_train(train_ids)
         self.tokens_sent(ids.shape[1])
         self.seq_len = int(ids.shape[1])
+        if self.source is not None and not self._source_given:
+            self.source.fit(ids)
         return self
 
     def _encode(self, ids: np.ndarray) -> np.ndarray:
@@ -142,6 +159,8 @@ class UncodedTokenProtocol(Protocol):
         bits = (self._llr(symbols, channel, gain) < 0).astype(np.int64).reshape(B, T, self.bits)
         weights = 1 << np.arange(self.bits - 1, -1, -1, dtype=np.int64)
         sent = np.minimum(bits @ weights, self.vocab_size - 1)  # (B, T)
+        if self.source is not None:  # the source model's guesses after the last sent token, as separation fills
+            return np.stack([self.source.fill(row, L) for row in sent]).astype(np.int64)
         ids = np.full((B, L), self.config.fill_id, dtype=np.int64)
         ids[:, :T] = sent
         return ids
@@ -150,10 +169,18 @@ class UncodedTokenProtocol(Protocol):
         return dataclasses.asdict(self.config)
 
     def _stats(self) -> dict[str, np.ndarray]:
-        return {"bits": np.array([self.bits], dtype=np.int64)}
+        stats = {"bits": np.array([self.bits], dtype=np.int64)}
+        if self.source is not None:
+            stats.update({f"fill.{k}": v for k, v in self.source.stats().items()})
+        return stats
 
     def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
         if int(stats["bits"][0]) != self.bits:
             raise ValueError(
                 f"saved bits per token {int(stats['bits'][0])} != {self.bits} for this vocab_size"
             )
+        if self.source is not None:
+            fill = {k[len("fill."):]: v for k, v in stats.items() if k.startswith("fill.")}
+            if not fill:
+                raise ValueError(f"the saved protocol has no fill statistics for fill_model {self.config.fill_model!r}")
+            self.source.set_stats(fill)

@@ -197,6 +197,31 @@ def test_token_noiseless_is_exact(train_ids, budget):
     assert (proto.hard_score(x, cands).argmax(1)[distinct] == 0).all()
 
 
+def test_uncoded_tokens_fill_unsent_positions_as_separation_does_and_keep_it_through_save(train_ids, heldout_ids,
+                                                                                           tmp_path):
+    """With fill_model, the positions a budget did not send get the source model's guesses after the last sent
+    token (TokenSourceModel.fill, separation's fill), and a saved protocol decodes the same after loading."""
+    from protocols.source_coding import TokenSourceModel
+
+    train = train_ids[: 512 * L].reshape(512, L)
+    test = heldout_ids[: 128 * L].reshape(128, L)
+    source = TokenSourceModel(8192, "bigram").fit(train)
+    proto = UncodedTokenProtocol(UncodedTokenProtocolConfig(vocab_size=8192, budget=13 * 4, fill_model="bigram"),
+                                 source=source).fit(train)
+    decoded = proto.decode(proto.encode(test))
+    T = proto.tokens_sent(L)
+    np.testing.assert_array_equal(decoded[:, :T], test[:, :T])
+    np.testing.assert_array_equal(decoded, np.stack([source.fill(row[:T], L) for row in test]))
+    plain = UncodedTokenProtocol(UncodedTokenProtocolConfig(vocab_size=8192, budget=13 * 4,
+                                                            fill_id=int(np.argmax(source.p1)))).fit(train)
+    # the bigram's guesses right after the sent prefix beat the unigram's mode there
+    assert (decoded[:, T:] == test[:, T:]).mean() > (plain.decode(plain.encode(test))[:, T:] == test[:, T:]).mean()
+    proto.save(tmp_path / "p")
+    np.testing.assert_array_equal(load_protocol(tmp_path / "p").decode(proto.encode(test)), decoded)
+    with pytest.raises(ValueError, match="fill_model"):
+        UncodedTokenProtocolConfig(vocab_size=8192, fill_model="trigram")
+
+
 def test_token_budget_fitting():
     proto = make_token(budget=100)  # 7 bits per id
     assert proto.bits == 7 and proto.tokens_sent(L) == 14 and proto.channel_uses(L) == 100

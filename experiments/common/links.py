@@ -123,10 +123,13 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
     val_ids = load_token_ids(cfg.corpus, tok, "validation", progress=False)
     train, test = game_passages(cfg, tok, train_ids)
     source = None
-    if "separation" in protocols:  # one source model for every budget and MCS, on the whole train split
+    if {"separation", "uncoded-tokens"} & set(protocols):  # one source model for every budget, MCS and fill, on the
+        # whole train split
         source = TokenSourceModel(V, cfg.source_model).fit(make_passages(train_ids, L, seed=cfg.ae_seed))
     dirs, variants, facts, skipped = {}, {}, {"bits_sent": {}}, {}
-    # where nothing arrives every protocol that decodes tokens fills in the same best guess: the unigram's mode
+    # the unigram's mode: the best guess where nothing at all arrives (the bounds' fill). Positions a frame did
+    # not carry are filled by the source model's guesses after the last token received, in separation and in
+    # uncoded tokens alike (TokenSourceModel.fill)
     facts["guess"] = int(np.bincount(train.ravel(), minlength=V).argmax())
     for name in dict.fromkeys(PRIOR_BASE.get(p, p) for p in protocols):
         for n in budgets:
@@ -153,9 +156,10 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
                             p = JSCCProtocol.from_pretrained(adapter, JSCCProtocolConfig(budget=n), autoencoder=model)
                             p.with_channel(make_channel(cfg.channels[0], 1.0, erasure_p=cfg.erasure_p))  # kinds
                             return p.fit(train)
-                        if name == "uncoded-tokens":  # the unsent positions get the best guess, as in separation
+                        if name == "uncoded-tokens":  # the unsent positions get separation's fill
                             return UncodedTokenProtocol(UncodedTokenProtocolConfig(
-                                vocab_size=V, budget=n, fill_id=facts["guess"])).fit(train)
+                                vocab_size=V, budget=n, fill_id=facts["guess"], fill_model=cfg.source_model),
+                                source=source).fit(train)
                         return make_protocol(name, model, budget=n).fit(train)
 
                     p = fit_or_load(d, model, build)
