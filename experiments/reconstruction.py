@@ -14,10 +14,17 @@ listener agent (``reconstruction_v0``). Protocols:
   per n through a simulated channel at sampled SNRs (the SNR and channel kind given to both ends) and
   cached under ``runs/`` like the autoencoder.
 - ``separation``: range coding of the token ids under a bigram model fitted on train (constriction) ->
-  Sionna 5G LDPC / Polar -> Gray PAM, with **oracle rate adaptation**: every (rate, modulation) of the
-  menu plays ``pilot_passages`` with the same noise and the best one plays the trial (what 5G link
-  adaptation approximates; the ``mcs`` column). Wrong frame bits decode to wrong tokens, counted wrong;
-  unsent positions get the source model's best guess; a budget no 5G code fits sends nothing.
+  Sionna 5G LDPC / Polar -> Gray PAM, with **oracle rate adaptation on channel state only** (what 5G link
+  adaptation approximates): per channel state (channel kind, sigma, n, and erasure_p on the erasure channel or
+  fading_block on rayleigh) every (code, rate, modulation) of the menu plays the same ``pilot_passages`` (512)
+  *validation*-split passages, each once, with the same noise, drawn from a seed derived from the state's key
+  (never a trial's seed), and the best token accuracy (the first in menu order on ties) is the pick. The
+  trial's test passages and noise play no part in it. Each state's pick is computed once and cached in the run
+  directory (``rate_picks/<state>.json``, written atomically; a trial that finds another computing it waits), so
+  every seed of a state plays the same MCS and a resumed run reuses it. The trial then plays its test passages
+  with the pick: the ``mcs`` column, and ``mcs_val_accuracy`` the validation token accuracy it was picked on
+  (empty where there was nothing to pick). Wrong frame bits decode to wrong tokens, counted wrong; unsent
+  positions get the source model's best guess; a budget no 5G code fits sends nothing.
 - ``uncoded-tokens``: the first token ids as raw bits (the floor).
 - ``vector-prior`` / ``vector-snap`` (off by default): the vector protocol's symbols decoded by the
   **LM-prior listener** (``protocols.prior``): chunk by chunk, the listener's CALM language model draws
@@ -45,6 +52,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -53,15 +61,23 @@ import environments
 from agents import SpeakerPolicy, call
 from calm.tokenizer import cached_tokenizer
 from experiments.common.config import SweepConfig, unhashed
-from experiments.common.links import PRIOR_PROTOCOLS, fit_protocols, game_seed, pick_best
+from experiments.common.links import PRIOR_PROTOCOLS, fit_protocols, game_seed
 from experiments.common.models import ensure_calm, ensure_token_lm
+from experiments.common.rate_oracle import (
+    ORACLE_SALT,
+    cached_pick,
+    oracle_key,
+    oracle_seed,
+    validation_passages,
+)
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
 from experiments.common.tables import mean_interval, passage_metrics
 from experiments.reconstruction_report import console_summary, examples, write_report
 from protocols.metrics import snr_db
 from protocols.separation import separation_bound_accuracy
 
-__all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_protocols", "main", "play_trial", "trial_grid"]
+__all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "cached_pick", "fit_protocols", "main", "oracle_key",
+           "oracle_seed", "pick_rate", "play_trial", "trial_grid", "validation_passages"]
 
 ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens", "vector-prior", "vector-snap",
                        "uncoded-tokens-prior"]
@@ -71,7 +87,8 @@ ALL_PROTOCOLS = PROTOCOLS + tuple(PRIOR_PROTOCOLS)
 METRICS = ("token_accuracy", "chunk_exact", "passage_exact", "chrf")
 COLUMNS = [
     "protocol", "channel", "sigma", "snr_db", "rho", "channel_uses", "passage_length", "bits_sent", "capacity_bits",
-    "bound_accuracy", *[f"{m}{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high")], "mcs", "example",
+    "bound_accuracy", *[f"{m}{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high")], "mcs", "mcs_val_accuracy",
+    "example",
     "example_target", "episodes", "seed", "checkpoint",
 ]
 
@@ -118,8 +135,10 @@ class Config(SweepConfig):
     """separation: the entropy coder's token model (fitted on train)"""
     separation_codes: tuple[Literal["ldpc", "polar"], ...] = ("ldpc", "polar")
     """separation: the 5G codes whose (rate, modulation) menus the oracle picks from"""
-    pilot_passages: int = 64
-    """separation: passages every MCS of the menu plays before the oracle picks the best for the whole trial"""
+    pilot_passages: int = 512
+    """separation: validation-split passages (drawn with ae_seed, each played once; rounded down to whole batches)
+    every MCS of the menu plays, once per channel state, before the oracle picks the best for every trial of that
+    state; the test passages are never played for the pick"""
     jscc_steps: int = 800
     """jscc: adapter training steps (per n, about 2.5 min on 2 idle cores; cached under runs_dir)"""
     jscc_hidden_size: int = 256
@@ -186,18 +205,22 @@ def trial_grid(cfg: Config, skip: set[tuple[str, int]] = frozenset()) -> list[di
 
 
 def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
-          episodes: int, text: bool = True) -> dict:
+          episodes: int, text: bool = True, seed: int | None = None, in_order: bool = False) -> dict:
     """``episodes`` passages of the trial sent with agent protocol ``key`` (None: nothing can be sent, the
     listener guesses the source model's most likely token): per-passage metrics and the first decode.
-    ``text=False`` (the oracle's pilot plays, which only compare token accuracy): no detokenising, no chrF."""
+    ``text=False`` (the oracle's validation plays, which only compare token accuracy): no detokenising, no chrF.
+    ``seed``: the env steps' seeds are ``game_seed(seed, step)`` (default the trial's ``spec["seed"]``);
+    ``in_order``: the passages are played in order, each once (else drawn by the env)."""
     n, B = spec["channel_uses"], min(settings["batch_size"], episodes)
+    seed = spec["seed"] if seed is None else seed
     env = environments.make("reconstruction_v0", passages=passages, channel_uses=n, batch_size=B, channel=channel,
                             vocab_size=settings["vocab_size"])
     speak = SpeakerPolicy(speaker, key, channel=channel) if key else None  # SNR-adaptive protocols are told it
     tok = cached_tokenizer(settings["tokenizer_path"]) if text else None
     parts, first = [], None
     for step in range(episodes // B):
-        obs, _ = env.reset(seed=game_seed(spec["seed"], step))
+        order = {"targets": np.arange(step * B, (step + 1) * B) % len(env.passages)} if in_order else None
+        obs, _ = env.reset(seed=game_seed(seed, step), options=order)
         target = obs["speaker"]  # (B, L)
         if key is None:
             decoded = np.full_like(target, settings["guess"])
@@ -210,7 +233,7 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
             elif spec["protocol"] in PRIOR_PROTOCOLS:  # the CALM-prior listener, its sampling noise seeded per step
                 decoded = call(listener, "decode_prior", key, heard["received"], channel, heard["gain"],
                                settings["prior_samples"], settings["prior_weight"],
-                               PRIOR_PROTOCOLS[spec["protocol"]], game_seed(spec["seed"], step))
+                               PRIOR_PROTOCOLS[spec["protocol"]], game_seed(seed, step))
             else:
                 decoded = call(listener, "decode", key, heard["received"], channel, heard["gain"])
             decoded = np.asarray(decoded, dtype=np.int64)
@@ -221,18 +244,39 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
     return {"metrics": metrics, "example": first, "key": key}
 
 
+def pick_rate(spec: dict[str, Any], speaker: Any, listener: Any, settings: dict[str, Any]) -> tuple[str | None, float]:
+    """The oracle's rate adaptation on channel state only: ``(key, validation accuracy)``. Every agent key of the
+    menu (``settings["variants"]``) plays the validation passages ``settings["oracle_passages"]`` in order, each
+    once, with noise seeded from the channel state's ``oracle_key``; the best token accuracy is picked (the first
+    in menu order on ties). The trial's passages and seed play no part. The pick is cached in
+    ``settings["oracle_dir"]`` (None: not cached). A menu of one key (or none) is no choice: nan accuracy."""
+    n = spec["channel_uses"]
+    keys = settings["variants"][f"{spec['protocol']}@{n}"] or [None]
+    if len(keys) == 1:
+        return keys[0], math.nan
+    state = oracle_key(spec["protocol"], spec["channel"], spec["sigma"], n, settings)
+    val = settings["oracle_passages"]
+    plays = (len(val) // min(settings["batch_size"], len(val))) * min(settings["batch_size"], len(val))
+    channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
+                           fading_block=settings["fading_block"])
+    seed = int(np.random.SeedSequence([oracle_seed(state), ORACLE_SALT]).generate_state(1)[0])
+
+    def score(k):
+        return float(_play(k, spec, speaker, listener, val, channel, settings, episodes=plays, text=False,
+                           seed=seed, in_order=True)["metrics"]["token_accuracy"].mean())
+
+    where = settings.get("oracle_dir")
+    pick, scores = cached_pick(None if where is None else Path(where) / f"{state}.json", keys, score)
+    return pick, float(scores[str(pick)])
+
+
 def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.ndarray, settings: dict[str, Any]) -> dict:
-    """One grid point: the row (``COLUMNS``). For separation every MCS of the menu plays the same passages
-    and noise, and the best token accuracy is reported (oracle rate adaptation)."""
+    """One grid point: the row (``COLUMNS``). For separation the MCS is the oracle's pick for the channel state
+    (``pick_rate``: validation passages, never these), then it plays the trial's passages."""
     n, L = spec["channel_uses"], settings["passage_length"]
     channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
                            fading_block=settings["fading_block"])
-    # oracle rate adaptation: every MCS plays `pilot` passages drawn from the trial's seed (the same passages and
-    # noise for each), the best one then plays the whole trial
-    pilot = min(settings["pilot"], settings["episodes"])
-    key = pick_best(settings["variants"][f"{spec['protocol']}@{n}"] or [None], lambda k: _play(
-        k, spec, speaker, listener, passages, channel, settings, episodes=pilot, text=False
-    )["metrics"]["token_accuracy"].mean())
+    key, val_accuracy = pick_rate(spec, speaker, listener, settings)
     best = _play(key, spec, speaker, listener, passages, channel, settings, episodes=settings["episodes"])
     capacity = n * channel.capacity_per_use()
     bits = settings["bits_sent"].get(best["key"], 0)
@@ -242,7 +286,8 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
            "bound_accuracy": float(separation_bound_accuracy(capacity, settings["entropy_bits_per_token"], L,
                                                              settings["fill_accuracy"])),
            "mcs": best["key"].split("#", 1)[1] if best["key"] and "#" in best["key"] else
-           ("none fits: the listener guesses" if best["key"] is None else None), "example": best["example"][0],
+           ("none fits: the listener guesses" if best["key"] is None else None), "mcs_val_accuracy": val_accuracy,
+           "example": best["example"][0],
            "example_target": best["example"][1],
            "episodes": settings["episodes"], "seed": spec["seed"], "checkpoint": settings["checkpoint"]}
     for m in METRICS:
@@ -282,7 +327,8 @@ def prepare(cfg: Config, run: Run) -> Plan:
         "episodes": cfg.episodes, "batch_size": cfg.batch_size, "passage_length": cfg.passage_length,
         "vocab_size": facts["vocab_size"], "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
         "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
-        "guess": facts["guess"], "pilot": cfg.pilot_passages, "checkpoint": run.checkpoint_id,
+        "guess": facts["guess"], "checkpoint": run.checkpoint_id,
+        "oracle_passages": validation_passages(cfg, checkpoint), "oracle_dir": str(run.dir / "rate_picks"),
         "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block,
         "tokenizer_path": str(checkpoint / "tokenizer.json"), "prior_samples": cfg.prior_samples,
         "prior_weight": cfg.prior_weight, "token_prior_beam": cfg.token_prior_beam}

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from calm.files import atomic_write_text, read_json, save_figure
+from calm.files import atomic_write_text, save_figure
+from experiments.common.rundir import run_facts
 from experiments.common.tables import fmt_snr, passage_metrics, snr_at_target, snr_db_header
 from protocols.bounds import finite_length_accuracy, rate_distortion_accuracy
 
 __all__ = ["LINES", "FRAME_ERROR", "console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled",
-           "prior_gain", "prior_gain_table", "reference_lines", "run_facts", "snr_at_accuracy", "snr_gap",
-           "write_report"]
+           "prior_gain", "prior_gain_table", "reference_lines", "snr_at_accuracy", "snr_gap", "write_report"]
 
 #: frame-error rate of the finite-blocklength line
 FRAME_ERROR = 0.01
@@ -71,22 +71,9 @@ def pooled(frame):
     return pd.DataFrame(out)
 
 
-def run_facts(run_dir: Path) -> dict | None:
-    """The source statistics a run recorded (config.json ``facts``: entropy rate, fill accuracy, vocabulary) and
-    its passage length, or None for a run directory without them."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        return None
-    record = read_json(path, what="run config")
-    facts = record.get("facts")
-    if not isinstance(facts, dict) or "entropy_bits_per_token" not in facts:
-        return None
-    return {**facts, "passage_length": record.get("config", {}).get("passage_length")}
-
-
 def reference_lines(table, facts: dict | None):
     """``table`` (pooled) with ``finite_length_accuracy`` (AWGN rows only, NaN elsewhere) and ``rd_accuracy``;
-    both NaN without ``facts`` (``run_facts``)."""
+    both NaN without ``facts`` (``experiments.common.rundir.run_facts``)."""
     table = table.copy()
     finite, rd = [], []
     for r in table.itertuples():
@@ -190,7 +177,7 @@ def gap_table(table, a: str = "jscc", b: str = "separation") -> str:
 
 def console_summary(frame, metric: str = "token_accuracy", facts: dict | None = None) -> str:
     """Pooled ``metric`` as one table per (channel, rho): a row per protocol, a column per SNR, the reference
-    lines (``LINES``; the finite-length and rate-distortion ones need ``facts``, see ``run_facts``)."""
+    lines (``LINES``; the finite-length and rate-distortion ones need ``facts``, see ``rundir.run_facts``)."""
     if not len(frame):
         return "(no rows)"
     table = reference_lines(pooled(frame), facts)

@@ -26,7 +26,7 @@ def base(tmp_path_factory):
                   rhos=(2.0,), channels=("awgn",), sigmas=(0.0, 1.0), seeds=(0,),
                   protocols=("vector", "jscc", "separation"), separation_codes=("ldpc",), jscc_steps=5,
                   jscc_hidden_size=32, episodes=32, batch_size=32, num_passages=256, fit_passages=512, plots=False,
-                  **MICRO)
+                  pilot_passages=64, **MICRO)
 
 
 def test_config_and_grid():
@@ -71,7 +71,7 @@ def test_tiny_sweep_runs_resumes_and_reports(ray_session, base):
     bound = frame.set_index(["protocol", "sigma"]).bound_accuracy
     assert bound[("vector", 0.0)] == 1.0 and bound[("vector", 1.0)] < 1.0
     summary = (second.run_dir / "summary.md").read_text()
-    assert "separation bound" in summary and "One passage as each protocol delivers it" in summary
+    assert "lossless prefix at capacity" in summary and "One passage as each protocol delivers it" in summary
     assert "(sent)" in summary
     # a third run has nothing left to do
     assert main(dataclasses.replace(base, run_name="tiny")).ran == []
@@ -83,7 +83,7 @@ def test_one_trial_row_is_identical_across_runs(base, tmp_path):
     from agents import CALMAgentCore
     from experiments.common.links import fit_protocols
     from experiments.common.models import checkpoint_id, ensure_checkpoint
-    from experiments.reconstruction import channel_uses
+    from experiments.reconstruction import channel_uses, validation_passages
 
     cfg = dataclasses.replace(base, protocols=("vector", "separation"))
     checkpoint = ensure_checkpoint(cfg)
@@ -93,7 +93,8 @@ def test_one_trial_row_is_identical_across_runs(base, tmp_path):
     settings = {"episodes": 32, "batch_size": 32, "passage_length": 8, "vocab_size": facts["vocab_size"],
                 "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
                 "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
-                "guess": facts["guess"], "pilot": 16, "checkpoint": checkpoint_id(checkpoint), "erasure_p": 0.1, "fading_block": None,
+                "guess": facts["guess"], "oracle_passages": validation_passages(cfg, checkpoint),
+                "oracle_dir": str(tmp_path / "rate_picks"), "checkpoint": checkpoint_id(checkpoint), "erasure_p": 0.1, "fading_block": None,
                 "tokenizer_path": str(checkpoint / "tokenizer.json")}
     rows = []
     for _ in range(2):
@@ -103,6 +104,8 @@ def test_one_trial_row_is_identical_across_runs(base, tmp_path):
     # NaN-aware equality (the analog vector sends no bits: bits_sent is NaN)
     pd.testing.assert_frame_equal(pd.DataFrame(rows[0], columns=COLUMNS), pd.DataFrame(rows[1], columns=COLUMNS))
     assert rows[0][1]["mcs"] is not None
+    assert 0 <= rows[0][1]["mcs_val_accuracy"] <= 1 and math.isnan(rows[0][0]["mcs_val_accuracy"])
+    assert list((tmp_path / "rate_picks").glob("*.json"))  # the pick, cached once for the channel state
 
 
 def test_pooling_and_snr_interpolation():

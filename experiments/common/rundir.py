@@ -19,7 +19,7 @@ from typing import Any
 from calm.files import DamagedFileError, atomic_write_bytes, atomic_write_text, read_json
 from experiments.common.config import check_run_name, settings_hash
 
-__all__ = ["RUN_FILE", "claim_single_run", "collect_rows", "done_rows", "git_commit", "mark_finished",
+__all__ = ["RUN_FILE", "claim_single_run", "collect_rows", "done_rows", "git_commit", "mark_finished", "run_facts",
            "missing_trials", "open_run_dir", "run_finished", "write_frame"]
 
 
@@ -179,3 +179,16 @@ def write_frame(frame, run_dir: Path) -> None:
         atomic_write_bytes(run_dir / "results.parquet", buffer.getvalue())
     except ImportError:
         pass
+
+
+def run_facts(run_dir: Path) -> dict | None:
+    """The source statistics a run recorded (config.json ``facts``: entropy rate, fill accuracy, vocabulary) and
+    its passage length, or None for a run directory without them."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    record = read_json(path, what="run config")
+    facts = record.get("facts")
+    if not isinstance(facts, dict) or "entropy_bits_per_token" not in facts:
+        return None
+    return {**facts, "passage_length": record.get("config", {}).get("passage_length")}
