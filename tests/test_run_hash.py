@@ -13,7 +13,9 @@ from experiments.common.config import SweepConfig, settings_hash, unhashed
 # the settings hashes of each study's default config, as computed by the hand-kept exclusion lists they replace
 DEFAULT_HASHES = {
     "referential_game": "552d43ff5f",
-    "reconstruction": "d50fffbb60",
+    # issue 29 moved separation's rate oracle to 512 validation passages (pilot_passages 64 -> 512): the rows change,
+    # so the default run is a new one; with the old pilot_passages the hash is the old one (tested below)
+    "reconstruction": "d92bea7020",
     "alignment": "8bebeb36d6",
     "relay": "a47113b892",
     "broadcast": "f6bc4a2956",
@@ -32,9 +34,11 @@ def test_default_run_hashes_are_unchanged(study):
 def test_reconstruction_prior_settings_name_the_run_only_when_changed():
     from experiments.reconstruction import Config
 
-    assert settings_hash(Config(lm_steps=10)) == "76ed41f780"
-    assert settings_hash(Config(lm_steps=10, prior_weight=2.0)) == "8407840745"
-    assert settings_hash(Config(sigmas=(0.5,), passage_length=64)) == "63548ec902"
+    assert settings_hash(Config(pilot_passages=64)) == "d50fffbb60"  # the default before issue 29: unchanged
+    assert settings_hash(Config(lm_steps=10, pilot_passages=64)) == "76ed41f780"
+    assert settings_hash(Config(lm_steps=10, prior_weight=2.0, pilot_passages=64)) == "8407840745"
+    assert settings_hash(Config(lm_steps=10)) == "460835b46d"
+    assert settings_hash(Config(sigmas=(0.5,), passage_length=64)) == "138d372f06"
     assert settings_hash(Config(lm_steps=300)) == settings_hash(Config())  # set to its default: the same run
 
 
