@@ -22,15 +22,33 @@ from agents.core import RECEIVERS, Receiver
 __all__ = ["ListenerPolicy", "SpeakerPolicy", "call"]
 
 
+#: how often a call to an actor that Ray reports temporarily unavailable is repeated (about a minute in all)
+UNAVAILABLE_RETRIES = 30
+
+
 def call(agent: Any, method: str, *args: Any) -> Any:
-    """Run ``agent.method(*args)`` on an actor handle (and wait) or on a local agent object."""
+    """Run ``agent.method(*args)`` on an actor handle (and wait) or on a local agent object.
+
+    An actor Ray reports *temporarily* unavailable (its node lost or restarting: ``ActorUnavailableError``, "the
+    task may or may not have been executed") is called again, with a growing pause, up to ``UNAVAILABLE_RETRIES``
+    times: an agent's methods are functions of their arguments (encode, decode, score a batch), so running one
+    twice changes nothing. Ray's own task retries (``max_task_retries``) cover an actor that died and restarted."""
     fn = getattr(agent, method)
     remote = getattr(fn, "remote", None)
     if remote is None:
         return fn(*args)
+    import time
+
     import ray
 
-    return ray.get(remote(*args))
+    for attempt in range(UNAVAILABLE_RETRIES + 1):
+        try:
+            return ray.get(remote(*args))
+        except ray.exceptions.ActorUnavailableError:
+            if attempt == UNAVAILABLE_RETRIES:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 @dataclass

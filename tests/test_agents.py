@@ -267,3 +267,31 @@ def test_agent_pool_places_different_agents_and_restarts_a_dead_one(fake_gpu_ray
             time.sleep(0.2)
     # the pool's exit released the model files it shipped (they are not held until the driver exits)
     assert not [n for n in held_agents() if "pool-test" in str(n)]
+
+
+def test_call_repeats_a_call_to_an_actor_that_is_temporarily_unavailable(monkeypatch):
+    """Ray's "the task may or may not have been executed" (a node lost mid-call) is repeated, not a failed trial."""
+    import ray
+
+    from agents import policies
+
+    failures = {"left": 2}
+
+    def flaky_get(ref):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ray.exceptions.ActorUnavailableError("the actor is temporarily unavailable", b"\0" * 16)
+        return ref * 2
+
+    class Handle:
+        class encode:  # noqa: N801 - a stand-in for an actor method with .remote
+            @staticmethod
+            def remote(x):
+                return x
+
+    monkeypatch.setattr(ray, "get", flaky_get)
+    monkeypatch.setattr(policies, "UNAVAILABLE_RETRIES", 3)
+    assert policies.call(Handle(), "encode", 21) == 42 and failures["left"] == 0
+    failures["left"] = 5
+    with pytest.raises(ray.exceptions.ActorUnavailableError):
+        policies.call(Handle(), "encode", 21)
