@@ -49,7 +49,7 @@ from protocols.base import ChannelModel, check_budget
 from protocols.latent import LatentProtocol, check_autoencoder
 from protocols.saved import build_config, read_autoencoder_dims
 
-__all__ = ["ChannelState", "JSCCProtocol", "JSCCProtocolConfig", "channel_snr_db", "file_sha256"]
+__all__ = ["ChannelState", "JSCCProtocol", "JSCCProtocolConfig", "ToldChannel", "channel_snr_db", "file_sha256"]
 
 # kind names, in the order of the adapter's kind input (environments.torch_channels.CHANNEL_KINDS)
 KINDS = CHANNEL_KINDS
@@ -139,58 +139,18 @@ class JSCCProtocolConfig:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
 
 
-class JSCCProtocol(LatentProtocol):
-    """Analog protocol through a trained JSCC adapter around its frozen CALM autoencoder."""
+class ToldChannel:
+    """What every adapter protocol told the channel shares (``JSCCProtocol``, ``protocols.lm_jscc.LMJSCCProtocol``).
 
-    name = "jscc"
-    config_class = JSCCProtocolConfig
-    hard_domain = "tokens"
+    The host class sets ``self.adapter`` (a model with ``config.channels``, ``config.erasure_p``,
+    ``config.snr_db_min/max``, ``config.passage_length``), ``self.scale``, ``self.state``, ``self.channel`` and
+    defines ``_raw_symbols(ids, snr_db, kind)`` (the adapter's symbols before the scale) and the receiver.
+    ``adapter_kind`` names the adapter in messages and in ``load_pretrained(expect=...)``.
+    """
 
-    def __init__(self, adapter: Any, config: JSCCProtocolConfig | None = None, *, autoencoder: Any | None = None,
-                 channel: Any | None = None) -> None:
-        """Wrap ``adapter`` (a ``protocols.jscc_model.JSCCModel``, put in eval mode).
+    adapter_kind: str = "jscc"
 
-        Args:
-            adapter: the trained adapter; its frozen autoencoder is the one used.
-            config: protocol settings (budget, adapter checkpoint path).
-            autoencoder: if given, checked to be the adapter's autoencoder (same config, same weights).
-            channel: the channel the speaker is told (see the module docstring); None: bind one later.
-
-        Raises:
-            ValueError: budget differs from the adapter's channel_uses; an autoencoder that differs from the
-                adapter's (the message names the field); adapter_path's weights differ from ``adapter``'s
-                or from ``adapter_sha256``.
-        """
-        config = dataclasses.replace(config) if config is not None else JSCCProtocolConfig()
-        n = int(adapter.config.channel_uses)
-        if config.budget is None:
-            config.budget = n
-        elif config.budget != n:
-            raise ValueError(f"budget={config.budget} must equal the jscc adapter's channel_uses={n} "
-                             "(one adapter per n)")
-        if autoencoder is not None:
-            _check_same_autoencoder(autoencoder, adapter.autoencoder)
-        super().__init__(adapter.autoencoder, config)
-        self.adapter = adapter.eval()
-        self.scale = 1.0  # s: the one power-normalising scalar
-        self.state: ChannelState | None = None
-        self.channel = None
-        if config.adapter_path:
-            self._check_adapter_file()
-        if channel is not None:
-            self._bind(channel)
-
-    @classmethod
-    def from_pretrained(cls, adapter_dir: str | Path, config: JSCCProtocolConfig | None = None, *,
-                        autoencoder: Any | None = None, channel: Any | None = None) -> JSCCProtocol:
-        """A protocol around the adapter checkpoint ``adapter_dir`` (its path and sha256 go in the config)."""
-        from calm.checkpoint import load_pretrained
-
-        adapter, _ = load_pretrained(adapter_dir, expect="jscc")
-        config = dataclasses.replace(config or JSCCProtocolConfig(), adapter_path=str(Path(adapter_dir).resolve()))
-        return cls(adapter, config, autoencoder=autoencoder, channel=channel)
-
-    def with_channel(self, channel: Any) -> JSCCProtocol:
+    def with_channel(self, channel: Any):
         """A view of this protocol (same adapter, same fitted scale) whose speaker is told ``channel``."""
         view = copy.copy(self)
         view._bind(channel)
@@ -202,10 +162,11 @@ class JSCCProtocol(LatentProtocol):
         state = channel_snr_db(channel)
         c = self.adapter.config
         if state.kind not in c.channels:
-            raise ValueError(f"the jscc adapter was trained on channels {list(c.channels)}, not {state.kind!r}")
+            raise ValueError(f"the {self.adapter_kind} adapter was trained on channels {list(c.channels)}, "
+                             f"not {state.kind!r}")
         if state.kind == "erasure" and not math.isclose(state.erasure_p, c.erasure_p):
-            raise ValueError(f"the jscc adapter was trained at erasure p={c.erasure_p}, the channel has "
-                             f"p={state.erasure_p}")
+            raise ValueError(f"the {self.adapter_kind} adapter was trained at erasure p={c.erasure_p}, the channel "
+                             f"has p={state.erasure_p}")
         return state
 
     def _bind(self, channel: Any) -> None:
@@ -219,6 +180,18 @@ class JSCCProtocol(LatentProtocol):
         kind = torch.full((B,), KINDS.index(state.kind), dtype=torch.long, device=device)
         return snr, kind
 
+    def _receiver_state(self, channel: Any) -> ChannelState:
+        """The state the receiver is told (``channel``, else the bound one), as the adapter sees its own
+        symbols: y / s = gain * x + (sigma / s) noise, i.e. at SNR + 20 log10 s."""
+        if channel is not None:
+            state = self._state_of(channel)
+        elif self.state is not None:
+            state = self.state
+        else:
+            raise ValueError(f"the {self.adapter_kind} receiver is told the channel: pass channel= (or bind one to "
+                             "the protocol)")
+        return state._replace(snr_db=state.snr_db + 20.0 * math.log10(self.scale))
+
     def _device(self) -> torch.device:
         return next(self.adapter.parameters()).device
 
@@ -231,10 +204,10 @@ class JSCCProtocol(LatentProtocol):
     def _check_length(self, L: int) -> int:
         want = self.adapter.config.passage_length
         if L != want:
-            raise ValueError(f"the jscc adapter sends passages of L={want} tokens, got L={L}")
+            raise ValueError(f"the {self.adapter_kind} adapter sends passages of L={want} tokens, got L={L}")
         return L
 
-    def fit(self, train_ids: np.ndarray) -> JSCCProtocol:
+    def fit(self, train_ids: np.ndarray):
         """Fit the power scale on training passages ``(N, L)``: mean power 1 per symbol over them, each passage
         sent under a training condition (kind and SNR drawn like the adapter's training, fixed seed)."""
         ids = self._check_train(train_ids)
@@ -247,53 +220,17 @@ class JSCCProtocol(LatentProtocol):
         x = self._raw_symbols(ids, torch.as_tensor(snrs, dtype=torch.float32), torch.as_tensor(kinds))
         power = float(np.mean(x.astype(np.float64) ** 2))
         if not power > 0:
-            raise ValueError("training passages give all-zero jscc symbols; cannot normalise power")
+            raise ValueError(f"training passages give all-zero {self.adapter_kind} symbols; cannot normalise power")
         self.scale = 1.0 / math.sqrt(power)
         self.seq_len = int(ids.shape[1])
         return self
 
-    def _raw_symbols(self, ids: np.ndarray, snr_db: torch.Tensor, kind: torch.Tensor) -> np.ndarray:
-        """The adapter's symbols ``(B, n)`` float32 before the protocol's scale, per-passage conditions (B,)."""
-        device = self._device()
-        out = []
-        with torch.inference_mode():
-            for start in range(0, ids.shape[0], self.config.batch_size):
-                sl = slice(start, start + self.config.batch_size)
-                batch = torch.as_tensor(ids[sl], dtype=torch.long, device=device)
-                mu = self.adapter.latents(batch)
-                out.append(self.adapter.encode(mu, snr_db[sl].to(device), kind[sl].to(device)).float().cpu().numpy())
-        return np.concatenate(out, axis=0)
-
     def _encode(self, ids: np.ndarray) -> np.ndarray:
         if self.state is None:
-            raise ValueError("the jscc speaker is told the channel: bind one with with_channel(channel) "
-                             "(or channel= at construction) before encode or score")
+            raise ValueError(f"the {self.adapter_kind} speaker is told the channel: bind one with "
+                             "with_channel(channel) (or channel= at construction) before encode or score")
         snr, kind = self._condition(self.state, ids.shape[0])
         return (self._raw_symbols(ids, snr.cpu(), kind.cpu()) * self.scale).astype(np.float32)
-
-    def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
-        L = self._require_fit()
-        if channel is not None:
-            state = self._state_of(channel)
-        elif self.state is not None:
-            state = self.state
-        else:
-            raise ValueError("the jscc receiver is told the channel: pass channel= (or bind one to the protocol)")
-        B = symbols.shape[0]
-        device = self._device()
-        # y / s = gain * x + (sigma / s) noise: the adapter sees its own symbols at SNR + 20 log10 s
-        state = state._replace(snr_db=state.snr_db + 20.0 * math.log10(self.scale))
-        snr, kind = self._condition(state, B)
-        rows = max(1, MAX_LOGITS // (L * self.vocab_size))
-        out = []
-        with torch.inference_mode():
-            for start in range(0, B, rows):
-                sl = slice(start, start + rows)
-                y = torch.as_tensor(symbols[sl] / self.scale, dtype=torch.float32, device=device)
-                g = torch.as_tensor(gain[sl], dtype=torch.float32, device=device)
-                z = self.adapter.decode(y, g, snr[sl], kind[sl])  # (b, L/K, l)
-                out.append(self.adapter.autoencoder.decode(z).argmax(-1).cpu().numpy())
-        return np.concatenate(out, axis=0).astype(np.int64)
 
     def _hard_score(self, symbols, candidates, channel, gain) -> np.ndarray:
         ids = self._decode(symbols, channel, gain)  # (B, L)
@@ -322,8 +259,9 @@ class JSCCProtocol(LatentProtocol):
         if sha is None:
             raise ValueError(f"adapter_path {self.config.adapter_path}: {path.name} is missing")
         if self.config.adapter_sha256 and sha != self.config.adapter_sha256:
-            raise ValueError(f"the jscc adapter at {self.config.adapter_path} changed: model.safetensors has sha256 "
-                             f"{sha[:16]}..., the protocol was fitted with {self.config.adapter_sha256[:16]}...")
+            raise ValueError(f"the {self.adapter_kind} adapter at {self.config.adapter_path} changed: "
+                             f"model.safetensors has sha256 {sha[:16]}..., the protocol was fitted with "
+                             f"{self.config.adapter_sha256[:16]}...")
         stored = read_safetensors(path)
         for key, value in self.adapter.state_dict().items():
             if key not in stored or not torch.equal(stored[key], value.detach().cpu()):
@@ -333,9 +271,105 @@ class JSCCProtocol(LatentProtocol):
     def save(self, directory: str | Path) -> None:
         """Write ``protocol.json`` (with the adapter's path and sha256) and ``protocol.safetensors`` (the scale)."""
         if not self.config.adapter_path:
-            raise ValueError("saving a jscc protocol needs config.adapter_path, the adapter's checkpoint "
+            raise ValueError(f"saving a {self.name} protocol needs config.adapter_path, the adapter's checkpoint "
                              "directory (save it with calm.checkpoint.save_pretrained; see from_pretrained)")
         super().save(directory)
+
+    @classmethod
+    def _recorded_adapter(cls, directory: str | Path) -> tuple[dict, JSCCProtocolConfig]:
+        """``(protocol.json's meta, config)`` of a saved protocol whose recorded adapter exists and is unchanged."""
+        from calm.files import DamagedFileError
+
+        meta = cls.read_config(directory)
+        if meta["protocol"] != cls.name:
+            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
+        values = dict(meta["config"])
+        meta["dims"] = read_autoencoder_dims(directory, values) if cls.adapter_kind == "jscc" else None
+        config = build_config(directory, JSCCProtocolConfig, values)
+        path = Path(config.adapter_path) / "model.safetensors"
+        if not path.is_file():
+            raise DamagedFileError(path, f"the {cls.adapter_kind} adapter recorded in {Path(directory) / 'protocol.json'} "
+                                         "is missing", f"restore it, or remove {directory} and refit the protocol")
+        sha = file_sha256(path)
+        if sha != config.adapter_sha256:
+            raise ValueError(f"the {cls.adapter_kind} adapter at {config.adapter_path} changed: model.safetensors has "
+                             f"sha256 {sha[:16]}..., the protocol was fitted with {config.adapter_sha256[:16]}...")
+        return meta, config
+
+
+class JSCCProtocol(ToldChannel, LatentProtocol):
+    """Analog protocol through a trained JSCC adapter around its frozen CALM autoencoder."""
+
+    name = "jscc"
+    config_class = JSCCProtocolConfig
+    hard_domain = "tokens"
+
+    def __init__(self, adapter: Any, config: JSCCProtocolConfig | None = None, *, autoencoder: Any | None = None,
+                 channel: Any | None = None) -> None:
+        """Wrap ``adapter`` (a ``protocols.jscc_model.JSCCModel``, put in eval mode).
+
+        Args:
+            adapter: the trained adapter; its frozen autoencoder is the one used.
+            config: protocol settings (budget, adapter checkpoint path).
+            autoencoder: if given, checked to be the adapter's autoencoder (same config, same weights).
+            channel: the channel the speaker is told (see the module docstring); None: bind one later.
+
+        Raises:
+            ValueError: budget differs from the adapter's channel_uses; an autoencoder that differs from the
+                adapter's (the message names the field); adapter_path's weights differ from ``adapter``'s
+                or from ``adapter_sha256``.
+        """
+        config = _budget_config(config, adapter)
+        if autoencoder is not None:
+            _check_same_autoencoder(autoencoder, adapter.autoencoder)
+        super().__init__(adapter.autoencoder, config)
+        self.adapter = adapter.eval()
+        self.scale = 1.0  # s: the one power-normalising scalar
+        self.state: ChannelState | None = None
+        self.channel = None
+        if config.adapter_path:
+            self._check_adapter_file()
+        if channel is not None:
+            self._bind(channel)
+
+    @classmethod
+    def from_pretrained(cls, adapter_dir: str | Path, config: JSCCProtocolConfig | None = None, *,
+                        autoencoder: Any | None = None, channel: Any | None = None) -> JSCCProtocol:
+        """A protocol around the adapter checkpoint ``adapter_dir`` (its path and sha256 go in the config)."""
+        from calm.checkpoint import load_pretrained
+
+        adapter, _ = load_pretrained(adapter_dir, expect="jscc")
+        config = dataclasses.replace(config or JSCCProtocolConfig(), adapter_path=str(Path(adapter_dir).resolve()))
+        return cls(adapter, config, autoencoder=autoencoder, channel=channel)
+
+    def _raw_symbols(self, ids: np.ndarray, snr_db: torch.Tensor, kind: torch.Tensor) -> np.ndarray:
+        """The adapter's symbols ``(B, n)`` float32 before the protocol's scale, per-passage conditions (B,)."""
+        device = self._device()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, ids.shape[0], self.config.batch_size):
+                sl = slice(start, start + self.config.batch_size)
+                batch = torch.as_tensor(ids[sl], dtype=torch.long, device=device)
+                mu = self.adapter.latents(batch)
+                out.append(self.adapter.encode(mu, snr_db[sl].to(device), kind[sl].to(device)).float().cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+    def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
+        L = self._require_fit()
+        state = self._receiver_state(channel)
+        B = symbols.shape[0]
+        device = self._device()
+        snr, kind = self._condition(state, B)
+        rows = max(1, MAX_LOGITS // (L * self.vocab_size))
+        out = []
+        with torch.inference_mode():
+            for start in range(0, B, rows):
+                sl = slice(start, start + rows)
+                y = torch.as_tensor(symbols[sl] / self.scale, dtype=torch.float32, device=device)
+                g = torch.as_tensor(gain[sl], dtype=torch.float32, device=device)
+                z = self.adapter.decode(y, g, snr[sl], kind[sl])  # (b, L/K, l)
+                out.append(self.adapter.autoencoder.decode(z).argmax(-1).cpu().numpy())
+        return np.concatenate(out, axis=0).astype(np.int64)
 
     @classmethod
     def load(cls, directory: str | Path, autoencoder: Any | None = None, *, channel: Any | None = None) -> JSCCProtocol:
@@ -347,28 +381,25 @@ class JSCCProtocol(LatentProtocol):
             DamagedFileError: a damaged protocol.json or protocol.safetensors, or the recorded adapter missing.
         """
         from calm.checkpoint import load_pretrained
-        from calm.files import DamagedFileError
 
-        meta = cls.read_config(directory)
-        if meta["protocol"] != cls.name:
-            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
-        values = dict(meta["config"])
-        dims = read_autoencoder_dims(directory, values)
-        config = build_config(directory, JSCCProtocolConfig, values)
-        path = Path(config.adapter_path) / "model.safetensors"
-        if not path.is_file():
-            raise DamagedFileError(path, f"the jscc adapter recorded in {Path(directory) / 'protocol.json'} is "
-                                         "missing", f"restore it, or remove {directory} and refit the protocol")
-        sha = file_sha256(path)
-        if sha != config.adapter_sha256:
-            raise ValueError(f"the jscc adapter at {config.adapter_path} changed: model.safetensors has sha256 "
-                             f"{sha[:16]}..., the protocol was fitted with {config.adapter_sha256[:16]}...")
+        meta, config = cls._recorded_adapter(directory)
         if autoencoder is not None:
-            check_autoencoder(dims, autoencoder)
+            check_autoencoder(meta["dims"], autoencoder)
         adapter, _ = load_pretrained(config.adapter_path, expect="jscc")
         proto = cls(adapter, config, autoencoder=autoencoder, channel=channel)
         proto._load_stats(directory, meta["seq_len"])
         return proto
+
+
+def _budget_config(config: JSCCProtocolConfig | None, adapter: Any) -> JSCCProtocolConfig:
+    """A copy of ``config`` whose budget is the adapter's channel_uses (None filled in; another value refused)."""
+    config = dataclasses.replace(config) if config is not None else JSCCProtocolConfig()
+    n = int(adapter.config.channel_uses)
+    if config.budget is None:
+        config.budget = n
+    elif config.budget != n:
+        raise ValueError(f"budget={config.budget} must equal the adapter's channel_uses={n} (one adapter per n)")
+    return config
 
 
 def _check_same_autoencoder(autoencoder: Any, inside: Any) -> None:

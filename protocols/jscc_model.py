@@ -57,7 +57,12 @@ __all__ = [
     "JSCCOutput",
     "PRESETS",
     "check_autoencoder_config",
+    "condition_input",
+    "equalise",
+    "normalise_power",
     "preset",
+    "resolve_conditions",
+    "sample_conditions",
 ]
 
 # running power: exponential moving average per training step, like BatchNorm's momentum (starts at 1, where
@@ -220,6 +225,76 @@ def check_autoencoder_config(config: JSCCConfig, ae: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# channel conditions and power: shared by every adapter that is told the channel (also protocols.lm_jscc_model)
+
+
+def condition_input(config, snr_db: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+    """(B,) SNR in dB and (B,) kind index -> (B, 1 + kinds): the SNR scaled to [-1, 1] over the trained range
+    ``[config.snr_db_min, config.snr_db_max]`` (clamped to it) and the kind one-hot."""
+    mid = (config.snr_db_max + config.snr_db_min) / 2
+    half = max((config.snr_db_max - config.snr_db_min) / 2, 1.0)
+    snr = ((snr_db.clamp(config.snr_db_min, config.snr_db_max) - mid) / half)[:, None]  # (B, 1)
+    onehot = F.one_hot(kind, len(CHANNEL_KINDS)).to(snr.dtype)  # (B, kinds)
+    return torch.cat([snr, onehot], dim=-1)
+
+
+def normalise_power(raw: torch.Tensor, group: torch.Tensor | None, running_power: torch.Tensor,
+                    training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raw symbols (B, n) -> (unit-power symbols (B, n), raw mean power per group (G,) or None at eval).
+
+    Training: each condition group (``group`` (B,) int64; None: one group) is divided by the root of its mean
+    power, and ``running_power`` (a buffer) moves towards the batch's raw power. Eval: every message is divided
+    by the root of ``running_power``, so a message's symbols do not depend on its batch (module docstring).
+    """
+    B = raw.shape[0]
+    per_message = raw.pow(2).mean(-1)  # (B,)
+    if not training:
+        return raw / running_power.sqrt(), None
+    group = torch.zeros(B, dtype=torch.long, device=raw.device) if group is None else group
+    G = int(group.max()) + 1
+    counts = torch.bincount(group, minlength=G).to(raw.dtype)  # (G,)
+    power = torch.zeros(G, dtype=raw.dtype, device=raw.device).index_add(0, group, per_message) / counts
+    with torch.no_grad():
+        running_power += POWER_MOMENTUM * (per_message.mean() - running_power)
+    return raw / power[group].sqrt()[:, None], power
+
+
+def equalise(y: torch.Tensor, gain: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """The linear MMSE estimate ``gain y / (gain^2 + sigma^2)`` per symbol: y, gain (B, n), snr_db (B,) -> (B, n);
+    sigma never below ``MIN_SIGMA``."""
+    sigma = torch.pow(10.0, -snr_db.to(y.dtype) / 20.0).clamp(min=MIN_SIGMA)[:, None]  # (B, 1)
+    return gain * y / (gain.pow(2) + sigma.pow(2))
+
+
+def sample_conditions(config, B: int, generator: torch.Generator | None, device: torch.device):
+    """Training conditions: (snr_db (B,), kind (B,), group (B,)), one uniform draw per contiguous group
+    (``config.condition_groups`` groups, kinds from ``config.channels``, SNR uniform in dB over the range)."""
+    G = min(config.condition_groups, B)
+    group = torch.arange(B, device=device) * G // B  # (B,)
+    allowed = torch.tensor([CHANNEL_KINDS.index(k) for k in config.channels], device=device)
+    kind = allowed[torch.randint(len(allowed), (G,), generator=generator, device=device)]  # (G,)
+    lo, hi = config.snr_db_min, config.snr_db_max
+    snr = lo + (hi - lo) * torch.rand(G, generator=generator, device=device)
+    return snr[group], kind[group], group
+
+
+def resolve_conditions(config, B: int, device: torch.device, generator: torch.Generator | None,
+                       snr_db: float | torch.Tensor | None, kind: str | torch.Tensor | None):
+    """A forward pass's conditions ``(snr_db (B,), kind (B,), group (B,) or None)``: drawn per group when both
+    are None, else the given ones (``snr_db`` a float or (B,), ``kind`` a name or (B,) indices)."""
+    if snr_db is None and kind is None:
+        return sample_conditions(config, B, generator, device)
+    if snr_db is None or kind is None:
+        raise ValueError("give both snr_db and kind, or neither")
+    if isinstance(kind, str):
+        if kind not in CHANNEL_KINDS:
+            raise ValueError(f"unknown channel kind {kind!r}; choose from {CHANNEL_KINDS}")
+        kind = torch.full((B,), CHANNEL_KINDS.index(kind), dtype=torch.long, device=device)
+    snr_db = torch.as_tensor(snr_db, dtype=torch.float32, device=device).expand(B)
+    return snr_db, kind, None
+
+
+# ----------------------------------------------------------------------------------------------------------
 # model
 
 
@@ -294,13 +369,8 @@ class JSCCModel(nn.Module):
         return self.autoencoder.encode(ids)[0]
 
     def condition(self, snr_db: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
-        """(B,) SNR in dB and (B,) kind index -> (B, 1 + kinds): the SNR scaled to [-1, 1] over the trained
-        range (clamped to it) and the kind one-hot."""
-        c = self.config
-        mid, half = (c.snr_db_max + c.snr_db_min) / 2, max((c.snr_db_max - c.snr_db_min) / 2, 1.0)
-        snr = ((snr_db.clamp(c.snr_db_min, c.snr_db_max) - mid) / half)[:, None]  # (B, 1)
-        onehot = F.one_hot(kind, len(CHANNEL_KINDS)).to(snr.dtype)  # (B, kinds)
-        return torch.cat([snr, onehot], dim=-1)
+        """(B,) SNR in dB and (B,) kind index -> (B, 1 + kinds) (``condition_input``)."""
+        return condition_input(self.config, snr_db, kind)
 
     def encode(self, mu: torch.Tensor, snr_db: torch.Tensor, kind: torch.Tensor, *,
                group: torch.Tensor | None = None) -> torch.Tensor:
@@ -316,16 +386,7 @@ class JSCCModel(nn.Module):
         """(x (B, n), raw mean power per group (G,) in training mode, else None)."""
         B = mu.shape[0]
         raw = self.encoder(torch.cat([mu.reshape(B, -1), self.condition(snr_db, kind)], dim=-1))  # (B, n)
-        per_message = raw.pow(2).mean(-1)  # (B,)
-        if not self.training:
-            return raw / self.running_power.sqrt(), None
-        group = torch.zeros(B, dtype=torch.long, device=mu.device) if group is None else group
-        G = int(group.max()) + 1
-        counts = torch.bincount(group, minlength=G).to(raw.dtype)  # (G,)
-        power = torch.zeros(G, dtype=raw.dtype, device=raw.device).index_add(0, group, per_message) / counts
-        with torch.no_grad():
-            self.running_power += POWER_MOMENTUM * (per_message.mean() - self.running_power)
-        return raw / power[group].sqrt()[:, None], power
+        return normalise_power(raw, group, self.running_power, self.training)
 
     def decode(self, y: torch.Tensor, gain: torch.Tensor, snr_db: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
         """Received symbols -> latent estimates: y (B, n), gain (B, n), snr_db (B,), kind (B,) -> z (B, N, l).
@@ -334,20 +395,12 @@ class JSCCModel(nn.Module):
         """
         B = y.shape[0]
         c = self.config
-        sigma = torch.pow(10.0, -snr_db.to(y.dtype) / 20.0).clamp(min=MIN_SIGMA)[:, None]  # (B, 1)
-        y_eq = gain * y / (gain.pow(2) + sigma.pow(2))  # (B, n)
-        z = self.decoder(torch.cat([y_eq, gain, self.condition(snr_db, kind)], dim=-1))  # (B, D)
+        z = self.decoder(torch.cat([equalise(y, gain, snr_db), gain, self.condition(snr_db, kind)], dim=-1))  # (B, D)
         return z.view(B, c.passage_length // c.K, c.latent_dim)
 
     def sample_conditions(self, B: int, generator: torch.Generator | None, device: torch.device):
-        """Training conditions: (snr_db (B,), kind (B,), group (B,)), one uniform draw per contiguous group."""
-        c = self.config
-        G = min(c.condition_groups, B)
-        group = torch.arange(B, device=device) * G // B  # (B,)
-        allowed = torch.tensor([CHANNEL_KINDS.index(k) for k in c.channels], device=device)
-        kind = allowed[torch.randint(len(allowed), (G,), generator=generator, device=device)]  # (G,)
-        snr = c.snr_db_min + (c.snr_db_max - c.snr_db_min) * torch.rand(G, generator=generator, device=device)
-        return snr[group], kind[group], group
+        """Training conditions (``sample_conditions``)."""
+        return sample_conditions(self.config, B, generator, device)
 
     # ---- training ----
 
@@ -361,17 +414,7 @@ class JSCCModel(nn.Module):
         B, L = self._check_ids(ids)
         c = self.config
         device = ids.device
-        group = None
-        if snr_db is None and kind is None:
-            snr_db, kind, group = self.sample_conditions(B, generator, device)
-        elif snr_db is None or kind is None:
-            raise ValueError("JSCCModel.forward: give both snr_db and kind, or neither")
-        else:
-            if isinstance(kind, str):
-                if kind not in CHANNEL_KINDS:
-                    raise ValueError(f"unknown channel kind {kind!r}; choose from {CHANNEL_KINDS}")
-                kind = torch.full((B,), CHANNEL_KINDS.index(kind), dtype=torch.long, device=device)
-            snr_db = torch.as_tensor(snr_db, dtype=torch.float32, device=device).expand(B)
+        snr_db, kind, group = resolve_conditions(c, B, device, generator, snr_db, kind)
         mu = self.latents(ids)  # (B, N, l)
         x, group_power = self._encode(mu, snr_db, kind, group)  # (B, n)
         y, gain = simulate_channel(x, snr_db, kind, erasure_p=c.erasure_p, generator=generator)
