@@ -11,6 +11,8 @@
 - ``uncoded-tokens``: token ids -> bits -> BPSK with no code, the floor (``UncodedTokenProtocol``);
 - ``jscc``: a learned channel adapter around the frozen CALM autoencoder (``protocols.jscc``), for
   reconstruction;
+- ``lm-jscc``: a learned channel adapter whose receiver is a token language model (``protocols.lm_jscc``), for
+  reconstruction;
 - ``separation``: entropy coding of the token ids (constriction) -> Sionna code -> PAM, the separated
   digital link for reconstruction (``protocols.separation``; a *bank* holds one budget's MCS menu).
 
@@ -77,7 +79,7 @@ __all__ = [
 ]
 
 
-PROTOCOL_NAMES = ("vector", "quantized", "hash", "coded", "uncoded-tokens", "jscc", "separation")
+PROTOCOL_NAMES = ("vector", "quantized", "hash", "coded", "uncoded-tokens", "jscc", "lm-jscc", "separation")
 
 
 def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: int = 1,
@@ -101,7 +103,7 @@ def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: i
         from protocols.coded import CodedProtocol, CodedProtocolConfig
 
         return CodedProtocol(CodedProtocolConfig(vocab_size=V, budget=budget, key=hash_key, **(coded or {})))
-    if name in ("jscc", "separation"):
+    if name in ("jscc", "lm-jscc", "separation"):
         raise ValueError(f"a {name} protocol is built from its own parts (protocols.{name}): a trained adapter, "
                          "or a source model and an MCS")
     raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOL_NAMES)}")
@@ -133,6 +135,10 @@ def load_protocol(directory: str | Path, autoencoder: Any | None = None) -> Prot
         from protocols.jscc import JSCCProtocol
 
         return JSCCProtocol.load(directory, autoencoder)
+    if kind == "lm-jscc":
+        from protocols.lm_jscc import LMJSCCProtocol
+
+        return LMJSCCProtocol.load(directory)
     classes = {VectorProtocol.name: VectorProtocol, QuantizedVectorProtocol.name: QuantizedVectorProtocol}
     if kind not in classes:
         raise ValueError(f"unknown protocol {kind!r} in {directory}; known: {', '.join(PROTOCOL_NAMES)}")
