@@ -13,6 +13,7 @@ protocols (``protocols.load_protocol``) that share its model, then serves batch 
     generate(prompts [B strings], max_tokens)       -> B continuations        (needs an lm_checkpoint)
     decode_prior(protocol, symbols, ...)            -> ids (B, L)   vector symbols, CALM prior (lm_checkpoint)
     decode_token_prior(protocol, symbols, ...)      -> ids (B, L)   uncoded token bits, token-LM prior
+    decode_bound(protocol, symbols, ..., sent)      -> ids (B, L)   a separation entry, the rate oracle's fast rule
     dialogue_generate / dialogue_decode             -> a CALM's vectors and their tokens (experiments.dialogue)
 
 Every method is a pure function of its inputs, so with ``max_restarts`` and ``max_task_retries`` a killed
@@ -83,6 +84,14 @@ class AgentConfig:
 
 
 
+def _lm_mix(bank: str | Path) -> float | None:
+    """The bigram's weight in a saved separation bank's LM rows, or None where it codes under no LM."""
+    from protocols.base import Protocol
+
+    config = Protocol.read_config(bank)["config"]
+    return float(config.get("lm_mix", 0.0)) if config.get("source_model") == "lm" else None
+
+
 class CALMAgentCore:
     """The agent's state and methods; ``CALMAgent`` is this class as a Ray actor.
 
@@ -98,7 +107,9 @@ class CALMAgentCore:
             checkpoint: autoencoder checkpoint directory, or its files (``pack_directory``).
             protocols: protocol name -> saved protocol directory, or its files.
             lm_checkpoint: EnergyTransformer checkpoint directory (or its files) for ``generate``, or None.
-            token_lm_checkpoint: TokenTransformer checkpoint directory (or its files) for ``decode_token_prior``.
+            token_lm_checkpoint: TokenTransformer checkpoint directory (or its files) for ``decode_token_prior``, and
+                the LM a separation bank coding under it (``source_model="lm"``) needs (one ``LMSourceModel`` for
+                all of them, checked to be the LM each bank recorded).
             threads: torch CPU threads.
             name: shown in log lines.
             checkpoint_name: what ``self.checkpoint`` reports when the checkpoint comes as files.
@@ -129,9 +140,17 @@ class CALMAgentCore:
         from protocols.separation import is_bank, load_bank
 
         self.protocols = {}
+        lm_sources = {}  # the LM source model lm banks of one mix share (one LM pass codes a passage for all of them)
         for key, path in protocols.items():
             if is_bank(path):  # one budget's MCS menu: each entry as <key>#<mcs name>
-                self.protocols.update({f"{key}#{name}": p for name, p in load_bank(path).items()})
+                mix, lm_source = _lm_mix(path), None
+                if token_lm_checkpoint is not None and mix is not None:
+                    from protocols.lm_source import LMSourceModel
+
+                    if mix not in lm_sources:
+                        lm_sources[mix] = LMSourceModel.from_checkpoint(token_lm_checkpoint, mix=mix)
+                    lm_source = lm_sources[mix]
+                self.protocols.update({f"{key}#{name}": p for name, p in load_bank(path, token_lm=lm_source).items()})
             else:
                 self.protocols[key] = load_protocol(path, autoencoder=self.model)
         self.lm, self.lm_tokenizer = (None, None) if lm_checkpoint is None else load_pretrained(
@@ -270,6 +289,14 @@ class CALMAgentCore:
         self.calls += 1
         return token_prior_decode(self._protocol(protocol), self.token_lm, np.array(symbols), channel,
                                   _writable(gain), weight=float(weight), beam=int(beam))
+
+    def decode_bound(self, protocol: str, symbols: np.ndarray, channel: Any = None, gain: np.ndarray | None = None,
+                     sent: np.ndarray | None = None) -> np.ndarray:
+        """The rate oracle's fast rule on a separation entry (never a trial's receiver): ``symbols (B, n)`` received
+        for the passages ``sent (B, L)`` -> ids (B, L): an intact frame's decode, the fill-only guess for a frame
+        with bit errors (``protocols.separation.SeparationProtocol.decode_bound``)."""
+        return self._protocol(protocol).decode_bound(np.array(symbols), np.array(sent), channel=channel,
+                                                     gain=_writable(gain))
 
     # ---- latent dialogue (experiments.dialogue) ---------------------------------------------------
 

@@ -13,6 +13,11 @@ listener agent (``reconstruction_v0``). Protocols:
 - ``jscc``: a learned channel adapter around the frozen CALM autoencoder (``protocols.jscc_model``), trained once
   per n through a simulated channel at sampled SNRs (the SNR and channel kind given to both ends) and
   cached under ``runs/`` like the autoencoder.
+- ``lm-jscc``: JSCC whose receiver is the token baseline LM listening to the channel (``protocols.lm_jscc_model``):
+  the JSCC adapter's per-token evidence fused with an LM that reads the evidence of earlier positions; one adapter
+  per channel family and n, started from a JSCC adapter trained on that family alone and the token baseline,
+  then trained end to end (``lm_jscc_steps``; cached under ``runs/``). ``lm-jscc-noiseless``: the same design
+  trained at 60 dB on AWGN, played noiseless only: its own ceiling (off by default, like lm-jscc).
 - ``separation``: range coding of the token ids under a bigram model fitted on train (constriction) ->
   Sionna 5G LDPC / Polar -> Gray PAM, with **oracle rate adaptation on channel state only** (what 5G link
   adaptation approximates): per channel state (channel kind, sigma, n, and erasure_p on the erasure channel or
@@ -25,7 +30,12 @@ listener agent (``reconstruction_v0``). Protocols:
   with the pick: the ``mcs`` column, and ``mcs_val_accuracy`` the validation token accuracy it was picked on
   (empty where there was nothing to pick). Wrong frame bits decode to wrong tokens, counted wrong; unsent
   positions get the source model's best guess; a budget no 5G code fits sends nothing.
-- ``uncoded-tokens``: the first token ids as raw bits (the floor).
+- ``separation-lm`` (off by default): the same link coding under the **token baseline LM** (``protocols.lm_source``;
+  ``token_lm_checkpoint`` or trained once), mixed with the bigram by ``separation_lm_mix``; its oracle scores a wrong
+  frame as the fill-only guess (``separation_lm_oracle``), its trials decode every frame. ``separation_menu`` and
+  ``separation_header`` apply to both links (docs/experiments.md, "Separation at its strongest").
+- ``uncoded-tokens``: the first token ids as raw bits (the floor); its unsent positions get the bigram's guesses,
+  also in a run with separation-lm.
 - ``vector-prior`` / ``vector-snap`` (off by default): the vector protocol's symbols decoded by the
   **LM-prior listener** (``protocols.prior``): chunk by chunk, the listener's CALM language model draws
   ``prior_samples`` candidates given the decoded prefix; ``vector-prior`` picks by channel likelihood x
@@ -61,7 +71,7 @@ import environments
 from agents import SpeakerPolicy, call
 from calm.tokenizer import cached_tokenizer
 from experiments.common.config import SweepConfig, unhashed
-from experiments.common.links import PRIOR_PROTOCOLS, fit_protocols, game_seed
+from experiments.common.links import LM_JSCC_PROTOCOLS, PRIOR_PROTOCOLS, fit_protocols, game_seed
 from experiments.common.models import ensure_calm, ensure_token_lm
 from experiments.common.rate_oracle import (
     ORACLE_SALT,
@@ -79,11 +89,11 @@ from protocols.separation import separation_bound_accuracy
 __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "cached_pick", "fit_protocols", "main", "oracle_key",
            "oracle_seed", "pick_rate", "play_trial", "trial_grid", "validation_passages"]
 
-ProtocolName = Literal["vector", "jscc", "separation", "uncoded-tokens", "vector-prior", "vector-snap",
-                       "uncoded-tokens-prior"]
+ProtocolName = Literal["vector", "jscc", "lm-jscc", "lm-jscc-noiseless", "separation", "separation-lm",
+                       "uncoded-tokens", "vector-prior", "vector-snap", "uncoded-tokens-prior"]
 ChannelName = Literal["awgn", "erasure", "rayleigh"]
 PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")  # the default comparison
-ALL_PROTOCOLS = PROTOCOLS + tuple(PRIOR_PROTOCOLS)
+ALL_PROTOCOLS = PROTOCOLS + ("separation-lm",) + LM_JSCC_PROTOCOLS + tuple(PRIOR_PROTOCOLS)
 METRICS = ("token_accuracy", "chunk_exact", "passage_exact", "chrf")
 COLUMNS = [
     "protocol", "channel", "sigma", "snr_db", "rho", "channel_uses", "passage_length", "bits_sent", "capacity_bits",
@@ -124,17 +134,26 @@ class Config(SweepConfig):
     """vector-prior, uncoded-tokens-prior: weight of the log prior in the score (0: the likelihood alone, i.e. plain
     decoding)"""
     token_lm_checkpoint: str | None = unhashed(None, if_changed=True)
-    """uncoded-tokens-prior: the listener's token baseline (a TokenTransformer checkpoint with the autoencoder's
-    tokenizer); none: train one once (token_lm_steps) and cache it under runs_dir"""
+    """uncoded-tokens-prior, separation-lm: the token baseline (a TokenTransformer checkpoint with the autoencoder's
+    tokenizer): the listener's prior, the separation link's source model; none: train one once (token_lm_steps) and
+    cache it under runs_dir"""
     token_lm_steps: int = unhashed(900, if_changed=True)
-    """uncoded-tokens-prior without token_lm_checkpoint: baseline training steps of 8 windows (900: about the
-    training FLOPs of the lm_steps = 300 CALM)"""
+    """uncoded-tokens-prior, separation-lm without token_lm_checkpoint: baseline training steps of 8 windows (900:
+    about the training FLOPs of the lm_steps = 300 CALM)"""
     token_prior_beam: int = unhashed(4, if_changed=True)
     """uncoded-tokens-prior: beam search width (1: greedy)"""
     source_model: Literal["unigram", "bigram"] = "bigram"
     """separation: the entropy coder's token model (fitted on train)"""
     separation_codes: tuple[Literal["ldpc", "polar"], ...] = ("ldpc", "polar")
     """separation: the 5G codes whose (rate, modulation) menus the oracle picks from"""
+    separation_menu: Literal["standard", "fine"] = unhashed("standard", if_changed=True)
+    """separation(-lm): the rates (MCS_MENUS): standard 1/5 .. 0.9; fine adds every 0.05 (2.6x the oracle's time)"""
+    separation_header: Literal["fixed", "huffman"] = unhashed("fixed", if_changed=True)
+    """separation(-lm): T, the tokens a frame carries, in 6 bits (L = 32) or Huffman-coded (1.6 to 4.7 bits)"""
+    separation_lm_mix: float = unhashed(0.0, if_changed=True)
+    """separation-lm: the bigram's weight in the LM's coding rows, in [0, 1) (0: the LM alone)"""
+    separation_lm_oracle: Literal["fill", "exact"] = unhashed("fill", if_changed=True)
+    """separation-lm: the oracle scores a frame with bit errors as the fill-only guess, or exact (an LM decode)"""
     pilot_passages: int = 512
     """separation: validation-split passages (drawn with ae_seed, each played once; rounded down to whole batches)
     every MCS of the menu plays, once per channel state, before the oracle picks the best for every trial of that
@@ -143,6 +162,9 @@ class Config(SweepConfig):
     """jscc: adapter training steps (per n, about 2.5 min on 2 idle cores; cached under runs_dir)"""
     jscc_hidden_size: int = 256
     """jscc: width of the adapter's MLPs"""
+    lm_jscc_steps: int = unhashed(800, if_changed=True)
+    """lm-jscc: end-to-end training steps of each LM-JSCC adapter (per n and channel family; 800: about 13 min on 2
+    idle cores, 27 min when shared; cached under runs_dir with the validation curve in train_info.json)"""
     seeds: tuple[int, ...] = unhashed((0, 1))
     """passage and noise seeds (each seed: the same passages and noise draws for every protocol)"""
     episodes: int = 256
@@ -157,6 +179,7 @@ class Config(SweepConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("passage_length", "episodes", "batch_size", "num_passages", "fit_passages", "jscc_steps",
+                     "lm_jscc_steps",
                      "jscc_hidden_size", "pilot_passages", "lm_steps", "prior_samples", "token_lm_steps",
                      "token_prior_beam"):
             value = getattr(self, name)
@@ -178,6 +201,12 @@ class Config(SweepConfig):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
         if not self.sigmas or not self.seeds:
             raise ValueError("sigmas and seeds must each hold at least one value")
+        for name, allowed in (("separation_menu", ("standard", "fine")), ("separation_lm_oracle", ("fill", "exact")),
+                              ("separation_header", ("fixed", "huffman"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not (isinstance(self.separation_lm_mix, (int, float)) and 0.0 <= self.separation_lm_mix < 1.0):
+            raise ValueError(f"separation_lm_mix must be in [0, 1), got {self.separation_lm_mix!r}")
         if not 0.0 <= self.erasure_p < 1.0:
             raise ValueError(f"erasure_p must be a probability in [0, 1), got {self.erasure_p}")
 
@@ -192,7 +221,8 @@ def trial_grid(cfg: Config, skip: set[tuple[str, int]] = frozenset()) -> list[di
     grid = [{"protocol": p, "channel": ch, "rho": float(rho), "channel_uses": channel_uses(cfg, rho),
              "sigma": float(s), "seed": int(seed)}
             for p in cfg.protocols for ch in cfg.channels for rho in cfg.rhos for s in cfg.sigmas
-            for seed in cfg.seeds if (p, channel_uses(cfg, rho)) not in skip]
+            for seed in cfg.seeds if (p, channel_uses(cfg, rho)) not in skip
+            and (p != "lm-jscc-noiseless" or (ch == "awgn" and s == 0.0))]  # the ceiling: noiseless AWGN only
     for i, spec in enumerate(grid):
         spec["index"] = i
         spec["key"] = (f"{spec['protocol']}-{spec['channel']}-rho{spec['rho']!r}-s{spec['sigma']!r}"
@@ -205,12 +235,14 @@ def trial_grid(cfg: Config, skip: set[tuple[str, int]] = frozenset()) -> list[di
 
 
 def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, channel, settings: dict, *,
-          episodes: int, text: bool = True, seed: int | None = None, in_order: bool = False) -> dict:
+          episodes: int, text: bool = True, seed: int | None = None, in_order: bool = False,
+          bound: bool = False) -> dict:
     """``episodes`` passages of the trial sent with agent protocol ``key`` (None: nothing can be sent, the
     listener guesses the source model's most likely token): per-passage metrics and the first decode.
     ``text=False`` (the oracle's validation plays, which only compare token accuracy): no detokenising, no chrF.
     ``seed``: the env steps' seeds are ``game_seed(seed, step)`` (default the trial's ``spec["seed"]``);
-    ``in_order``: the passages are played in order, each once (else drawn by the env)."""
+    ``in_order``: the passages are played in order, each once (else drawn by the env). ``bound`` (the oracle's
+    fast rule on a separation entry): frames with bit errors count as the fill-only guess (``decode_bound``)."""
     n, B = spec["channel_uses"], min(settings["batch_size"], episodes)
     seed = spec["seed"] if seed is None else seed
     env = environments.make("reconstruction_v0", passages=passages, channel_uses=n, batch_size=B, channel=channel,
@@ -227,7 +259,9 @@ def _play(key: str | None, spec: dict, speaker, listener, passages: np.ndarray, 
         else:
             obs, *_ = env.step({"speaker": speak.act(target)})
             heard = obs["listener"]
-            if PRIOR_PROTOCOLS.get(spec["protocol"]) == "token":  # the digital link's LM-prior listener
+            if bound:  # the rate oracle's fast rule: the listener is shown what was sent
+                decoded = call(listener, "decode_bound", key, heard["received"], channel, heard["gain"], target)
+            elif PRIOR_PROTOCOLS.get(spec["protocol"]) == "token":  # the digital link's LM-prior listener
                 decoded = call(listener, "decode_token_prior", key, heard["received"], channel, heard["gain"],
                                settings["prior_weight"], settings["token_prior_beam"])
             elif spec["protocol"] in PRIOR_PROTOCOLS:  # the CALM-prior listener, its sampling noise seeded per step
@@ -249,9 +283,12 @@ def pick_rate(spec: dict[str, Any], speaker: Any, listener: Any, settings: dict[
     menu (``settings["variants"]``) plays the validation passages ``settings["oracle_passages"]`` in order, each
     once, with noise seeded from the channel state's ``oracle_key``; the best token accuracy is picked (the first
     in menu order on ties). The trial's passages and seed play no part. The pick is cached in
-    ``settings["oracle_dir"]`` (None: not cached). A menu of one key (or none) is no choice: nan accuracy."""
+    ``settings["oracle_dir"]`` (None: not cached). A menu of one key (or none) is no choice: nan accuracy.
+    separation-lm with ``settings["lm_oracle_rule"]`` fill: a wrong frame scores as the fill-only guess (``bound``)."""
     n = spec["channel_uses"]
     keys = settings["variants"][f"{spec['protocol']}@{n}"] or [None]
+    if spec["protocol"] == "lm-jscc":  # one adapter per channel family: the trial's own, no choice
+        return f"lm-jscc-{spec['channel']}@{n}", math.nan
     if len(keys) == 1:
         return keys[0], math.nan
     state = oracle_key(spec["protocol"], spec["channel"], spec["sigma"], n, settings)
@@ -260,10 +297,11 @@ def pick_rate(spec: dict[str, Any], speaker: Any, listener: Any, settings: dict[
     channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
                            fading_block=settings["fading_block"])
     seed = int(np.random.SeedSequence([oracle_seed(state), ORACLE_SALT]).generate_state(1)[0])
+    bound = spec["protocol"] == "separation-lm" and settings.get("lm_oracle_rule", "fill") == "fill"
 
     def score(k):
         return float(_play(k, spec, speaker, listener, val, channel, settings, episodes=plays, text=False,
-                           seed=seed, in_order=True)["metrics"]["token_accuracy"].mean())
+                           seed=seed, in_order=True, bound=bound)["metrics"]["token_accuracy"].mean())
 
     where = settings.get("oracle_dir")
     pick, scores = cached_pick(None if where is None else Path(where) / f"{state}.json", keys, score)
@@ -311,12 +349,13 @@ def prepare(cfg: Config, run: Run) -> Plan:
     if {"vector-prior", "vector-snap"} & set(cfg.protocols):  # the listener's CALM language model
         lm = ensure_calm(checkpoint, lm_checkpoint=cfg.lm_checkpoint, runs_dir=cfg.runs_dir, corpus=cfg.corpus,
                          steps=cfg.lm_steps)
-    if "uncoded-tokens-prior" in cfg.protocols:  # the listener's token baseline
+    if {"uncoded-tokens-prior", "separation-lm", *LM_JSCC_PROTOCOLS} & set(cfg.protocols):  # the token baseline:
+        # the listener's prior, the separation link's source model, the LM-JSCC receiver's start
         token_lm = ensure_token_lm(checkpoint, token_lm_checkpoint=cfg.token_lm_checkpoint, runs_dir=cfg.runs_dir,
                                    corpus=cfg.corpus, steps=cfg.token_lm_steps)
     dirs, variants, facts, skipped, passages = fit_protocols(
         cfg, checkpoint, run.dir / "protocols", protocols=cfg.protocols,
-        budgets=[channel_uses(cfg, r) for r in cfg.rhos])
+        budgets=[channel_uses(cfg, r) for r in cfg.rhos], token_lm=token_lm)
     for (name, n), why in skipped.items():
         print(f"[run] {name} cannot be built at n={n}, left out: {why}", flush=True)
     record = {"lm_checkpoint": None if lm is None else str(lm),
@@ -331,13 +370,16 @@ def prepare(cfg: Config, run: Run) -> Plan:
         "oracle_passages": validation_passages(cfg, checkpoint), "oracle_dir": str(run.dir / "rate_picks"),
         "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block,
         "tokenizer_path": str(checkpoint / "tokenizer.json"), "prior_samples": cfg.prior_samples,
-        "prior_weight": cfg.prior_weight, "token_prior_beam": cfg.token_prior_beam}
+        "prior_weight": cfg.prior_weight, "token_prior_beam": cfg.token_prior_beam,
+        "lm_oracle_rule": cfg.separation_lm_oracle}
     return Plan(grid=trial_grid(cfg, set(skipped)), trial=_trial, shared={"passages": passages, "settings": settings},
                 protocols=dirs, lm_checkpoint=lm, token_lm_checkpoint=token_lm, record=record,
                 describe=f"{len(cfg.protocols)} protocols x {len(cfg.channels)} channels x rho in {list(cfg.rhos)} x "
                          f"{len(cfg.sigmas)} sigmas x {len(cfg.seeds)} seeds, less {len(skipped)} infeasible "
                          f"protocol/n; {cfg.episodes} passages of L={cfg.passage_length} each; the source model "
-                         f"spends {facts['entropy_bits_per_token']:.2f} bits/token")
+                         f"spends {facts['entropy_bits_per_token']:.2f} bits/token"
+                         + (f" (the token LM {facts['entropy_bits_per_token_lm']:.2f})"
+                            if "entropy_bits_per_token_lm" in facts else ""))
 
 
 def report(cfg: Config, frame, run: Run, plan: Plan) -> None:

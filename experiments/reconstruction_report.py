@@ -1,17 +1,13 @@
 """Tables, bounds and plots of the reconstruction experiment (one row per grid point, ``COLUMNS``).
 
-- ``passage_metrics`` (``experiments.common.tables``): per-passage token accuracy, chunk and passage exact match, and chrF
-  (sacrebleu, on the detokenised text) of decoded passages against their targets.
-- ``pooled``: rows pooled over seeds per (protocol, channel, rho, sigma): means with 95% intervals.
-- ``snr_at_accuracy``: per (protocol, channel, rho) the SNR where pooled token accuracy reaches 0.9.
-- ``snr_gap``: the SNR two protocols need for the same token accuracy (jscc vs separation), and the
-  steepest fall of each curve (a cliff).
+- ``passage_metrics`` (``experiments.common.tables``): per-passage token accuracy, exact matches and chrF.
+- ``pooled``: rows pooled over seeds per (protocol, channel, rho, sigma): means with 95% intervals; ``snr_at_accuracy``.
+- ``snr_gap``: the SNR two protocols need for the same token accuracy (``GAP_PAIRS``), and each curve's steepest fall.
 - ``reference_lines``: per grid SNR the three lines of ``protocols.bounds``, each named for what it bounds: the
   lossless prefix at capacity (``bound_accuracy``), the finite-blocklength line (AWGN, 1% frame errors) and the
   rate-distortion ceiling, from the source statistics the run recorded (config.json ``facts``).
-- ``write_report``: ``summary.md`` (accuracy tables with the reference lines, the SNR for target token
-  accuracies, the jscc-vs-separation gap, decoded examples) and ``accuracy_vs_snr.png`` / ``chrf_vs_snr.png`` (a panel per channel
-  and rho).
+- ``write_report``: ``summary.md`` (accuracy tables with the reference lines, the SNR for target token accuracies, the
+  learned-vs-separated gaps, the oracle's MCS with header and payload bits, decoded examples) and plots.
 """
 
 from __future__ import annotations
@@ -44,10 +40,13 @@ LINES = {
                     "this capacity (Shannon lower bound for token errors at the measured entropy rate)"),
 }
 
+#: (learned, separated) pairs whose SNR gap the report tabulates, where both ran
+GAP_PAIRS = (("jscc", "separation"), ("lm-jscc", "separation"), ("lm-jscc", "separation-lm"))
 GROUP = ["protocol", "channel", "rho", "channel_uses"]
-COLORS = {"vector": "tab:blue", "jscc": "tab:cyan", "separation": "tab:red", "uncoded-tokens": "tab:orange",
-          "quantized": "tab:green", "vector-prior": "tab:purple", "vector-snap": "tab:brown",
-          "uncoded-tokens-prior": "tab:olive"}
+COLORS = {"vector": "tab:blue", "jscc": "tab:cyan", "separation": "tab:red", "separation-lm": "tab:pink",
+          "uncoded-tokens": "tab:orange", "quantized": "tab:green", "vector-prior": "tab:purple",
+          "vector-snap": "tab:brown", "uncoded-tokens-prior": "tab:olive", "lm-jscc": "tab:blue",
+          "lm-jscc-noiseless": "tab:gray"}
 #: the LM-prior listeners, each compared with plain decoding of the same symbols (its base protocol)
 PRIOR_LISTENERS = {"vector-prior": "vector", "vector-snap": "vector", "uncoded-tokens-prior": "uncoded-tokens"}
 
@@ -167,10 +166,9 @@ def gap_table(table, a: str = "jscc", b: str = "separation") -> str:
     lines = [f"| channel | rho | token accuracy | SNR {a} (dB) | SNR {b} (dB) | gap (dB, + favours {a}) | "
              f"{b} overtakes {a} above (dB) | steepest fall {a} / {b} (acc/dB) | best {a} / {b} (finite SNR) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in gaps.itertuples(index=False):
-        d = r._asdict()
-        lines.append(f"| {r.channel} | {r.rho:g} | {r.token_accuracy:.3f} | {d[f'snr_db_{a}']:.1f} | {d[f'snr_db_{b}']:.1f} "
-                     f"| {r.gap_db:+.1f} | {_fmt_cross(d[f'{b}_overtakes_db'])} | {d[f'steepest_{a}']:.4f} / {d[f'steepest_{b}']:.4f} "
+    for d in gaps.to_dict("records"):  # by name: itertuples renames columns like snr_db_lm-jscc
+        lines.append(f"| {d['channel']} | {d['rho']:g} | {d['token_accuracy']:.3f} | {d[f'snr_db_{a}']:.1f} | {d[f'snr_db_{b}']:.1f} "
+                     f"| {d['gap_db']:+.1f} | {_fmt_cross(d[f'{b}_overtakes_db'])} | {d[f'steepest_{a}']:.4f} / {d[f'steepest_{b}']:.4f} "
                      f"| {d[f'best_{a}']:.3f} / {d[f'best_{b}']:.3f} |")
     return "\n".join(lines)
 
@@ -216,6 +214,19 @@ def snr_table(table, targets: tuple[float, ...]) -> str:
     return "\n".join(lines)
 
 
+def mcs_table(table, L: int, header: str = "fixed") -> str:
+    """Markdown: the oracle's MCS per separation protocol, channel, rho, SNR; k bits = header (T) + payload."""
+    h, rows = math.ceil(math.log2(L + 1)), table[table["mcs"] != ""]
+    where = f"a fixed {h}-bit header" if header == "fixed" else "a Huffman codeword"
+    lines = [f"Each frame: T, the tokens it carries, in {where}, then range code.\n", "| protocol | channel | rho | SNR "
+             "| MCS | k bits | header | payload | header share |", "|---|---|---:|---:|---|" + "---:|" * 4]
+    for r in rows.itertuples():
+        k = r.bits_sent if r.bits_sent > 0 and "," not in r.mcs else math.nan  # nan: nothing sent, or several picks
+        cells = (f"{k:.0f} | {h} | {k - h:.0f} | {h / k:.0%}" if header == "fixed" else f"{k:.0f} | Huffman | |") if k == k else " | | |"
+        lines.append(f"| {r.protocol} | {r.channel} | {r.rho:g} | {r.snr_db:.0f} | {r.mcs} | {cells} |")
+    return "\n".join(lines) if len(rows) else "-"
+
+
 def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None = None, plots: bool = True,
                  targets: tuple[float, ...] = (0.9, 0.5, 0.25)) -> None:
     """``summary.md`` and the plots. ``examples``: decoded texts of one passage (see ``examples_table``)."""
@@ -224,8 +235,6 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
         return
     facts = run_facts(run_dir)
     table = reference_lines(pooled(frame), facts)
-    mcs = table[table["mcs"] != ""][["channel", "rho", "sigma", "mcs"]].drop_duplicates()
-    mcs_lines = [f"- {r.channel}, rho={r.rho:g}, sigma={r.sigma:g}: {r.mcs}" for r in mcs.itertuples()]
     text = (f"# Reconstruction: {run_dir.name}\n\n"
             "Token accuracy pooled over seeds. The reference lines, in italics, each bound something else:\n\n"
             + "".join(f"- *{label}*: {what}.\n" for label, what in LINES.values())
@@ -235,12 +244,13 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
             + console_summary(frame, "chrf")
             + "\n\n## SNR needed for a token accuracy\n\nInterpolated in dB between grid points; `< x`: reached at the "
             "grid's lowest SNR x; `> x`: not reached at any finite SNR up to x.\n\n" + snr_table(table, targets)
-            + "\n\n## jscc vs separation: SNR at equal token accuracy\n\nLevels spread over the accuracy range both "
+            + "\n\n## Learned vs separated: SNR at equal token accuracy\n\nLevels spread over the accuracy range both "
             "curves cover at finite SNR; the lowest SNR from which each curve stays at or above the level, interpolated "
             "in dB (`-inf`: already at the grid's lowest SNR). Steepest fall: the largest accuracy change per dB "
-            "between neighbouring grid SNRs (a cliff shows as a large one).\n\n" + gap_table(table)
-            + "\n\n## Separation: the code rate and modulation the oracle picked\n\n" + ("\n".join(mcs_lines) or "-")
-            + "\n")
+            "between neighbouring grid SNRs (a cliff shows as a large one).\n\n" + "\n\n".join(
+                f"**{a} vs {b}**\n\n{gap_table(table, a, b)}" for a, b in GAP_PAIRS if {a, b} <= set(table["protocol"]))
+            + "\n\n## Separation: the code rate and modulation the oracle picked\n\n"
+            + mcs_table(table, int(frame["passage_length"].iloc[0]), facts.get("separation_header", "fixed")) + "\n")
     gains = prior_gain(table)
     if len(gains):
         text += ("\n## LM-prior listener: token accuracy gain over plain decoding\n\nThe same symbols decoded by the "
@@ -318,8 +328,8 @@ def examples_table(examples: list[dict[str, Any]]) -> str:
     """A markdown table: protocol, channel, rho, SNR and the decoded text (``|`` escaped)."""
     lines = ["| protocol | channel | rho | SNR dB | decoded text |", "|---|---|---:|---:|---|"]
     for e in examples:
-        text = " ".join(e["text"].split()).replace("|", "\\|")
-        lines.append(f"| {e['protocol']} | {e['channel']} | {e['rho']:g} | {snr_db_header(e['sigma'])} | {text} |")
+        lines.append(f"| {e['protocol']} | {e['channel']} | {e['rho']:g} | {snr_db_header(e['sigma'])} | "
+                     + " ".join(e["text"].split()).replace("|", "\\|") + " |")
     return "\n".join(lines)
 
 
@@ -352,9 +362,8 @@ def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = Fal
                 ax.fill_between(x[order], g[f"{metric}_low"].to_numpy()[order], g[f"{metric}_high"].to_numpy()[order],
                                 alpha=0.15, color=COLORS.get(protocol))
             if bound and len(t):  # at finite SNR only: with no noise the capacity is infinite (the lines are 1)
-                b = t.drop_duplicates("sigma")
-                b = b[np.isfinite(b["snr_db"])]
-                xb = np.where(np.isinf(b["snr_db"]), inf_at, b["snr_db"])
+                b = t.drop_duplicates("sigma").loc[lambda d: np.isfinite(d["snr_db"])]
+                xb = b["snr_db"].to_numpy()
                 order = np.argsort(xb)
                 for column, style in (("bound_accuracy", "--"), ("finite_length_accuracy", ":"), ("rd_accuracy", "-.")):
                     if column in b and b[column].notna().any():

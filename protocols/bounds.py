@@ -3,7 +3,7 @@
 Reconstruction (a passage of L tokens, entropy rate H bits/token under the best source model we have, over n
 channel uses of capacity C bits in all):
 
-- ``protocols.separation.separation_bound_accuracy``, the **lossless prefix at capacity**: a separated scheme
+- ``separation_bound_accuracy`` (also ``protocols.separation``'s), the **lossless prefix at capacity**: a separated scheme
   that codes a prefix losslessly at rate H and delivers it at capacity with infinitely long blocks, the rest
   filled with the best guess. Not a bound on every scheme: a finite frame delivers less, a lossy or joint
   scheme may deliver more.
@@ -28,6 +28,7 @@ Referential game (C candidates, n real AWGN uses at unit power):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import integrate, optimize, special, stats
@@ -35,7 +36,7 @@ from scipy import integrate, optimize, special, stats
 from protocols.metrics import binary_entropy
 
 __all__ = ["awgn_dispersion", "finite_length_accuracy", "finite_length_bits", "rate_distortion_accuracy",
-           "simplex_success"]
+           "separation_bound_accuracy", "separation_bound_tokens", "simplex_success"]
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -115,3 +116,36 @@ def simplex_success(n: int, sigma: float, candidates: int) -> float:
     return float(min(1.0, max(1.0 / C, value)))
 
 
+def separation_bound_tokens(capacity_bits: Any, entropy_bits_per_token: Any, L: int) -> Any:
+    """Tokens a separated scheme can deliver at capacity: ``min(L, capacity / H)`` (a float).
+
+    ``capacity_bits``: the channel's capacity over the message's n uses (e.g. ``n * channel.capacity_per_use()``);
+    ``entropy_bits_per_token``: the best source model's entropy rate H (bits per token, held out). Lossless
+    delivery of a prefix at rate H over a channel of capacity C: the most tokens source-channel separation
+    can promise (infinitely long blocks; a finite frame, a worse model or an imperfect code deliver fewer).
+    Arrays broadcast; a scalar in gives a float out.
+    """
+    C = np.asarray(capacity_bits, dtype=np.float64)
+    H = np.asarray(entropy_bits_per_token, dtype=np.float64)
+    if not (isinstance(L, (int, np.integer)) and not isinstance(L, bool) and L >= 1):
+        raise ValueError(f"L must be an integer >= 1, got {L!r}")
+    if (C < 0).any() or np.isnan(C).any():
+        raise ValueError("capacity_bits must be >= 0")
+    if (H <= 0).any() or not np.isfinite(H).all():
+        raise ValueError("entropy_bits_per_token must be finite and > 0")
+    out = np.minimum(float(L), C / H)
+    return float(out) if out.ndim == 0 else out
+
+
+def separation_bound_accuracy(capacity_bits: Any, entropy_bits_per_token: Any, L: int,
+                              fill_accuracy: float = 0.0) -> Any:
+    """Token accuracy of the separation bound: ``(T + (L - T) fill_accuracy) / L``, ``T = separation_bound_tokens``.
+
+    ``fill_accuracy``: the accuracy of guessing an undelivered token (e.g. the unigram's most likely token's
+    frequency on held-out text); 0 counts undelivered tokens wrong. This bounds separated lossless coding
+    of a prefix, not every scheme: a joint (or lossy) scheme may deliver a higher accuracy.
+    """
+    if not 0 <= fill_accuracy <= 1:
+        raise ValueError(f"fill_accuracy must be in [0, 1], got {fill_accuracy!r}")
+    T = separation_bound_tokens(capacity_bits, entropy_bits_per_token, L)
+    return (T + (L - T) * fill_accuracy) / L

@@ -11,7 +11,13 @@ SNR. Nothing here is a hand-written coder: the source coder is constriction's ra
 models), the channel path is ``protocols.coded.CodedLink`` (Sionna's 5G encoders/decoders, scrambler and
 mapper, exact APP demapping for the channel the receiver is told).
 
-The source model and its range coder live in ``protocols.source_coding`` (``TokenSourceModel``).
+The config, the MCS menus and ``mcs_menu`` live in ``protocols.separation_config`` (re-exported here). The source
+model and its range coder live in ``protocols.source_coding`` (``TokenSourceModel``: unigram or
+bigram), or, with ``source_model="lm"``, in ``protocols.lm_source`` (``LMSourceModel``: range coding under the
+token baseline LM's next-token law; the config's ``token_lm`` records the LM's ``weights_id`` and a saved bank
+loads only under that LM). Frames and decodes are computed once and kept per source model
+(``protocols.separation_frames.FrameCoder``, shared by every entry of a bank): a passage's frame at every size of
+the bank from one LM pass, and a memo of decodes by received bits, seeded with the sent frames' decodes.
 
 Frame (``k = round(rate n m)`` info bits of ``CodedLink(k, n, code, modulation)``):
 
@@ -31,7 +37,8 @@ has run out of bits: the encoder never sends such a prefix), decoding stops ther
 are wrong decodes to whatever the entropy decoder reads from them: wrong tokens (roughly samples from
 the model), counted wrong by token accuracy; nothing flags it** (the LDPC code has no CRC, and the
 link does not expose the polar decoder's). Positions not recovered (``T..L-1`` of a good frame, and
-those after a stop) are filled with the model's best guess (``TokenSourceModel.fill``): in unigram mode
+those after a stop) are filled with the model's best guess (``TokenSourceModel.fill``; the LM's: its greedy
+continuation of the decoded prefix for ``FILL_HORIZON`` positions, ``LMSourceModel.fill``): in unigram mode
 its most likely token; in bigram mode, ``j`` positions after the last recovered token, the most likely
 token of the bigram's ``j``-step marginal for ``j <= FILL_HORIZON`` (``j = 1``: the most likely
 successor), then the unigram's most likely token (the marginal has converged to it by then). On held-out
@@ -44,135 +51,76 @@ feasible (rate, modulation) configurations for a budget; an experiment fits one 
 per configuration (sharing one fitted ``TokenSourceModel``) and reports, at each SNR, the best one's token
 accuracy. ``separation_bound_tokens`` / ``separation_bound_accuracy`` give the separation bound at capacity.
 
-Receivers: ``decode`` as above; ``hard_score`` is minus the number of tokens where the decode and each
+Receivers: ``decode`` as above; ``decode_bound`` (the rate oracle's fast rule, never a trial's) knows the sent
+ids: an intact frame gets its decode, a frame with any bit error the fill-only guess ``fill([], L)``; ``hard_score`` is minus the number of tokens where the decode and each
 candidate differ; ``score`` is the base class's exact likelihood of the candidates' symbols.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from calm.files import DamagedFileError, atomic_write_text, read_json
-from protocols.base import ChannelModel, Protocol, check_budget
-from protocols.coded import MODULATION_BITS, CodedLink, check_link_fields
+from protocols.base import ChannelModel, Protocol
+from protocols.bounds import separation_bound_accuracy, separation_bound_tokens
+from protocols.coded import MODULATION_BITS
 from protocols.saved import build_config
-from protocols.source_coding import (
-    _WORD,
-    FILL_HORIZON,
-    SOURCE_MODELS,
-    TokenSourceModel,
-    _bits_to_words,
-    _check_alpha,
-    _check_lambda,
-    _filler,
-    _is_int,
+from protocols.separation_config import (
+    FINE_RATES,
+    HEADER_FIT_PASSAGES,
+    MCS_MENUS,
+    MCS_MODULATIONS,
+    MCS_RATES,
+    SEPARATION_SOURCES,
+    SeparationProtocolConfig,
+    _build_link,
+    _fields,
+    _t_counts,
+    mcs_menu,
 )
+from protocols.separation_frames import SLACK_BITS, FixedHeader, HuffmanHeader, check_lm, coder_of
+from protocols.source_coding import FILL_HORIZON, SOURCE_MODELS, TokenSourceModel
 
 __all__ = [
+    "BANK_FILE",
+    "FILL_HORIZON",
+    "FINE_RATES",
+    "MCS_MENUS",
     "MCS_MODULATIONS",
     "MCS_RATES",
-    "FILL_HORIZON",
+    "SEPARATION_SOURCES",
     "SLACK_BITS",
     "SOURCE_MODELS",
     "SeparationProtocol",
     "SeparationProtocolConfig",
     "TokenSourceModel",
+    "fit_bank",
+    "is_bank",
+    "load_bank",
     "mcs_menu",
+    "mcs_name",
+    "save_bank",
     "separation_bound_accuracy",
     "separation_bound_tokens",
 ]
 
-#: code rates of the link-adaptation menu (5G-like MCS rates)
-MCS_RATES = (1 / 5, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 5 / 6, 0.9)
-#: modulations of the link-adaptation menu (1, 2, 3 coded bits per real use)
-MCS_MODULATIONS = ("bpsk", "16qam", "64qam")
-#: decoded tokens may carry at most this many bits of information beyond the payload before the
-#: decoder concludes that the frame has run out of bits (the encoder keeps a bit of margin below it)
-SLACK_BITS = 16.0
 
 
 # ---- the protocol -------------------------------------------------------------------------------
-
-
-@dataclass
-class SeparationProtocolConfig:
-    """Settings of the separation protocol (entropy coding -> 5G LDPC / Polar -> Gray PAM)."""
-
-    vocab_size: int
-    """number of token ids V (>= 2)"""
-    budget: int
-    """channel uses n per message (required, >= 1): N = n m coded bits"""
-    source_model: Literal["unigram", "bigram"] = "bigram"
-    """token model of the entropy coder: unigram, or bigram interpolated with the unigram"""
-    code: Literal["ldpc", "polar"] = "ldpc"
-    """channel code: 5G NR LDPC (BP decoding) or 5G NR uplink polar (CRC-aided SCL)"""
-    rate: float = 0.5
-    """code rate r in (0, 1): k = round(r n m) info bits per frame"""
-    modulation: Literal["bpsk", "qpsk", "16qam", "64qam"] = "bpsk"
-    """bpsk / qpsk: 1 coded bit per real use; 16qam: 2 (4-PAM); 64qam: 3 (8-PAM), Gray-labelled"""
-    alpha: float = 0.5
-    """add-alpha smoothing of the unigram counts (> 0: every token id stays codable)"""
-    bigram_lambda: float | None = None
-    """bigram interpolation weight: None is Witten-Bell (per context), a number in [0, 1] fixes it"""
-    header_bits: int | None = None
-    """bits of the header holding T; None: ceil(log2(L + 1)) for the fitted L (a larger value is allowed)"""
-    bp_iterations: int = 20
-    """belief-propagation iterations of the LDPC decoder (>= 1)"""
-    list_size: int = 8
-    """list size of the polar SCL decoder (a power of two >= 1)"""
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.vocab_size) or self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be an integer >= 2, got {self.vocab_size!r}")
-        self.vocab_size = int(self.vocab_size)
-        if self.budget is None:
-            raise ValueError("budget (channel uses n) must be set for the separation protocol: an integer >= 1")
-        self.budget = check_budget(self.budget)
-        if self.source_model not in SOURCE_MODELS:
-            raise ValueError(f"source_model must be one of {', '.join(SOURCE_MODELS)}, got {self.source_model!r}")
-        check_link_fields(self)
-        _check_alpha(self.alpha)
-        self.alpha = float(self.alpha)
-        _check_lambda(self.bigram_lambda)
-        if self.header_bits is not None:
-            if not _is_int(self.header_bits) or not 0 <= self.header_bits <= 32:
-                raise ValueError(f"header_bits must be None or an integer in [0, 32], got {self.header_bits!r}")
-            self.header_bits = int(self.header_bits)
-
-    def info_bits(self) -> int:
-        """``k = round(rate n m)``: the frame's information bits."""
-        return int(round(self.rate * self.budget * MODULATION_BITS[self.modulation]))
-
-
-@functools.lru_cache(maxsize=256)
-def _link(k: int, n: int, code: str, modulation: str, bp_iterations: int, list_size: int) -> CodedLink:
-    """A CodedLink, built once per size (the Sionna blocks are stateless between calls)."""
-    return CodedLink(k, n, code=code, modulation=modulation, bp_iterations=bp_iterations, list_size=list_size)
-
-
-def _build_link(config: SeparationProtocolConfig) -> CodedLink:
-    try:
-        return _link(config.info_bits(), config.budget, config.code, config.modulation,
-                     int(config.bp_iterations), int(config.list_size))
-    except ValueError as err:
-        msg = str(err).removeprefix("coded protocol: ")
-        raise ValueError(f"separation protocol: {msg}") from err
 
 
 class SeparationProtocol(Protocol):
     """The separated digital link: ``ids (B, L)`` -> range code -> 5G code -> Gray PAM ``(B, n)``.
 
     ``source``: an already fitted ``TokenSourceModel`` to share between protocols (an experiment fits one
-    per MCS); it must match the config's vocab_size, source_model, alpha and bigram_lambda. ``fit`` then
-    keeps it and only records L.
+    per MCS); it must match the config's vocab_size, source_model, alpha and bigram_lambda (and for the lm,
+    ``token_lm``: the ``LMSourceModel``'s ``weights_id``, which it must be given). ``fit`` then keeps it and only
+    records L. Every protocol on one source shares its ``FrameCoder`` (``self.coder``).
     """
 
     name = "separation"
@@ -196,11 +144,25 @@ class SeparationProtocol(Protocol):
         if source is not None:
             mine = (config.vocab_size, config.source_model, config.alpha, config.bigram_lambda)
             theirs = (source.vocab_size, source.kind, source.alpha, source.bigram_lambda)
+            if config.source_model == "lm":
+                from protocols.lm_source import DEFAULT_FLOOR
+
+                mine += (config.token_lm, None, DEFAULT_FLOOR, config.lm_mix)
+                theirs += (getattr(source, "weights_id", None), getattr(source, "first_token", None),
+                           getattr(source, "floor", None), getattr(source, "mix", None))
             if mine != theirs:
-                raise ValueError(f"the source model's (vocab_size, kind, alpha, bigram_lambda) {theirs} do not "
-                                 f"match the config's {mine}")
+                raise ValueError(f"the source model's (vocab_size, kind, alpha, bigram_lambda[, weights_id, "
+                                 f"first_token, floor, mix]) {theirs} do not match the config's {mine}")
+        elif config.source_model == "lm":
+            raise ValueError(f"a separation protocol coding under the token LM {config.token_lm} needs that LM: "
+                             "pass source=LMSourceModel(...) (or load it with token_lm=...)")
         self.source = source or TokenSourceModel(config.vocab_size, config.source_model, alpha=config.alpha,
                                                  bigram_lambda=config.bigram_lambda)
+        #: frames and decodes kept for every protocol on this source (``protocols.separation_frames``)
+        self.coder = coder_of(self.source)
+        #: header_code huffman: T's counts on training frames (L + 1,), set by fit or load
+        self.t_counts: np.ndarray | None = None
+        self._header: FixedHeader | HuffmanHeader | None = None
 
     # ---- sizes -----------------------------------------------------------------------------------
 
@@ -217,17 +179,29 @@ class SeparationProtocol(Protocol):
 
     @property
     def header_bits(self) -> int:
-        """Bits of the header holding T: ``ceil(log2(L + 1))`` for the fitted L unless the config sets it."""
+        """Bits of the fixed header holding T: ``ceil(log2(L + 1))`` for the fitted L unless the config sets it
+        (header_code huffman: 0, T's codeword is part of the payload and its length varies)."""
         L = self._require_fit()
+        if self.config.header_code == "huffman":
+            return 0
         return self.config.header_bits if self.config.header_bits is not None else math.ceil(math.log2(L + 1))
+
+    @property
+    def header(self) -> FixedHeader | HuffmanHeader:
+        """How the frame states T (``protocols.separation_frames``)."""
+        if self._header is None:
+            if self.config.header_code == "huffman":
+                if self.t_counts is None:
+                    raise RuntimeError("the huffman header is not fitted: call fit(train_ids) or load(dir) first")
+                self._header = HuffmanHeader(self.t_counts)
+            else:
+                self._header = FixedHeader(self.header_bits)
+        return self._header
 
     @property
     def payload_bits(self) -> int:
         """Bits left for the range code: ``k - header_bits``."""
         return self.k - self.header_bits
-
-    def _n_words(self) -> int:
-        return -(-self.payload_bits // _WORD) + 2
 
     # ---- fitting ---------------------------------------------------------------------------------
 
@@ -244,6 +218,10 @@ class SeparationProtocol(Protocol):
         if not self.source.fitted:
             self.source.fit(ids)
         self.seq_len = L
+        if self.config.header_code == "huffman" and self.t_counts is None:  # T's law on a sample of training frames
+            rows = np.random.default_rng(0).permutation(len(ids))[:HEADER_FIT_PASSAGES]
+            self.t_counts = HuffmanHeader.fit_counts(self.coder, ids[np.sort(rows)], self.k, L)
+        self.coder.register(self.header, self.k)
         return self
 
     def entropy_rate(self, passages: np.ndarray) -> dict[str, float]:
@@ -259,44 +237,13 @@ class SeparationProtocol(Protocol):
 
     # ---- the frame -------------------------------------------------------------------------------
 
-    def _payload(self, tokens: np.ndarray) -> tuple[int, np.ndarray]:
-        """The longest prefix of ``tokens (L,)`` that fits the payload -> (T, the ``payload_bits`` bits)."""
-        budget = self.payload_bits
-        info = np.cumsum(-np.log2(self.source.token_probs(tokens[None, :])[0]))
-        # the decoder stops past budget + SLACK_BITS: never send a prefix near that line
-        limit = int(np.searchsorted(info, budget + SLACK_BITS - 1.0, side="right"))
-        t = min(limit, int(np.searchsorted(info, budget, side="right")))
-        rows = self.source.coding_rows(tokens)
-        filler = _filler(tokens, budget)
-
-        def fits(t: int) -> np.ndarray | None:
-            return self.source.frame_code(tokens[:t], budget, filler, rows=rows)
-
-        code = fits(t)
-        if code is not None:
-            while t < limit:
-                more = fits(t + 1)
-                if more is None:
-                    break
-                t, code = t + 1, more
-            return t, code
-        while code is None:  # t = 0 always fits (filler alone)
-            t -= 1
-            code = fits(t)
-        return t, code
-
     def _frames(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Frames ``(B, k)`` uint8 and the tokens each carries ``(B,)`` for validated ids."""
+        """Frames ``(B, k)`` uint8 and the tokens each carries ``(B,)`` for validated ids (kept by the coder)."""
         B = ids.shape[0]
-        h = self.header_bits
         frames = np.zeros((B, self.k), dtype=np.uint8)
         counts = np.zeros(B, dtype=np.int64)
-        shifts = np.arange(h - 1, -1, -1)
         for i in range(B):
-            t, code = self._payload(ids[i])
-            counts[i] = t
-            frames[i, :h] = (t >> shifts) & 1
-            frames[i, h : h + len(code)] = code
+            counts[i], frames[i] = self.coder.frame(ids[i], self.header, self.k)
         return frames, counts
 
     def tokens_in_frame(self, ids: np.ndarray) -> np.ndarray:
@@ -314,16 +261,31 @@ class SeparationProtocol(Protocol):
     def decode_frames(self, frames: np.ndarray) -> np.ndarray:
         """Received frames ``(B, k)`` 0/1 -> token ids ``(B, L)`` (see the module docstring); never raises."""
         L = self._require_fit()
-        h, budget = self.header_bits, self.payload_bits
         frames = np.asarray(frames).astype(np.uint8)
-        weights = 1 << np.arange(h - 1, -1, -1, dtype=np.int64)
-        T = np.minimum(frames[:, :h].astype(np.int64) @ weights, L)
         out = np.empty((frames.shape[0], L), dtype=np.int64)
-        n_words = self._n_words()
         for i in range(frames.shape[0]):
-            words = _bits_to_words(frames[i, h:], n_words)
-            got = self.source.decode_words(words, int(T[i]), max_info_bits=budget + SLACK_BITS)
-            out[i] = self.source.fill(got, L)
+            out[i] = self.coder.decode(frames[i], self.header, self.k, L)
+        return out
+
+    def decode_bound(self, symbols: np.ndarray, sent_ids: np.ndarray, *, channel: ChannelModel | None = None,
+                     gain: np.ndarray | None = None) -> np.ndarray:
+        """The rate oracle's fast rule (never a trial's receiver): ``symbols (B, n)`` received for ``sent_ids
+        (B, L)`` -> ids ``(B, L)``. A frame received without a bit error gets its decode (the sent prefix plus the
+        fill, from the coder's memo); a frame with any bit error the fill-only guess ``fill([], L)`` instead of
+        what the decoder would read from it (no LM run: a guess of that frame's accuracy, ``docs/experiments.md``
+        measures what it changes)."""
+        y = self._check_symbols(symbols)
+        gain = self._check_gain(gain, y.shape)
+        ids = self._check_ids(sent_ids, "sent_ids")
+        if ids.shape[0] != y.shape[0]:
+            raise ValueError(f"sent_ids hold {ids.shape[0]} passages for {y.shape[0]} received messages")
+        L = self._require_fit()
+        received = np.asarray(self.link.receive(y, channel, gain)).astype(np.uint8)
+        sent, _ = self._frames(ids)
+        intact = (received == sent).all(axis=1)
+        out = np.broadcast_to(self.source.fill(np.zeros(0, dtype=np.int64), L), (len(ids), L)).copy()
+        if intact.any():
+            out[intact] = self.decode_frames(sent[intact])
         return out
 
     def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
@@ -336,11 +298,30 @@ class SeparationProtocol(Protocol):
     # ---- persistence -----------------------------------------------------------------------------
 
     def _config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)
+        return _fields(self.config)
+
+    @classmethod
+    def load(cls, directory: str | Path, token_lm: Any = None) -> SeparationProtocol:
+        """Load a protocol written by ``save``; an lm one needs ``token_lm`` (the token baseline's checkpoint
+        directory or an ``LMSourceModel``), checked to be the LM it was saved with (``separation_frames.check_lm``:
+        ValueError when missing, DamagedFileError naming both LMs when another)."""
+        meta = cls.read_config(directory)
+        if meta["protocol"] != cls.name:
+            raise ValueError(f"{directory} holds a {meta['protocol']!r} protocol, not {cls.name!r}")
+        config = build_config(directory, cls.config_class, meta["config"])
+        source = None
+        if config.source_model == "lm":
+            source = check_lm(directory, config.token_lm, token_lm, alpha=config.alpha, mix=config.lm_mix)
+        proto = cls(config, source=source)
+        proto._load_stats(directory, meta["seq_len"])
+        proto.coder.register(proto.header, proto.k)
+        return proto
 
     def _stats(self) -> dict[str, np.ndarray]:
         stats = dict(self.source.stats())
         stats["code_size"] = np.array([self.k, self.N, self.coded_bits_per_use], dtype=np.int64)
+        if self.config.header_code == "huffman":
+            stats["t_counts"] = np.asarray(self.t_counts, dtype=np.int64)
         return stats
 
     def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
@@ -349,74 +330,8 @@ class SeparationProtocol(Protocol):
             raise ValueError(f"the saved separation protocol's (k, N, m) {stats['code_size'].tolist()} do not "
                              f"match its config's {mine.tolist()}")
         self.source.set_stats(stats)
-
-
-# ---- link adaptation and bounds -----------------------------------------------------------------
-
-
-def mcs_menu(n: int, *, vocab_size: int, source_model: str, code: str = "ldpc",
-             rates: tuple[float, ...] = MCS_RATES, modulations: tuple[str, ...] = MCS_MODULATIONS,
-             **config: Any) -> list[SeparationProtocolConfig]:
-    """The feasible (rate, modulation) configurations for a budget of ``n`` channel uses.
-
-    One ``SeparationProtocolConfig`` per (rate, modulation) of the menu whose 5G code Sionna can build
-    for ``k = round(rate n m)`` and ``N = n m`` (others are skipped; so are repeats of an earlier entry's
-    (k, modulation), which would be the same protocol). ``config`` adds other fields (alpha, ...).
-
-    Oracle link adaptation is the experiment's job: fit one ``SeparationProtocol`` per entry (sharing one
-    fitted ``TokenSourceModel``), evaluate each at every SNR, and report the best one's token accuracy.
-    Entries may carry no token at all for tiny budgets (a header alone); they are still listed.
-    """
-    out, seen = [], set()
-    for modulation in modulations:
-        for rate in rates:
-            cfg = SeparationProtocolConfig(vocab_size=vocab_size, budget=n, source_model=source_model, code=code,
-                                           rate=rate, modulation=modulation, **config)
-            key = (cfg.info_bits(), modulation)
-            if key in seen:
-                continue
-            try:
-                _build_link(cfg)
-            except ValueError:
-                continue
-            seen.add(key)
-            out.append(cfg)
-    return out
-
-
-def separation_bound_tokens(capacity_bits: Any, entropy_bits_per_token: Any, L: int) -> Any:
-    """Tokens a separated scheme can deliver at capacity: ``min(L, capacity / H)`` (a float).
-
-    ``capacity_bits``: the channel's capacity over the message's n uses (e.g. ``n * channel.capacity_per_use()``);
-    ``entropy_bits_per_token``: the best source model's entropy rate H (bits per token, held out). Lossless
-    delivery of a prefix at rate H over a channel of capacity C: the most tokens source-channel separation
-    can promise (infinitely long blocks; a finite frame, a worse model or an imperfect code deliver fewer).
-    Arrays broadcast; a scalar in gives a float out.
-    """
-    C = np.asarray(capacity_bits, dtype=np.float64)
-    H = np.asarray(entropy_bits_per_token, dtype=np.float64)
-    if not (L >= 1 and _is_int(L)):
-        raise ValueError(f"L must be an integer >= 1, got {L!r}")
-    if (C < 0).any() or np.isnan(C).any():
-        raise ValueError("capacity_bits must be >= 0")
-    if (H <= 0).any() or not np.isfinite(H).all():
-        raise ValueError("entropy_bits_per_token must be finite and > 0")
-    out = np.minimum(float(L), C / H)
-    return float(out) if out.ndim == 0 else out
-
-
-def separation_bound_accuracy(capacity_bits: Any, entropy_bits_per_token: Any, L: int,
-                              fill_accuracy: float = 0.0) -> Any:
-    """Token accuracy of the separation bound: ``(T + (L - T) fill_accuracy) / L``, ``T = separation_bound_tokens``.
-
-    ``fill_accuracy``: the accuracy of guessing an undelivered token (e.g. the unigram's most likely token's
-    frequency on held-out text); 0 counts undelivered tokens wrong. This bounds separated lossless coding
-    of a prefix, not every scheme: a joint (or lossy) scheme may deliver a higher accuracy.
-    """
-    if not 0 <= fill_accuracy <= 1:
-        raise ValueError(f"fill_accuracy must be in [0, 1], got {fill_accuracy!r}")
-    T = separation_bound_tokens(capacity_bits, entropy_bits_per_token, L)
-    return (T + (L - T) * fill_accuracy) / L
+        if self.config.header_code == "huffman":
+            self.t_counts = _t_counts(stats["t_counts"])
 
 
 # ---- a bank: the MCS menu of one budget, one shared source model ---------------------------------
@@ -442,8 +357,12 @@ def save_bank(protocols: list[SeparationProtocol], directory: str | Path) -> Non
         raise ValueError("every protocol of a separation bank must share one fitted source model")
     directory = Path(directory)
     first.save(directory)
-    entries = {mcs_name(p.config): dataclasses.asdict(p.config) for p in protocols}
-    atomic_write_text(directory / BANK_FILE, json.dumps({"seq_len": first.seq_len, "entries": entries}, indent=1) + "\n")
+    entries = {mcs_name(p.config): _fields(p.config) for p in protocols}
+    meta: dict[str, Any] = {"seq_len": first.seq_len, "entries": entries}
+    counts = {mcs_name(p.config): p.t_counts.tolist() for p in protocols if p.config.header_code == "huffman"}
+    if counts:  # each entry's T counts (its huffman header)
+        meta["t_counts"] = counts
+    atomic_write_text(directory / BANK_FILE, json.dumps(meta, indent=1) + "\n")
 
 
 def is_bank(directory: str | Path) -> bool:
@@ -451,16 +370,18 @@ def is_bank(directory: str | Path) -> bool:
     return (Path(directory) / BANK_FILE).is_file()
 
 
-def load_bank(directory: str | Path) -> dict[str, SeparationProtocol]:
-    """The bank's protocols by ``mcs_name``, all sharing the one saved source model.
+def load_bank(directory: str | Path, token_lm: Any = None) -> dict[str, SeparationProtocol]:
+    """The bank's protocols by ``mcs_name``, all sharing the one saved source model (and its ``FrameCoder``, every
+    entry's frame size registered). ``token_lm``: an lm bank's LM (``SeparationProtocol.load``).
 
     Raises:
+        ValueError: an lm bank and no ``token_lm``.
         DamagedFileError: a damaged protocol (see ``Protocol.load``) or bank file: not JSON, no entries, a
             seq_len other than the saved protocol's, or an entry that is not a buildable config.
     """
     directory = Path(directory)
     path = directory / BANK_FILE
-    first = SeparationProtocol.load(directory)
+    first = SeparationProtocol.load(directory, token_lm=token_lm)
     meta = read_json(path, what="separation bank")
     entries = meta.get("entries")
     if not isinstance(entries, dict) or not entries:
@@ -476,5 +397,23 @@ def load_bank(directory: str | Path) -> dict[str, SeparationProtocol]:
         except ValueError as exc:  # it was built when the bank was saved
             raise DamagedFileError(path, f"the entry {name!r} cannot be built: {exc}") from None
         proto.seq_len = first.seq_len
+        if config.header_code == "huffman":
+            try:
+                proto.t_counts = _t_counts((meta.get("t_counts") or {})[name])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DamagedFileError(path, f"the entry {name!r} has no usable T counts: {exc}") from None
+        proto.coder.register(proto.header, proto.k)
         out[name] = proto
     return out
+
+
+def fit_bank(configs: list[SeparationProtocolConfig], source: TokenSourceModel,
+             train_ids: np.ndarray) -> list[SeparationProtocol]:
+    """``SeparationProtocol(c, source=source).fit(train_ids)`` for every config, sharing one source model; with
+    huffman headers the frames their T counts come from are coded for every entry at once (one LM pass per
+    passage for an LM source)."""
+    coder = coder_of(source)
+    for c in configs:
+        if c.header_code == "huffman":
+            coder.register(FixedHeader(0), c.info_bits() - 2)
+    return [SeparationProtocol(c, source=source).fit(train_ids) for c in configs]

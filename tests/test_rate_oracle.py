@@ -25,6 +25,7 @@ class FakeAgent:
     def __init__(self) -> None:
         self.decodes = 0
         self.encoded: list[np.ndarray] = []
+        self.bounds: list[np.ndarray] = []
 
     @staticmethod
     def _repeats(key: str) -> int:
@@ -35,6 +36,12 @@ class FakeAgent:
         r = self._repeats(key)
         sent = np.repeat(np.asarray(target)[:, : N_USES // r], r, axis=1).astype(np.float32) / 10
         return np.pad(sent, ((0, 0), (0, N_USES - sent.shape[1])))
+
+    def decode_bound(self, key, received, channel, gain, sent):
+        """The oracle's fast rule: shown what was sent (recorded), decodes as ``decode``."""
+        self.bounds.append(np.asarray(sent).copy())
+        self.decodes -= 1  # counted apart
+        return self.decode(key, received, channel, gain)
 
     def decode(self, key, received, channel, gain):
         self.decodes += 1
@@ -134,3 +141,22 @@ def test_one_choice_is_no_pick():
     agent = FakeAgent()
     key, accuracy = pick_rate(spec(), agent, agent, s)
     assert key == MENU[0] and math.isnan(accuracy) and agent.decodes == 0
+
+
+@pytest.mark.parametrize("protocol,rule,fast", [("separation-lm", "fill", True), ("separation-lm", "exact", False),
+                                                ("separation", "fill", False)])
+def test_only_separation_lm_s_oracle_takes_the_fast_rule(protocol, rule, fast):
+    """separation-lm's oracle with ``lm_oracle_rule`` fill plays through ``decode_bound`` (shown the validation
+    passages it sent); the trial itself, the exact rule and the bigram's oracle always decode every frame."""
+    s = settings()
+    s["variants"] = {f"{protocol}@{N_USES}": [m.replace("separation@", f"{protocol}@") for m in MENU]}
+    s["bits_sent"] = dict.fromkeys(s["variants"][f"{protocol}@{N_USES}"], 64)
+    s["lm_oracle_rule"] = rule
+    agent = FakeAgent()
+    row = play_trial({**spec(), "protocol": protocol}, agent, agent, TEST, s)
+    assert row["mcs"] in {m.split("#", 1)[1] for m in MENU}
+    if fast:
+        assert len(agent.bounds) == len(MENU) * 4 and agent.decodes == 2  # the trial's 2 batches decoded
+        np.testing.assert_array_equal(np.concatenate(agent.bounds[:4]), VALIDATION)
+    else:
+        assert agent.bounds == [] and agent.decodes == len(MENU) * 4 + 2

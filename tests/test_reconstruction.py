@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -40,6 +41,15 @@ def test_config_and_grid():
         Config(rhos=(0.01,))
     with pytest.raises(ValueError, match="protocols"):
         Config(protocols=("vector", "telepathy"))
+    assert "separation-lm" not in cfg.protocols and Config(protocols=("separation", "separation-lm")).protocols
+    with pytest.raises(ValueError, match="separation_menu"):
+        Config(separation_menu="coarse")
+    with pytest.raises(ValueError, match="separation_lm_oracle"):
+        Config(separation_lm_oracle="guess")
+    with pytest.raises(ValueError, match="separation_header"):
+        Config(separation_header="gamma")
+    with pytest.raises(ValueError, match="separation_lm_mix"):
+        Config(separation_lm_mix=1.0)
 
 
 def test_passage_metrics_known_values():
@@ -108,6 +118,55 @@ def test_one_trial_row_is_identical_across_runs(base, tmp_path):
     assert list((tmp_path / "rate_picks").glob("*.json"))  # the pick, cached once for the channel state
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"separation_header": "huffman", "separation_lm_mix": 0.5}])
+def test_separation_lm_plays_its_trials_in_process(base, tmp_path, options):
+    """separation-lm (the token LM as the separation link's source model; also mixed with the bigram, with Huffman
+    headers) through fit_protocols and in-process agents: a bank per n that records the LM, a row under either
+    oracle rule, and agents refuse the bank without its LM."""
+    import torch
+
+    from agents import CALMAgentCore
+    from calm.baseline import TokenTransformer
+    from calm.baseline import preset as baseline_preset
+    from calm.checkpoint import save_pretrained
+    from calm.tokenizer import load_tokenizer
+    from experiments.common.links import fit_protocols
+    from experiments.common.models import checkpoint_id, ensure_checkpoint
+    from experiments.reconstruction import validation_passages
+
+    cfg = dataclasses.replace(base, protocols=("separation-lm",), **options)
+    checkpoint = ensure_checkpoint(cfg)
+    tok = load_tokenizer(str(checkpoint / "tokenizer.json"))
+    torch.manual_seed(0)
+    lm = TokenTransformer(baseline_preset("tiny", len(tok), hidden_size=32, num_layers=1, num_heads=2,
+                                          intermediate_size=64, max_positions=64)).eval()
+    save_pretrained(lm, tmp_path / "lm", tok)
+    dirs, variants, facts, skipped, passages = fit_protocols(cfg, checkpoint, tmp_path / "protocols",
+                                                             protocols=cfg.protocols, budgets=[16],
+                                                             token_lm=tmp_path / "lm")
+    assert not skipped and list(dirs) == ["separation-lm@16"] and len(variants["separation-lm@16"]) > 1
+    assert facts["entropy_bits_per_token_lm"] > 0
+    saved = json.loads((tmp_path / "protocols" / "separation-lm@16" / "protocol.json").read_text())["config"]
+    assert saved.get("header_code", "fixed") == options.get("separation_header", "fixed")
+    assert saved.get("lm_mix", 0.0) == options.get("separation_lm_mix", 0.0)
+    settings = {"episodes": 32, "batch_size": 32, "passage_length": 8, "vocab_size": facts["vocab_size"],
+                "K": facts["K"], "variants": variants, "bits_sent": facts["bits_sent"],
+                "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
+                "guess": facts["guess"], "oracle_passages": validation_passages(cfg, checkpoint)[:64],
+                "checkpoint": checkpoint_id(checkpoint), "erasure_p": 0.1, "fading_block": None,
+                "tokenizer_path": str(checkpoint / "tokenizer.json")}
+    agent = CALMAgentCore(str(checkpoint), dirs, token_lm_checkpoint=str(tmp_path / "lm"))
+    for rule in ("fill", "exact"):
+        row = play_trial({"protocol": "separation-lm", "channel": "awgn", "rho": 2.0, "channel_uses": 16,
+                          "sigma": 0.5, "seed": 3}, agent, agent, passages,
+                         {**settings, "lm_oracle_rule": rule, "oracle_dir": str(tmp_path / rule)})
+        assert row["mcs"] is not None and 0 <= row["token_accuracy"] <= 1 and row["bits_sent"] > 0
+        assert (tmp_path / rule / "separation-lm@16-awgn-s0.5.json").is_file()
+    with pytest.raises(ValueError, match="token LM"):
+        CALMAgentCore(str(checkpoint), dirs)
+
+
 def test_pooling_and_snr_interpolation():
     rows = []
     for sigma, acc in ((0.5, 0.95), (1.0, 0.7), (2.0, 0.3)):
@@ -168,3 +227,6 @@ def test_snr_gap_and_crossing_on_known_curves():
     assert g.separation_overtakes_db == pytest.approx(10 / 3)  # 0.1 + 0.04 x = 0.2 + 0.01 x
     assert g.steepest_jscc == pytest.approx(0.01) and g.steepest_separation == pytest.approx(0.04)
     assert "| awgn | 1 | 0.280 | 8.0 | 4.5 | -3.5 | 3.3 |" in gap_table(pooled(pd.DataFrame(rows, columns=COLUMNS)))
+    # protocol names that are no Python identifiers (lm-jscc, separation-lm) tabulate the same
+    renamed = pd.DataFrame(rows, columns=COLUMNS).replace({"protocol": {"jscc": "lm-jscc", "separation": "separation-lm"}})
+    assert "| awgn | 1 | 0.280 | 8.0 | 4.5 | -3.5 | 3.3 |" in gap_table(pooled(renamed), "lm-jscc", "separation-lm")

@@ -40,6 +40,12 @@ def test_reconstruction_prior_settings_name_the_run_only_when_changed():
     assert settings_hash(Config(lm_steps=10)) == "460835b46d"
     assert settings_hash(Config(sigmas=(0.5,), passage_length=64)) == "138d372f06"
     assert settings_hash(Config(lm_steps=300)) == settings_hash(Config())  # set to its default: the same run
+    # issue 29's separation settings name the run only away from their defaults
+    assert settings_hash(Config(separation_menu="standard", separation_lm_oracle="fill", separation_header="fixed",
+                                separation_lm_mix=0.0)) == settings_hash(Config())
+    for changed in (dict(separation_menu="fine"), dict(separation_lm_oracle="exact"),
+                    dict(separation_header="huffman"), dict(separation_lm_mix=0.5)):
+        assert settings_hash(Config(**changed)) != settings_hash(Config())
 
 
 def test_referential_non_default_hash_is_unchanged():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -283,3 +284,227 @@ def test_separation_bounds():
         separation_bound_tokens(10.0, 0.0, 32)
     with pytest.raises(ValueError):
         separation_bound_accuracy(10.0, 5.0, 32, fill_accuracy=1.5)
+
+
+# ---- the token LM as the source model (source_model="lm"), the frame coder's memo ------------------
+
+
+def tiny_lm(seed: int = 0):
+    """An untrained one-layer token LM over the corpus's V ids (its rows are near uniform: ~13 bits/token)."""
+    import torch
+
+    from calm.baseline import TokenTransformer
+    from calm.baseline import preset as baseline_preset
+
+    torch.manual_seed(seed)
+    return TokenTransformer(baseline_preset("tiny", V, hidden_size=32, num_layers=1, num_heads=2,
+                                            intermediate_size=64, max_positions=64)).eval()
+
+
+@pytest.fixture(scope="module")
+def lm_source(train_passages):
+    from protocols.lm_source import LMSourceModel
+
+    return LMSourceModel(tiny_lm()).fit(train_passages)
+
+
+def make_lm(lm_source, train_passages, **kw) -> SeparationProtocol:
+    cfg = SeparationProtocolConfig(vocab_size=V, source_model="lm", token_lm=lm_source.weights_id, **kw)
+    return SeparationProtocol(cfg, source=lm_source).fit(train_passages[:4])
+
+
+@pytest.mark.parametrize("code,modulation,budget", [("ldpc", "16qam", 48), ("polar", "bpsk", 96)])
+def test_lm_frames_round_trip_to_the_prefix_and_the_lm_fill(lm_source, train_passages, heldout, code, modulation,
+                                                            budget):
+    proto = make_lm(lm_source, train_passages, budget=budget, code=code, modulation=modulation, rate=0.75)
+    ids = heldout[:6]
+    T = proto.tokens_in_frame(ids)
+    assert (T >= 1).all() and (T < L).all()
+    out = proto.decode(proto.encode(ids), channel=AWGN(0.0))
+    for i in range(len(ids)):
+        np.testing.assert_array_equal(out[i, : T[i]], ids[i, : T[i]])
+        np.testing.assert_array_equal(out[i], lm_source.fill(ids[i, : T[i]], L))  # prefix + the LM's guesses
+
+
+def test_lm_corrupted_frames_never_raise_and_the_memo_decodes_as_afresh(lm_source, train_passages, heldout):
+    from protocols.separation_frames import FrameCoder
+
+    proto = make_lm(lm_source, train_passages, budget=48, code="ldpc", modulation="16qam", rate=0.75)
+    frames, _ = proto.frames(heldout[:6])
+    rng = np.random.default_rng(0)
+    flipped = frames.copy()
+    flipped[np.arange(6), rng.integers(0, proto.k, 6)] ^= 1  # one bit flipped in each
+    noise = rng.integers(0, 2, size=(6, proto.k))
+    noise[:3, : proto.header_bits] = 1  # headers beyond L
+    fresh = FrameCoder(lm_source, max_passages=0, max_decodes=0)
+    for batch in (frames, flipped, noise):
+        out = proto.decode_frames(batch)
+        assert out.shape == (6, L) and out.dtype == np.int64 and out.min() >= 0 and out.max() < V
+        np.testing.assert_array_equal(out, np.stack([fresh.decode(f, proto.header, proto.k, L) for f in batch]))
+        np.testing.assert_array_equal(proto.decode_frames(batch), out)  # the memo's answer, again
+    assert fresh.counts["decode_hits"] == 0 and proto.coder.counts["decode_hits"] >= 12
+
+
+@pytest.mark.parametrize("kind", ["bigram", "lm"])
+def test_the_coder_codes_a_passage_once_and_decodes_intact_frames_from_memory(sources, lm_source, train_passages,
+                                                                             heldout, kind):
+    """Every frame size of a bank, one LM pass per passage; intact frames are never decoded; the frames and
+    decodes equal those computed afresh, and noisy frames are decoded honestly."""
+    from protocols.lm_source import LMSourceModel
+    from protocols.separation_frames import FrameCoder
+
+    # a source of its own: a coder that knows only this bank's sizes
+    source = (LMSourceModel(lm_source.model) if kind == "lm" else TokenSourceModel(V, "bigram")).fit(train_passages)
+    extra = {"token_lm": lm_source.weights_id} if kind == "lm" else {}
+    menu = mcs_menu(32, vocab_size=V, source_model=kind, code="ldpc", **extra)[::2]
+    bank = [SeparationProtocol(c, source=source).fit(train_passages[:4]) for c in menu]
+    coder = bank[0].coder
+    assert all(p.coder is coder for p in bank) and len(coder.formats) == len({p.k for p in bank})
+    ids = heldout[:5]
+    before = coder.counts["passages_coded"]
+    frames = [p.frames(ids) for p in bank]
+    coded = coder.counts["passages_coded"] - before
+    assert coded == (len(ids) if kind == "lm" else len(ids) * len(bank))  # the LM: every size at the first miss
+    fresh = FrameCoder(source, max_passages=0, max_decodes=0)
+    for p, (f, T) in zip(bank, frames, strict=True):
+        for i in range(len(ids)):
+            t, frame = fresh.frame(ids[i], p.header, p.k)
+            assert t == T[i] and np.array_equal(frame, f[i])
+        decodes = coder.counts["decodes"]
+        x = p.encode(ids)
+        fresh_decodes = np.stack([fresh.decode(r, p.header, p.k, L) for r in f])
+        np.testing.assert_array_equal(p.decode(x, channel=AWGN(0.0)), fresh_decodes)
+        assert coder.counts["decodes"] == decodes  # intact: from the memo
+        y = (x + 0.9 * np.random.default_rng(1).standard_normal(x.shape)).astype(np.float32)
+        bits = np.asarray(p.link.receive(y, AWGN(0.9), np.ones_like(y))).astype(np.uint8)
+        np.testing.assert_array_equal(p.decode(y, channel=AWGN(0.9)),
+                                      np.stack([fresh.decode(r, p.header, p.k, L) for r in bits]))
+
+
+def test_decode_bound_scores_wrong_frames_as_the_fill_only_guess(sources, train_passages, heldout):
+    proto = make(sources, train_passages, budget=32, source_model="bigram", modulation="64qam", rate=0.9)
+    ids = heldout[:64]
+    x = proto.encode(ids)
+    y = (x + 0.12 * np.random.default_rng(0).standard_normal(x.shape)).astype(np.float32)
+    bits = np.asarray(proto.link.receive(y, AWGN(0.12), np.ones_like(y))).astype(np.uint8)
+    intact = (bits == proto.frames(ids)[0]).all(axis=1)
+    assert 0 < intact.sum() < len(ids)  # some frames survive, some do not
+    bound = proto.decode_bound(y, ids, channel=AWGN(0.12))
+    exact = proto.decode(y, channel=AWGN(0.12))
+    np.testing.assert_array_equal(bound[intact], exact[intact])
+    guess = proto.source.fill(np.zeros(0, np.int64), L)
+    assert (bound[~intact] == guess).all()
+    with pytest.raises(ValueError, match="sent_ids"):
+        proto.decode_bound(y, ids[:3], channel=AWGN(0.12))
+
+
+def test_an_lm_bank_records_its_lm_and_loads_only_under_it(lm_source, train_passages, heldout, tokenizer, tmp_path):
+    from calm.checkpoint import save_pretrained
+    from calm.files import DamagedFileError
+    from protocols.lm_source import LMSourceModel
+    from protocols.separation import is_bank, load_bank, mcs_name, save_bank
+
+    menu = mcs_menu(32, vocab_size=V, source_model="lm", code="ldpc", token_lm=lm_source.weights_id)[:3]
+    bank = [SeparationProtocol(c, source=lm_source).fit(train_passages) for c in menu]
+    save_bank(bank, tmp_path / "bank")
+    assert is_bank(tmp_path / "bank")
+    meta = json.loads((tmp_path / "bank" / "protocol.json").read_text())
+    assert meta["config"]["source_model"] == "lm" and meta["config"]["token_lm"] == lm_source.weights_id
+    save_pretrained(lm_source.model, tmp_path / "lm", tokenizer)  # the same weights, from a checkpoint directory
+    for given in (lm_source, tmp_path / "lm"):
+        loaded = load_bank(tmp_path / "bank", token_lm=given)
+        assert list(loaded) == [mcs_name(p.config) for p in bank]
+        ids = heldout[:4]
+        for p, q in zip(bank, loaded.values(), strict=True):
+            np.testing.assert_array_equal(q.encode(ids), p.encode(ids))
+            np.testing.assert_array_equal(q.decode(p.encode(ids), channel=AWGN(0.0)),
+                                          p.decode(p.encode(ids), channel=AWGN(0.0)))
+    with pytest.raises(ValueError, match=lm_source.weights_id):  # no LM: the bank names the one it needs
+        load_bank(tmp_path / "bank")
+    other = LMSourceModel(tiny_lm(seed=1))
+    with pytest.raises(DamagedFileError, match=f"{lm_source.weights_id}.*{other.weights_id}"):
+        load_bank(tmp_path / "bank", token_lm=other)
+    with pytest.raises(ValueError, match="needs that LM"):
+        SeparationProtocol(menu[0])
+    with pytest.raises(ValueError, match="token_lm"):
+        SeparationProtocolConfig(vocab_size=V, budget=32, source_model="lm")
+    with pytest.raises(ValueError, match="do not match"):
+        SeparationProtocol(dataclasses.replace(menu[0], token_lm="sha256:0000000000000000"), source=lm_source)
+
+
+def test_a_token_model_saves_the_config_it_always_did(sources, train_passages, tmp_path):
+    proto = make(sources, train_passages, budget=40, source_model="bigram", modulation="16qam", rate=2 / 3)
+    proto.save(tmp_path)
+    assert "token_lm" not in json.loads((tmp_path / "protocol.json").read_text())["config"]
+
+
+def test_the_fine_menu_holds_the_standard_rates_and_more():
+    from protocols.separation import FINE_RATES, MCS_MENUS
+
+    assert set(MCS_RATES) <= set(FINE_RATES) and MCS_MENUS["standard"] == MCS_RATES
+    assert min(FINE_RATES) == 0.2 and max(FINE_RATES) == 0.9 and len(FINE_RATES) == 18
+    for n in (16, 32):
+        standard = {(c.code, c.info_bits(), c.modulation) for code in ("ldpc", "polar")
+                    for c in mcs_menu(n, vocab_size=V, source_model="bigram", code=code)}
+        fine = {(c.code, c.info_bits(), c.modulation) for code in ("ldpc", "polar")
+                for c in mcs_menu(n, vocab_size=V, source_model="bigram", code=code, rates=FINE_RATES)}
+        assert standard < fine and len(fine) >= 2 * len(standard)
+
+
+# ---- the huffman header: T under a code of its own distribution -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["bigram", "lm"])
+def test_a_huffman_header_carries_more_tokens_and_round_trips(sources, lm_source, train_passages, heldout, kind,
+                                                             tmp_path):
+    from protocols.separation import fit_bank, load_bank, save_bank
+
+    source = lm_source if kind == "lm" else sources["bigram"]
+    extra = {"token_lm": lm_source.weights_id} if kind == "lm" else {}
+    configs = [SeparationProtocolConfig(vocab_size=V, budget=32, source_model=kind, modulation=m, rate=r, **extra)
+               for m, r in (("16qam", 0.75), ("64qam", 0.5))]
+    fixed = fit_bank(configs, source, train_passages[:600])
+    huff = fit_bank([dataclasses.replace(c, header_code="huffman") for c in configs], source, train_passages[:600])
+    ids = heldout[:16] if kind == "lm" else heldout[:64]
+    for f, p in zip(fixed, huff, strict=True):
+        assert p.t_counts.shape == (L + 1,) and p.t_counts.sum() == 512
+        assert p.header.lengths.min() <= 3 < np.ceil(np.log2(L + 1))  # the likely T cost a few bits, not 6
+        T_fixed, T = f.tokens_in_frame(ids), p.tokens_in_frame(ids)
+        assert T.mean() > T_fixed.mean()  # the bits saved carry tokens
+        out = p.decode(p.encode(ids), channel=AWGN(0.0))
+        for i in range(len(ids)):
+            np.testing.assert_array_equal(out[i], source.fill(ids[i, : T[i]], L))
+        garbage = np.random.default_rng(0).integers(0, 2, size=(20, p.k))
+        got = p.decode_frames(garbage)
+        assert got.shape == (20, L) and got.min() >= 0 and got.max() < V
+    save_bank(huff, tmp_path / "bank")
+    loaded = list(load_bank(tmp_path / "bank", token_lm=lm_source if kind == "lm" else None).values())
+    for p, q in zip(huff, loaded, strict=True):
+        np.testing.assert_array_equal(q.t_counts, p.t_counts)
+        np.testing.assert_array_equal(q.encode(ids), p.encode(ids))
+    saved = json.loads((tmp_path / "bank" / "separation_bank.json").read_text())
+    assert saved["entries"]["ldpc-r0.75-16qam"]["header_code"] == "huffman" and len(saved["t_counts"]) == 2
+    with pytest.raises(ValueError, match="header_bits"):
+        SeparationProtocolConfig(vocab_size=V, budget=32, header_code="huffman", header_bits=8)
+    with pytest.raises(ValueError, match="header_code"):
+        SeparationProtocolConfig(vocab_size=V, budget=32, header_code="gamma")
+
+
+def test_an_lm_bank_mixed_with_the_bigram_saves_its_pairs_and_mix(lm_source, train_passages, heldout, tmp_path):
+    from protocols.lm_source import LMSourceModel
+    from protocols.separation import fit_bank, load_bank, save_bank
+
+    mixed = LMSourceModel(lm_source.model, mix=0.5).fit(train_passages)
+    menu = mcs_menu(32, vocab_size=V, source_model="lm", code="ldpc", token_lm=mixed.weights_id, lm_mix=0.5)[:2]
+    bank = fit_bank(menu, mixed, train_passages)
+    save_bank(bank, tmp_path)
+    assert json.loads((tmp_path / "protocol.json").read_text())["config"]["lm_mix"] == 0.5
+    loaded = list(load_bank(tmp_path, token_lm=LMSourceModel(lm_source.model, mix=0.5)).values())
+    ids = heldout[:4]
+    for p, q in zip(bank, loaded, strict=True):
+        assert q.source.mix == 0.5 and q.source.bigram is not None
+        np.testing.assert_array_equal(q.encode(ids), p.encode(ids))
+    with pytest.raises(ValueError, match="do not match"):  # an LM source of another mix
+        load_bank(tmp_path, token_lm=lm_source)
+    with pytest.raises(ValueError, match="lm_mix"):
+        SeparationProtocolConfig(vocab_size=V, budget=32, source_model="bigram", lm_mix=0.5)

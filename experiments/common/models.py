@@ -4,7 +4,8 @@
 autoencoder on the corpus's train split once and caches it as ``<runs_dir>/ae-<preset>-<hash>/`` (the
 hash covers every setting that changes the weights); the next run with the same settings starts in
 seconds. ``checkpoint_id`` names a checkpoint by its weights, wherever it lives. ``ensure_jscc`` does the
-same for a jscc channel adapter around that autoencoder, ``ensure_calm`` for a CALM language model (an
+same for a jscc channel adapter around that autoencoder (``ensure_lm_jscc`` for the LM-JSCC adapter around
+the token baseline), ``ensure_calm`` for a CALM language model (an
 energy transformer) on it, the backbone of the LM-prior listener and the latent dialogue, and
 ``ensure_token_lm`` for the token baseline on its tokenizer (the digital link's LM prior).
 """
@@ -32,10 +33,12 @@ from calm.train import train_autoencoder
 from experiments.common.config import SweepConfig
 from protocols.jscc_model import preset as jscc_preset
 from protocols.jscc_task import train_jscc
+from protocols.lm_jscc_model import preset as lm_jscc_preset
+from protocols.lm_jscc_task import train_lm_jscc
 
 __all__ = ["K2_AUTOENCODER", "K2_CALM_STEPS", "K_AUTOENCODER", "K_KL_WEIGHT", "K_LATENT_PER_TOKEN",
            "checkpoint_id", "ensure_calm", "ensure_checkpoint", "ensure_jscc", "ensure_k2_models",
-           "ensure_k_autoencoder", "ensure_token_lm", "reconstruction_accuracy"]
+           "ensure_k_autoencoder", "ensure_lm_jscc", "ensure_token_lm", "reconstruction_accuracy"]
 
 
 #: the K = 2 autoencoder (K = 2, l = 16) the dialogue, steering and SAE studies run on by default
@@ -47,6 +50,15 @@ K2_CALM_STEPS = 300
 K_AUTOENCODER = {"tokenizer": "bpe:2048", "ae_steps": 1500}
 K_LATENT_PER_TOKEN = 32
 K_KL_WEIGHT = 0.01
+
+def _weights_sha(directory: Path) -> str:
+    """sha256[:12] of a checkpoint's model.safetensors."""
+    h = hashlib.sha256()
+    with open(Path(directory) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
 
 def checkpoint_id(directory: Path) -> str:
     """``<dir name>@<sha256[:12] of model.safetensors>``: names a checkpoint wherever it lives."""
@@ -143,6 +155,41 @@ def ensure_jscc(cfg: Any, checkpoint: Path, model, train_ids: np.ndarray, val_id
                                                      "history": getattr(adapter, "history", [])}, indent=1) + "\n")
     tmp.replace(path)
     print(f"[jscc] trained n={n} in {time.time() - t0:.0f} s", flush=True)
+    return path
+
+
+def ensure_lm_jscc(cfg: Any, token_lm: Path, jscc: Path, train_ids: np.ndarray, val_ids: np.ndarray, *,
+                   channels: tuple[str, ...], noiseless: bool = False) -> Path:
+    """The LM-JSCC adapter (``protocols.lm_jscc_model``) started from the token baseline ``token_lm`` and the JSCC
+    adapter ``jscc`` (whose n it keeps), trained once on ``channels`` (``cfg.lm_jscc_steps`` steps, SNR -6..20 dB;
+    ``noiseless``: at 60 dB only, the design's own ceiling) and cached under ``runs_dir`` with its validation curve
+    in ``train_info.json``."""
+    snr = (60.0, 60.0) if noiseless else (-6.0, 20.0)
+    # the LM named by its weights alone: the same baseline cached under two autoencoders' names is one LM
+    key = {"token_lm": _weights_sha(token_lm), "jscc": checkpoint_id(jscc), "channels": list(channels),
+           "steps": cfg.lm_jscc_steps, "snr_db": list(snr), "seed": cfg.ae_seed}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    adapter, tok = load_pretrained(jscc, expect="jscc")
+    n = adapter.config.channel_uses
+    name = f"lm-jscc-n{n}-{'noiseless' if noiseless else '-'.join(channels)}-{digest}"
+    path = (Path(cfg.runs_dir).expanduser() / name).resolve()
+    if (path / "model.safetensors").is_file():
+        print(f"[lm-jscc] using the cached adapter {path}", flush=True)
+        return path
+    print(f"[lm-jscc] training the adapter for n={n} ({cfg.lm_jscc_steps} steps on {', '.join(channels)}, "
+          f"{snr[0]:g}..{snr[1]:g} dB); cached at {path}", flush=True)
+    lm, _ = load_pretrained(token_lm, expect="baseline")
+    config = lm_jscc_preset("tiny", lm.config, adapter.config, channels=tuple(channels), snr_db_min=snr[0],
+                            snr_db_max=snr[1], lm_path=str(token_lm), jscc_path=str(jscc))
+    t0 = time.time()
+    model = train_lm_jscc(config, train_ids, steps=cfg.lm_jscc_steps, val_ids=val_ids, seed=cfg.ae_seed,
+                          progress=True, lm=lm, adapter=adapter)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_pretrained(model, tmp, tok)
+    (tmp / "train_info.json").write_text(json.dumps({**key, "seconds": time.time() - t0,
+                                                     "history": getattr(model, "history", [])}, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"[lm-jscc] trained n={n} in {time.time() - t0:.0f} s", flush=True)
     return path
 
 
