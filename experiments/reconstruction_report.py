@@ -381,8 +381,8 @@ def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = Fal
     for ax in axes.flat:
         for handle, name in zip(*ax.get_legend_handles_labels()):
             labels.setdefault(name, handle)
-    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 * (1 + (len(labels) - 1) // 4), 1, 1))  # a legend row per four entries
     save_figure(fig, path, dpi=110)
     plt.close(fig)
 
