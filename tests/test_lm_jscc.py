@@ -151,7 +151,8 @@ def test_trained_adapter_carries_the_message_and_degrades_with_noise(trained):
     # chance is 1/16 = 0.0625; the first 200 steps of a tiny model from random parts (measured: 0.15 at 300 steps)
     assert clean > 1.75 / V
     assert noisy < clean - 0.03
-    x = trained.encode(windows[:256], torch.full((256,), 10.0), torch.zeros(256, dtype=torch.long))
+    with torch.no_grad():
+        x = trained.encode(windows[:256], torch.full((256,), 10.0), torch.zeros(256, dtype=torch.long))
     assert abs(float(x.pow(2).mean()) - 1.0) < 0.1  # unit power at eval, from the running statistics
 
 
