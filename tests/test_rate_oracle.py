@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-import experiments.reconstruction as rec
+import experiments.reconstruction_trials as rec  # where the trials read their tokenizer
 from experiments.reconstruction import COLUMNS, oracle_key, pick_rate, play_trial
 
 L, N_USES, V = 8, 8, 100
