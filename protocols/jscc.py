@@ -144,7 +144,8 @@ class ToldChannel:
 
     The host class sets ``self.adapter`` (a model with ``config.channels``, ``config.erasure_p``,
     ``config.snr_db_min/max``, ``config.passage_length``), ``self.scale``, ``self.state``, ``self.channel`` and
-    defines ``_raw_symbols(ids, snr_db, kind)`` (the adapter's symbols before the scale) and the receiver.
+    defines ``_encode_batch(ids, snr_db, kind)`` (one batch of the adapter's symbols before the scale) and the
+    receiver.
     ``adapter_kind`` names the adapter in messages and in ``load_pretrained(expect=...)``.
     """
 
@@ -194,6 +195,18 @@ class ToldChannel:
 
     def _device(self) -> torch.device:
         return next(self.adapter.parameters()).device
+
+    def _raw_symbols(self, ids: np.ndarray, snr_db: torch.Tensor, kind: torch.Tensor) -> np.ndarray:
+        """The adapter's symbols ``(B, n)`` float32 before the protocol's scale, per-passage conditions (B,), in
+        batches of ``config.batch_size`` (``_encode_batch``)."""
+        device = self._device()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, ids.shape[0], self.config.batch_size):
+                sl = slice(start, start + self.config.batch_size)
+                batch = torch.as_tensor(ids[sl], dtype=torch.long, device=device)
+                out.append(self._encode_batch(batch, snr_db[sl].to(device), kind[sl].to(device)).float().cpu().numpy())
+        return np.concatenate(out, axis=0)
 
     # ---- Protocol ----
 
@@ -342,17 +355,9 @@ class JSCCProtocol(ToldChannel, LatentProtocol):
         config = dataclasses.replace(config or JSCCProtocolConfig(), adapter_path=str(Path(adapter_dir).resolve()))
         return cls(adapter, config, autoencoder=autoencoder, channel=channel)
 
-    def _raw_symbols(self, ids: np.ndarray, snr_db: torch.Tensor, kind: torch.Tensor) -> np.ndarray:
-        """The adapter's symbols ``(B, n)`` float32 before the protocol's scale, per-passage conditions (B,)."""
-        device = self._device()
-        out = []
-        with torch.inference_mode():
-            for start in range(0, ids.shape[0], self.config.batch_size):
-                sl = slice(start, start + self.config.batch_size)
-                batch = torch.as_tensor(ids[sl], dtype=torch.long, device=device)
-                mu = self.adapter.latents(batch)
-                out.append(self.adapter.encode(mu, snr_db[sl].to(device), kind[sl].to(device)).float().cpu().numpy())
-        return np.concatenate(out, axis=0)
+    def _encode_batch(self, ids: torch.Tensor, snr_db: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """ids (b, L) -> the adapter's symbols (b, n): CALM means, then the adapter's encoder."""
+        return self.adapter.encode(self.adapter.latents(ids), snr_db, kind)
 
     def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
         L = self._require_fit()

@@ -57,6 +57,7 @@ __all__ = [
     "JSCCOutput",
     "PRESETS",
     "check_autoencoder_config",
+    "check_training_fields",
     "condition_input",
     "equalise",
     "normalise_power",
@@ -159,25 +160,11 @@ class JSCCConfig(DictConfig):
                 raise ValueError(f"JSCCConfig.{name} must be a positive integer, got {value!r}")
         if self.passage_length % self.K:
             raise ValueError(f"JSCCConfig.passage_length={self.passage_length} must be a multiple of K={self.K}")
-        self.channels = tuple(self.channels) if not isinstance(self.channels, str) else (self.channels,)
-        if not self.channels or len(set(self.channels)) != len(self.channels):
-            raise ValueError(f"JSCCConfig.channels must name distinct channel kinds, got {self.channels!r}")
-        for kind in self.channels:
-            if kind not in CHANNEL_KINDS:
-                raise ValueError(f"JSCCConfig.channels: unknown channel kind {kind!r}; choose from {CHANNEL_KINDS}")
-        for name in ("snr_db_min", "snr_db_max"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"JSCCConfig.{name} must be finite, got {getattr(self, name)}")
-        if self.snr_db_min > self.snr_db_max:
-            raise ValueError(f"JSCCConfig.snr_db_min={self.snr_db_min} exceeds snr_db_max={self.snr_db_max}")
-        if not (self.power_weight >= 0.0 and math.isfinite(self.power_weight)):
-            raise ValueError(f"JSCCConfig.power_weight must be a finite number >= 0, got {self.power_weight!r}")
+        check_training_fields(self)
         if not (self.temperature > 0.0 and math.isfinite(self.temperature)):
             raise ValueError(f"JSCCConfig.temperature must be a finite number > 0, got {self.temperature!r}")
         if not 0.0 <= self.erasure_p < 1.0:
             raise ValueError(f"JSCCConfig.erasure_p must be in [0, 1), got {self.erasure_p}")
-        if isinstance(self.train_negatives, bool) or not isinstance(self.train_negatives, int) or self.train_negatives < 0:
-            raise ValueError(f"JSCCConfig.train_negatives must be an integer >= 0, got {self.train_negatives!r}")
         check_numbers(self)  # finite numbers, ints that are ints (last: the checks above name their field)
 
     def to_dict(self) -> dict:
@@ -195,6 +182,29 @@ class JSCCConfig(DictConfig):
     def latent_size(self) -> int:
         """D = L/K * l: latent coordinates per message."""
         return self.passage_length // self.K * self.latent_dim
+
+
+def check_training_fields(config) -> None:
+    """The training fields every adapter told the channel shares (``JSCCConfig``, ``LMJSCCConfig``): ``channels``
+    (made a tuple of distinct known kinds), the SNR range, ``power_weight`` and ``train_negatives``; a ValueError
+    names the config class and the field."""
+    name = type(config).__name__
+    config.channels = tuple(config.channels) if not isinstance(config.channels, str) else (config.channels,)
+    if not config.channels or len(set(config.channels)) != len(config.channels):
+        raise ValueError(f"{name}.channels must name distinct channel kinds, got {config.channels!r}")
+    for kind in config.channels:
+        if kind not in CHANNEL_KINDS:
+            raise ValueError(f"{name}.channels: unknown channel kind {kind!r}; choose from {CHANNEL_KINDS}")
+    for field_name in ("snr_db_min", "snr_db_max"):
+        if not math.isfinite(getattr(config, field_name)):
+            raise ValueError(f"{name}.{field_name} must be finite, got {getattr(config, field_name)}")
+    if config.snr_db_min > config.snr_db_max:
+        raise ValueError(f"{name}.snr_db_min={config.snr_db_min} exceeds snr_db_max={config.snr_db_max}")
+    if not (config.power_weight >= 0.0 and math.isfinite(config.power_weight)):
+        raise ValueError(f"{name}.power_weight must be a finite number >= 0, got {config.power_weight!r}")
+    negatives = config.train_negatives
+    if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
+        raise ValueError(f"{name}.train_negatives must be an integer >= 0, got {negatives!r}")
 
 
 # Sizes. tiny: sized for two CPU cores (see the TrainConfig defaults in protocols.jscc_task.JSCCTask);

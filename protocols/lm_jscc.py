@@ -65,16 +65,9 @@ class LMJSCCProtocol(ToldChannel, Protocol):
     def _config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
-    def _raw_symbols(self, ids: np.ndarray, snr_db: torch.Tensor, kind: torch.Tensor) -> np.ndarray:
-        """The adapter's symbols ``(B, n)`` float32 before the protocol's scale, per-passage conditions (B,)."""
-        device = self._device()
-        out = []
-        with torch.inference_mode():
-            for start in range(0, ids.shape[0], self.config.batch_size):
-                sl = slice(start, start + self.config.batch_size)
-                batch = torch.as_tensor(ids[sl], dtype=torch.long, device=device)
-                out.append(self.adapter.encode(batch, snr_db[sl].to(device), kind[sl].to(device)).float().cpu().numpy())
-        return np.concatenate(out, axis=0)
+    def _encode_batch(self, ids: torch.Tensor, snr_db: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """ids (b, L) -> the adapter's symbols (b, n)."""
+        return self.adapter.encode(ids, snr_db, kind)
 
     def _decode(self, symbols: np.ndarray, channel: ChannelModel | None, gain: np.ndarray) -> np.ndarray:
         self._require_fit()

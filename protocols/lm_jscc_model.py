@@ -38,7 +38,6 @@ k history ids.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +49,15 @@ from calm.checkpoint import register_model_type
 from calm.checks import check_numbers
 from calm.config import DictConfig
 from environments.torch_channels import CHANNEL_KINDS, ChannelKind, simulate_channel
-from protocols.jscc_model import MLP, JSCCConfig, JSCCModel, condition_input, equalise, resolve_conditions
+from protocols.jscc_model import (
+    MLP,
+    JSCCConfig,
+    JSCCModel,
+    check_training_fields,
+    condition_input,
+    equalise,
+    resolve_conditions,
+)
 
 __all__ = ["LMJSCCConfig", "LMJSCCModel", "LMJSCCOutput", "PRESETS", "preset"]
 
@@ -111,24 +118,11 @@ class LMJSCCConfig(DictConfig):
         if self.prefix_length + jscc.passage_length > lm.max_positions:
             raise ValueError(f"prefix_length + passage_length = {self.prefix_length + jscc.passage_length} exceeds "
                              f"the LM's max_positions {lm.max_positions}")
-        self.channels = tuple(self.channels) if not isinstance(self.channels, str) else (self.channels,)
-        if not self.channels or len(set(self.channels)) != len(self.channels):
-            raise ValueError(f"LMJSCCConfig.channels must name distinct channel kinds, got {self.channels!r}")
+        check_training_fields(self)
         for kind in self.channels:
-            if kind not in CHANNEL_KINDS:
-                raise ValueError(f"LMJSCCConfig.channels: unknown channel kind {kind!r}; choose from {CHANNEL_KINDS}")
             if kind not in jscc.channels:
                 raise ValueError(f"LMJSCCConfig.channels: the JSCC adapter was trained on {list(jscc.channels)}, "
                                  f"not {kind!r}")
-        for name in ("snr_db_min", "snr_db_max"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"LMJSCCConfig.{name} must be finite, got {getattr(self, name)}")
-        if self.snr_db_min > self.snr_db_max:
-            raise ValueError(f"LMJSCCConfig.snr_db_min={self.snr_db_min} exceeds snr_db_max={self.snr_db_max}")
-        if not (self.power_weight >= 0.0 and math.isfinite(self.power_weight)):
-            raise ValueError(f"LMJSCCConfig.power_weight must be a finite number >= 0, got {self.power_weight!r}")
-        if isinstance(self.train_negatives, bool) or not isinstance(self.train_negatives, int) or self.train_negatives < 0:
-            raise ValueError(f"LMJSCCConfig.train_negatives must be an integer >= 0, got {self.train_negatives!r}")
         check_numbers(self)
 
     def to_dict(self) -> dict:

@@ -62,11 +62,7 @@ def _weights_sha(directory: Path) -> str:
 
 def checkpoint_id(directory: Path) -> str:
     """``<dir name>@<sha256[:12] of model.safetensors>``: names a checkpoint wherever it lives."""
-    h = hashlib.sha256()
-    with open(directory / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{directory.name}@{h.hexdigest()[:12]}"
+    return f"{directory.name}@{_weights_sha(directory)}"
 
 
 def ensure_checkpoint(cfg: SweepConfig, *, overrides: dict[str, Any] | None = None) -> Path:
