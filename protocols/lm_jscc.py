@@ -21,7 +21,7 @@ import torch
 
 from protocols import lm_jscc_model  # noqa: F401  (registers the adapter's model type for load_pretrained)
 from protocols.base import ChannelModel, Protocol
-from protocols.jscc import ChannelState, JSCCProtocolConfig, ToldChannel, _budget_config
+from protocols.told_channel import ChannelState, JSCCProtocolConfig, ToldChannel, budget_config
 
 __all__ = ["LMJSCCProtocol"]
 
@@ -38,7 +38,7 @@ class LMJSCCProtocol(ToldChannel, Protocol):
         """Wrap ``adapter`` (put in eval mode); ``config.budget`` must be its channel_uses; ``channel``: the
         channel the speaker is told (None: bind one later with ``with_channel``)."""
         super().__init__()
-        self.config = _budget_config(config, adapter)
+        self.config = budget_config(config, adapter)
         self.adapter = adapter.eval()
         self.scale = 1.0
         self.state: ChannelState | None = None
