@@ -8,6 +8,7 @@ Dim letters: B passages, L tokens, N = L/K chunks, l latent size, D = N*l, d cod
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,12 +18,20 @@ import torch
 from protocols.base import Protocol
 from protocols.saved import build_config, read_autoencoder_dims
 
-__all__ = ["LatentBasis", "autoencoder_dims", "decode_latents", "encode_means"]
+__all__ = ["LatentBasis", "MeansCache", "autoencoder_dims", "decode_latents", "encode_means", "encoded_passages"]
 
 # the std floor of a (collapsed) latent dimension, so standardising never divides by zero
 STD_FLOOR = 1e-6
 # logits held in memory at once by decode_latents: B_chunk * L * V <= this many floats
 MAX_LOGITS = 1 << 25
+# on a CPU, logits decoded at once: 4 MB that stay in cache for the argmax (1.6x faster than 128 MB pieces for
+# the demo's 256 passages of 16 tokens at V = 8192, one thread)
+CPU_LOGITS = 1 << 20
+# tokens per encoder forward: (tokens, intermediate) activations small enough to stay in a CPU's cache
+FORWARD_TOKENS = 4096
+# the most bytes of posterior means MeansCache keeps per autoencoder
+MEANS_CACHE_BYTES = 256 << 20
+_ENCODED_PASSAGES = 0
 
 
 def autoencoder_dims(autoencoder: Any) -> tuple[int, int, int]:
@@ -38,19 +47,102 @@ def _device(autoencoder: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def encode_means(autoencoder: Any, ids: np.ndarray, *, batch_size: int) -> np.ndarray:
-    """Posterior means of every chunk: ``ids (B, L)`` -> ``mu (B, L/K, l)`` float64.
+def encode_means(autoencoder: Any, ids: np.ndarray, *, batch_size: int, cache: bool = False,
+                 dtype: type = np.float64) -> np.ndarray:  # fmt: skip
+    """Posterior means of every chunk: ``ids (B, L)`` -> ``mu (B, L/K, l)`` float64 (or ``dtype``; the encoder
+    computes float32, so float32 loses nothing and skips a copy).
 
-    Runs the encoder in inference mode, ``batch_size`` passages at a time, on the model's device.
+    Runs the encoder in inference mode on the model's device, once per distinct passage, in forwards of at
+    most ``batch_size`` passages and about ``FORWARD_TOKENS`` tokens: a forward that large keeps its
+    intermediates in the CPU's cache, which runs the tiny encoder at 1.8x the matmul rate of 1,024-passage
+    forwards (``bench/channel_throughput.py``). Each row's mean does not depend on the rows beside it.
+
+    With ``cache``, passages this autoencoder already encoded (in this process, with these weights) are not
+    encoded again: a game's listener re-encodes the target the speaker encoded, and every trial of a sweep
+    draws from the same test passages (``MeansCache``).
     """
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.shape[0] == 0:
+        K, ell, _ = autoencoder_dims(autoencoder)
+        return np.zeros((0, ids.shape[1] // K, ell), dtype=dtype)
+    store = MeansCache.of(autoencoder) if cache else None
+    keys = [row.tobytes() for row in ids]
+    first: dict[bytes, int] = {}  # each passage not yet encoded -> its first row
+    for i, key in enumerate(keys):
+        if key not in first and (store is None or key not in store):
+            first[key] = i
+    fresh = _run_encoder(autoencoder, ids[list(first.values())], batch_size) if first else None
+    if store is None and len(first) == len(keys):  # all distinct, nothing cached: the encoder's rows as they are
+        return fresh.astype(dtype, copy=False)
+    table = dict(zip(first, fresh)) if first else {}
+    if store is not None:
+        store.add(table)
+        table = store
+    return np.stack([table[key] for key in keys]).astype(dtype, copy=False)
+
+
+def _run_encoder(autoencoder: Any, ids: np.ndarray, batch_size: int) -> np.ndarray:
+    """The encoder's means ``(B, L/K, l)`` float32, in forwards of about ``FORWARD_TOKENS`` tokens."""
+    global _ENCODED_PASSAGES
     device = _device(autoencoder)
+    rows = max(1, min(batch_size, FORWARD_TOKENS // max(1, ids.shape[1])))
     out = []
     with torch.inference_mode():
-        for start in range(0, ids.shape[0], batch_size):
-            batch = torch.as_tensor(ids[start : start + batch_size], dtype=torch.long, device=device)
+        for start in range(0, ids.shape[0], rows):
+            batch = torch.as_tensor(ids[start : start + rows], dtype=torch.long, device=device)
             mu, _ = autoencoder.encode(batch)
             out.append(mu.float().cpu().numpy())
-    return np.concatenate(out, axis=0).astype(np.float64)
+    _ENCODED_PASSAGES += ids.shape[0]
+    return np.concatenate(out, axis=0)
+
+
+def encoded_passages() -> int:
+    """Passages the autoencoder encoder has run on in this process (cache hits and repeats not counted)."""
+    return _ENCODED_PASSAGES
+
+
+class MeansCache:
+    """Posterior means an autoencoder already computed, by passage (its token ids' bytes), float32.
+
+    One per autoencoder object, valid while its weights are the ones it was filled with (checked by the
+    parameters' in-place version counters: a training step or ``load_state_dict`` empties it). When full
+    (``MEANS_CACHE_BYTES``) it is emptied and filled again: the passages a sweep plays are far fewer.
+    """
+
+    _stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, version: tuple[int, ...]) -> None:
+        self.version = version
+        self.means: dict[bytes, np.ndarray] = {}
+        self.nbytes = 0
+
+    @classmethod
+    def of(cls, autoencoder: Any) -> MeansCache:
+        """The cache of ``autoencoder`` (a fresh one when its weights changed since the last call)."""
+        version = tuple(p._version for p in autoencoder.parameters())
+        store = cls._stores.get(autoencoder)
+        if store is None or store.version != version:
+            store = cls._stores[autoencoder] = cls(version)
+        return store
+
+    @classmethod
+    def clear_all(cls) -> None:
+        """Forget every autoencoder's cache (a benchmark that times encoding from scratch)."""
+        cls._stores.clear()
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.means
+
+    def __getitem__(self, key: bytes) -> np.ndarray:
+        return self.means[key]
+
+    def add(self, table: dict[bytes, np.ndarray]) -> None:
+        size = sum(v.nbytes for v in table.values())
+        if self.nbytes + size > MEANS_CACHE_BYTES:
+            self.means.clear()
+            self.nbytes = 0
+        self.means.update(table)
+        self.nbytes += size
 
 
 def decode_latents(autoencoder: Any, mu: np.ndarray) -> np.ndarray:
@@ -59,13 +151,20 @@ def decode_latents(autoencoder: Any, mu: np.ndarray) -> np.ndarray:
     B, N, _ = mu.shape
     device = _device(autoencoder)
     dtype = next(autoencoder.parameters()).dtype
-    rows = max(1, MAX_LOGITS // (N * K * V))
+    rows = max(1, (MAX_LOGITS if device.type == "cuda" else CPU_LOGITS) // (N * K * V))
     out = []
     with torch.inference_mode():
         for start in range(0, B, rows):
             z = torch.as_tensor(mu[start : start + rows], dtype=dtype, device=device)
             out.append(autoencoder.decode(z).argmax(-1).cpu().numpy())
     return np.concatenate(out, axis=0).astype(np.int64)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float64 on torch's threads. numpy's BLAS keeps threads of its own that spin after a call
+    and took a 2-core machine from the encoder beside them: the encoder ran at 95 GFLOP/s after a numpy
+    projection against 184 after none (bench/channel_throughput.py's games, issue 30)."""
+    return torch.from_numpy(np.ascontiguousarray(a)).matmul(torch.from_numpy(np.ascontiguousarray(b))).numpy()
 
 
 class LatentBasis:
@@ -124,16 +223,21 @@ class LatentBasis:
         return ((mu - self.mean) / self.std).reshape(B, -1)  # (B, D)
 
     def forward(self, mu: np.ndarray) -> np.ndarray:
-        """``mu (B, N, l)`` -> code ``(B, d)`` float64."""
-        x = self._standardise(mu)
+        """``mu (B, N, l)`` (float32 or float64) -> code ``(B, d)`` float64.
+
+        The arithmetic of ``_standardise`` and the projection, in torch (its threads; see ``_matmul``).
+        """
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        x = t(mu).to(torch.float64, copy=True)  # in place from here: one buffer of (B, D) doubles, not four
+        x = x.sub_(t(self.mean)).div_(t(self.std)).reshape(mu.shape[0], -1)  # (B, D)
         if self.uses_pca:
-            x = (x - self.pca_mean) @ self.components
-        return x
+            x = x.sub_(t(self.pca_mean)).matmul(t(self.components))
+        return x.numpy()
 
     def inverse(self, code: np.ndarray, N: int) -> np.ndarray:
         """code ``(B, d)`` -> ``mu (B, N, l)`` float64."""
         B = code.shape[0]
-        x = code @ self.components.T + self.pca_mean if self.uses_pca else code
+        x = _matmul(code, self.components.T) + self.pca_mean if self.uses_pca else code
         return x.reshape(B, N, -1) * self.std + self.mean
 
     def stats(self) -> dict[str, np.ndarray]:

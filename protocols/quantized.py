@@ -132,7 +132,8 @@ class QuantizedVectorProtocol(LatentProtocol):
     def code_bits(self, ids: np.ndarray) -> np.ndarray:
         """Gray-coded quantiser bits of passages: ``ids (B, L)`` -> ``(B, d b)`` int64, MSB first per dim."""
         B = ids.shape[0]
-        mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)
+        mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size, cache=True,
+                          dtype=np.float32)
         q = self.quantize(self.basis.forward(mu) / self.code_std)  # (B, d)
         gray = q ^ (q >> 1)
         shifts = np.arange(self.bits - 1, -1, -1, dtype=np.int64)  # MSB first

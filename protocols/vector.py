@@ -93,7 +93,8 @@ class VectorProtocol(LatentProtocol):
 
     def _code(self, ids: np.ndarray) -> np.ndarray:
         """The scaled code ``(B, d)`` a passage sends before repetition."""
-        mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size)
+        mu = encode_means(self.autoencoder, ids, batch_size=self.config.batch_size, cache=True,
+                          dtype=np.float32)
         return self.basis.forward(mu) * self.scale
 
     def _encode(self, ids: np.ndarray) -> np.ndarray:
