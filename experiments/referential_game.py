@@ -20,7 +20,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -91,8 +91,8 @@ class Config(SweepConfig):
     """coded protocol: code rate"""
     coded_modulation: Literal["bpsk", "qpsk", "16qam", "64qam"] = "bpsk"
     """coded protocol: modulation (per real channel use: bpsk and qpsk 1 bit, 16qam 2, 64qam 3)"""
-    seeds: tuple[int, ...] = unhashed((0, 1, 2))
-    """game and noise seeds (each seed: the same games and noise draws for every protocol)"""
+    seeds: tuple[int, ...] = unhashed((0, 1))
+    """game and noise seeds (each seed: the same games and noise draws for every protocol; --full: 0 1 2)"""
     episodes: int = 512
     """games per trial"""
     batch_size: int = 256
@@ -101,6 +101,12 @@ class Config(SweepConfig):
     """held-out (test split) passages the games draw from"""
     fit_passages: int = 4000
     """training passages the protocols' normalisation (and PCA) is fitted on"""
+    agent_pairs: int = unhashed(2)
+    """speaker/listener actor pairs serving the trials (the listeners do most of the work: two pairs keep two
+    cores busy)"""
+
+    # the default is `make demo`, under 3 minutes from a fresh 2-core machine (issue 30): two seeds of three
+    FULL: ClassVar[dict[str, Any]] = {"seeds": (0, 1, 2)}
 
     def __post_init__(self) -> None:
         super().__post_init__()

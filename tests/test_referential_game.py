@@ -59,9 +59,10 @@ def test_help_lists_every_field(capsys):
 
 
 def test_grid_is_the_cross_product():
-    cfg = Config(channels=("awgn", "erasure"))
+    cfg = Config(channels=("awgn", "erasure"), full=True)
     grid = trial_grid(cfg)
-    assert len(grid) == 5 * 2 * 2 * 2 * 7 * 3  # protocols x receivers x channels x n x sigmas x seeds
+    assert len(grid) == 5 * 2 * 2 * 2 * 7 * 3  # protocols x receivers x channels x n x sigmas x seeds (--full: 3)
+    assert len(trial_grid(Config(channels=("awgn", "erasure")))) == len(grid) // 3 * 2  # the default: 2 seeds
     assert len({spec["key"] for spec in grid}) == len(grid)
     # a protocol that cannot be built at a budget is left out there only
     assert len(trial_grid(cfg, {("coded", 8)})) == len(grid) - 2 * 2 * 7 * 3

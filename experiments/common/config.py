@@ -89,10 +89,18 @@ class SweepConfig:
     overwrite: bool = unhashed(False)
     """rewrite a finished run's results and reports from its rows (a finished run is otherwise left as it is)"""
 
+    full: bool = unhashed(False)
+    """the study's full grid (its FULL settings, each where it is still at its default): the larger run for a GPU
+    or a cluster; the default is sized to finish in about 10 minutes on a 2-core laptop"""
+
     ALLOW_INF: ClassVar[tuple[str, ...]] = ()
     """fields whose values may be +-inf (an SNR of inf dB: no noise); NaN is never allowed"""
+    FULL: ClassVar[dict[str, Any]] = {}
+    """what ``--full`` sets: the grids and sizes a study's default trimmed to fit a laptop (docs/results.md)"""
 
     def __post_init__(self) -> None:
+        if self.full:
+            self._apply_full()
         check_numbers(self, allow_inf=self.ALLOW_INF)
         # a value given twice on a grid axis would run one grid point twice and report it as two rows
         merge_duplicates(self, *(f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), tuple)))
@@ -128,6 +136,15 @@ class SweepConfig:
         if self.num_cpus is not None and self.trial_cpus > self.num_cpus:
             raise ValueError(f"--trial-cpus {self.trial_cpus} is more than --num-cpus {self.num_cpus}: no trial could "
                              "ever start")
+
+    def _apply_full(self) -> None:
+        """Set each ``FULL`` field still at its default (a value given on the command line wins)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name, value in self.FULL.items():
+            if name not in fields:
+                raise ValueError(f"{type(self).__name__}.FULL names {name!r}, which is not a setting")
+            if getattr(self, name) == _default(fields[name]):
+                setattr(self, name, value)
 
     def _starts_local_ray(self) -> bool:
         """Whether this run would start Ray on this machine (no cluster address given or found)."""
