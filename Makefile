@@ -43,8 +43,17 @@ test: $(STAMP)
 # calm_diagnostics reads the checkpoint calm_vs_baseline writes, so it runs last
 BENCHES = $(filter-out bench/calm_diagnostics.py,$(sort $(wildcard bench/*.py))) bench/calm_diagnostics.py
 
+# Each bench's stdout (its JSON) also goes to runs/bench/json/<bench>.json; then bench/summary.py (no bench
+# itself) prints one table of every benchmark's figure against its goal. A bench that fails stops the run (its
+# JSON is removed: it and the rest show as not run) and fails the target, after the table.
 bench: $(STAMP)
-	@for b in $(BENCHES); do echo "== $$b"; $(OFFLINE) $(BIN)/python $$b || exit 1; done
+	@mkdir -p runs/bench/json && rm -f runs/bench/json/*.json; rc=0; \
+	for b in $(filter-out bench/summary.py,$(BENCHES)); do \
+		echo "== $$b"; j=runs/bench/json/$$(basename $$b .py).json; \
+		{ $(OFFLINE) $(BIN)/python $$b; echo $$? > $$j.rc; } | tee $$j; rc=$$(cat $$j.rc); rm -f $$j.rc; \
+		test $$rc -eq 0 || { rm -f $$j; break; }; \
+	done; \
+	$(BIN)/python bench/summary.py runs/bench/json && test $$rc -eq 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check calm agents environments protocols experiments tests bench

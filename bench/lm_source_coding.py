@@ -20,13 +20,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocol_power import newest_autoencoder  # noqa: E402  (bench/ is the script's own directory)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="an autoencoder checkpoint directory (its tokenizer)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="an autoencoder checkpoint directory (its tokenizer); default: the newest under runs/")
     parser.add_argument("--token-lm", default=None, help="a trained token baseline (else ensure_token_lm's)")
     parser.add_argument("--corpus", default="kjv+shakespeare")
     parser.add_argument("--runs-dir", default="runs")
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     from protocols.source_coding import TokenSourceModel
 
     torch.set_num_threads(1)
-    ckpt = Path(args.checkpoint).resolve()
+    ckpt = Path(args.checkpoint or newest_autoencoder()).resolve()
     tok = load_tokenizer(str(ckpt / "tokenizer.json"))
     lm_dir = ensure_token_lm(ckpt, token_lm_checkpoint=args.token_lm, runs_dir=args.runs_dir, corpus=args.corpus,
                              steps=args.steps)

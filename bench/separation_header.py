@@ -22,13 +22,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocol_power import newest_autoencoder  # noqa: E402  (bench/ is the script's own directory)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="an autoencoder checkpoint directory (its tokenizer)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="an autoencoder checkpoint directory (its tokenizer); default: the newest under runs/")
     parser.add_argument("--corpus", default="kjv+shakespeare")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--train", type=int, default=512, help="training passages T's distribution is fitted on")
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     from protocols.separation import TokenSourceModel, mcs_menu
     from protocols.separation_frames import FixedHeader, FrameCoder, HuffmanHeader
 
-    ckpt = Path(args.checkpoint).resolve()
+    ckpt = Path(args.checkpoint or newest_autoencoder()).resolve()
     tok = load_tokenizer(str(ckpt / "tokenizer.json"))
     V, L = len(tok), args.L
     train_all = make_passages(load_token_ids(args.corpus, tok, "train", progress=False), L, seed=0)

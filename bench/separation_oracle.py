@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocol_power import newest_autoencoder  # noqa: E402  (bench/ is the script's own directory)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -49,7 +52,8 @@ def log(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="an autoencoder checkpoint directory (its tokenizer)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="an autoencoder checkpoint directory (its tokenizer); default: the newest under runs/")
     parser.add_argument("--source", default="bigram", choices=("bigram", "lm"))
     parser.add_argument("--token-lm", default=None, help="the token baseline (--source lm; else ensure_token_lm's)")
     parser.add_argument("--corpus", default="kjv+shakespeare")
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     from protocols.separation import MCS_MENUS, SeparationProtocol, TokenSourceModel, mcs_menu
 
     torch.set_num_threads(1)
-    ckpt = Path(args.checkpoint).resolve()
+    ckpt = Path(args.checkpoint or newest_autoencoder()).resolve()
     tok = load_tokenizer(str(ckpt / "tokenizer.json"))
     V, L = len(tok), args.L
     train = make_passages(load_token_ids(args.corpus, tok, "train", progress=False), L, seed=0)
