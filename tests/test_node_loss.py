@@ -110,7 +110,7 @@ def test_a_sweep_that_loses_a_node_ends_with_the_rows_of_an_undisturbed_run(loop
                  address=cluster.address, passage_length=8, channel_uses=(32,), candidates=8,
                  sigmas=(0.0, 3.0), seeds=(0,), protocols=("vector", "hash", "uncoded-tokens"),
                  receivers=("hard",), episodes=64, batch_size=64, num_passages=256, fit_passages=512, plots=False,
-                 max_concurrent=2, **MICRO)
+                 max_concurrent=2, agent_pairs=1, **MICRO)  # one pair: the worker holds it beside two trials
     total = len(trial_grid(cfg))
 
     @ray.remote(num_cpus=head_cpus)
