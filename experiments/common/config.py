@@ -91,7 +91,7 @@ class SweepConfig:
 
     full: bool = unhashed(False)
     """the study's full grid (its FULL settings, each where it is still at its default): the larger run for a GPU
-    or a cluster; the default is sized to finish in about 10 minutes on a 2-core laptop"""
+    or a cluster, where a study's default was trimmed to fit a laptop (a study with no FULL runs its default)"""
 
     ALLOW_INF: ClassVar[tuple[str, ...]] = ()
     """fields whose values may be +-inf (an SNR of inf dB: no noise); NaN is never allowed"""
