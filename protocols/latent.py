@@ -85,15 +85,16 @@ def _run_encoder(autoencoder: Any, ids: np.ndarray, batch_size: int) -> np.ndarr
     """The encoder's means ``(B, L/K, l)`` float32, in forwards of about ``FORWARD_TOKENS`` tokens."""
     global _ENCODED_PASSAGES
     device = _device(autoencoder)
+    K, ell, _ = autoencoder_dims(autoencoder)
     rows = max(1, min(batch_size, FORWARD_TOKENS // max(1, ids.shape[1])))
-    out = []
+    out = np.empty((ids.shape[0], ids.shape[1] // K, ell), dtype=np.float32)  # filled in place: no concatenation
     with torch.inference_mode():
         for start in range(0, ids.shape[0], rows):
             batch = torch.as_tensor(ids[start : start + rows], dtype=torch.long, device=device)
             mu, _ = autoencoder.encode(batch)
-            out.append(mu.float().cpu().numpy())
+            out[start : start + rows] = mu.float().cpu().numpy()
     _ENCODED_PASSAGES += ids.shape[0]
-    return np.concatenate(out, axis=0)
+    return out
 
 
 def encoded_passages() -> int:
