@@ -56,7 +56,8 @@ class QuantizedVectorProtocolConfig:
     budget: int | None = None
     """channel uses n per message; None sends every latent coordinate at b bits (n = L/K * l * b)"""
     batch_size: int = 1024
-    """passages per autoencoder forward pass"""
+    """at most this many passages per autoencoder forward (each forward holds about protocols.latent.FORWARD_TOKENS
+    tokens, which keeps its activations in a CPU cache)"""
 
     def __post_init__(self) -> None:
         b = self.bits_per_dim

@@ -43,7 +43,8 @@ class VectorProtocolConfig:
     budget: int | None = None
     """channel uses n per message; None sends every latent coordinate once (n = L/K * l)"""
     batch_size: int = 1024
-    """passages per autoencoder forward pass"""
+    """at most this many passages per autoencoder forward (each forward holds about protocols.latent.FORWARD_TOKENS
+    tokens, which keeps its activations in a CPU cache)"""
 
     def __post_init__(self) -> None:
         self.budget = check_budget(self.budget)
