@@ -161,11 +161,12 @@ def decode_latents(autoencoder: Any, mu: np.ndarray) -> np.ndarray:
     return np.concatenate(out, axis=0).astype(np.int64)
 
 
-def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` in float64 on torch's threads. numpy's BLAS keeps threads of its own that spin after a call
-    and took a 2-core machine from the encoder beside them: the encoder ran at 95 GFLOP/s after a numpy
-    projection against 184 after none (bench/channel_throughput.py's games, issue 30)."""
-    return torch.from_numpy(np.ascontiguousarray(a)).matmul(torch.from_numpy(np.ascontiguousarray(b))).numpy()
+def _torch(a: np.ndarray) -> torch.Tensor:
+    """A numpy array as a CPU tensor sharing its memory. The basis's arithmetic runs in torch, on torch's threads:
+    numpy's BLAS keeps threads of its own that spin after a call and took a 2-core machine from the encoder
+    beside them (the encoder ran at 95 GFLOP/s after a numpy projection against 184 after none;
+    bench/channel_throughput.py's games, issue 30)."""
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 class LatentBasis:
@@ -226,19 +227,18 @@ class LatentBasis:
     def forward(self, mu: np.ndarray) -> np.ndarray:
         """``mu (B, N, l)`` (float32 or float64) -> code ``(B, d)`` float64.
 
-        The arithmetic of ``_standardise`` and the projection, in torch (its threads; see ``_matmul``).
+        The arithmetic of ``_standardise`` and the projection, in torch (see ``_torch``).
         """
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        x = t(mu).to(torch.float64, copy=True)  # in place from here: one buffer of (B, D) doubles, not four
-        x = x.sub_(t(self.mean)).div_(t(self.std)).reshape(mu.shape[0], -1)  # (B, D)
+        x = _torch(mu).to(torch.float64, copy=True)  # in place from here: one buffer of (B, D) doubles, not four
+        x = x.sub_(_torch(self.mean)).div_(_torch(self.std)).reshape(mu.shape[0], -1)  # (B, D)
         if self.uses_pca:
-            x = x.sub_(t(self.pca_mean)).matmul(t(self.components))
+            x = x.sub_(_torch(self.pca_mean)).matmul(_torch(self.components))
         return x.numpy()
 
     def inverse(self, code: np.ndarray, N: int) -> np.ndarray:
         """code ``(B, d)`` -> ``mu (B, N, l)`` float64."""
         B = code.shape[0]
-        x = _matmul(code, self.components.T) + self.pca_mean if self.uses_pca else code
+        x = _torch(code).matmul(_torch(self.components.T)).numpy() + self.pca_mean if self.uses_pca else code
         return x.reshape(B, N, -1) * self.std + self.mean
 
     def stats(self) -> dict[str, np.ndarray]:
