@@ -19,6 +19,7 @@ L not a multiple of K) into one-line errors with exit status 2, as argparse does
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -240,6 +241,29 @@ def _run_without_agents(cfg: Any, plan: Plan, missing: list[dict], run_dir: Path
     return [s["key"] for s in missing if (run_dir / "rows" / f"{s['key']}.json").is_file()], failed
 
 
+def _importable(obj: Any) -> Any:
+    """``obj`` as its module's importable twin when it was defined in ``__main__`` (``python -m experiments.x``).
+
+    Ray pickles what ``__main__`` defines by value: a trial that rebuilds the study's Config in a worker then
+    meets a class whose type hints name ``__main__``'s globals there (NameError on ``Literal``). Taken from
+    ``experiments.x`` instead, trials and configs travel by reference, as they do when a test calls ``main``.
+    """
+    if getattr(obj, "__module__", None) != "__main__":
+        return obj
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    name = spec.name if spec is not None else None
+    if name is None:  # run as a file (ray submit cluster.yaml experiments/x.py): its dotted name under the repo
+        path = Path(sys.modules["__main__"].__file__).resolve()
+        root = Path(__file__).resolve().parents[2]
+        if not path.is_relative_to(root):
+            return obj
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+    try:
+        return getattr(importlib.import_module(name), obj.__qualname__)
+    except (ImportError, AttributeError):
+        return obj
+
+
 def cli(main: Callable[[T], Any], config_cls: type[T], *, prog: str, description: str) -> int:
     """Parse the command line into ``config_cls``, run ``main``, and return the exit status.
 
@@ -249,6 +273,7 @@ def cli(main: Callable[[T], Any], config_cls: type[T], *, prog: str, description
     returning an object with ``rows`` and ``total`` exits 1 while grid points are missing (rerun to finish),
     else 0.
     """
+    main, config_cls = _importable(main), _importable(config_cls)
     cfg = parse_config(config_cls, prog=prog, description=description)
     try:
         result = main(cfg)
