@@ -1,6 +1,7 @@
 """Where would CALM win? Brier-1 and BrierLM against training FLOPs for CALM (K = 2, 4) and the token baseline.
 
-    python -m experiments.calm_scaling                  # 3 families x 3 sizes x 3 budgets on local Ray
+    python -m experiments.calm_scaling                  # 3 families x size xs x 2 budgets on local Ray
+    python -m experiments.calm_scaling --full           # 3 families x 3 sizes x 3 budgets (27 models)
     python -m experiments.calm_scaling --help
     python -m experiments.calm_scaling --budgets 1e12 2e12 4e12 8e12   # one more budget: same run, more rows
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from calm.checks import in_range, positive_ints
 from experiments.calm_scaling_report import write_report
@@ -48,18 +49,21 @@ COLUMNS = ["family", "size", "budget", "params", "steps", "tokens", "flops", "fl
 class Config(SweepConfig):
     """The scaling study. Grid axes: families x sizes x budgets."""
 
+    FULL: ClassVar[dict[str, Any]] = {"sizes": ("xs", "s", "m"), "budgets": (1e12, 2.5e12, 6.25e12)}
+
     tokenizer: str = "bpe:2048"
     """tokenizer of every model (a small vocabulary keeps CPU training cheap)"""
     ae_steps: int = 1500
     """autoencoder training steps (K = 2 and K = 4, once each, cached under runs_dir)"""
     families: tuple[Family, ...] = unhashed(FAMILIES)
     """model families to train"""
-    sizes: tuple[Literal["xs", "s", "m"], ...] = unhashed(("xs", "s", "m"))
+    sizes: tuple[Literal["xs", "s", "m"], ...] = unhashed(("xs",))
     """backbone sizes (experiments.common.lm_budget.SIZES: xs d=64 x 2 layers, s d=96 x 3, m d=128 x 4 = the
-    tiny presets)"""
-    budgets: tuple[float, ...] = unhashed((1e12, 2.5e12, 6.25e12))
-    """training-FLOPs budgets (analytic, calm.flops; each model is trained from scratch to each); one that would
-    train a model more than 100,000 optimizer steps (lm_budget.MAX_STEPS) is refused without --force"""
+    tiny presets); xs, the frontier of nearly every family and budget, on a laptop; --full adds s and m"""
+    budgets: tuple[float, ...] = unhashed((1e12, 2.5e12))
+    """training-FLOPs budgets (analytic, calm.flops; each model is trained from scratch to each); --full adds
+    6.25e12. One that would train a model more than 100,000 optimizer steps (lm_budget.MAX_STEPS) is refused
+    without --force"""
     batch_size: int = 8
     """windows of 256 tokens per micro-batch, every family"""
     calm_grad_accum: int = 4

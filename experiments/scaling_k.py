@@ -1,6 +1,7 @@
 """Where does K sit? The autoencoder, CALM and the channel at K = 1, 2, 4, 8 (l = 32 K), against the token baseline.
 
-    python -m experiments.scaling_k                 # K 1 2 4 8 x budgets 1e12 2.5e12, the baseline, on local Ray
+    python -m experiments.scaling_k                 # K 1 2 4 8 x budget 1e12, the baseline, on local Ray
+    python -m experiments.scaling_k --full          # K 1 2 4 8 x budgets 1e12 2.5e12
     python -m experiments.scaling_k --help
     python -m experiments.scaling_k --budgets 1e12 2.5e12 6.25e12   # one more budget: same run, more rows
 
@@ -25,7 +26,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -88,6 +89,8 @@ LM_COLUMNS = ["family", "K", "size", "budget", "params", "steps", "tokens", "flo
 class Config(SweepConfig):
     """The K study. Grid axes: ks x budgets (and sizes) for the language models; ks for the autoencoders."""
 
+    FULL: ClassVar[dict[str, Any]] = {"budgets": (1e12, 2.5e12)}
+
     tokenizer: str = K_AUTOENCODER["tokenizer"]
     """tokenizer of every model (a small vocabulary keeps CPU training cheap)"""
     ks: tuple[int, ...] = unhashed((1, 2, 4, 8))
@@ -100,9 +103,10 @@ class Config(SweepConfig):
     """KL weight of the autoencoders (as in experiments.calm_scaling: a wider posterior for the head to learn)"""
     sizes: tuple[Literal["xs", "s", "m"], ...] = unhashed(("xs",))
     """backbone sizes (experiments.common.lm_budget.SIZES; xs d=64 x 2 layers is the frontier at these budgets)"""
-    budgets: tuple[float, ...] = unhashed((1e12, 2.5e12))
-    """training-FLOPs budgets every language model is trained to from scratch (analytic, calm.flops); one that
-    would train a model more than 100,000 optimizer steps (lm_budget.MAX_STEPS) is refused without --force"""
+    budgets: tuple[float, ...] = unhashed((1e12,))
+    """training-FLOPs budgets every language model is trained to from scratch (analytic, calm.flops); --full adds
+    2.5e12. One that would train a model more than 100,000 optimizer steps (lm_budget.MAX_STEPS) is refused
+    without --force"""
     batch_size: int = 8
     """windows of 256 tokens per micro-batch, every family"""
     calm_grad_accum: int = 4

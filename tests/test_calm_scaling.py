@@ -71,7 +71,8 @@ def test_summary_finds_a_planted_crossover_and_reports_none_otherwise():
 
 
 def test_config_and_grid():
-    grid = trial_grid(Config())
+    assert {(s["size"], s["budget"]) for s in trial_grid(Config())} == {("xs", 1e12), ("xs", 2.5e12)}  # laptop
+    grid = trial_grid(Config(full=True))
     assert len(grid) == 3 * 3 * 3 and len({s["key"] for s in grid}) == len(grid)
     assert [s["budget"] for s in grid] == sorted(s["budget"] for s in grid)  # cheapest first
     assert set(SIZES) == {"xs", "s", "m"}

@@ -31,7 +31,8 @@ def base(tmp_path_factory):
 
 
 def test_config_and_grid():
-    cfg = Config()
+    assert {spec["channel_uses"] for spec in trial_grid(Config())} == {32}  # the laptop default: n = 32 only
+    cfg = Config(full=True)
     grid = trial_grid(cfg)
     assert len(grid) == 4 * 2 * 3 * 8 * 2  # protocols x channels x rhos x sigmas x seeds
     assert {spec["channel_uses"] for spec in grid} == {8, 16, 32}  # rho L for L = 32

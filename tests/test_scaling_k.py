@@ -16,7 +16,8 @@ pytestmark = pytest.mark.ray  # the tiny runs start Ray (tests/conftest.py)
 
 
 def test_config_and_grids():
-    cfg = Config()
+    assert {s["budget"] for s in lm_grid(Config()) if s["kind"] == "lm"} == {1e12}  # the laptop default
+    cfg = Config(full=True)
     assert [s["K"] for s in ae_grid(cfg)] == [1, 2, 4, 8]
     grid = lm_grid(cfg)
     assert grid[0]["kind"] == "separation"
