@@ -11,8 +11,10 @@ round (a disturbance on the shared machine hits both alike), each keeps its best
 - ``calm``: ``EnergyTransformer.generate`` (KV cache, one backbone step per K tokens).
 
 At batch 1 on a CPU both are bound by operator dispatch, not FLOPs: a CALM step is one backbone step (the
-baseline's) plus about 40 small operators of head, decoder and next-patch input. What was tried against that,
-and what it bought, is in docs/results.md (issue 30).
+baseline's) plus about 40 small operators of head, decoder and next-patch input. ``matmuls_per_token`` counts each model's
+matmul calls per generated token in one batch-1 run; the baseline's count over CALM's (``matmul_call_ratio``)
+predicts the batch-1 speedup where dispatch binds. What was tried against that, and what it bought, is in
+docs/results.md (issue 30).
 
 Temperature 1, prompts of 16 random tokens. The goal (issue 30) is calm >= 3x the baseline's tokens/s at
 batch 1. Prints one JSON object.
@@ -51,6 +53,15 @@ def models(vocab_size: int = 2048, seed: int = 0) -> dict:
     return {"baseline": base.generate, "calm": calm.generate}
 
 
+def matmuls_per_token(gen, prompts: torch.Tensor, tokens: int, seed: int = 0) -> float:
+    """``aten::linear`` calls per generated token of one batch-1 generation (torch.profiler counts them)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        gen(prompts[:1], tokens, generator=torch.Generator().manual_seed(seed))
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::linear") / tokens
+
+
 def main(tokens: int = 64, rounds: int = 7, threads: int = 1, seed: int = 0) -> dict:
     torch.set_num_threads(threads)
     gens = models(seed=seed)
@@ -66,6 +77,9 @@ def main(tokens: int = 64, rounds: int = 7, threads: int = 1, seed: int = 0) -> 
                 rate = out.numel() / (time.perf_counter() - start)
                 best[name][f"batch_{batch}"] = max(best[name][f"batch_{batch}"], rate)
     ratio = {b: round(best["calm"][b] / best["baseline"][b], 3) for b in ("batch_1", "batch_32")}
+    # at batch 1 each small matmul costs about the same dispatch time whatever its shape, so the ratio of the
+    # two models' matmul calls per token predicts the batch-1 ratio (docs/results.md, issue 30)
+    calls = {name: matmuls_per_token(gen, prompts, tokens, seed) for name, gen in gens.items()}
     return {
         "benchmark": "generation_speed",
         "torch_threads": torch.get_num_threads(),
@@ -73,6 +87,8 @@ def main(tokens: int = 64, rounds: int = 7, threads: int = 1, seed: int = 0) -> 
         "rounds": rounds,
         "tokens_per_s": {name: {b: round(v, 1) for b, v in r.items()} for name, r in best.items()},
         "speedup_vs_baseline": ratio,
+        "matmuls_per_token": {name: round(c, 2) for name, c in calls.items()},
+        "matmul_call_ratio": round(calls["baseline"] / calls["calm"], 3),
         "goal_speedup": GOAL,
         "goal_met_batch_1": ratio["batch_1"] >= GOAL,
     }
