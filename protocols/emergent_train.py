@@ -1,0 +1,376 @@
+"""Training and evaluating an emergent speaker-listener pair end to end through the simulated channel.
+
+One training step plays B referential games (DESIGN.md section 2) on a bank of item features (N, D):
+- draw B targets and C-1 distinct distractors each (``draw_games``): uniform over the other items, or with
+  ``hard_distractors`` the C-1 nearest neighbours of the target by cosine among ``pool_size`` random others;
+- the candidates in a random order; the target's position is the label;
+- speaker -> x (B, n) -> ``simulate_channel`` at each message's SNR (a float, or uniform in dB over a
+  (low, high) range per message) -> listener scores (B, C);
+- loss: the listener's cross-entropy against the target's position, for the listener always, and for the
+  speaker too when gradients reach it (continuous, gumbel). ``reinforce``: the speaker's loss is
+  ``-(r - baseline) log p(message) - entropy_coef * H``, with r the listener's log-probability of the target
+  (or its success, ``EmergentConfig.reward``) and the baseline an exponential running mean of r.
+
+Every draw (init, games, SNRs, Gumbel noise, samples, channel noise) comes from ``seed``: the same seed gives
+the same history. ``play_games`` returns one batch of evaluation games (messages, choice distributions,
+targets, candidates) as a ``Games`` record for ``protocols.influence`` (with ``listen_fn``) and
+``protocols.meaning``; ``evaluate_pair`` counts success with a Wilson interval. ``save_pair``/``load_pair``
+(re-exported from ``protocols.emergent_model``) store a pair as safetensors + JSON.
+
+Dim letters: N items in the bank, D feature size, B games, C candidates, n channel uses, m symbols, P pool.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from calm.loop import NonFiniteLossError
+from environments.torch_channels import CHANNEL_KINDS, ChannelKind, simulate_channel
+from protocols.emergent_model import EmergentConfig, Listener, Speaker, bpsk_table, load_pair, save_pair
+from protocols.metrics import wilson_interval
+
+__all__ = [
+    "GameDraw",
+    "Games",
+    "draw_games",
+    "evaluate_pair",
+    "listen_fn",
+    "load_pair",
+    "play_games",
+    "save_pair",
+    "train_pair",
+]
+
+TrainMode = Literal["continuous", "gumbel", "reinforce"]
+SNRSpec = float | tuple[float, float]
+# the REINFORCE baseline moves this far towards each batch's mean reward
+BASELINE_MOMENTUM = 0.05
+# the learning rate decays to this fraction of lr by the last step
+DECAY_FLOOR = 0.1
+
+
+class GameDraw(NamedTuple):
+    """Bank indices of B games."""
+
+    target_item: torch.Tensor
+    """(B,) the target's item"""
+    distractor_items: torch.Tensor
+    """(B, C-1) the distractors' items, distinct and never the target"""
+    items: torch.Tensor
+    """(B, C) the candidates' items in the order the listener sees them"""
+    targets: torch.Tensor
+    """(B,) the target's position among the candidates"""
+
+
+def draw_games(features: torch.Tensor, B: int, C: int, generator: torch.Generator, *, hard: bool = False,
+               pool_size: int = 64) -> GameDraw:
+    """Draw B games of C candidates from a bank ``features (N, D)`` (module docstring)."""
+    N = features.shape[0]
+    device = features.device
+    target = torch.randint(N, (B,), generator=generator, device=device)
+    # uniform weights on every other item: multinomial without replacement gives distinct non-targets (O(B N))
+    weights = torch.ones(B, N, device=device).scatter_(1, target[:, None], 0.0)
+    if not hard:
+        distractors = torch.multinomial(weights, C - 1, generator=generator)  # (B, C-1)
+    else:
+        pool = torch.multinomial(weights, max(C - 1, min(pool_size, N - 1)), generator=generator)  # (B, P)
+        cos = F.cosine_similarity(features[pool], features[target][:, None], dim=-1)  # (B, P)
+        distractors = pool.gather(1, cos.topk(C - 1, dim=1).indices)
+    order = torch.rand(B, C, generator=generator, device=device).argsort(dim=1)  # (B, C): a random order
+    items = torch.cat([target[:, None], distractors], dim=1).gather(1, order)
+    return GameDraw(target, distractors, items, (order == 0).int().argmax(dim=1))
+
+
+def _bank(features: Any, C: int, device: str | torch.device) -> torch.Tensor:
+    bank = torch.as_tensor(features if isinstance(features, torch.Tensor) else np.asarray(features),
+                           dtype=torch.float32, device=device)
+    if bank.dim() != 2 or bank.shape[0] < C:
+        raise ValueError(f"features must have shape (N >= num_candidates={C}, D), got {tuple(bank.shape)}")
+    if not torch.isfinite(bank).all():
+        raise ValueError("features hold NaN or inf")
+    return bank
+
+
+def _check_game(cfg: EmergentConfig, bank: torch.Tensor, C: int, snr_db: SNRSpec, channel: str,
+                erasure_p: float) -> None:
+    if isinstance(C, bool) or not isinstance(C, int) or C < 2:
+        raise ValueError(f"num_candidates must be an integer >= 2, got {C!r}")
+    if bank.shape[1] != cfg.feature_dim:
+        raise ValueError(f"features have D={bank.shape[1]} but the config's feature_dim={cfg.feature_dim}")
+    if channel not in CHANNEL_KINDS:
+        raise ValueError(f"unknown channel kind {channel!r}; choose from {CHANNEL_KINDS}")
+    if not 0.0 <= erasure_p < 1.0:
+        raise ValueError(f"erasure_p must be in [0, 1), got {erasure_p}")
+    if isinstance(snr_db, (tuple, list)):
+        if len(snr_db) != 2 or not all(math.isfinite(s) for s in snr_db) or snr_db[0] > snr_db[1]:
+            raise ValueError(f"snr_db range must be (low, high), finite, low <= high, got {snr_db!r}")
+    elif math.isnan(snr_db) or snr_db == -math.inf:
+        raise ValueError(f"snr_db must be a number (inf = noiseless) or a (low, high) range, got {snr_db!r}")
+
+
+def _draw_snr(snr_db: SNRSpec, B: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(B,) SNR in dB: the given value, or uniform in dB over the range, one draw per message."""
+    if isinstance(snr_db, (tuple, list)):
+        lo, hi = float(snr_db[0]), float(snr_db[1])
+        return lo + (hi - lo) * torch.rand(B, generator=generator, device=device)
+    return torch.full((B,), float(snr_db), device=device)
+
+
+@contextmanager
+def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients inside; each module's training flag restored after."""
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.train(flag)
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training
+
+
+def train_pair(
+    cfg: EmergentConfig,
+    features_train: np.ndarray | torch.Tensor,
+    *,
+    num_candidates: int,
+    steps: int,
+    snr_db: SNRSpec,
+    batch_size: int = 128,
+    channel: ChannelKind = "awgn",
+    erasure_p: float = 0.0,
+    seed: int = 0,
+    mode: TrainMode | None = None,
+    lr: float = 3e-3,
+    log_every: int = 50,
+    hard_distractors: bool = False,
+    pool_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> tuple[Speaker, Listener, list[dict[str, float]]]:
+    """Train a speaker and a listener together on the referential game through the channel.
+
+    Args:
+        cfg: the pair's config.
+        features_train: (N, D) item features (the bank games are drawn from); their per-dimension mean and
+            std become both agents' fixed standardisation.
+        num_candidates: C >= 2 candidates per game.
+        steps: optimiser steps, each on a fresh batch of games.
+        snr_db: SNR in dB (inf: noiseless) or a (low, high) range drawn uniformly per message.
+        batch_size: B games per step.
+        channel: the channel kind (awgn, rayleigh, erasure).
+        erasure_p: erasure probability of the erasure kind.
+        seed: seeds the init and every draw.
+        mode: continuous (for kind continuous), gumbel or reinforce (kind discrete); None: continuous or gumbel.
+        lr: Adam's learning rate (one optimiser over both agents), decayed by a cosine to ``DECAY_FLOOR * lr``.
+        log_every: a history entry every this many steps (and at the last).
+        hard_distractors: nearest neighbours by cosine among ``pool_size`` random items as distractors.
+        device: where the models and the generator live.
+        progress: a tqdm bar; None: only when stderr is a terminal.
+
+    Returns:
+        (speaker, listener, history): models in eval mode; history entries ``step``, ``loss`` (listener
+        cross-entropy), ``success`` (training batches), ``entropy`` (discrete: speaker entropy in nats per
+        message) and ``baseline`` (reinforce), each a mean over the steps since the previous entry.
+    """
+    from tqdm.auto import tqdm
+
+    C = num_candidates
+    bank = _bank(features_train, C, device)
+    _check_game(cfg, bank, C, snr_db, channel, erasure_p)
+    mode = mode or ("continuous" if cfg.kind == "continuous" else "gumbel")
+    if (mode == "continuous") != (cfg.kind == "continuous") or mode not in ("continuous", "gumbel", "reinforce"):
+        raise ValueError(f"mode {mode!r} does not train kind={cfg.kind!r} messages: continuous for continuous, "
+                         "gumbel or reinforce for discrete")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    # ---- seeding: one generator for every draw; the init under the same seed
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        speaker, listener = Speaker(cfg).to(device), Listener(cfg).to(device)
+    mean, std = bank.mean(0), bank.std(0)
+    for agent in (speaker, listener):
+        agent.set_feature_stats(mean, std)
+    opt = torch.optim.Adam([*speaker.parameters(), *listener.parameters()], lr=lr)
+    # cosine decay to DECAY_FLOOR * lr: the last steps refine instead of jumping between languages
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: DECAY_FLOOR + (1 - DECAY_FLOOR) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    kind = torch.full((batch_size,), CHANNEL_KINDS.index(channel), dtype=torch.long, device=device)
+    baseline: float | None = None
+    history: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}
+    speaker.train()
+    listener.train()
+
+    show = sys.stderr.isatty() if progress is None else progress
+    for step in tqdm(range(1, steps + 1), desc=f"emergent {mode}", disable=not show, mininterval=1.0):
+        game = draw_games(bank, batch_size, C, generator, hard=hard_distractors, pool_size=pool_size)
+        snr = _draw_snr(snr_db, batch_size, generator, bank.device)
+        msg = speaker(bank[game.target_item], bank[game.distractor_items], snr,
+                      mode="greedy" if mode == "continuous" else mode, generator=generator)
+        y, gain = simulate_channel(msg.x, snr, kind, erasure_p=erasure_p, generator=generator)
+        scores = listener(y, bank[game.items], gain=gain, snr_db=snr)  # (B, C)
+        log_probs = F.log_softmax(scores, dim=-1)
+        target_lp = log_probs.gather(1, game.targets[:, None]).squeeze(1)  # (B,)
+        loss = ce = -target_lp.mean()
+        success = (scores.argmax(-1) == game.targets).float()
+        if mode == "reinforce":
+            reward = (target_lp if cfg.reward == "log_prob" else success).detach()
+            baseline = float(reward.mean()) if baseline is None else baseline
+            loss = ce - ((reward - baseline) * msg.log_prob).mean() - cfg.entropy_coef * msg.entropy.mean()
+            baseline += BASELINE_MOMENTUM * (float(reward.mean()) - baseline)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"emergent {mode} training: loss {float(loss)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+        window.setdefault("loss", []).append(float(ce.detach()))
+        window.setdefault("success", []).append(float(success.mean()))
+        if msg.entropy is not None:
+            window.setdefault("entropy", []).append(float(msg.entropy.detach().mean()))
+        if baseline is not None:
+            window.setdefault("baseline", []).append(baseline)
+        if step % log_every == 0 or step == steps:
+            history.append({"step": step, **{k: float(np.mean(v)) for k, v in window.items()}})
+            window = {}
+    speaker.eval()
+    listener.eval()
+    return speaker, listener, history
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass
+class Games:
+    """One batch of B evaluation games, as numpy arrays (``play_games``)."""
+
+    sent: np.ndarray
+    """(B, n) float32 channel symbols the speaker sent"""
+    received: np.ndarray
+    """(B, n) float32 what the listener heard (the messages for ``protocols.influence``)"""
+    gain: np.ndarray
+    """(B, n) float32 fading gain told to the listener"""
+    snr_db: np.ndarray
+    """(B,) float32 SNR of each message"""
+    symbols: np.ndarray | None
+    """(B, m) int64 discrete symbols (the messages for ``protocols.meaning``); None for continuous"""
+    probs: np.ndarray
+    """(B, C) float64 the listener's choice distribution"""
+    targets: np.ndarray
+    """(B,) int64 the target's position among the candidates"""
+    candidates: np.ndarray
+    """(B, C, D) float32 candidate features in the listener's order"""
+    target_features: np.ndarray
+    """(B, D) float32 the target's features (the meanings)"""
+    items: np.ndarray
+    """(B, C) int64 the candidates' indices into the bank"""
+
+    @property
+    def success(self) -> float:
+        """Fraction of games whose argmax choice is the target."""
+        return float(np.mean(self.probs.argmax(1) == self.targets))
+
+
+def _play(speaker: Speaker, listener: Listener, bank: torch.Tensor, B: int, C: int, snr_db: SNRSpec, channel: str,
+          erasure_p: float, generator: torch.Generator, hard: bool, pool_size: int) -> Games:
+    with _eval_mode(speaker, listener):
+        game = draw_games(bank, B, C, generator, hard=hard, pool_size=pool_size)
+        snr = _draw_snr(snr_db, B, generator, bank.device)
+        kind = torch.full((B,), CHANNEL_KINDS.index(channel), dtype=torch.long, device=bank.device)
+        msg = speaker(bank[game.target_item], bank[game.distractor_items], snr, mode="greedy")
+        y, gain = simulate_channel(msg.x, snr, kind, erasure_p=erasure_p, generator=generator)
+        probs = F.softmax(listener(y, bank[game.items], gain=gain, snr_db=snr).double(), dim=-1)
+
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return t.cpu().numpy()
+
+    return Games(sent=arr(msg.x), received=arr(y), gain=arr(gain), snr_db=arr(snr),
+                 symbols=None if msg.symbols is None else arr(msg.symbols), probs=arr(probs),
+                 targets=arr(game.targets).astype(np.int64), candidates=arr(bank[game.items]),
+                 target_features=arr(bank[game.target_item]), items=arr(game.items))
+
+
+def play_games(speaker: Speaker, listener: Listener, features: np.ndarray | torch.Tensor, *, num_candidates: int,
+               snr_db: SNRSpec, channel: ChannelKind = "awgn", erasure_p: float = 0.0, games: int = 512,
+               seed: int = 0, hard_distractors: bool = False, pool_size: int = 64) -> Games:
+    """One batch of ``games`` evaluation games (greedy speaker), drawn from ``features (N, D)`` by ``seed``.
+
+    ``causal_influence(listen_fn(listener), g.received, g, rng=...)`` and ``control_success`` apply to the
+    result ``g``; so do ``topographic_similarity(g.target_features, g.symbols, ...)`` and ``posdis``.
+    """
+    bank = _bank(features, num_candidates, _device(speaker))
+    _check_game(speaker.config, bank, num_candidates, snr_db, channel, erasure_p)
+    generator = torch.Generator(device=bank.device).manual_seed(seed)
+    return _play(speaker, listener, bank, games, num_candidates, snr_db, channel, erasure_p, generator,
+                 hard_distractors, pool_size)
+
+
+def listen_fn(listener: Listener) -> Callable[[np.ndarray, Games], np.ndarray]:
+    """``listen(messages, games) -> probs (B, C)`` for ``protocols.influence``: float messages (B, n) are taken as
+    received values; integer messages (B, m) are discrete symbols, heard as their BPSK bits without noise."""
+    table = bpsk_table(listener.config.vocab_bits).numpy()
+
+    def listen(messages: np.ndarray, games: Games) -> np.ndarray:
+        messages = np.asarray(messages)
+        if np.issubdtype(messages.dtype, np.integer):
+            messages = table[messages].reshape(messages.shape[0], -1)
+        device = _device(listener)
+        with _eval_mode(listener):
+            scores = listener(torch.as_tensor(messages, dtype=torch.float32, device=device),
+                              torch.as_tensor(games.candidates, device=device),
+                              gain=torch.as_tensor(games.gain, device=device),
+                              snr_db=torch.as_tensor(games.snr_db, device=device))
+        return F.softmax(scores.double(), dim=-1).cpu().numpy()
+
+    return listen
+
+
+def evaluate_pair(speaker: Speaker, listener: Listener, features: np.ndarray | torch.Tensor, *, num_candidates: int,
+                  snr_db: SNRSpec, channel: ChannelKind = "awgn", erasure_p: float = 0.0, episodes: int = 1024,
+                  seed: int = 0, batch_size: int = 512, hard_distractors: bool = False,
+                  pool_size: int = 64) -> dict[str, Any]:
+    """Success rate of a pair over ``episodes`` games drawn from ``features (N, D)`` (greedy speaker).
+
+    Returns:
+        ``success``, its 95% Wilson interval ``ci_low``/``ci_high``, ``successes``, ``episodes``,
+        ``candidates``, ``channel_uses``, ``channel`` and ``snr_db`` (as given).
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be an integer >= 1, got {episodes!r}")
+    bank = _bank(features, num_candidates, _device(speaker))
+    _check_game(speaker.config, bank, num_candidates, snr_db, channel, erasure_p)
+    generator = torch.Generator(device=bank.device).manual_seed(seed)
+    successes = 0
+    for start in range(0, episodes, batch_size):
+        g = _play(speaker, listener, bank, min(batch_size, episodes - start), num_candidates, snr_db, channel,
+                  erasure_p, generator, hard_distractors, pool_size)
+        successes += int((g.probs.argmax(1) == g.targets).sum())
+    low, high = wilson_interval(successes, episodes)
+    return {"success": successes / episodes, "ci_low": low, "ci_high": high, "successes": successes,
+            "episodes": episodes, "candidates": num_candidates, "channel_uses": speaker.config.channel_uses,
+            "channel": channel, "snr_db": list(snr_db) if isinstance(snr_db, (tuple, list)) else float(snr_db)}
