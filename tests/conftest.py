@@ -214,6 +214,7 @@ RAY_FILE_SECONDS = {
     "test_train.py": 67, "test_jscc.py": 65, "test_e2e.py": 58, "test_referential_game.py": 55,
     "test_alignment.py": 44, "test_broadcast_experiment.py": 38, "test_agents.py": 38, "test_scaling_k.py": 34,
     "test_calm_scaling.py": 33, "test_relay_experiment.py": 30, "test_official_lm.py": 29, "test_dialogue.py": 25,
+    "test_emergent_rllib.py": 50, "test_emergent_study.py": 40,
 }
 RAY_FILE_DEFAULT_SECONDS = 30
 
