@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from calm.files import atomic_write_text, save_figure
+from experiments.common.tables import shared_legend
 from protocols.metrics import wilson_interval
 
 __all__ = ["beats_hash", "pooled", "write_report"]
@@ -143,12 +144,7 @@ def plot_success(table, run_dir: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    labels: dict = {}
-    for ax in axes.flat[: len(panels)]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            labels.setdefault(label, handle)
-    fig.legend(list(labels.values()), list(labels), fontsize=8, loc="lower center", ncol=min(4, len(labels)),
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) > 4), 1, 1))
+    entries = shared_legend(fig, axes.flat[: len(panels)], ncol=4)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (entries > 4), 1, 1))
     save_figure(fig, run_dir / "success_vs_snr.png", dpi=110)
     plt.close(fig)

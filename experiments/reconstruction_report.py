@@ -20,7 +20,7 @@ import numpy as np
 
 from calm.files import atomic_write_text, save_figure
 from experiments.common.rundir import run_facts
-from experiments.common.tables import fmt_snr, passage_metrics, snr_at_target, snr_db_header
+from experiments.common.tables import fmt_snr, passage_metrics, shared_legend, snr_at_target, snr_db_header
 from protocols.bounds import finite_length_accuracy, rate_distortion_accuracy
 
 __all__ = ["LINES", "FRAME_ERROR", "console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled",
@@ -377,12 +377,8 @@ def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = Fal
                 ax.set_xlabel(f"SNR (dB); sigma 0 at {inf_at:.0f}")
             if j == 0:
                 ax.set_ylabel(label)
-    labels: dict[str, Any] = {}
-    for ax in axes.flat:
-        for handle, name in zip(*ax.get_legend_handles_labels()):
-            labels.setdefault(name, handle)
-    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04 * (1 + (len(labels) - 1) // 4), 1, 1))  # a legend row per four entries
+    entries = shared_legend(fig, axes.flat, ncol=4)
+    fig.tight_layout(rect=(0, 0.04 * (1 + (entries - 1) // 4), 1, 1))  # a legend row per four entries
     save_figure(fig, path, dpi=110)
     plt.close(fig)
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from calm.files import atomic_write_text, save_figure
-from experiments.common.tables import fmt_snr, snr_at_target, snr_db_header
+from experiments.common.tables import fmt_snr, shared_legend, snr_at_target, snr_db_header
 from protocols.bounds import simplex_success
 from protocols.metrics import best_success, fano_delivered_bits, wilson_interval
 
@@ -203,14 +202,8 @@ def plot_results(table, run_dir: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    # one legend for every panel: a protocol left out at some n still has its entry
-    labels: dict[str, Any] = {}
-    for ax in axes.flat[: len(panels)]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            labels.setdefault(label, handle)
-    fig.legend(list(labels.values()), list(labels), fontsize=8, loc="lower center", ncol=min(6, len(labels)),
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(labels) > 6), 1, 1))
+    entries = shared_legend(fig, axes.flat[: len(panels)], ncol=6)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * (entries > 6), 1, 1))
     save_figure(fig, run_dir / "success_vs_snr.png", dpi=110)
     plt.close(fig)
 

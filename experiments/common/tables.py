@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["fmt_snr", "mean_interval", "passage_metrics", "snr_at_target", "snr_db_header"]
+__all__ = ["fmt_snr", "mean_interval", "passage_metrics", "shared_legend", "snr_at_target", "snr_db_header"]
 
 
 def snr_at_target(table, group: list[str], metric: str, target: float):
@@ -77,3 +77,17 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
     m = float(values.mean())
     half = 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return m, max(float(values.min()), m - half), min(float(values.max()), m + half)
+
+
+def shared_legend(fig, axes, *, ncol: int) -> int:
+    """One legend under the figure for every label of ``axes`` (a protocol missing from some panel keeps its entry).
+
+    Returns the number of entries, for the caller's ``tight_layout`` margin.
+    """
+    labels: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    fig.legend(list(labels.values()), list(labels), fontsize=8, loc="lower center", ncol=min(ncol, len(labels)),
+               frameon=False)
+    return len(labels)
