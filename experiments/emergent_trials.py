@@ -31,8 +31,18 @@ from calm.files import atomic_write_text
 from environments.torch_channels import CHANNEL_KINDS, simulate_channel
 from experiments.common.sweep import make_channel
 from protocols.base import log_likelihood
+from protocols.coded import code_limit_problem
 from protocols.emergent_model import EmergentConfig
-from protocols.emergent_train import GameDraw, Games, draw_games, listen_fn, load_pair, save_pair, train_pair
+from protocols.emergent_train import (
+    GameDraw,
+    Games,
+    draw_games,
+    listen_fn,
+    load_pair,
+    save_pair,
+    train_pair,
+    transmit,
+)
 from protocols.influence import causal_influence, control_success
 from protocols.latent import encode_means
 from protocols.meaning import bosdis, posdis, topographic_similarity
@@ -41,11 +51,12 @@ from protocols.metrics import fano_delivered_bits, wilson_interval
 __all__ = ["ANALYSIS_COLUMNS", "CONTROLS", "PAIR_PROTOCOLS", "bag_features", "calm_features", "ensure_pair",
            "meaning_attributes", "play_trial"]
 
-#: learned protocol -> (EmergentConfig.kind, train_pair mode)
+#: learned protocol -> (EmergentConfig.kind, train_pair mode); learned-coded sends its bits under the 5G code
 PAIR_PROTOCOLS = {"learned-continuous": ("continuous", "continuous"), "learned-gumbel": ("discrete", "gumbel"),
-                  "learned-reinforce": ("discrete", "reinforce")}
-#: the message controls reported (protocols.influence), each on the received symbols
-CONTROLS = ("real", "shuffled", "rotation", "gaussian", "zeroed")
+                  "learned-reinforce": ("discrete", "reinforce"), "learned-coded": ("discrete", "gumbel")}
+#: the message controls reported (protocols.influence), each on what the listener hears; other_task: the same
+#: protocol's messages about passages of the unseen corpus, through the same channel
+CONTROLS = ("real", "shuffled", "rotation", "gaussian", "zeroed", "other_task")
 ANALYSIS_COLUMNS = ["topsim", "posdis", "bosdis", "causal_influence", *[f"control_{c}" for c in CONTROLS],
                     "analysis_games"]
 # posdis/bosdis attributes: the top principal components of the meanings, each cut at its quartiles
@@ -85,23 +96,35 @@ def meaning_attributes(meanings: np.ndarray) -> np.ndarray:
 # learned pairs, trained once and cached
 
 
+def coded_info_bits(code: str, rate: float, n: int, b: int) -> tuple[int, str | None]:
+    """learned-coded at n channel uses: ``(k, problem)``, k = code_rate * n rounded down to a multiple of b, and
+    the 5G limit that k in n coded bits breaks (None when the code can be built)."""
+    k = int(rate * n) // b * b
+    return k, code_limit_problem(code, k, n)
+
+
 def pair_config(s: dict[str, Any], protocol: str, n: int, feature_dim: int) -> tuple[EmergentConfig, str]:
     """The pair's ``EmergentConfig`` and training mode from the study's settings ``s``."""
     kind, mode = PAIR_PROTOCOLS[protocol]
     b = s["vocab_bits"]
+    coded = protocol == "learned-coded"
+    bits = coded_info_bits(s["code"], s["code_rate"], n, b)[0] if coded else n
     cfg = EmergentConfig(feature_dim=feature_dim, kind=kind, channel_uses=n, vocab_bits=b,
-                         message_len=n // b if kind == "discrete" else 8, hidden_size=s["hidden_size"],
+                         message_len=bits // b if kind == "discrete" else 8, hidden_size=s["hidden_size"],
                          sees_distractors=s["sees_distractors"], told_snr=s["told_snr"],
-                         entropy_coef=s["entropy_coef"])
+                         entropy_coef=s["entropy_coef"], link=s["code"] if coded else "uncoded")
     return cfg, mode
 
 
-def ensure_pair(s: dict[str, Any], protocol: str, n: int, features: str, seed: int, bank: np.ndarray) -> Path:
-    """The directory of the trained pair for (protocol, n, features, seed): trained once on ``bank (N, D)`` (the
-    training passages' features) and cached under ``s["pairs_dir"]`` by a hash of every setting that shapes it.
-    A trial that finds another training the same pair waits for it (a lock beside the directory)."""
+def ensure_pair(s: dict[str, Any], protocol: str, n: int, features: str, seed: int, bank: np.ndarray,
+                train_snr_db: tuple[float, ...] | None = None) -> Path:
+    """The directory of the trained pair for (protocol, n, features, seed, training SNR): trained once on ``bank
+    (N, D)`` (the training passages' features) at ``train_snr_db`` (default: the study's) and cached under
+    ``s["pairs_dir"]`` by a hash of every setting that shapes it. A trial that finds another training the same
+    pair waits for it (a lock beside the directory)."""
     cfg, mode = pair_config(s, protocol, n, bank.shape[1])
-    train_snr = s["train_snr_db"][0] if len(s["train_snr_db"]) == 1 else tuple(s["train_snr_db"])
+    train_db = tuple(s["train_snr_db"] if train_snr_db is None else train_snr_db)
+    train_snr = train_db[0] if len(train_db) == 1 else train_db
     train = {"mode": mode, "num_candidates": s["train_candidates"], "steps": s["steps"], "snr_db": train_snr,
              "batch_size": s["batch_size"], "channel": s["channel"], "erasure_p": s["erasure_p"], "seed": seed,
              "lr": s["lr"], "hard_distractors": s["hard_distractors"], "pool_size": s["pool_size"]}
@@ -159,10 +182,16 @@ class Played:
     """(E, m) int64 discrete symbols (learned discrete; the hash's bits); None for analog messages"""
 
 
-def _channel(x: torch.Tensor, snr: float, s: dict[str, Any], generator: torch.Generator):
+def _channel(x: torch.Tensor, snr: float, s: dict[str, Any], generator: torch.Generator,
+             pair: EmergentConfig | None = None):
+    """x through the study's channel at ``snr``: a learned pair's own link (``transmit``: coded or not), or the
+    bare channel for the fixed protocols."""
     E = x.shape[0]
     kind = torch.full((E,), CHANNEL_KINDS.index(s["channel"]), dtype=torch.long)
-    return simulate_channel(x, torch.full((E,), float(snr)), kind, erasure_p=s["erasure_p"], generator=generator)
+    snr_t = torch.full((E,), float(snr))
+    if pair is not None:
+        return transmit(pair, x, snr_t, kind, erasure_p=s["erasure_p"], generator=generator)
+    return simulate_channel(x, snr_t, kind, erasure_p=s["erasure_p"], generator=generator)
 
 
 def _play_learned(speaker, listener, bank: torch.Tensor, draw: GameDraw, snr: float, s: dict[str, Any],
@@ -173,7 +202,7 @@ def _play_learned(speaker, listener, bank: torch.Tensor, draw: GameDraw, snr: fl
         msgs = [speaker(bank[draw.target_item[i:i + step]], bank[draw.distractor_items[i:i + step]],
                         snr_t[i:i + step], mode="greedy") for i in range(0, E, step)]
         x = torch.cat([m.x for m in msgs])
-        y, gain = _channel(x, snr, s, noise)
+        y, gain = _channel(x, snr, s, noise, speaker.config)
         scores = torch.cat([listener(y[i:i + step], bank[draw.items[i:i + step]], gain=gain[i:i + step],
                                      snr_db=snr_t[i:i + step]) for i in range(0, E, step)])
     symbols = None if msgs[0].symbols is None else torch.cat([m.symbols for m in msgs]).numpy()
@@ -200,11 +229,13 @@ def _play_fixed(codes: np.ndarray, draw: GameDraw, snr: float, s: dict[str, Any]
 
 
 def _analysis(listen, context, played: Played, A: int, targets: np.ndarray, meanings: np.ndarray,
-              *, discrete: np.ndarray | None, vocab: int, scores: bool, s: dict[str, Any], seed: int) -> dict:
-    """Topsim, posdis, bosdis, causal influence and the controls' success on the first A games."""
+              *, discrete: np.ndarray | None, vocab: int, scores: bool, s: dict[str, Any], seed: int,
+              other: np.ndarray) -> dict:
+    """Topsim, posdis, bosdis, causal influence and the controls' success on the first A games; ``other`` (M, n):
+    what the listener hears of the same protocol's messages about unseen-corpus passages (the other-task control)."""
     rng = np.random.default_rng(seed)
     received = played.received[:A]
-    rates = control_success(listen, received, context, targets[:A], rng=rng)
+    rates = control_success(listen, received, context, targets[:A], rng=rng, other_messages=other)
     cic = causal_influence(listen, received, context, rng=rng, interventions=s["interventions"], scores=scores)
     if discrete is None:
         topsim = topographic_similarity(meanings, played.sent[:A], "cosine", "cosine", max_pairs=TOPSIM_PAIRS, rng=seed)
@@ -217,17 +248,28 @@ def _analysis(listen, context, played: Played, A: int, targets: np.ndarray, mean
             **{f"control_{c}": rates.get(c, float("nan")) for c in CONTROLS}, "analysis_games": A}
 
 
+def _other_task(speak, codes: np.ndarray | None, bank: np.ndarray, A: int, snr: float, s: dict[str, Any], seed: int,
+                pair: EmergentConfig | None) -> np.ndarray:
+    """What the listener hears of A messages about random unseen-corpus passages: the learned speaker's (``speak``
+    on their features ``bank``) or the fixed protocol's ``codes``, through the same channel at ``snr``."""
+    rows = np.random.default_rng(_seed(seed, snr, 7)).choice(len(bank if codes is None else codes), size=A)
+    with torch.no_grad():
+        x = speak(torch.tensor(bank[rows])) if codes is None else torch.as_tensor(codes[rows])
+    return _channel(x, snr, s, torch.Generator().manual_seed(_seed(seed, snr, 8)), pair)[0].numpy()
+
+
 def play_trial(spec: dict[str, Any], *, settings: dict[str, Any], data: dict[str, Any]) -> dict:
     """Play ``episodes`` games at one grid point and return its row (``experiments.emergent.COLUMNS``).
 
-    ``data``: ``meanings`` (N, D) CALM features of the held-out passages; ``features[f]`` = (train, test)
-    feature banks; ``codes[protocol@n]`` (N, n) the fixed protocols' symbols of every held-out passage.
+    ``data``: ``meanings[split]`` (N, D) CALM features of the split's passages (test: held out; unseen: the
+    unseen corpus); ``features[f][split]`` feature banks (train, test, unseen); ``codes[split][protocol@n]`` (N, n)
+    the fixed protocols' symbols of every passage of the split.
     """
     s = settings
-    protocol, features, n, C, snr, seed = (spec[k] for k in ("protocol", "features", "channel_uses", "candidates",
-                                                              "snr_db", "seed"))
+    protocol, features, n, C, snr, seed, split = (spec[k] for k in ("protocol", "features", "channel_uses",
+                                                                     "candidates", "snr_db", "seed", "split"))
     torch.set_num_threads(1)
-    meanings_bank = torch.tensor(data["meanings"])  # a copy: Ray hands read-only arrays
+    meanings_bank = torch.tensor(data["meanings"][split])  # a copy: Ray hands read-only arrays
     draw = draw_games(meanings_bank, s["episodes"], C, torch.Generator().manual_seed(_seed(seed, C)),
                       hard=s["hard_distractors"], pool_size=s["pool_size"])
     noise = torch.Generator().manual_seed(_seed(seed, C, snr))
@@ -235,26 +277,28 @@ def play_trial(spec: dict[str, Any], *, settings: dict[str, Any], data: dict[str
     channel = make_channel(s["channel"], sigma, erasure_p=s["erasure_p"])
     targets = draw.targets.numpy().astype(np.int64)
     A = min(s["analysis_games"], s["episodes"])
-    meanings = data["meanings"][draw.target_item.numpy()[:A]]
+    meanings = data["meanings"][split][draw.target_item.numpy()[:A]]
+    key = f"{protocol}@{n}"
     if protocol in PAIR_PROTOCOLS:
-        train_bank, test_bank = data["features"][features]
-        directory = ensure_pair(s, protocol, n, features, seed, train_bank)
+        directory = ensure_pair(s, protocol, n, features, seed, data["features"][features]["train"],
+                                tuple(spec["train_snr_db"]))
         pair_cfg, speaker, listener, history = load_pair(directory)
-        bank = torch.tensor(test_bank)
+        bank = torch.tensor(data["features"][features][split])
         played = _play_learned(speaker, listener, bank, draw, snr, s, noise)
         pair, train_success = directory.name, history[-1]["success"]
-        bits = n if pair_cfg.kind == "discrete" else float("nan")
+        bits = pair_cfg.message_len * pair_cfg.vocab_bits if pair_cfg.kind == "discrete" else float("nan")
     else:
-        played = _play_fixed(data["codes"][f"{protocol}@{n}"], draw, snr, s, noise, channel)
-        pair, train_success = f"{protocol}@{n}", float("nan")
-        bits = data["bits"][f"{protocol}@{n}"]
+        played = _play_fixed(data["codes"][split][key], draw, snr, s, noise, channel)
+        pair, train_success = key, float("nan")
+        bits = data["bits"][key]
     wins = int((played.scores.argmax(1) == targets).sum())
     E = len(targets)
     low, high = wilson_interval(wins, E)
     capacity = n * channel.capacity_per_use()
-    row = {"protocol": protocol, "features": features, "channel": s["channel"], "channel_uses": n, "candidates": C,
-           "snr_db": float(snr), "sigma": sigma, "success": wins / E, "success_ci_low": low, "success_ci_high": high,
-           "episodes": E, "capacity_bits": capacity, "delivered_bits": fano_delivered_bits(wins / E, C),
+    row = {"protocol": protocol, "features": features, "split": split, "train_snr": spec["train_snr"],
+           "channel": s["channel"], "channel_uses": n, "candidates": C, "snr_db": float(snr), "sigma": sigma,
+           "success": wins / E, "success_ci_low": low, "success_ci_high": high, "episodes": E,
+           "capacity_bits": capacity, "delivered_bits": fano_delivered_bits(wins / E, C),
            "bits_sent": float("nan") if bits is None else float(bits), "reference": bool(spec["reference"]),
            **{c: float("nan") for c in ANALYSIS_COLUMNS}, "train_success": train_success, "seed": seed, "pair": pair,
            "checkpoint": s["checkpoint_id"]}
@@ -265,13 +309,17 @@ def play_trial(spec: dict[str, Any], *, settings: dict[str, Any], data: dict[str
             games = Games(sent=played.sent[sl], received=played.received[sl], gain=played.gain[sl],
                           snr_db=np.full(A, snr, dtype=np.float32),
                           symbols=None if played.symbols is None else played.symbols[sl],
-                          probs=torch.softmax(torch.as_tensor(played.scores[sl]), -1).numpy(), targets=targets[sl], candidates=bank[items].numpy(),
-                          target_features=meanings, items=items.numpy())
+                          probs=torch.softmax(torch.as_tensor(played.scores[sl]), -1).numpy(), targets=targets[sl],
+                          candidates=bank[items].numpy(), target_features=meanings, items=items.numpy())
+            # a speaker that sees distractors gets another unseen passage as the one distractor
+            other = _other_task(lambda f: speaker(f, f.roll(1, 0)[:, None], torch.full((len(f),), float(snr))).x, None,
+                                data["features"][features]["unseen"], A, snr, s, seed, pair_cfg)
             row.update(_analysis(listen_fn(listener), games, played, A, targets, meanings, discrete=played.symbols,
-                                 vocab=pair_cfg.vocab_size, scores=False, s=s, seed=seed))
+                                 vocab=pair_cfg.vocab_size, scores=False, s=s, seed=seed, other=other))
         else:
-            listen = _fixed_scores(channel, data["codes"][f"{protocol}@{n}"], draw.items.numpy()[sl])
+            listen = _fixed_scores(channel, data["codes"][split][key], draw.items.numpy()[sl])
             hash_bits = (played.sent < 0).astype(np.int64) if protocol == "hash" else None
+            other = _other_task(None, data["codes"]["unseen"][key], None, A, snr, s, seed, None)
             row.update(_analysis(lambda msgs, gain: listen(msgs, gain), played.gain[sl], played, A, targets,
-                                 meanings, discrete=hash_bits, vocab=2, scores=True, s=s, seed=seed))
+                                 meanings, discrete=hash_bits, vocab=2, scores=True, s=s, seed=seed, other=other))
     return row

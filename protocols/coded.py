@@ -66,7 +66,7 @@ from protocols.base import ChannelModel, Protocol, check_budget, log_likelihood
 from protocols.hashing import keyed_hash_bits
 
 __all__ = ["CODES", "MODULATIONS", "MODULATION_BITS", "SOURCES", "CodedLink", "CodedProtocol",
-           "CodedProtocolConfig", "check_link_fields"]
+           "CodedProtocolConfig", "check_link_fields", "code_limit_problem"]
 
 SOURCES = ("hash", "tokens")
 CODES = ("ldpc", "polar")
@@ -78,6 +78,28 @@ MODULATIONS = tuple(MODULATION_BITS)
 _LDPC_K_MIN, _LDPC_K_MAX, _LDPC_N_MAX = 12, 8448, 316 * 384
 _LDPC_RATE_MIN, _LDPC_RATE_MAX = 1 / 5, 0.95
 _POLAR_N_MIN, _POLAR_N_MAX, _POLAR_K_MIN, _POLAR_K_MAX = 18, 1088, 12, 1013
+
+
+def code_limit_problem(code: str, k: int, N: int) -> str | None:
+    """The 5G limit that ``k`` information bits in ``N`` coded bits break for ``code`` (ldpc or polar), or None
+    when Sionna can build the code. Arithmetic only: nothing of Sionna is imported."""
+    if code == "ldpc":
+        problems = [
+            (k < _LDPC_K_MIN, f"5G LDPC needs k >= {_LDPC_K_MIN} information bits"),
+            (k > _LDPC_K_MAX, f"5G LDPC takes at most k = {_LDPC_K_MAX} information bits (no segmentation)"),
+            (N > _LDPC_N_MAX, f"5G LDPC codewords hold at most N = {_LDPC_N_MAX} bits"),
+            (k / N > _LDPC_RATE_MAX, f"5G LDPC needs a code rate k/N <= {_LDPC_RATE_MAX}"),
+            (k / N < _LDPC_RATE_MIN, "5G LDPC needs a code rate k/N >= 1/5 (no repetition coding)"),
+        ]
+    else:
+        problems = [
+            (N < _POLAR_N_MIN, f"5G polar codes need N >= {_POLAR_N_MIN} coded bits"),
+            (N > _POLAR_N_MAX, f"5G polar codes hold at most N = {_POLAR_N_MAX} coded bits (no segmentation)"),
+            (k < _POLAR_K_MIN, f"5G uplink polar codes need k >= {_POLAR_K_MIN} information bits"),
+            (k > _POLAR_K_MAX, f"5G polar codes take at most k = {_POLAR_K_MAX} information bits"),
+            (k + (6 if k <= 19 else 11) > N, f"5G polar codes need k + CRC ({6 if k <= 19 else 11} bits) <= N"),
+        ]
+    return next((limit for failed, limit in problems if failed), None)
 
 
 def _is_int(value: Any) -> bool:
@@ -179,27 +201,9 @@ class CodedLink:
                 f"N={self.N} coded bits, k={self.k} info bits, rate {self.k / self.N:.3f})")
 
     def _check_limits(self) -> None:
-        k, N = self.k, self.N
-        if self.code == "ldpc":
-            problems = [
-                (k < _LDPC_K_MIN, f"5G LDPC needs k >= {_LDPC_K_MIN} information bits"),
-                (k > _LDPC_K_MAX, f"5G LDPC takes at most k = {_LDPC_K_MAX} information bits (no segmentation)"),
-                (N > _LDPC_N_MAX, f"5G LDPC codewords hold at most N = {_LDPC_N_MAX} bits"),
-                (k / N > _LDPC_RATE_MAX, f"5G LDPC needs a code rate k/N <= {_LDPC_RATE_MAX}"),
-                (k / N < _LDPC_RATE_MIN, "5G LDPC needs a code rate k/N >= 1/5 (no repetition coding)"),
-            ]
-        else:
-            problems = [
-                (N < _POLAR_N_MIN, f"5G polar codes need N >= {_POLAR_N_MIN} coded bits"),
-                (N > _POLAR_N_MAX, f"5G polar codes hold at most N = {_POLAR_N_MAX} coded bits (no segmentation)"),
-                (k < _POLAR_K_MIN, f"5G uplink polar codes need k >= {_POLAR_K_MIN} information bits"),
-                (k > _POLAR_K_MAX, f"5G polar codes take at most k = {_POLAR_K_MAX} information bits"),
-                (k + (6 if k <= 19 else 11) > N,
-                 f"5G polar codes need k + CRC ({6 if k <= 19 else 11} bits) <= N"),
-            ]
-        for failed, limit in problems:
-            if failed:
-                raise ValueError(f"coded protocol: {self._where()} cannot be built: {limit}")
+        problem = code_limit_problem(self.code, self.k, self.N)
+        if problem:
+            raise ValueError(f"coded protocol: {self._where()} cannot be built: {problem}")
 
     def _build(self, bp_iterations: int, list_size: int) -> None:
         import torch

@@ -14,10 +14,12 @@ the control):
 Fairness (DESIGN.md section 3). Power: every message has power exactly 1 per channel use (continuous: divided
 by its own root mean square, so sum x^2 = n; discrete: BPSK symbols are +-1). A constant per-message energy
 carries nothing in its scale, so this is the average-power rule met with equality by every message, not a
-per-message leak. Channel uses: a discrete message costs m * b uses, so a comparison with a continuous
-message of n uses sets m * b = n (``EmergentConfig`` enforces it). Discrete symbols travel uncoded: the
-project's coded link (LDPC / Polar in ``protocols.coded``) is not differentiable and is out of scope here
-(not built yet: a coded variant would send the argmax symbols' bits through that link at evaluation).
+per-message leak. Channel uses: an uncoded discrete message costs m * b uses, so a comparison with a continuous
+message of n uses sets m * b = n (``EmergentConfig`` enforces it). A coded discrete message (``link`` = ldpc or
+polar) carries k = m * b information bits in n coded BPSK symbols (``protocols.coded.CodedLink``, Sionna's 5G
+codes, rate k / n): the channel sees the code's unit-power symbols, the listener hears the k decoded bits as +-1
+(``protocols.emergent_train.transmit``), and training passes gradients straight through the decoder (the
+decoded bit errors act as sign flips on the sent bits).
 
 Training the discrete speaker (``Speaker.sample``):
 - ``gumbel``: straight-through Gumbel-softmax at temperature tau (Jang et al. 2017, arXiv:1611.01144); the
@@ -53,8 +55,10 @@ from calm.checks import check_numbers, in_range, positive_ints
 from calm.config import DictConfig
 from calm.files import DamagedFileError, atomic_write_bytes, atomic_write_text, read_json
 from calm.integrity import check_tensors, read_safetensors
+from protocols.coded import code_limit_problem
 
 __all__ = [
+    "LINKS",
     "SAMPLE_MODES",
     "SNR_INPUT_DB",
     "EmergentConfig",
@@ -68,6 +72,8 @@ __all__ = [
 ]
 
 MessageKind = Literal["continuous", "discrete"]
+#: how discrete bits reach the channel: as they are, or under a 5G code (``protocols.coded.CODES``)
+LINKS: tuple[str, ...] = ("uncoded", "ldpc", "polar")
 SampleMode = Literal["gumbel", "reinforce", "greedy"]
 SAMPLE_MODES: tuple[str, ...] = ("gumbel", "reinforce", "greedy")
 #: the SNR an agent is told is clamped to this range in dB and scaled to [-1, 1] (inf = noiseless -> 1)
@@ -125,7 +131,7 @@ class EmergentConfig(DictConfig):
     kind: MessageKind = "continuous"
     """continuous: n real symbols; discrete: m symbols over V = 2^b, sent as BPSK bits"""
     channel_uses: int = 8
-    """n: real channel symbols per message (discrete: must equal message_len * vocab_bits)"""
+    """n: real channel symbols per message (discrete uncoded: must equal message_len * vocab_bits)"""
     vocab_bits: int = 1
     """b: bits per discrete symbol, V = 2^b (discrete only)"""
     message_len: int = 8
@@ -146,6 +152,9 @@ class EmergentConfig(DictConfig):
     """weight of the speaker's entropy bonus (reinforce training only)"""
     reward: Literal["log_prob", "success"] = "log_prob"
     """REINFORCE reward: the listener's log-probability of the target, or 1 for a right choice"""
+    link: Literal["uncoded", "ldpc", "polar"] = "uncoded"
+    """discrete only: uncoded (the m b bits are the n BPSK channel symbols) or a 5G code of ``protocols.coded``
+    (k = m b information bits -> n coded BPSK symbols; the listener hears the k decoded bits)"""
 
     def __post_init__(self) -> None:
         for name, allowed in (("kind", ("continuous", "discrete")), ("reward", ("log_prob", "success"))):
@@ -154,7 +163,17 @@ class EmergentConfig(DictConfig):
         positive_ints(self, "feature_dim", "channel_uses", "vocab_bits", "message_len", "hidden_size", "embed_size")
         positive_ints(self, "num_layers", minimum=0)
         in_range("vocab_bits", self.vocab_bits, 1, 16)  # V = 2^b logits per symbol
-        if self.kind == "discrete" and self.message_len * self.vocab_bits != self.channel_uses:
+        if self.link not in LINKS:
+            raise ValueError(f"EmergentConfig.link must be one of {LINKS}, got {self.link!r}")
+        if self.link != "uncoded":
+            if self.kind != "discrete":
+                raise ValueError(f"EmergentConfig.link={self.link!r} codes bits: it needs kind='discrete'")
+            problem = code_limit_problem(self.link, self.message_len * self.vocab_bits, self.channel_uses)
+            if problem:
+                raise ValueError(f"EmergentConfig.link: k = message_len * vocab_bits = {self.message_len} * "
+                                 f"{self.vocab_bits} information bits in channel_uses={self.channel_uses} coded "
+                                 f"bits: {problem}")
+        elif self.kind == "discrete" and self.message_len * self.vocab_bits != self.channel_uses:
             raise ValueError(f"EmergentConfig: discrete messages use message_len * vocab_bits = {self.message_len} * "
                              f"{self.vocab_bits} channel uses, which must equal channel_uses={self.channel_uses}")
         for name in ("sees_distractors", "told_snr"):
@@ -168,6 +187,11 @@ class EmergentConfig(DictConfig):
     def vocab_size(self) -> int:
         """V = 2^b."""
         return 2**self.vocab_bits
+
+    @property
+    def heard_size(self) -> int:
+        """Values the listener hears per message: n channel outputs, or the k decoded bits of a coded link."""
+        return self.channel_uses if self.link == "uncoded" else self.message_len * self.vocab_bits
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -309,7 +333,7 @@ class Listener(nn.Module):
         self.config = c = config
         self.standardise = _Standardise(c.feature_dim)
         # message input: y, the fading gain the receiver is told (ones off rayleigh), the SNR when told
-        d_msg = 2 * c.channel_uses + (1 if c.told_snr else 0)
+        d_msg = 2 * c.heard_size + (1 if c.told_snr else 0)
         self.message_net = mlp(d_msg, c.hidden_size, c.embed_size, c.num_layers)
         self.candidate_net = mlp(c.feature_dim, c.hidden_size, c.embed_size, c.num_layers)
 
@@ -322,7 +346,7 @@ class Listener(nn.Module):
         """Scores of the C candidates of each of B games.
 
         Args:
-            received: (B, n) channel output y.
+            received: (B, n) channel output y (a coded link: (B, k) decoded bits as +-1).
             candidates: (B, C, D) candidate features, in the game's order.
             gain: (B, n) fading gain the receiver is told (ones when None).
             snr_db: (B,) SNR of each message (needed when ``told_snr``).
@@ -332,8 +356,8 @@ class Listener(nn.Module):
         """
         c = self.config
         B, n = received.shape
-        if n != c.channel_uses or candidates.dim() != 3 or candidates.shape[0] != B:
-            raise ValueError(f"listener wants received (B, n={c.channel_uses}) and candidates (B, C, D), got "
+        if n != c.heard_size or candidates.dim() != 3 or candidates.shape[0] != B:
+            raise ValueError(f"listener wants received (B, {c.heard_size}) and candidates (B, C, D), got "
                              f"{tuple(received.shape)} and {tuple(candidates.shape)}")
         parts = [received, torch.ones_like(received) if gain is None else gain.to(received.dtype)]
         if c.told_snr:

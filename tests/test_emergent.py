@@ -192,3 +192,60 @@ def test_zeroed_messages_fall_to_chance_and_causal_influence(continuous_pair):
                             rng=np.random.default_rng(0))
     print(f"causal influence: {cic:.3f} bits; listener with zeroed messages {deaf:.2e}")
     assert cic > 0.5 and deaf == pytest.approx(0.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- the coded link
+
+
+@pytest.mark.parametrize("channel", ["awgn", "rayleigh", "erasure"])
+def test_bpsk_llr_equals_the_coded_protocols_demapper(channel):
+    from environments.torch_channels import CHANNEL_KINDS
+    from experiments.common.sweep import make_channel
+    from protocols.coded import CodedLink
+    from protocols.emergent_train import bpsk_llr
+
+    B, n, snr = 64, 32, 3.0
+    rng = np.random.default_rng(0)
+    y = torch.as_tensor(rng.standard_normal((B, n)))
+    gain = torch.as_tensor(rng.rayleigh(size=(B, 1)).repeat(n, 1) if channel == "rayleigh" else np.ones((B, n)))
+    kind = torch.full((B,), CHANNEL_KINDS.index(channel))
+    ours = bpsk_llr(y, gain, torch.full((B,), snr), kind, 0.25).numpy()
+    link = CodedLink(16, n)
+    theirs = link.demap(y.numpy(), make_channel(channel, 10 ** (-snr / 20), erasure_p=0.25), gain.numpy())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_coded_link_decodes_cleanly_above_its_cliff_and_flips_bits_below():
+    from environments.torch_channels import CHANNEL_KINDS
+    from protocols.emergent_train import transmit
+
+    cfg = EmergentConfig(feature_dim=D, kind="discrete", channel_uses=32, vocab_bits=2, message_len=8, link="ldpc")
+    assert cfg.heard_size == 16
+    x = 1 - 2 * torch.randint(0, 2, (512, 16), generator=torch.Generator().manual_seed(0)).float()
+    kind = torch.full((512,), CHANNEL_KINDS.index("awgn"))
+    errors = {}
+    for snr in (12.0, -6.0):
+        heard, gain = transmit(cfg, x, torch.full((512,), snr), kind, erasure_p=0.0,
+                               generator=torch.Generator().manual_seed(1))
+        assert heard.shape == gain.shape == (512, 16) and set(heard.unique().tolist()) <= {-1.0, 1.0}
+        errors[snr] = float((heard != x).float().mean())
+    assert errors[12.0] == 0.0 and errors[-6.0] > 0.05, errors
+    # gradients pass straight through the decoder
+    xg = x.clone().requires_grad_(True)
+    heard, _ = transmit(cfg, xg, torch.full((512,), -6.0), kind, erasure_p=0.0)
+    heard.sum().backward()
+    assert set(xg.grad.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_coded_pair_learns_and_bad_coded_configs_are_refused():
+    cfg = _discrete(channel_uses=32, message_len=8, link="polar")
+    speaker, listener, history = train_pair(cfg, TRAIN, num_candidates=2, steps=150, batch_size=128,
+                                            snr_db=(-3.0, 10.0), seed=0, lr=5e-3, log_every=50)
+    result = evaluate_pair(speaker, listener, HELD_OUT, num_candidates=2, snr_db=10.0, episodes=1000, seed=1)
+    assert result["success"] >= 0.9, result
+    with pytest.raises(ValueError, match="kind='discrete'"):
+        EmergentConfig(feature_dim=D, channel_uses=32, link="ldpc")
+    with pytest.raises(ValueError, match="k >= 12"):
+        _discrete(channel_uses=8, message_len=4, link="ldpc")  # 8 info bits: below 5G LDPC's minimum
+    with pytest.raises(ValueError, match="link"):
+        _discrete(link="turbo")

@@ -47,16 +47,42 @@ def test_odd_n_is_fine_without_discrete_protocols():
 def test_grid_covers_every_point_once_with_pairs_first():
     cfg = Config(full=True)
     grid = trial_grid(cfg)
-    # learned: 3 protocols x 2 features; fixed: 2 protocols; each x 2 n x 2 C x 9 SNRs x 3 seeds
-    assert len(grid) == (3 * 2 + 2) * 2 * 2 * 9 * 3
+    # per (C, seed, SNR), on each split: 3 uncoded learned x 2 features x 2 n, learned-coded x 2 features at n = 32
+    # only (n = 8 holds 4 information bits, below 5G LDPC's 12), 2 fixed x 2 n; the test split adds the mismatch
+    # pairs of the 4 learned protocols at 2 training SNRs
+    per_split, mismatch = 3 * 2 * 2 + 2 + 2 * 2, (3 * 2 * 2 + 2) * 2
+    assert cfg.coded_channel_uses() == (32,)
+    assert len(grid) == (2 * per_split + mismatch) * 2 * 3 * 9
     assert len({s["key"] for s in grid}) == len(grid)
-    assert sum(s["reference"] for s in grid) == len(grid) // 9
-    # the first trials each need a different pair: two cores train two pairs at once
-    learned = [(s["protocol"], s["features"], s["channel_uses"], s["seed"]) for s in grid[:48]
-               if s["protocol"].startswith("learned")]
-    assert len(learned) == len(set(learned)) == 3 * 2 * 2 * 3
+    assert sum(s["reference"] for s in grid) == per_split * 2 * 3
+    assert all(s["split"] == "test" and not s["mismatch"] for s in grid if s["reference"])
+    # every pair is needed at the first SNR (trained early), and the first two trials need different pairs
+    def pair(s):
+        return s["protocol"], s["features"], s["channel_uses"], s["seed"], s["train_snr"]
+
+    learned = [s for s in grid if s["protocol"].startswith("learned")]
+    first_snr = {pair(s) for s in learned if s["snr_db"] == cfg.snrs_db[0]}
+    assert first_snr == {pair(s) for s in learned} and len(first_snr) == (3 * 2 * 2 + 2) * 3 * 3
+    assert pair(grid[0]) != pair(grid[1])
     small = trial_grid(Config())
-    assert len(small) == 5 * 2 * 1 * 4 * 1  # the laptop default: 40 trials, 6 pairs
+    # the laptop default: 4 SNRs x (11 points on each split + 2 mismatch points), 9 pairs
+    assert len(small) == 4 * (11 * 2 + 2)
+    assert len({pair(s) for s in small if s["protocol"].startswith("learned")}) == 9
+    assert {s["train_snr"] for s in small} == {"-9..20", "0", "-"}
+
+
+def test_coded_and_unseen_settings_are_checked():
+    with pytest.raises(ValueError, match="code_rate"):
+        Config(channel_uses=(8,))  # learned-coded fits no n
+    assert Config(channel_uses=(8,), protocols=("learned-continuous", "hash")).channel_uses == (8,)
+    with pytest.raises(ValueError, match="unseen_corpus"):
+        Config(unseen_corpus="kjv+shakespeare")
+    with pytest.raises(ValueError, match="unseen_corpus"):
+        Config(unseen_corpus="bible")
+    with pytest.raises(ValueError, match="mismatch_protocols"):
+        Config(mismatch_protocols=("hash",))
+    with pytest.raises(ValueError, match="splits"):
+        Config(splits=("train",))
 
 
 def test_features_and_attributes():
@@ -72,32 +98,39 @@ def test_features_and_attributes():
 def test_tiny_study_runs_writes_its_outputs_and_resumes(ray_session, tmp_path_factory):
     cfg = Config(results_dir=str(tmp_path_factory.mktemp("results")),
                  runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), run_name="tiny",
-                 passage_length=8, channel_uses=(8,), candidates=(4,), snrs_db=(0.0, 10.0), reference_snr_db=10.0,
+                 passage_length=8, channel_uses=(24,), candidates=(4,), snrs_db=(0.0, 10.0), reference_snr_db=10.0,
                  train_candidates=4, steps=40, batch_size=32, hidden_size=32, episodes=64, eval_batch=32,
                  analysis_games=32, interventions=4, num_passages=128, fit_passages=256, pool_size=16,
                  hard_distractors=True, **MICRO)
     first = main(cfg)
-    assert first.rows == first.total == 10 and not first.failed
+    # 6 protocols x 2 SNRs x 2 splits, and the mismatch pair (trained at 0 dB) at both SNRs
+    assert first.rows == first.total == 26 and not first.failed
     run_dir = first.run_dir
     frame = pd.read_csv(run_dir / "results.csv")
-    assert list(frame.columns) == COLUMNS and len(frame) == 10
+    assert list(frame.columns) == COLUMNS and len(frame) == 26
     assert frame["success"].between(0, 1).all()
     assert (frame["success_ci_low"] <= frame["success"]).all() and (frame["success"] <= frame["success_ci_high"]).all()
+    assert (frame["split"] == "unseen").sum() == 12 and (frame["train_snr"] == "0").sum() == 2
     ref = frame[frame["reference"]]
-    assert len(ref) == 5 and ref["topsim"].notna().all() and ref["causal_influence"].ge(0).all()
-    assert ref["control_zeroed"].notna().all() and frame[~frame["reference"]]["topsim"].isna().all()
-    discrete = ref["protocol"].isin(["learned-gumbel", "learned-reinforce", "hash"])
+    assert len(ref) == 6 and ref["topsim"].notna().all() and ref["causal_influence"].ge(0).all()
+    assert ref["control_zeroed"].notna().all() and ref["control_other_task"].notna().all()
+    assert frame[~frame["reference"]]["topsim"].isna().all()
+    discrete = ref["protocol"].isin(["learned-gumbel", "learned-reinforce", "learned-coded", "hash"])
     assert ref[discrete]["posdis"].notna().all() and ref[~discrete]["posdis"].isna().all()
+    coded = frame[frame["protocol"] == "learned-coded"]
+    assert (coded["bits_sent"] == 12).all()  # k = 0.5 * 24 information bits in 24 coded uses
     # the success on the analysed games matches the listener on the real messages
     assert ref["control_real"].between(0, 1).all()
     summary = (run_dir / "summary.md").read_text()
-    assert "Success vs SNR" in summary and "learned-gumbel (calm)" in summary and "topsim" in summary
-    assert (run_dir / "success_vs_snr.png").stat().st_size > 0
+    for part in ("Success vs SNR", "learned-gumbel (calm)", "topsim", "unseen", "mismatch", "Example messages"):
+        assert part in summary, part
+    for plot in ("success_vs_snr.png", "snr_mismatch.png"):
+        assert (run_dir / plot).stat().st_size > 0
     # the pairs were cached once under runs_dir: a rerun trains and plays nothing, rows unchanged
     pairs = sorted(p.name for p in (tmp_path_factory.getbasetemp() / "latentcomm-runs").glob("emergent-*")
                    if p.is_dir())
-    assert len(pairs) == 3
+    assert len(pairs) == 5
     before = (run_dir / "results.csv").read_bytes()
     second = main(dataclasses.replace(cfg))
-    assert second.ran == [] and second.rows == 10
+    assert second.ran == [] and second.rows == 26
     assert (run_dir / "results.csv").read_bytes() == before

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from calm.checkpoint import CheckpointError, load_pretrained
+from calm.corpus import SPLITS
 from calm.data import load_token_ids, make_passages
 from calm.files import DamagedFileError
 from experiments.common.models import ensure_jscc, ensure_lm_jscc
@@ -42,7 +43,8 @@ from protocols.separation import (
 )
 from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
 
-__all__ = ["LM_JSCC_PROTOCOLS", "PRIOR_BASE", "PRIOR_PROTOCOLS", "fit_or_load", "fit_protocols", "game_passages",
+__all__ = ["LM_JSCC_PROTOCOLS", "PRIOR_BASE", "PRIOR_PROTOCOLS", "corpus_passages", "fit_or_load", "fit_protocols",
+           "game_passages",
            "game_seed",
            "load_saved", "open_autoencoder", "pick_best"]
 
@@ -69,6 +71,13 @@ def open_autoencoder(checkpoint: Path, passage_length: int):
         raise ValueError(f"passage_length must be a multiple of the autoencoder's K={model.config.K}, "
                          f"got {passage_length}")
     return model, tok
+
+
+def corpus_passages(corpus: str, tok, length: int, max_passages: int, seed: int) -> np.ndarray:
+    """``(N, length)`` passages drawn with ``seed`` from every split of ``corpus`` together: for a corpus that no
+    model of the run has seen (an unseen slice), where a train/test split means nothing."""
+    ids = np.concatenate([load_token_ids(corpus, tok, split, progress=False) for split in SPLITS])
+    return make_passages(ids, length, max_passages=max_passages, seed=seed)
 
 
 def game_passages(cfg: Any, tok, train_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
