@@ -57,15 +57,20 @@ from typing import Any, ClassVar, Literal
 
 from calm.checks import in_range, positive_ints
 from experiments.common.config import SweepConfig, unhashed
-from experiments.common.links import corpus_passages, fit_or_load, game_passages, open_autoencoder
+from experiments.common.links import (
+    bag_features,
+    calm_features,
+    corpus_passages,
+    fit_or_load,
+    game_passages,
+    open_autoencoder,
+)
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, run_sweep
 from experiments.emergent_examples import message_examples
 from experiments.emergent_report import write_report
 from experiments.emergent_trials import (
     ANALYSIS_COLUMNS,
     PAIR_PROTOCOLS,
-    bag_features,
-    calm_features,
     coded_info_bits,
     play_trial,
 )

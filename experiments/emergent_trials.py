@@ -44,11 +44,10 @@ from protocols.emergent_train import (
     transmit,
 )
 from protocols.influence import causal_influence, control_success
-from protocols.latent import encode_means
 from protocols.meaning import bosdis, posdis, topographic_similarity
 from protocols.metrics import fano_delivered_bits, wilson_interval
 
-__all__ = ["ANALYSIS_COLUMNS", "CONTROLS", "PAIR_PROTOCOLS", "bag_features", "calm_features", "ensure_pair",
+__all__ = ["ANALYSIS_COLUMNS", "CONTROLS", "PAIR_PROTOCOLS", "ensure_pair",
            "meaning_attributes", "play_trial"]
 
 #: learned protocol -> (EmergentConfig.kind, train_pair mode); learned-coded sends its bits under the 5G code
@@ -67,19 +66,6 @@ TOPSIM_PAIRS = 20000
 
 # ---------------------------------------------------------------------------------------------------------
 # features
-
-
-def calm_features(model: Any, passages: np.ndarray) -> np.ndarray:
-    """(N, L) ids -> (N, L/K * l) float32: the frozen autoencoder's latent means of each chunk, flattened."""
-    mu = encode_means(model, passages, batch_size=256, dtype=np.float32)  # (N, L/K, l)
-    return mu.reshape(len(passages), -1)
-
-
-def bag_features(passages: np.ndarray, dim: int) -> np.ndarray:
-    """(N, L) ids -> (N, dim) float32 counts of ``id mod dim`` (a hashed bag of token ids: no order, no model)."""
-    N = len(passages)
-    rows = np.repeat(np.arange(N), passages.shape[1])
-    return np.bincount(rows * dim + passages.reshape(-1) % dim, minlength=N * dim).reshape(N, dim).astype(np.float32)
 
 
 def meaning_attributes(meanings: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from protocols.emergent_model import EmergentConfig, Listener, Speaker, bpsk_tab
 from protocols.metrics import wilson_interval
 
 __all__ = [
+    "Batch",
     "GameDraw",
     "Games",
     "bpsk_llr",
@@ -49,6 +50,7 @@ __all__ = [
     "evaluate_pair",
     "listen_fn",
     "load_pair",
+    "play_batch",
     "play_games",
     "save_pair",
     "train_pair",
@@ -204,6 +206,49 @@ def _device(module: torch.nn.Module) -> torch.device:
 # training
 
 
+class Batch(NamedTuple):
+    """One batch of training games of one pairing (``play_batch``)."""
+
+    loss: torch.Tensor
+    """the scalar to minimise: the listener's cross-entropy (+ the speaker's REINFORCE terms)"""
+    ce: torch.Tensor
+    """the listener's cross-entropy against the target's position"""
+    success: torch.Tensor
+    """(B,) 1 where the listener's argmax is the target"""
+    entropy: torch.Tensor | None
+    """(B,) the speaker's entropy per message (discrete), None for continuous"""
+    baseline: float | None
+    """the REINFORCE baseline after this batch (None outside reinforce until set)"""
+
+
+def play_batch(speaker: Speaker, listener: Listener, bank: torch.Tensor, *, B: int, C: int, snr_db: SNRSpec,
+               kind: torch.Tensor, erasure_p: float, mode: TrainMode, generator: torch.Generator, hard: bool = False,
+               pool_size: int = 64, baseline: float | None = None, frozen_speaker: bool = False) -> Batch:
+    """One batch of B training games of one speaker-listener pairing and its loss (module docstring), in a fixed
+    order of draws: games, SNRs, the speaker's sampling, the link and channel (``transmit``).
+
+    ``kind`` (B,) channel kinds; ``baseline`` the REINFORCE running mean before this batch; ``frozen_speaker``
+    keeps gradients away from the speaker (a newcomer listener learning a fixed protocol).
+    """
+    cfg = speaker.config
+    game = draw_games(bank, B, C, generator, hard=hard, pool_size=pool_size)
+    snr = _draw_snr(snr_db, B, generator, bank.device)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_speaker):
+        msg = speaker(bank[game.target_item], bank[game.distractor_items], snr,
+                      mode="greedy" if mode == "continuous" else mode, generator=generator)
+    y, gain = transmit(cfg, msg.x, snr, kind, erasure_p=erasure_p, generator=generator)
+    scores = listener(y, bank[game.items], gain=gain, snr_db=snr)  # (B, C)
+    target_lp = F.log_softmax(scores, dim=-1).gather(1, game.targets[:, None]).squeeze(1)  # (B,)
+    loss = ce = -target_lp.mean()
+    success = (scores.argmax(-1) == game.targets).float()
+    if mode == "reinforce" and not frozen_speaker:
+        reward = (target_lp if cfg.reward == "log_prob" else success).detach()
+        baseline = float(reward.mean()) if baseline is None else baseline
+        loss = ce - ((reward - baseline) * msg.log_prob).mean() - cfg.entropy_coef * msg.entropy.mean()
+        baseline += BASELINE_MOMENTUM * (float(reward.mean()) - baseline)
+    return Batch(loss, ce, success, msg.entropy, baseline)
+
+
 def train_pair(
     cfg: EmergentConfig,
     features_train: np.ndarray | torch.Tensor,
@@ -282,21 +327,10 @@ def train_pair(
 
     show = sys.stderr.isatty() if progress is None else progress
     for step in tqdm(range(1, steps + 1), desc=f"emergent {mode}", disable=not show, mininterval=1.0):
-        game = draw_games(bank, batch_size, C, generator, hard=hard_distractors, pool_size=pool_size)
-        snr = _draw_snr(snr_db, batch_size, generator, bank.device)
-        msg = speaker(bank[game.target_item], bank[game.distractor_items], snr,
-                      mode="greedy" if mode == "continuous" else mode, generator=generator)
-        y, gain = transmit(cfg, msg.x, snr, kind, erasure_p=erasure_p, generator=generator)
-        scores = listener(y, bank[game.items], gain=gain, snr_db=snr)  # (B, C)
-        log_probs = F.log_softmax(scores, dim=-1)
-        target_lp = log_probs.gather(1, game.targets[:, None]).squeeze(1)  # (B,)
-        loss = ce = -target_lp.mean()
-        success = (scores.argmax(-1) == game.targets).float()
-        if mode == "reinforce":
-            reward = (target_lp if cfg.reward == "log_prob" else success).detach()
-            baseline = float(reward.mean()) if baseline is None else baseline
-            loss = ce - ((reward - baseline) * msg.log_prob).mean() - cfg.entropy_coef * msg.entropy.mean()
-            baseline += BASELINE_MOMENTUM * (float(reward.mean()) - baseline)
+        batch = play_batch(speaker, listener, bank, B=batch_size, C=C, snr_db=snr_db, kind=kind, erasure_p=erasure_p,
+                           mode=mode, generator=generator, hard=hard_distractors, pool_size=pool_size,
+                           baseline=baseline)
+        loss, ce, success, baseline = batch.loss, batch.ce, batch.success, batch.baseline
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"emergent {mode} training: loss {float(loss)} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -306,8 +340,8 @@ def train_pair(
 
         window.setdefault("loss", []).append(float(ce.detach()))
         window.setdefault("success", []).append(float(success.mean()))
-        if msg.entropy is not None:
-            window.setdefault("entropy", []).append(float(msg.entropy.detach().mean()))
+        if batch.entropy is not None:
+            window.setdefault("entropy", []).append(float(batch.entropy.detach().mean()))
         if baseline is not None:
             window.setdefault("baseline", []).append(baseline)
         if step % log_every == 0 or step == steps:

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments.common.links import bag_features
 from experiments.emergent import COLUMNS, Config, main, trial_grid
-from experiments.emergent_trials import bag_features, meaning_attributes
+from experiments.emergent_trials import meaning_attributes
 
 pytestmark = pytest.mark.ray  # the tiny run starts Ray (tests/conftest.py)
 

@@ -32,6 +32,7 @@ from experiments.common.models import ensure_jscc, ensure_lm_jscc
 from experiments.common.sweep import make_channel
 from protocols import load_protocol, make_protocol
 from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
+from protocols.latent import encode_means
 from protocols.lm_jscc import LMJSCCProtocol
 from protocols.separation import (
     MCS_MENUS,
@@ -43,8 +44,8 @@ from protocols.separation import (
 )
 from protocols.token import UncodedTokenProtocol, UncodedTokenProtocolConfig
 
-__all__ = ["LM_JSCC_PROTOCOLS", "PRIOR_BASE", "PRIOR_PROTOCOLS", "corpus_passages", "fit_or_load", "fit_protocols",
-           "game_passages",
+__all__ = ["LM_JSCC_PROTOCOLS", "PRIOR_BASE", "PRIOR_PROTOCOLS", "bag_features", "calm_features", "corpus_passages",
+           "fit_or_load", "fit_protocols", "game_passages",
            "game_seed",
            "load_saved", "open_autoencoder", "pick_best"]
 
@@ -71,6 +72,19 @@ def open_autoencoder(checkpoint: Path, passage_length: int):
         raise ValueError(f"passage_length must be a multiple of the autoencoder's K={model.config.K}, "
                          f"got {passage_length}")
     return model, tok
+
+
+def calm_features(model: Any, passages: np.ndarray) -> np.ndarray:
+    """(N, L) ids -> (N, L/K * l) float32: the frozen autoencoder's latent means of each chunk, flattened."""
+    mu = encode_means(model, passages, batch_size=256, dtype=np.float32)  # (N, L/K, l)
+    return mu.reshape(len(passages), -1)
+
+
+def bag_features(passages: np.ndarray, dim: int) -> np.ndarray:
+    """(N, L) ids -> (N, dim) float32 counts of ``id mod dim`` (a hashed bag of token ids: no order, no model)."""
+    N = len(passages)
+    rows = np.repeat(np.arange(N), passages.shape[1])
+    return np.bincount(rows * dim + passages.reshape(-1) % dim, minlength=N * dim).reshape(N, dim).astype(np.float32)
 
 
 def corpus_passages(corpus: str, tok, length: int, max_passages: int, seed: int) -> np.ndarray:
