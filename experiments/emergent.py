@@ -12,7 +12,7 @@ Protocols, at equal power (1 per channel use) and equal channel uses n:
 - ``learned-gumbel`` / ``learned-reinforce``: m = n / b discrete symbols over V = 2^b, sent as uncoded BPSK bits,
   trained with straight-through Gumbel-softmax or REINFORCE (a running-mean baseline and an entropy bonus);
 - ``learned-coded``: k = code_rate * n bits (m = k / b symbols, Gumbel) under Sionna's 5G LDPC (or polar) code in
-  n BPSK uses; the listener hears the decoded bits (``protocols.emergent_train.transmit``); only at the n whose k
+  n BPSK uses; the listener hears the decoded bits (``protocols.emergent_link.transmit``); only at the n whose k
   the code can take (n = 8 at rate 1/2 holds 4 bits, below LDPC's 12: left out, said at the start);
 - ``vector``: the CALM latent means, standardised, PCA to n, unit power (``protocols.vector``);
 - ``hash``: n pseudo-random +-1 symbols from a keyed hash of the passage (``protocols.hashing``): the random code.

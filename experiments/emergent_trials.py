@@ -32,6 +32,7 @@ from environments.torch_channels import CHANNEL_KINDS, simulate_channel
 from experiments.common.sweep import make_channel
 from protocols.base import log_likelihood
 from protocols.coded import code_limit_problem
+from protocols.emergent_link import transmit
 from protocols.emergent_model import EmergentConfig
 from protocols.emergent_train import (
     GameDraw,
@@ -41,7 +42,6 @@ from protocols.emergent_train import (
     load_pair,
     save_pair,
     train_pair,
-    transmit,
 )
 from protocols.influence import causal_influence, control_success
 from protocols.meaning import bosdis, posdis, topographic_similarity

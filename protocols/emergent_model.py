@@ -18,7 +18,7 @@ per-message leak. Channel uses: an uncoded discrete message costs m * b uses, so
 message of n uses sets m * b = n (``EmergentConfig`` enforces it). A coded discrete message (``link`` = ldpc or
 polar) carries k = m * b information bits in n coded BPSK symbols (``protocols.coded.CodedLink``, Sionna's 5G
 codes, rate k / n): the channel sees the code's unit-power symbols, the listener hears the k decoded bits as +-1
-(``protocols.emergent_train.transmit``), and training passes gradients straight through the decoder (the
+(``protocols.emergent_link.transmit``), and training passes gradients straight through the decoder (the
 decoded bit errors act as sign flips on the sent bits).
 
 Training the discrete speaker (``Speaker.sample``):

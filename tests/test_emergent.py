@@ -202,7 +202,7 @@ def test_bpsk_llr_equals_the_coded_protocols_demapper(channel):
     from environments.torch_channels import CHANNEL_KINDS
     from experiments.common.sweep import make_channel
     from protocols.coded import CodedLink
-    from protocols.emergent_train import bpsk_llr
+    from protocols.emergent_link import bpsk_llr
 
     B, n, snr = 64, 32, 3.0
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ def test_bpsk_llr_equals_the_coded_protocols_demapper(channel):
 
 def test_coded_link_decodes_cleanly_above_its_cliff_and_flips_bits_below():
     from environments.torch_channels import CHANNEL_KINDS
-    from protocols.emergent_train import transmit
+    from protocols.emergent_link import transmit
 
     cfg = EmergentConfig(feature_dim=D, kind="discrete", channel_uses=32, vocab_bits=2, message_len=8, link="ldpc")
     assert cfg.heard_size == 16
