@@ -205,8 +205,8 @@ def plot_success(table, run_dir: Path) -> None:
 
 
 def plot_mismatch(table, run_dir: Path, main_train: str) -> None:
-    """``snr_mismatch.png``: one panel per n; success vs test SNR of each learned protocol trained over the range
-    (solid) and at each single SNR (dashed, a marker at the training SNR), the hash for reference."""
+    """``snr_mismatch.png``: one panel per (n, C); success vs test SNR of each learned protocol trained over the
+    range (solid) and at each single SNR (dashed, a dotted line at the training SNR), the hash for reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,29 +214,33 @@ def plot_mismatch(table, run_dir: Path, main_train: str) -> None:
 
     trained = table.groupby(["protocol", "features", "channel_uses"])["train_snr"].transform("nunique")
     rows = table[(trained > 1) | (table["protocol"] == "hash")]
-    ns = sorted(rows.loc[trained > 1, "channel_uses"].unique())
-    singles = {t for t in rows["train_snr"].unique() if t not in (main_train, "-")}
-    if not ns:
+    panels = sorted({(n, C) for n, C in rows.loc[trained > 1, ["channel_uses", "candidates"]].itertuples(index=False)})
+    if not panels:
         return
-    fig, axes = plt.subplots(1, len(ns), figsize=(6.2 * len(ns), 4.4), squeeze=False)
-    for ax, n in zip(axes.flat, ns):
-        for (p, f, t, C), g in rows[rows["channel_uses"] == n].groupby(["protocol", "features", "train_snr",
-                                                                         "candidates"], sort=False):
+    singles = sorted({t for t in rows["train_snr"].unique() if t not in (main_train, "-")})
+    cols = min(len(panels), 2)
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(6.2 * cols, 4.4 * -(-len(panels) // cols)),
+                             squeeze=False)
+    for ax, (n, C) in zip(axes.flat, panels):
+        here = rows[(rows["channel_uses"] == n) & (rows["candidates"] == C)]
+        for (p, f, t), g in here.groupby(["protocol", "features", "train_snr"], sort=False):
             g = g[np.isfinite(g["snr_db"])].sort_values("snr_db")
             single = t not in (main_train, "-")
-            color = SINGLE_SNR_COLORS[sorted(singles).index(t) % len(SINGLE_SNR_COLORS)] if single else COLORS.get(p)
-            label = _label(p, f) + ("" if t == "-" else f", trained {t} dB") + (f", C={C}" if C != 8 else "")
-            line, = ax.plot(g["snr_db"], g["success"], "--" if single else "-", marker="o", ms=3, color=color,
-                            label=label)
-            ax.fill_between(g["snr_db"], g["low"], g["high"], alpha=0.12, color=line.get_color())
+            color = SINGLE_SNR_COLORS[singles.index(t) % len(SINGLE_SNR_COLORS)] if single else COLORS.get(p)
+            label = _label(p, f) + ("" if t == "-" else f", trained {t} dB")
+            ax.plot(g["snr_db"], g["success"], "--" if single else "-", marker="o", ms=3, color=color, label=label)
+            ax.fill_between(g["snr_db"], g["low"], g["high"], alpha=0.12, color=color)
             if single:
-                ax.axvline(float(t), color=line.get_color(), lw=0.7, ls=":")
+                ax.axvline(float(t), color=color, lw=0.7, ls=":")
+        ax.axhline(1.0 / C, color="gray", lw=0.8, ls=":", label="chance (1/C)")
         ax.set_xlabel("test SNR (dB)")
         ax.set_ylabel("success")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"n={n} channel uses: trained at one SNR vs over {main_train} dB")
+        ax.set_title(f"n={n}, C={C}: trained at one SNR vs over {main_train} dB")
         ax.grid(alpha=0.3)
-    entries = shared_legend(fig, axes.flat, ncol=3)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    entries = shared_legend(fig, axes.flat[: len(panels)], ncol=3)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (entries > 3), 1, 1))
     save_figure(fig, run_dir / "snr_mismatch.png", dpi=110)
     plt.close(fig)
