@@ -232,13 +232,10 @@ class Config(SweepConfig):
             raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
         if not (self.unseen_corpus in NAMED_CORPORA or self.unseen_corpus.startswith("text:")):
             raise ValueError(f"unseen_corpus must be one of {NAMED_CORPORA} or text:<glob>, got {self.unseen_corpus!r}")
-        if self.unseen_corpus == self.corpus:
-            raise ValueError(f"unseen_corpus must differ from corpus ({self.corpus!r}): it is the slice nothing saw")
-        bad = [p for p in self.mismatch_protocols if p not in self.protocols or p not in PAIR_PROTOCOLS]
-        if bad:
-            raise ValueError(f"mismatch_protocols {bad} must be learned protocols of this run's protocols")
-        if any(not math.isfinite(v) for v in self.mismatch_snrs_db):
-            raise ValueError(f"mismatch_snrs_db must be finite SNRs in dB, got {self.mismatch_snrs_db}")
+        if set(self.unseen_corpus.split("+")) & set(self.corpus.split("+")):
+            raise ValueError(f"unseen_corpus {self.unseen_corpus!r} overlaps corpus {self.corpus!r}: it must be a "
+                             "slice that nothing saw")
+        self._check_mismatch()
         if not 2 <= self.analysis_games <= self.episodes:
             raise ValueError(f"analysis_games must be in [2, episodes={self.episodes}], got {self.analysis_games}")
         most = max(max(self.candidates), self.train_candidates)
@@ -246,6 +243,26 @@ class Config(SweepConfig):
             raise ValueError(f"num_passages ({self.num_passages}) and fit_passages ({self.fit_passages}) must be >= "
                              f"the most candidates of a game ({most})")
 
+
+    def _check_mismatch(self) -> None:
+        """mismatch_protocols: learned protocols of this run (the default and --full's are cut to those run, a
+        value the user gave is not); mismatch_snrs_db: finite, in range, none equal to the main training SNR, none
+        that print alike (they name the rows)."""
+        learned = [p for p in self.mismatch_protocols if p in PAIR_PROTOCOLS and p in self.protocols]
+        presets = (type(self).__dataclass_fields__["mismatch_protocols"].default, self.FULL["mismatch_protocols"])
+        if len(learned) < len(self.mismatch_protocols):
+            if self.mismatch_protocols not in presets:
+                raise ValueError(f"mismatch_protocols {self.mismatch_protocols} must be learned protocols of this "
+                                 f"run's protocols {self.protocols}")
+            self.mismatch_protocols = tuple(learned)
+        values = self.mismatch_snrs_db
+        if any(not math.isfinite(v) for v in values):
+            raise ValueError(f"mismatch_snrs_db must be finite SNRs in dB, got {values}")
+        in_range("mismatch_snrs_db", values, -80.0, 200.0)
+        labels = [f"{v:g}" for v in values]
+        if len(set(labels)) < len(labels) or (len(self.train_snr_db) == 1 and self.train_snr_label() in labels):
+            raise ValueError(f"mismatch_snrs_db {values} must differ from each other and from the single "
+                             f"train_snr_db {self.train_snr_db} (each names its own pairs' rows)")
 
     def coded_channel_uses(self) -> tuple[int, ...]:
         """The channel_uses at which learned-coded's code can be built (``coded_info_bits``)."""

@@ -32,12 +32,13 @@ def neighbours(meanings: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, n
     return np.nanargmax(cos, axis=1), np.nanargmin(cos, axis=1)
 
 
-def _speak(directory: Path, bank: np.ndarray, items: np.ndarray, snr_db: float) -> np.ndarray:
-    """(T, m) greedy symbols of the pair's speaker for ``items`` of ``bank``."""
+def _speak(directory: Path, bank: np.ndarray, items: np.ndarray, distractors: np.ndarray, snr_db: float) -> np.ndarray:
+    """(T, m) greedy symbols of the pair's speaker for ``items`` of ``bank``; a speaker that sees distractors gets
+    ``distractors`` (T,), one per row, the same whichever passage it describes."""
     _, speaker, _, _ = load_pair(directory)
-    x = torch.as_tensor(bank[items])
-    with torch.no_grad():  # a speaker that sees distractors gets the next item as its one distractor
-        msg = speaker(x, x.roll(1, 0)[:, None], torch.full((len(items),), float(snr_db)), mode="greedy")
+    with torch.no_grad():
+        msg = speaker(torch.as_tensor(bank[items]), torch.as_tensor(bank[distractors])[:, None],
+                      torch.full((len(items),), float(snr_db)), mode="greedy")
     return msg.symbols.numpy()
 
 
@@ -62,9 +63,10 @@ def message_examples(pairs: dict[str, tuple[Path, str]], banks: dict[str, np.nda
     N = len(passages)
     measured = rng.choice(N, size=min(MEASURED, N), replace=False)
     near, far = neighbours(meanings, measured)
+    distractors = rng.choice(N, size=len(measured))
     messages: dict[str, Any] = {}
     for label, (directory, feats) in pairs.items():
-        messages[label] = lambda items, d=directory, f=feats: _speak(d, banks[f], items, snr_db)
+        messages[label] = lambda items, d=directory, f=feats: _speak(d, banks[f], items, distractors, snr_db)
     if hash_codes is not None:
         messages["hash"] = lambda items: (hash_codes[items] < 0).astype(np.int64)
     if not messages:

@@ -34,7 +34,7 @@ from experiments.common.config import SweepConfig, unhashed
 from experiments.common.links import calm_features, game_passages, open_autoencoder
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, run_sweep
 from experiments.emergent_population_report import write_report
-from experiments.emergent_population_trials import PAIRINGS, POPULATION_PROTOCOLS, play_trial
+from experiments.emergent_population_trials import B_OFFSET, PAIRINGS, POPULATION_PROTOCOLS, play_trial
 
 __all__ = ["COLUMNS", "STUDY", "Config", "main", "trial_grid"]
 
@@ -122,6 +122,10 @@ class Config(SweepConfig):
             values = getattr(self, name)
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
                 raise ValueError(f"{name} must hold integers >= {low}, got {values}")
+        clash = sorted(s for s in self.seeds if s + B_OFFSET in self.seeds)
+        if clash:  # population B of seed s would be population A of seed s + B_OFFSET
+            raise ValueError(f"seeds {clash} and {[s + B_OFFSET for s in clash]} differ by {B_OFFSET}: population B "
+                             "of the first is population A of the second; pick other seeds")
         if not self.snrs_db or any(s == -float("inf") for s in self.snrs_db):
             raise ValueError(f"snrs_db must hold at least one SNR in dB (inf: noiseless), got {self.snrs_db}")
         train = self.train_snr_db

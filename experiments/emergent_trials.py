@@ -60,6 +60,8 @@ ANALYSIS_COLUMNS = ["topsim", "posdis", "bosdis", "causal_influence", *[f"contro
                     "analysis_games"]
 # posdis/bosdis attributes: the top principal components of the meanings, each cut at its quartiles
 ATTRIBUTES, LEVELS = 4, 4
+# the other-task control's streams lead with these tags, so they never meet a trial's (seed, C) or (seed, C, SNR)
+OTHER_TASK_ITEMS, OTHER_TASK_NOISE = -7001, -7002
 # pairs sampled for topographic similarity (all pairs of 512 games would be 130k)
 TOPSIM_PAIRS = 20000
 
@@ -238,10 +240,10 @@ def _other_task(speak, codes: np.ndarray | None, bank: np.ndarray, A: int, snr: 
                 pair: EmergentConfig | None) -> np.ndarray:
     """What the listener hears of A messages about random unseen-corpus passages: the learned speaker's (``speak``
     on their features ``bank``) or the fixed protocol's ``codes``, through the same channel at ``snr``."""
-    rows = np.random.default_rng(_seed(seed, snr, 7)).choice(len(bank if codes is None else codes), size=A)
+    rows = np.random.default_rng(_seed(OTHER_TASK_ITEMS, seed, snr)).choice(len(bank if codes is None else codes), size=A)
     with torch.no_grad():
         x = speak(torch.tensor(bank[rows])) if codes is None else torch.as_tensor(codes[rows])
-    return _channel(x, snr, s, torch.Generator().manual_seed(_seed(seed, snr, 8)), pair)[0].numpy()
+    return _channel(x, snr, s, torch.Generator().manual_seed(_seed(OTHER_TASK_NOISE, seed, snr)), pair)[0].numpy()
 
 
 def play_trial(spec: dict[str, Any], *, settings: dict[str, Any], data: dict[str, Any]) -> dict:

@@ -27,7 +27,6 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +43,7 @@ from protocols.emergent_train import (
     TrainMode,
     _bank,
     _check_game,
+    check_optim,
     evaluate_pair,
     play_batch,
 )
@@ -55,12 +55,6 @@ MODEL_TYPE = "emergent_population"
 FORMAT_VERSION = 1
 # the pairing permutations' generator: seeded by SeedSequence([seed, PAIRING_SALT]), apart from the game stream
 PAIRING_SALT = 31
-
-
-def _check_ints(**values: Any) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _schedule(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -128,7 +122,7 @@ def train_population(
     if (mode == "continuous") != (cfg.kind == "continuous") or mode not in ("continuous", "gumbel", "reinforce"):
         raise ValueError(f"mode {mode!r} does not train kind={cfg.kind!r} messages: continuous for continuous, "
                          "gumbel or reinforce for discrete")
-    _check_ints(size=size, steps=steps, batch_size=batch_size, log_every=log_every)
+    check_optim(size=size, steps=steps, batch_size=batch_size, log_every=log_every, pool_size=pool_size, lr=lr)
 
     # ---- seeding: the game stream and the inits as train_pair's; the pairings from a generator of their own
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -213,7 +207,7 @@ def train_listener(
     C = num_candidates
     bank = _bank(features_train, C, device)
     _check_game(cfg, bank, C, snr_db, channel, erasure_p)
-    _check_ints(steps=steps, batch_size=batch_size, log_every=log_every)
+    check_optim(steps=steps, batch_size=batch_size, log_every=log_every, pool_size=pool_size, lr=lr)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -233,7 +227,7 @@ def train_listener(
                               erasure_p=erasure_p, mode="greedy", generator=generator, hard=hard_distractors,
                               pool_size=pool_size, baseline=None, frozen_speaker=True)
             if not torch.isfinite(out.ce):
-                raise NonFiniteLossError(f"newcomer listener training: loss {float(out['ce'])} at step {step}")
+                raise NonFiniteLossError(f"newcomer listener training: loss {float(out.ce)} at step {step}")
             opt.zero_grad(set_to_none=True)
             out.ce.backward()
             opt.step()

@@ -43,6 +43,7 @@ __all__ = [
     "Batch",
     "GameDraw",
     "Games",
+    "check_optim",
     "draw_games",
     "evaluate_pair",
     "listen_fn",
@@ -126,6 +127,15 @@ def _draw_snr(snr_db: SNRSpec, B: int, generator: torch.Generator, device: torch
         lo, hi = float(snr_db[0]), float(snr_db[1])
         return lo + (hi - lo) * torch.rand(B, generator=generator, device=device)
     return torch.full((B,), float(snr_db), device=device)
+
+
+def check_optim(*, lr: float, **counts: int) -> None:
+    """ValueError naming the argument unless every count is an integer >= 1 and lr a finite number > 0."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
 
 
 @contextmanager
@@ -246,9 +256,7 @@ def train_pair(
     if (mode == "continuous") != (cfg.kind == "continuous") or mode not in ("continuous", "gumbel", "reinforce"):
         raise ValueError(f"mode {mode!r} does not train kind={cfg.kind!r} messages: continuous for continuous, "
                          "gumbel or reinforce for discrete")
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_optim(steps=steps, batch_size=batch_size, log_every=log_every, pool_size=pool_size, lr=lr)
 
     # ---- seeding: one generator for every draw; the init under the same seed
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -159,6 +159,7 @@ def test_save_load_round_trip_and_damage_is_named(population, tmp_path):
     (dict(lr=0.0), "lr"),
     (dict(protocols=("learned-gumbel",), channel_uses=9), "vocab_bits"),
     (dict(num_passages=4), "num_passages"),
+    (dict(seeds=(0, 1000)), "seeds"),  # B of seed 0 would be A of seed 1000
 ])
 def test_config_rejects_bad_values_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=field.replace("_", "[-_]")):

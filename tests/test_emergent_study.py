@@ -82,6 +82,16 @@ def test_coded_and_unseen_settings_are_checked():
         Config(unseen_corpus="bible")
     with pytest.raises(ValueError, match="mismatch_protocols"):
         Config(mismatch_protocols=("hash",))
+    with pytest.raises(ValueError, match="unseen_corpus"):
+        Config(unseen_corpus="kjv")  # half of the default corpus
+    # the default mismatch protocol is cut to the protocols run; one the user names is not
+    assert Config(protocols=("learned-gumbel", "hash")).mismatch_protocols == ()
+    with pytest.raises(ValueError, match="mismatch_protocols"):
+        Config(protocols=("learned-gumbel", "hash"), mismatch_protocols=("learned-reinforce",))
+    with pytest.raises(ValueError, match="mismatch_snrs_db"):
+        Config(train_snr_db=(0.0,), mismatch_snrs_db=(0.0,))  # both would name their rows "0"
+    with pytest.raises(ValueError, match="mismatch.snrs.db"):
+        Config(mismatch_snrs_db=(500.0,))  # out of range
     with pytest.raises(ValueError, match="splits"):
         Config(splits=("train",))
 
