@@ -28,9 +28,11 @@ import pytest
 # - `ray` tests share one local Ray per test process (SHARED_RAY), started before the first of them and
 #   joined by everything else: `calm.ray_runtime.init_ray` keeps a Ray that is already initialised and
 #   returns False, so a study's `main` neither starts nor shuts down its own;
-# - `serial` and `e2e` tests keep Ray's lifecycle to themselves (Ray Train runs with a Ray of their own, the
-#   Ray a subprocess starts, a `ray up` cluster): the shared Ray is shut down before each of them, and started
-#   again for the next `ray` test of the process.
+# - `serial` tests connect this process to a Ray of their own (the two-node loopback cluster of test_node_loss): the
+#   shared Ray is shut down before each of them, and started again for the next `ray` test of the process. A Ray
+#   that runs in other processes (a subprocess's, the `ray up` cluster of an `e2e` test) needs no such stop: it runs
+#   beside the shared one as the other pytest-xdist process's Ray does, and each stop costs the next test a Ray
+#   start (5-15 s). Ray Train runs in this process join the shared Ray.
 SHARED_RAY = dict(address="local", num_cpus=2, num_gpus=2, namespace="latentcomm", log_to_driver=False,
                   announce=False)  # fake GPUs let the placement tests run; CPU-only agents fall back to the CPU
 _RUNNING: dict = {"item": None, "shared": None}  # the test being run; the GCS address of the shared Ray
@@ -105,11 +107,11 @@ def _stop_shared_ray() -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
-    """Before any fixture of the test: the shared Ray is up for a ``ray`` test and down for a ``serial`` or
-    ``e2e`` one (a Ray its own module fixture started stays)."""
+    """Before any fixture of the test: the shared Ray is up for a ``ray`` test and down for a ``serial`` one (a
+    Ray its own fixture started stays)."""
     if not _ray_marked(item):
         return
-    if item.get_closest_marker("serial") or item.get_closest_marker("e2e"):
+    if item.get_closest_marker("serial"):
         _stop_shared_ray()
     else:
         _start_shared_ray()
@@ -207,14 +209,16 @@ def wait_for_restart():
 
 # `make test` runs the Ray files in two pytest-xdist processes, one file at a time each (--dist loadfile,
 # --no-loadscope-reorder): the longest first, so that the two finish together instead of one waiting out the
-# other's last long file. Seconds per file (setup + calls) in a `-m ray -n 2` run on 2 cores, 2026-12-07; a
-# file not listed counts as RAY_FILE_DEFAULT_SECONDS. Only the order depends on these numbers, never the outcome.
+# other's last long file. Seconds per file (setup + calls) in a `-m ray -n 2` run on 2 cores, 2026-12-07; the files
+# changed since (node loss, Ray runtime, reconstruction, train, the jscc Ray run, scaling K) less what each saved
+# beside its previous version under the same load; a file not listed counts as RAY_FILE_DEFAULT_SECONDS. Only the
+# order depends on these numbers, never the outcome.
 RAY_FILE_SECONDS = {
-    "test_node_loss.py": 125, "test_ray_runtime.py": 92, "test_official_grid.py": 76, "test_reconstruction.py": 75,
-    "test_train.py": 67, "test_jscc.py": 65, "test_e2e.py": 58, "test_referential_game.py": 55,
-    "test_alignment.py": 44, "test_broadcast_experiment.py": 38, "test_agents.py": 38, "test_scaling_k.py": 34,
-    "test_calm_scaling.py": 33, "test_relay_experiment.py": 30, "test_official_lm.py": 29, "test_dialogue.py": 25,
-    "test_emergent_rllib.py": 50, "test_emergent_study.py": 40,
+    "test_node_loss.py": 119, "test_official_grid.py": 76, "test_ray_runtime.py": 65, "test_train.py": 64,
+    "test_e2e.py": 58, "test_reconstruction.py": 57, "test_referential_game.py": 55, "test_emergent_rllib.py": 50,
+    "test_emergent_population.py": 45, "test_alignment.py": 44, "test_emergent_study.py": 60,
+    "test_broadcast_experiment.py": 38, "test_agents.py": 38, "test_calm_scaling.py": 33, "test_scaling_k.py": 31,
+    "test_relay_experiment.py": 30, "test_official_lm.py": 29, "test_jscc_ray.py": 27, "test_dialogue.py": 25,
 }
 RAY_FILE_DEFAULT_SECONDS = 30
 

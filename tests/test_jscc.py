@@ -3,12 +3,12 @@
 A real (tiny) autoencoder is trained in a fixture on real text: about 1.2 MB of the default corpus's train
 split under a 512-id byte-level BPE trained on it (so checkpoints carry a real tokenizer), then one adapter
 (n = 64 channel uses for L = 16 tokens, all three channel kinds) is trained through ``calm.train.train_local``.
-Held-out passages come from the validation split's documents.
+Held-out passages come from the validation split's documents. No test here starts Ray: the jscc task on Ray Train
+is tests/test_jscc_ray.py's (``make test`` runs this file in its process without Ray, beside the Ray ones).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -26,8 +26,6 @@ from environments.torch_channels import CHANNEL_KINDS, simulate_channel
 from protocols.jscc import JSCCProtocol, JSCCProtocolConfig, channel_snr_db
 from protocols.jscc_model import JSCCConfig, JSCCModel, preset
 from protocols.jscc_task import JSCCTask
-
-pytestmark = pytest.mark.ray  # the Ray Train run (serial) starts Ray
 
 V = 512  # tokenizer (and autoencoder) vocabulary
 L = 16  # tokens per passage
@@ -341,39 +339,3 @@ def test_cli_config_checkpoint_and_resume(autoencoder, corpus, tmp_path):
     assert resumed.step == 4
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, full.model.state_dict()[k]), k
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    from calm.ray_runtime import init_ray
-
-    init_ray(address="local", num_cpus=2, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.mark.slow
-@pytest.mark.serial
-def test_ray_cli_trains_and_checkpoints(autoencoder, corpus, tmp_path, monkeypatch, ray_cluster):
-    from calm.train import newest_checkpoint
-    from protocols.jscc_train import main
-
-    monkeypatch.setenv("LATENTCOMM_CACHE", str(tmp_path / "cache"))
-    ae_dir, out, text = tmp_path / "ae", tmp_path / "run", tmp_path / "corpus.txt"
-    save_pretrained(autoencoder, ae_dir, corpus.tok)
-    text.write_text("\n\n".join(corpus.texts[:40]))
-    common = ["--ae", str(ae_dir), "--corpus", f"text:{text}", "--tokenizer", str(ae_dir / "tokenizer.json"),
-              "--out", str(out), "--workers", "2", "--gpu", "off", "--no-progress", "--threads", "1",
-              "--passage-length", "16", "--channel-uses", "8", "--hidden-size", "32", "--batch-size", "8",
-              "--checkpoint-every", "2", "--val-every", "2", "--val-size", "64", "--warmup", "1"]
-    result = main(common + ["--steps", "4"])
-    assert result.step == 4 and [h["step"] for h in result.history] == [2, 4]
-    state = json.loads((newest_checkpoint(out / "ray") / "train_state.json").read_text())
-    assert state["task"] == "jscc" and state["step"] == 4 and state["world_size"] == 2
-    model, tok = load_pretrained(out)
-    assert isinstance(model, JSCCModel) and model.config.channel_uses == 8 and len(tok) == V
-    for k, v in autoencoder.state_dict().items():
-        assert torch.equal(model.autoencoder.state_dict()[k], v), k
-    proto = JSCCProtocol.from_pretrained(out, autoencoder=autoencoder).fit(corpus.fit)
-    assert proto.with_channel(awgn_at(10.0)).encode(corpus.heldout[:4]).shape == (4, 8)

@@ -146,22 +146,33 @@ def test_our_loader_names_a_released_directory_and_the_way_to_convert_it():
         load_pretrained(FIXTURE / "calm")
 
 
-def test_convert_cli_writes_once_and_refuses_in_one_line(tmp_path):
+def test_convert_cli_writes_once_and_refuses_in_one_line(tmp_path, monkeypatch, capsys):
+    """The command writes, then refuses to overwrite in one line (both as ``python -m calm.convert``); the other
+    refusals go through the same ``main`` in this process (a command costs a Python start and the imports)."""
+    from calm.convert import main
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = [sys.executable, "-m", "calm.convert"]
     ok = subprocess.run([*run, str(FIXTURE / "autoencoder"), str(tmp_path / "ae")], capture_output=True, text=True,
                         cwd=ROOT, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "autoencoder checkpoint" in ok.stdout and (tmp_path / "ae" / "model.safetensors").is_file()
+    bad = subprocess.run([*run, str(FIXTURE / "autoencoder"), str(tmp_path / "ae")], capture_output=True, text=True,
+                         cwd=ROOT, env=env)
+    assert bad.returncode == 2, bad.stderr
+    assert "--overwrite" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for args, message in [
-        ([str(FIXTURE / "autoencoder"), str(tmp_path / "ae")], "--overwrite"),
         ([str(FIXTURE / "calm"), str(tmp_path / "lm")], "pass --tokenizer"),
         (["cccczshao/CALM-M", str(tmp_path / "m")], "pass DIR instead"),
         ([str(tmp_path / "nowhere"), str(tmp_path / "x")], "no such directory"),
     ]:
-        bad = subprocess.run([*run, *args], capture_output=True, text=True, cwd=ROOT, env=env)
-        assert bad.returncode == 2, (args, bad.stderr)
-        assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 # ----------------------------------------------------------------------------------------------------------

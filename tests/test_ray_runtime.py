@@ -1,12 +1,13 @@
 """calm.ray_runtime: the local Ray the project starts, and Ray Train runs through it.
 
-- every socket the local Ray listens on is a loopback one (GCS and dashboard named explicitly);
+- every socket the local Ray of a training run listens on is a loopback one (GCS and dashboard named explicitly);
 - a training run's console: no repeated line, no Ray warning, a handful of lines besides progress bars;
 - a Ray Train worker killed after the first checkpoint: the same run restarts its workers, resumes from
   that checkpoint (the log says so) and ends with the config and step count of an undisturbed run.
 
-Training runs as ``python -m calm.train`` subprocesses: the console is what a user sees, and a worker can
-be killed without touching this process's Ray.
+Training runs as ``python -m calm.train`` subprocesses: the console is what a user sees. The undisturbed run
+starts its own local Ray (its console and sockets are checked); the killed one joins this process's shared Ray,
+as a run joins a cluster, which saves a Ray start.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.serial]  # subprocesses start Ray and run Ray Train
+# subprocesses start Ray and run Ray Train: each its own local Ray, beside this process's shared one (not serial)
+pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
@@ -45,43 +48,6 @@ def _console_lines(output: str) -> list[str]:
     return [line for line in lines if line.strip() and not PROGRESS.search(line)]
 
 
-def test_local_ray_listens_on_loopback_only(tmp_path):
-    """Start a local Ray through init_ray (in a fresh process) and list every listening socket of it."""
-    probe = r"""
-import json, psutil, ray
-from calm.ray_runtime import init_ray
-init_ray(address="local", num_cpus=1, announce=False)
-ray.get(ray.remote(lambda: 1).remote())  # a worker process exists and listens too
-ctx = ray.get_runtime_context()
-me = psutil.Process()
-listening = []
-for proc in [me, *me.children(recursive=True)]:
-    try:
-        conns = proc.net_connections(kind="inet")
-    except psutil.Error:
-        continue
-    listening += [[proc.name(), c.laddr.ip, c.laddr.port] for c in conns if c.status == psutil.CONN_LISTEN]
-import ray._private.worker as w
-print(json.dumps({"gcs": ctx.gcs_address, "dashboard": w._global_node.address_info["webui_url"],
-                  "listening": listening}))
-ray.shutdown()
-"""
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=_env(tmp_path), capture_output=True,
-                          text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    facts = json.loads(proc.stdout.strip().splitlines()[-1])
-    gcs_host, gcs_port = facts["gcs"].rsplit(":", 1)
-    dash_host, dash_port = facts["dashboard"].rsplit(":", 1)
-    assert gcs_host == "127.0.0.1" and dash_host == "127.0.0.1"
-    ports = {port: ip for _, ip, port in facts["listening"]}
-    assert ports.get(int(gcs_port)) in LOOPBACK, facts  # the GCS listens, on loopback
-    assert ports.get(int(dash_port)) in LOOPBACK, facts  # the dashboard listens, on loopback
-    names = {name for name, _, _ in facts["listening"]}
-    assert {"gcs_server", "raylet"} <= names, names
-    exposed = [entry for entry in facts["listening"] if entry[1] not in LOOPBACK]
-    assert not exposed, f"listening beyond loopback: {exposed}"
-
-
 def _train_cmd(tmp_path: Path, out: Path) -> list[str]:
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
@@ -93,20 +59,90 @@ def _train_cmd(tmp_path: Path, out: Path) -> list[str]:
             "--val-size", "64", "--warmup", "10", "--threads", "1"]
 
 
+def _ray_train_workers(pid: int) -> list:
+    """The Ray Train worker processes among the descendants of process ``pid`` (others come and go meanwhile)."""
+    import psutil
+
+    workers = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                workers.append(proc)
+        except psutil.Error:
+            continue
+    return workers
+
+
+def _listening(pid: int) -> list[list]:
+    """``[process name, ip, port]`` of every listening inet socket of process ``pid`` and all its descendants."""
+    import psutil
+
+    me = psutil.Process(pid)
+    listening: list[list] = []
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            name, conns = proc.name(), proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        listening += [[name, c.laddr.ip, c.laddr.port] for c in conns if c.status == psutil.CONN_LISTEN]
+    return listening
+
+
 @pytest.fixture(scope="module")
 def undisturbed(tmp_path_factory):
-    """One training run left alone: its output directory and console."""
+    """One training run left alone: its output directory, its console, and every socket that the command and its
+    descendants (GCS, raylet, dashboard and its agents, the Ray Train workers) listened on while both workers ran."""
     tmp = tmp_path_factory.mktemp("undisturbed")
     out = tmp / "run"
-    proc = subprocess.run(_train_cmd(tmp, out), cwd=ROOT, env=_env(tmp), capture_output=True, text=True,
-                          timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out, proc.stdout + proc.stderr
+    proc = subprocess.Popen(_train_cmd(tmp, out), cwd=ROOT, env=_env(tmp), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    streams: dict[str, list[str]] = {"out": [], "err": []}
+    readers = [threading.Thread(target=lambda pipe, lines: lines.extend(pipe), args=(pipe, streams[name]),
+                                daemon=True) for name, pipe in (("out", proc.stdout), ("err", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    listening: list[list] = []
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if len(_ray_train_workers(proc.pid)) == 2:  # both workers up: every process of the Ray listens by now
+                listening = _listening(proc.pid)
+                break
+            time.sleep(0.2)
+        proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for reader in readers:
+        reader.join(timeout=10)
+    stdout, stderr = "".join(streams["out"]), "".join(streams["err"])
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    return out, stdout + stderr, listening
+
+
+def test_local_ray_listens_on_loopback_only(undisturbed):
+    """The training run's local Ray (started by init_ray) listens on loopback only: every listening socket of the
+    command and its descendants, taken while both Ray Train workers ran (a second Ray started only to list its
+    sockets cost a Ray start)."""
+    _, console, listening = undisturbed
+    announced = re.search(r"\[ray\] local Ray on (\S+) \(.*\), dashboard http://([^,\s]+)", console)
+    assert announced, console[-3000:]
+    assert listening, "the run ended before both Ray Train workers were seen"
+    gcs_host, gcs_port = announced.group(1).rsplit(":", 1)
+    dash_host, dash_port = announced.group(2).rsplit(":", 1)
+    assert gcs_host == "127.0.0.1" and dash_host == "127.0.0.1"
+    ports = {port: ip for _, ip, port in listening}
+    assert ports.get(int(gcs_port)) in LOOPBACK, listening  # the GCS listens, on loopback
+    assert ports.get(int(dash_port)) in LOOPBACK, listening  # the dashboard listens, on loopback
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, names
+    exposed = [entry for entry in listening if entry[1] not in LOOPBACK]
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 @pytest.mark.slow
 def test_training_console_is_short_and_repeats_nothing(undisturbed):
-    _, console = undisturbed
+    _, console, _ = undisturbed
     lines = _console_lines(console)
     assert len(lines) <= 20, "\n".join(lines)
     # pids differ between otherwise equal lines: compare without them
@@ -130,13 +166,15 @@ def _registered_checkpoints(out: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_killed_worker_restarts_and_resumes_from_the_checkpoint(tmp_path, undisturbed):
-    import psutil
-
+def test_killed_worker_restarts_and_resumes_from_the_checkpoint(tmp_path, undisturbed, ray_session):
+    """The run joins this process's shared Ray (``RAY_ADDRESS``, as under ``ray submit``; the undisturbed run started
+    its own): its Ray Train workers are then processes of this test's own Ray, found among its descendants."""
     from calm.checkpoint import read_safetensors
 
     out = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(tmp_path, out), cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
+    env = {**_env(tmp_path), "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    started = time.time()
+    proc = subprocess.Popen(_train_cmd(tmp_path, out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
@@ -144,8 +182,8 @@ def test_killed_worker_restarts_and_resumes_from_the_checkpoint(tmp_path, undist
             assert proc.poll() is None, "the run ended before its first checkpoint: " + proc.stdout.read()[-3000:]
             assert time.time() < deadline, "no checkpoint registered within 300 s"
             time.sleep(0.05)
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "RayTrainWorker" in " ".join(p.cmdline())]
+        # the shared Ray's raylet is this process's child; workers of an earlier run in it have ended
+        workers = [w for w in _ray_train_workers(os.getpid()) if w.create_time() >= started]
         assert len(workers) == 2, [p.cmdline() for p in workers]
         workers[-1].kill()  # SIGKILL: a preempted node gives no warning either
         console, _ = proc.communicate(timeout=400)
@@ -157,7 +195,7 @@ def test_killed_worker_restarts_and_resumes_from_the_checkpoint(tmp_path, undist
     assert resumed, "no resume line in the console:\n" + console[-4000:]
     step = int(resumed.group(1))
     assert step >= EVERY and step % EVERY == 0 and step < STEPS, step
-    base, _ = undisturbed
+    base, _, _ = undisturbed
     state = json.loads((out / "train_state.json").read_text())
     base_state = json.loads((base / "train_state.json").read_text())
     assert state["step"] == base_state["step"] == STEPS

@@ -190,9 +190,16 @@ def test_compare_sae_end_to_end(tiny_models, tmp_path):
     assert again["saes"][0]["fve_test"] == pytest.approx(first["fve_test"], abs=1e-6)
 
 
-def test_cli_help_and_bad_input(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "experiments.compare_sae", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+def test_cli_help_and_bad_input(tmp_path, capsys):
+    from calm.cli import parse_config
+    from experiments.compare_sae import Config
+
+    # --help from the command's own parser, in this process (a command costs a Python start and the model imports);
+    # the command itself runs below with bad input, and as a command in tests/test_hostile_studies.py
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(Config, ["--help"], prog="python -m experiments.compare_sae")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
     for flag in ("--checkpoint", "--lm-checkpoint", "--sae", "--ks", "--expansions", "--sources"):
         assert flag in out
     bad = subprocess.run([sys.executable, "-m", "experiments.compare_sae", "--checkpoint", str(tmp_path)],

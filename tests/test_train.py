@@ -11,7 +11,6 @@ from tokenizers import ByteLevelBPETokenizer
 from calm.autoencoder import AutoencoderConfig
 from calm.checkpoint import load_pretrained, read_safetensors
 from calm.loop import lr_at
-from calm.ray_runtime import init_ray
 from calm.tokenizer import load_tokenizer
 from calm.train import (
     AutoencoderTask,
@@ -20,7 +19,7 @@ from calm.train import (
     train_local,
 )
 
-pytestmark = pytest.mark.ray  # the Ray Train runs (serial) start Ray
+pytestmark = pytest.mark.ray  # the Ray Train runs use the shared Ray
 
 TEXT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
         "and darkness was upon the face of the deep. To be, or not to be, that is the question: whether "
@@ -123,17 +122,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tok):
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    init_ray(address="local", num_cpus=2, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
-@pytest.mark.serial
-def test_ray_two_workers_checkpoint_then_resume(tmp_path, monkeypatch, ray_cluster):
+def test_ray_two_workers_checkpoint_then_resume(tmp_path, monkeypatch, ray_session):
+    """Both runs join the test process's shared local Ray (tests/conftest.py), as a run joins a cluster: a second
+    Ray started here for them would cost two Ray starts (this one's and the shared one's again after it)."""
     from calm.train import main
 
     monkeypatch.setenv("LATENTCOMM_CACHE", str(tmp_path / "cache"))
