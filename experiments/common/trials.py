@@ -268,12 +268,19 @@ def _stopper(stop: Callable[[], bool]):
     return StopWhen(stop)
 
 
+#: errors of a trial whose Ray actor or node was lost (not of the trial's own code)
+NODE_LOSS_ERRORS = ("ActorUnavailableError", "ActorDiedError", "NodeDiedError", "RayActorError")
+#: the pause before the trials a lost node took are run again (Ray marks a node dead within seconds)
+NODE_LOSS_PAUSE_S = 5.0
+
+
 def run_trials(trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path, *, trial_cpus: float,
                max_concurrent: int, shared: dict[str, Any], stop: Callable[[], bool] | None = None) -> list[str]:
     """Run ``trial_fn(spec, **shared)`` for every spec in ``missing`` as a Ray Tune grid.
 
     Each trial's row is written to ``run_dir/rows/<key>.json`` as it reports; a trial that fails is
-    retried twice (``FailureConfig``). ``stop``: asked as the trials run; once true, every trial is ended (the
+    retried twice (``FailureConfig``); trials that a lost node took (``NODE_LOSS_ERRORS``) run once more after
+    ``NODE_LOSS_PAUSE_S``, unless every trial failed so (then nothing is left to run them). ``stop``: asked as the trials run; once true, every trial is ended (the
     rest have no row). Returns the keys of trials that still failed.
     """
     from ray import tune
@@ -306,7 +313,19 @@ def run_trials(trial_fn: Callable[..., dict], missing: list[dict], run_dir: Path
         grid = tuner.fit()
     finally:
         tune_logger.removeFilter(hints)
-    return [str(result.config["trial"]["key"]) for result in grid if result.error is not None]
+    failed = [result for result in grid if result.error is not None]
+    lost = [r.config["trial"] for r in failed if any(name in repr(r.error) for name in NODE_LOSS_ERRORS)]
+    if lost and lost != missing and not _INTERRUPTED.is_set() and (stop is None or not stop()):
+        # a trial whose actor sat on a lost node fails its Tune retries within milliseconds, before Ray has marked
+        # the node dead; once it has, the same trials run again (a row is a function of its spec)
+        print(f"[run] {len(lost)} trials lost their node; running them again in {NODE_LOSS_PAUSE_S:.0f} s",
+              flush=True)
+        time.sleep(NODE_LOSS_PAUSE_S)
+        again = set(run_trials(trial_fn, lost, run_dir, trial_cpus=trial_cpus, max_concurrent=max_concurrent,
+                               shared=shared, stop=stop))
+        return [str(r.config["trial"]["key"]) for r in failed
+                if r.config["trial"] not in lost or str(r.config["trial"]["key"]) in again]
+    return [str(result.config["trial"]["key"]) for result in failed]
 
 
 def run_with_agents(cfg: Any, checkpoint: Path, protocols: dict[str, str], run_name: str,
