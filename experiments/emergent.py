@@ -44,8 +44,8 @@ protocol's messages about unseen-corpus passages). Other rows leave those column
 ``experiments.emergent_report`` writes summary.md (with example messages for similar and dissimilar passages,
 ``experiments.emergent_examples``), success_vs_snr.png and snr_mismatch.png.
 
-Laptop default (2 cores, fresh machine, 2026-12-07): 5 min 41 s, the autoencoder 146 s, then 6 pairs of 1500
-steps at 16 candidates and 40 trials of 1024 games (docs/emergent.md).
+Laptop default (2 cores, fresh machine, 2026-12-07): 8 min 47 s, the autoencoder 151 s, then 9 pairs of 1500
+steps at 16 candidates (the coded one 116 s, the others about 55 s) and 96 trials of 1024 games (docs/emergent.md).
 """
 
 from __future__ import annotations
