@@ -71,32 +71,30 @@ def message_examples(pairs: dict[str, tuple[Path, str]], banks: dict[str, np.nda
         messages["hash"] = lambda items: (hash_codes[items] < 0).astype(np.int64)
     if not messages:
         return ""
-    shown = slice(0, SHOWN)
     lines = [f"## Example messages (n = {n})", "",
              "Each target's most and least similar held-out passage by cosine of the CALM features, and the message "
              "every discrete protocol sends for each (learned symbols as digits, the hash's bits); d = Hamming "
              "distance to the target's message, as a fraction of its symbols.", ""]
     heads = list(messages)
     lines += ["| passage | text | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
-    sent = {h: {k: fn(idx) for k, idx in (("t", measured), ("near", near), ("far", far))} for h, fn in messages.items()}
-    for i in range(len(measured))[shown]:
-        for role, idx in (("target", measured), ("similar", near), ("dissimilar", far)):
+    roles = {"target": measured, "similar": near, "dissimilar": far}
+    sent = {h: {role: fn(idx) for role, idx in roles.items()} for h, fn in messages.items()}
+    for i in range(min(SHOWN, len(measured))):
+        for role, idx in roles.items():
             text = decode(passages[idx[i]]).replace("|", "/").replace("\n", " ").strip()
             cells = []
             for h in heads:
-                key = {"target": "t", "similar": "near", "dissimilar": "far"}[role]
-                symbols = sent[h][key][i]
-                word = "".join(str(int(v)) for v in symbols)
-                d = "" if role == "target" else f" (d = {_hamming(symbols[None], sent[h]['t'][i][None])[0]:.2f})"
-                cells.append(f"`{word}`{d}")
+                symbols, target = sent[h][role][i], sent[h]["target"][i]
+                d = "" if role == "target" else f" (d = {_hamming(symbols[None], target[None])[0]:.2f})"
+                cells.append(f"`{''.join(str(int(v)) for v in symbols)}`{d}")
             lines.append(f"| {role} {i + 1} | {text} | " + " | ".join(cells) + " |")
     lines += ["", f"Mean Hamming distance over {len(measured)} held-out targets (fraction of symbols):", "",
               "| protocol | to the most similar passage | to the least similar | to a random passage |",
               "|---|---|---|---|"]
     random_items = np.roll(measured, 1)  # another target: a random passage
     for h, fn in messages.items():
-        t = sent[h]["t"]
-        d_near, d_far = _hamming(t, sent[h]["near"]).mean(), _hamming(t, sent[h]["far"]).mean()
+        t = sent[h]["target"]
+        d_near, d_far = _hamming(t, sent[h]["similar"]).mean(), _hamming(t, sent[h]["dissimilar"]).mean()
         d_rand = _hamming(t, fn(random_items)).mean()
         lines.append(f"| {h} | {d_near:.3f} | {d_far:.3f} | {d_rand:.3f} |")
     return "\n".join(lines)
