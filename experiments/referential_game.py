@@ -38,10 +38,14 @@ from protocols.metrics import efficiency, fano_delivered_bits, snr_db, wilson_in
 __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_game_protocols", "main", "make_channel", "play_trial",
            "trial_grid"]
 
-ProtocolName = Literal["vector", "quantized", "hash", "coded", "uncoded-tokens"]
+ProtocolName = Literal["vector", "quantized", "hash", "coded", "uncoded-tokens", "learned-continuous", "learned-gumbel",
+                       "learned-reinforce"]
 ReceiverName = Literal["soft", "hard"]
 ChannelName = Literal["awgn", "erasure", "rayleigh"]
 PROTOCOLS = ("vector", "quantized", "hash", "coded", "uncoded-tokens")
+#: emergent pairs trained through the channel on the CALM latent means (``protocols.learned``): not in the default
+#: run (each pair trains for about a minute), asked for by name
+LEARNED = ("learned-continuous", "learned-gumbel", "learned-reinforce")
 
 # DESIGN.md section 7, in this order
 COLUMNS = [
@@ -77,7 +81,7 @@ class Config(SweepConfig):
     sigmas: tuple[float, ...] = unhashed((0.0, 0.316, 0.5, 0.75, 1.0, 1.5, 2.0))
     """noise standard deviations (SNR_dB = -20 log10 sigma: inf, 10, 6, 2.5, 0, -3.5, -6)"""
     protocols: tuple[ProtocolName, ...] = unhashed(PROTOCOLS)
-    """protocols to compare (docs/protocols.md)"""
+    """protocols to compare (docs/protocols.md); also learned-continuous, learned-gumbel, learned-reinforce"""
     receivers: tuple[ReceiverName, ...] = unhashed(("soft", "hard"))
     """soft: maximum likelihood over the candidates for the channel applied; hard: decide in the protocol's own
     domain (bits after the channel decoder, latents by least squares), then the nearest candidate"""
@@ -101,6 +105,11 @@ class Config(SweepConfig):
     """held-out (test split) passages the games draw from"""
     fit_passages: int = 4000
     """training passages the protocols' normalisation (and PCA) is fitted on"""
+    learned_steps: int = unhashed(1500, if_changed=True)
+    """learned protocols: training steps of each pair (one pair per protocol and n)"""
+    learned_train_snr_db: tuple[float, ...] = unhashed((-9.0, 20.0), if_changed=True)
+    """learned protocols: the training SNR in dB, one value or a (low, high) range drawn per message, through the
+    first of channels"""
     agent_pairs: int = unhashed(2)
     """speaker/listener actor pairs serving the trials (the listeners do most of the work: two pairs keep two
     cores busy)"""
@@ -125,7 +134,7 @@ class Config(SweepConfig):
                 raise ValueError(f"sigmas must be finite and >= 0, got {s}")
         if not self.channel_uses or any(not isinstance(n, int) or n < 1 for n in self.channel_uses):
             raise ValueError(f"channel_uses must hold integers >= 1, got {self.channel_uses}")
-        for name, allowed in (("protocols", PROTOCOLS), ("receivers", ("soft", "hard")),
+        for name, allowed in (("protocols", PROTOCOLS + LEARNED), ("receivers", ("soft", "hard")),
                               ("channels", ("awgn", "erasure", "rayleigh"))):
             bad = [v for v in getattr(self, name) if v not in allowed]
             if bad or not getattr(self, name):
@@ -138,6 +147,15 @@ class Config(SweepConfig):
             raise ValueError(f"fading_block must be >= 1 or none, got {self.fading_block}")
         if not 0.0 < self.coded_rate < 1.0:
             raise ValueError(f"coded_rate must be in (0, 1), got {self.coded_rate}")
+        if any(p in LEARNED for p in self.protocols):
+            from protocols.learned import LearnedProtocolConfig
+
+            LearnedProtocolConfig(**self.learned_settings(), budget=8)  # refuses bad steps, SNRs, channel
+
+    def learned_settings(self) -> dict[str, Any]:
+        """``LearnedProtocolConfig`` fields of the learned protocols: trained through the first channel."""
+        return {"steps": self.learned_steps, "train_snr_db": tuple(self.learned_train_snr_db),
+                "train_channel": self.channels[0], "erasure_p": self.erasure_p}
 
 
 def trial_key(spec: dict[str, Any]) -> str:
@@ -184,8 +202,11 @@ def fit_game_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
     for name in cfg.protocols:
         for n in cfg.channel_uses:
             try:
+                if name in LEARNED and not (run_dir / "protocols" / protocol_key(name, n) / "protocol.json").exists():
+                    print(f"[run] training {name} at n={n} ({cfg.learned_steps} steps)", flush=True)
                 p = fit_or_load(run_dir / "protocols" / protocol_key(name, n), model, lambda name=name, n=n: make_protocol(
-                    name, model, budget=n, quantized_bits=cfg.quantized_bits, coded=coded).fit(train))
+                    name, model, budget=n, quantized_bits=cfg.quantized_bits, coded=coded,
+                    learned=cfg.learned_settings()).fit(train))
             except ValueError as exc:
                 skipped[(name, n)] = str(exc)
                 continue

@@ -14,7 +14,9 @@
 - ``lm-jscc``: a learned channel adapter whose receiver is a token language model (``protocols.lm_jscc``), for
   reconstruction;
 - ``separation``: entropy coding of the token ids (constriction) -> Sionna code -> PAM, the separated
-  digital link for reconstruction (``protocols.separation``; a *bank* holds one budget's MCS menu).
+  digital link for reconstruction (``protocols.separation``; a *bank* holds one budget's MCS menu);
+- ``learned``: an emergent speaker-listener pair trained through the channel on the CALM latent means
+  (``protocols.learned``; ``learned-continuous``, ``learned-gumbel``, ``learned-reinforce`` name its modes).
 
 Receivers take the channel model and the fading gains as explicit arguments. See docs/protocols.md.
 """
@@ -79,15 +81,17 @@ __all__ = [
 ]
 
 
-PROTOCOL_NAMES = ("vector", "quantized", "hash", "coded", "uncoded-tokens", "jscc", "lm-jscc", "separation")
+PROTOCOL_NAMES = ("vector", "quantized", "hash", "coded", "uncoded-tokens", "jscc", "lm-jscc", "separation", "learned")
 
 
 def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: int = 1,
-                  coded: dict[str, Any] | None = None, hash_key: str = "latentcomm") -> Protocol:
+                  coded: dict[str, Any] | None = None, hash_key: str = "latentcomm",
+                  learned: dict[str, Any] | None = None) -> Protocol:
     """A fresh (unfitted) protocol by name, sized for ``budget`` channel uses.
 
     The token and hash protocols use the autoencoder's vocabulary (the tokenizer's); the latent ones
-    its codes. ``coded`` holds ``CodedProtocolConfig`` fields (source, code, rate, modulation, ...).
+    its codes. ``coded`` holds ``CodedProtocolConfig`` fields (source, code, rate, modulation, ...);
+    ``learned`` ``LearnedProtocolConfig`` fields (steps, train_snr_db, ...); ``learned-<mode>`` sets its mode.
     """
     V = autoencoder.config.vocab_size
     if name == "vector":
@@ -103,6 +107,11 @@ def make_protocol(name: str, autoencoder: Any, *, budget: int, quantized_bits: i
         from protocols.coded import CodedProtocol, CodedProtocolConfig
 
         return CodedProtocol(CodedProtocolConfig(vocab_size=V, budget=budget, key=hash_key, **(coded or {})))
+    if name == "learned" or name.startswith("learned-"):
+        from protocols.learned import LearnedProtocol, LearnedProtocolConfig
+
+        mode = {"mode": name.removeprefix("learned-")} if name != "learned" else {}
+        return LearnedProtocol(autoencoder, LearnedProtocolConfig(budget=budget, **{**(learned or {}), **mode}))
     if name in ("jscc", "lm-jscc", "separation"):
         raise ValueError(f"a {name} protocol is built from its own parts (protocols.{name}): a trained adapter, "
                          "or a source model and an MCS")
@@ -140,6 +149,10 @@ def load_protocol(directory: str | Path, autoencoder: Any | None = None) -> Prot
 
         return LMJSCCProtocol.load(directory)
     classes = {VectorProtocol.name: VectorProtocol, QuantizedVectorProtocol.name: QuantizedVectorProtocol}
+    if kind == "learned":
+        from protocols.learned import LearnedProtocol
+
+        classes[kind] = LearnedProtocol
     if kind not in classes:
         raise ValueError(f"unknown protocol {kind!r} in {directory}; known: {', '.join(PROTOCOL_NAMES)}")
     if autoencoder is None:
