@@ -6,8 +6,10 @@ A channel maps the transmitted symbols ``x`` to the received symbols ``y`` with 
     y = channel(x, rng)                  # x, y: float32 arrays of the same shape, e.g. (B, n)
     y, gain = channel.transmit(x, rng)   # the same y (same draws), and the fading gain per symbol
 
-Conventions (DESIGN.md section 3): symbols are real, one real number per channel use, of mean
-power 1; sigma is a noise standard deviation everywhere; ``SNR = 1 / sigma**2``.
+Conventions (DESIGN.md section 3): symbols are real, one real number per real dimension, of mean
+power 1; sigma is a noise standard deviation per real dimension everywhere; ``SNR = 1 / sigma**2``, which is
+Es/N0 per complex channel use when two real symbols form one complex baseband symbol (``environments.convention``:
+the convention every table and plot states).
 
 Channels:
 

@@ -135,7 +135,7 @@ def plot_listeners(table, path: Path) -> None:
             ax.bar(x + (i - (len(policies) - 1) / 2) * width, y, width, yerr=np.clip(err, 0, None), capsize=2,
                    color=cmap(i % 10), label=policy_label(protocol, rate_for))
         ax.set_xticks(x, [f"{s:g} dB" for s in listeners["snr_db"]])
-        ax.set_xlabel("listener SNR")
+        ax.set_xlabel("listener Es/N0 (dB)")
         ax.set_ylabel("token accuracy" if metric == "token_accuracy" else "chrF")
         ax.grid(axis="y", alpha=0.3)
     handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()

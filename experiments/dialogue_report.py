@@ -21,7 +21,7 @@ def _flops(x: float) -> str:
 
 def per_message_table(frame) -> str:
     """One line per (protocol, channel, sigma), pooled over seeds (message-weighted means)."""
-    head = ("| protocol | channel | SNR dB | channel uses / message (/ token) | FLOPs sender | FLOPs receiver | "
+    head = ("| protocol | channel | Es/N0 dB | channel uses / message (/ token) | FLOPs sender | FLOPs receiver | "
             "FLOPs / message | token accuracy [95%] | message exact | wall generate s | wall link s |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
@@ -44,7 +44,7 @@ def savings(frame) -> str:
     """Latent vs tokens at each (channel, sigma): channel uses and FLOPs per message, and their ratios."""
     if not {"latent", "tokens"} <= set(frame.protocol):
         return "(needs both protocols)"
-    lines = ["| channel | SNR dB | channel uses latent / tokens | saving | FLOPs latent / tokens | FLOPs change | "
+    lines = ["| channel | Es/N0 dB | channel uses latent / tokens | saving | FLOPs latent / tokens | FLOPs change | "
              "token accuracy latent / tokens |", "|---|---:|---:|---:|---:|---:|---:|"]
     pooled = frame.groupby(["channel", "sigma", "protocol"], sort=False).agg(
         snr_db=("snr_db", "first"), n=("channel_uses", "first"), flops=("flops_message", "mean"),
@@ -87,7 +87,7 @@ def write_report(frame, run_dir: Path) -> str:
              "from.\n"]
     first_seed = frame.seed.min()
     for (ch, sigma), g in frame[frame.seed == first_seed].groupby(["channel", "sigma"], sort=False):
-        parts.append(f"## {ch}, SNR {_snr(g.snr_db.iloc[0])} dB (sigma {sigma})\n")
+        parts.append(f"## {ch}, Es/N0 {_snr(g.snr_db.iloc[0])} dB (sigma {sigma})\n")
         for _, row in g.iterrows():
             parts.append(f"### {row.protocol} ({int(row.channel_uses)} channel uses per message)\n\n"
                          + transcript_markdown(row) + "\n")

@@ -143,7 +143,7 @@ def plot_success(table, run_dir: Path) -> None:
             ax.fill_between(x[order], g["low"].to_numpy()[order], g["high"].to_numpy()[order], alpha=0.12,
                             color=color)
         ax.axhline(float(t["chance"].iloc[0]), color="gray", lw=0.8, ls=":", label="chance (1/C)")
-        ax.set_xlabel("SNR (dB)")
+        ax.set_xlabel("Es/N0 (dB)")
         ax.set_ylabel("success")
         ax.set_ylim(0, 1.02)
         ax.set_title(protocol)

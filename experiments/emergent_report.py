@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from calm.files import atomic_write_text, save_figure
-from experiments.common.tables import shared_legend
+from experiments.common.tables import CONVENTION_NOTE, shared_legend
 from protocols.metrics import wilson_interval
 
 __all__ = ["beats_hash", "pooled", "write_report"]
@@ -106,7 +106,7 @@ def _generalisation_table(table) -> str:
                                                                              "channel_uses", "snr_db"], sort_remaining=False)
     if not len(both):
         return "No unseen-corpus rows in this run."
-    lines = ["| protocol | n | C | SNR (dB) | held-out test | unseen corpus | unseen - test |", "|---|---|---|---|---|---|---|"]
+    lines = ["| protocol | n | C | Es/N0 (dB) | held-out test | unseen corpus | unseen - test |", "|---|---|---|---|---|---|---|"]
     for key, r in both.iterrows():
         p, f, n, C, _, snr = key
         lines.append(f"| {_label(p, f)} | {n} | {C} | {snr:g} | {r.success:.3f} [{r.low:.3f}, {r.high:.3f}] | "
@@ -150,7 +150,7 @@ def write_report(frame, run_dir: Path, *, main_train: str, plots: bool = True, e
         answer = "No learned protocol's interval lies wholly above the hash's at any point of this grid."
     else:
         answer = "The hash was not in this run."
-    text = (f"# Emergent protocols: {run_dir.name}\n\n"
+    text = (f"# Emergent protocols: {run_dir.name}\n\n" + CONVENTION_NOTE + " "
             "Success pooled over seeds, 95% Wilson interval in brackets. Learned protocols are decoded by their own "
             "listener; vector and hash by maximum likelihood over the candidates for the channel applied. Every "
             "protocol plays the same games and noise.\n\n## Success vs SNR (held-out test passages)\n\n"
@@ -191,7 +191,7 @@ def plot_success(table, run_dir: Path) -> None:
             ax.fill_between(x[order], g["low"].to_numpy()[order], g["high"].to_numpy()[order], alpha=0.12,
                             color=COLORS.get(p))
         ax.axhline(1.0 / C, color="gray", lw=0.8, ls=":", label="chance (1/C)")
-        ax.set_xlabel("SNR (dB)")
+        ax.set_xlabel("Es/N0 (dB)")
         ax.set_ylabel("success")
         ax.set_ylim(0, 1.02)
         ax.set_title(f"n={n} channel uses, C={C}")
@@ -233,7 +233,7 @@ def plot_mismatch(table, run_dir: Path, main_train: str) -> None:
             if single:
                 ax.axvline(float(t), color=color, lw=0.7, ls=":")
         ax.axhline(1.0 / C, color="gray", lw=0.8, ls=":", label="chance (1/C)")
-        ax.set_xlabel("test SNR (dB)")
+        ax.set_xlabel("test Es/N0 (dB)")
         ax.set_ylabel("success")
         ax.set_ylim(0, 1.02)
         ax.set_title(f"n={n}, C={C}: trained at one SNR vs over {main_train} dB")

@@ -20,7 +20,14 @@ import numpy as np
 
 from calm.files import atomic_write_text, save_figure
 from experiments.common.rundir import run_facts
-from experiments.common.tables import fmt_snr, passage_metrics, shared_legend, snr_at_target, snr_db_header
+from experiments.common.tables import (
+    CONVENTION_NOTE,
+    fmt_snr,
+    passage_metrics,
+    shared_legend,
+    snr_at_target,
+    snr_db_header,
+)
 from protocols.bounds import finite_length_accuracy, rate_distortion_accuracy
 
 __all__ = ["LINES", "FRAME_ERROR", "console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled",
@@ -89,7 +96,7 @@ def reference_lines(table, facts: dict | None):
 
 
 def snr_at_accuracy(table, target: float = 0.9, metric: str = "token_accuracy"):
-    """Per (protocol, channel, rho): the SNR (dB) where ``metric`` first reaches ``target``, interpolated in dB
+    """Per (protocol, channel, rho): the Es/N0 (dB) where ``metric`` first reaches ``target``, interpolated in dB
     (``experiments.common.tables.snr_at_target``: ``-inf`` reached at the lowest SNR of the grid, ``inf`` never)."""
     return snr_at_target(table, GROUP, metric, target)
 
@@ -163,7 +170,7 @@ def gap_table(table, a: str = "jscc", b: str = "separation") -> str:
     gaps = snr_gap(table, a, b)
     if not len(gaps):
         return f"(needs {a} and {b} at two or more finite SNRs)"
-    lines = [f"| channel | rho | token accuracy | SNR {a} (dB) | SNR {b} (dB) | gap (dB, + favours {a}) | "
+    lines = [f"| channel | rho | token accuracy | Es/N0 {a} (dB) | Es/N0 {b} (dB) | gap (dB, + favours {a}) | "
              f"{b} overtakes {a} above (dB) | steepest fall {a} / {b} (acc/dB) | best {a} / {b} (finite SNR) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for d in gaps.to_dict("records"):  # by name: itertuples renames columns like snr_db_lm-jscc
@@ -182,7 +189,7 @@ def console_summary(frame, metric: str = "token_accuracy", facts: dict | None = 
     blocks = []
     for (channel, rho, n), t in table.groupby(["channel", "rho", "channel_uses"], sort=False):
         sigmas = sorted(t["sigma"].unique())
-        lines = [f"{channel}, rho={rho:g} (n={n}): {metric.replace('_', ' ')} pooled over seeds (SNR dB across)",
+        lines = [f"{channel}, rho={rho:g} (n={n}): {metric.replace('_', ' ')} pooled over seeds (Es/N0 dB across)",
                  "| protocol | " + " | ".join(snr_db_header(s) for s in sigmas) + " |", "|---|" + "---:|" * len(sigmas)]
         fmt = "{:.1f}" if metric == "chrf" else "{:.3f}"
         for protocol, g in t.groupby("protocol", sort=False):
@@ -200,7 +207,7 @@ def console_summary(frame, metric: str = "token_accuracy", facts: dict | None = 
 
 
 def snr_table(table, targets: tuple[float, ...]) -> str:
-    """Markdown: per protocol and target token accuracy, the SNR (dB) needed, a column per (channel, rho)."""
+    """Markdown: per protocol and target token accuracy, the Es/N0 (dB) needed, a column per (channel, rho)."""
     lines = []
     for target in targets:
         at = snr_at_accuracy(table, target)
@@ -235,7 +242,7 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
         return
     facts = run_facts(run_dir)
     table = reference_lines(pooled(frame), facts)
-    text = (f"# Reconstruction: {run_dir.name}\n\n"
+    text = (f"# Reconstruction: {run_dir.name}\n\n" + CONVENTION_NOTE + " "
             "Token accuracy pooled over seeds. The reference lines, in italics, each bound something else:\n\n"
             + "".join(f"- *{label}*: {what}.\n" for label, what in LINES.values())
             + (f"\nSource statistics on the test passages the trials play: {facts['entropy_bits_per_token']:.3f} "
@@ -292,7 +299,7 @@ def prior_gain(table, metric: str = "token_accuracy"):
 
 def prior_gain_table(gains) -> str:
     """Markdown: plain and prior-listener token accuracy and the gain with its interval, per SNR."""
-    lines = ["| listener | channel | rho | SNR dB | plain | prior | gain [95% CI] |", "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| listener | channel | rho | Es/N0 dB | plain | prior | gain [95% CI] |", "|---|---|---:|---:|---:|---:|---|"]
     for r in gains.sort_values(["listener", "channel", "rho", "snr_db"]).itertuples():
         lines.append(f"| {r.listener} | {r.channel} | {r.rho:g} | {snr_db_header(r.sigma)} | {r.plain:.3f} | "
                      f"{r.prior:.3f} | {r.gain:+.3f} [{r.gain_low:+.3f}, {r.gain_high:+.3f}] |")
@@ -315,7 +322,7 @@ def plot_prior_gain(gains, path: Path) -> None:
                         color=COLORS.get(key[0]) if finite["rho"].nunique() == 1 else None)
         ax.fill_between(g["snr_db"], g["gain_low"], g["gain_high"], alpha=0.15, color=line.get_color())
     ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xlabel("SNR (dB)")
+    ax.set_xlabel("Es/N0 (dB)")
     ax.set_ylabel("token accuracy gain over plain decoding")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
@@ -326,7 +333,7 @@ def plot_prior_gain(gains, path: Path) -> None:
 
 def examples_table(examples: list[dict[str, Any]]) -> str:
     """A markdown table: protocol, channel, rho, SNR and the decoded text (``|`` escaped)."""
-    lines = ["| protocol | channel | rho | SNR dB | decoded text |", "|---|---|---:|---:|---|"]
+    lines = ["| protocol | channel | rho | Es/N0 dB | decoded text |", "|---|---|---:|---:|---|"]
     for e in examples:
         lines.append(f"| {e['protocol']} | {e['channel']} | {e['rho']:g} | {snr_db_header(e['sigma'])} | "
                      + " ".join(e["text"].split()).replace("|", "\\|") + " |")
@@ -374,7 +381,7 @@ def plot_metric(table, path: Path, metric: str, label: str, *, bound: bool = Fal
             ax.set_ylim(0, top)
             ax.grid(alpha=0.3)
             if i == len(channels) - 1:
-                ax.set_xlabel(f"SNR (dB); sigma 0 at {inf_at:.0f}")
+                ax.set_xlabel(f"Es/N0 (dB); sigma 0 at {inf_at:.0f}")
             if j == 0:
                 ax.set_ylabel(label)
     entries = shared_legend(fig, axes.flat, ncol=4)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from calm.files import atomic_write_text, save_figure
-from experiments.common.tables import fmt_snr, shared_legend, snr_at_target, snr_db_header
+from experiments.common.tables import CONVENTION_NOTE, fmt_snr, shared_legend, snr_at_target, snr_db_header
 from protocols.bounds import simplex_success
 from protocols.metrics import best_success, fano_delivered_bits, wilson_interval
 
@@ -93,7 +93,7 @@ def console_summary(frame) -> str:
         sigmas = sorted(t["sigma"].unique())
         snrs = [snr_db_header(s) for s in sigmas]
         C = int(t["candidates"].iloc[0])
-        lines = [f"{channel}, n={n}, C={C}: success pooled over seeds (SNR dB across)",
+        lines = [f"{channel}, n={n}, C={C}: success pooled over seeds (Es/N0 dB across)",
                  "| protocol / receiver | " + " | ".join(snrs) + " |",
                  "|---|" + "---:|" * len(sigmas)]
         for (protocol, receiver), g in t.groupby(["protocol", "receiver"], sort=False):
@@ -110,7 +110,7 @@ def console_summary(frame) -> str:
 
 
 def _full_table(table) -> str:
-    lines = ["| protocol | receiver | channel | n | sigma | SNR dB | bits sent | success (95% CI) | bound | "
+    lines = ["| protocol | receiver | channel | n | sigma | Es/N0 dB | bits sent | success (95% CI) | bound | "
              "delivered bits | capacity bits | token acc |",
              "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in table.itertuples():
@@ -147,7 +147,7 @@ def write_report(frame, run_dir: Path, *, plots: bool = True, target: float = 0.
                  "capacity." if not len(bad) else "\n".join(
                      f"- {r.protocol}/{r.receiver} {r.channel} n={r.channel_uses} sigma={r.sigma:g} seed={r.seed}: "
                      f"success >= {r.success_ci_low:.3f} over a {r.capacity_bits:.2f}-bit channel" for r in bad.itertuples()))
-    text = (f"# Referential game: {run_dir.name}\n\n"
+    text = (f"# Referential game: {run_dir.name}\n\n" + CONVENTION_NOTE + " "
             "Success pooled over seeds (95% Wilson interval); bits per message. Two reference lines, in italics: "
             "`bound (Fano at capacity)`: no scheme beats it at the channel's capacity (Fano inverted; loose: at n = 32 "
             "it is 1.000 at every SNR of the grid, so it cannot catch a leak there); `simplex line`: maximum-likelihood "
@@ -195,7 +195,7 @@ def plot_results(table, run_dir: Path) -> None:
             ax.plot(xb[order], b["simplex"].to_numpy()[order], color="black", lw=1.2, ls="-.",
                     label="simplex line: ML, best code for C")
         ax.axhline(1.0 / C, color="gray", lw=0.8, ls=":", label=f"chance (1/{C})")
-        ax.set_xlabel(f"SNR (dB); sigma 0 drawn at {inf_at:.0f}")
+        ax.set_xlabel(f"Es/N0 (dB); sigma 0 drawn at {inf_at:.0f}")
         ax.set_ylabel("success")
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{channel}, n={n} channel uses, C={C}")

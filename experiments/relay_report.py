@@ -103,14 +103,14 @@ def console_summary(frame, metric: str = "token_accuracy") -> str:
         return "(no rows)"
     table = pooled(frame)
     hops = sorted(table["hops"].unique())
-    lines = ["| SNR/hop dB | mode | " + " | ".join(f"H={h}" for h in hops) + " |",
+    lines = ["| Es/N0 per hop dB | mode | " + " | ".join(f"H={h}" for h in hops) + " |",
              "|---:|---|" + "---:|" * len(hops)]
     for (snr, mode), g in table.groupby(["snr_db", "mode"], sort=True):
         values = g.set_index("hops")[metric]
         cells = [f"{values[h]:.3f}" if h in values.index else "-" for h in hops]
         lines.append(f"| {_snr(snr)} | {mode} | " + " | ".join(cells) + " |")
     for snr in sorted(table["snr_db"].unique()):
-        lines.append(f"| {_snr(snr)} | (forward end-to-end SNR dB) | "
+        lines.append(f"| {_snr(snr)} | (forward end-to-end Es/N0 dB) | "
                      + " | ".join(f"{end_to_end_snr_db(snr, int(h)):.1f}" for h in hops) + " |")
     return "\n".join(lines)
 
@@ -136,7 +136,7 @@ def write_report(frame, run_dir: Path, *, plots: bool = True) -> None:
             + "\n\n## chrF (sacrebleu, detokenised text)\n\n" + console_summary(frame, "chrf")
             + "\n\n## Regenerate: the code rate and modulation the oracle picked for the chain\n\n"
             + ("\n".join(f"- {_snr(r.snr_db)} dB, H = {r.hops}: {r.mcs}" for r in mcs.itertuples()) or "-")
-            + "\n\n## One passage as each mode delivers it at the largest H\n\n| SNR dB | mode | H | decoded | sent |\n"
+            + "\n\n## One passage as each mode delivers it at the largest H\n\n| Es/N0 dB | mode | H | decoded | sent |\n"
               "|---:|---|---:|---|---|\n"
             + "\n".join(f"| {_snr(r.snr_db)} | {r.mode} | {r.hops} | {_cell(r.example)} | {_cell(r.example_target)} |"
                         for r in examples.itertuples()) + "\n")

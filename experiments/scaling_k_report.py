@@ -161,7 +161,7 @@ def _plot_link(link, path: Path) -> None:
                 axes[i, j].plot(rows["snr_db"], rows[metric], marker="o", label=label, **style)
         for i, metric in enumerate(("token accuracy", "referential success")):
             axes[i, j].set_title(f"{metric}, {c} channel uses per token")
-            axes[i, j].set_xlabel("SNR (dB)")
+            axes[i, j].set_xlabel("Es/N0 (dB)")
             axes[i, j].grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
@@ -206,7 +206,7 @@ def write_report(ae, lm, run_dir: Path, *, plots: bool = True, ae_batch_size: in
         link = link_frame(ae)
         if len(link):
             lines += ["## Communication view (fixed channel uses per token, AWGN)", "",
-                      "| link | channel uses/token | SNR dB | token acc [95%] | referential success [95%] |",
+                      "| link | channel uses/token | Es/N0 dB | token acc [95%] | referential success [95%] |",
                       "|---|---|---|---|---|"]
             for _, r in link.sort_values(["channel_uses_per_token", "protocol", "K", "snr_db"],
                                          ascending=[False, True, True, False]).iterrows():

@@ -207,7 +207,7 @@ def test_tiny_sweep_on_ray_resumes_without_losing_or_doubling_rows(tiny, tmp_pat
     assert list(frame.columns) == COLUMNS and len(frame) == 4
     assert not frame.duplicated(["mode", "hops", "snr_db"]).any()
     summary = (second.run_dir / "summary.md").read_text()
-    assert "(forward end-to-end SNR dB)" in summary and "a mode is missing: no comparison" in summary
+    assert "(forward end-to-end Es/N0 dB)" in summary and "a mode is missing: no comparison" in summary
     # the rows the interrupted, resumed sweep wrote are those of one uninterrupted in-process run
     from experiments.common.links import fit_protocols
 

@@ -7,7 +7,13 @@ import math
 
 import numpy as np
 
-__all__ = ["fmt_snr", "mean_interval", "passage_metrics", "shared_legend", "snr_at_target", "snr_db_header"]
+__all__ = ["CONVENTION_NOTE", "fmt_snr", "mean_interval", "passage_metrics", "shared_legend", "snr_at_target", "snr_db_header"]
+
+
+CONVENTION_NOTE = ("SNR is Es/N0 per complex channel use (`environments.convention`): two real symbols make one complex "
+                   "use, so n real dimensions are n/2 complex uses; sigma is the noise standard deviation per real "
+                   "dimension and Es/N0 = 1/sigma^2.")
+"""the sentence every summary states its SNR convention with"""
 
 
 def snr_at_target(table, group: list[str], metric: str, target: float):
