@@ -28,6 +28,7 @@ import environments
 from agents import ListenerPolicy, SpeakerPolicy
 from calm.data import corpus_stats, format_corpus_stats
 from calm.files import read_json
+from environments.ofdm import OFDM_CHANNELS
 from experiments.common.config import SweepConfig, unhashed
 from experiments.common.links import fit_or_load, game_passages, game_seed, open_autoencoder
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
@@ -41,7 +42,7 @@ __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_game_protocols", "m
 ProtocolName = Literal["vector", "quantized", "hash", "coded", "uncoded-tokens", "learned-continuous", "learned-gumbel",
                        "learned-reinforce"]
 ReceiverName = Literal["soft", "hard"]
-ChannelName = Literal["awgn", "erasure", "rayleigh"]
+ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link tdl-<a..e>-<perfect|ls|none> (environments.ofdm)
 PROTOCOLS = ("vector", "quantized", "hash", "coded", "uncoded-tokens")
 #: emergent pairs trained through the channel on the CALM latent means (``protocols.learned``): not in the default
 #: run (each pair trains for about a minute), asked for by name
@@ -74,6 +75,8 @@ class Config(SweepConfig):
     channels: tuple[ChannelName, ...] = unhashed(("awgn",))
     """awgn: y = x + sigma N; erasure: each symbol erased (0) with prob erasure_p, then AWGN; rayleigh: y = h x + sigma N
     with a Rayleigh gain h per block, told to the receiver"""
+    ofdm_speed: float = unhashed(0.0, if_changed=True)
+    """tdl-* channels: terminal speed in m/s (Doppler across the OFDM grid)"""
     erasure_p: float = 0.5
     """erasure probability of the erasure channel"""
     fading_block: int | None = None
@@ -135,12 +138,14 @@ class Config(SweepConfig):
         if not self.channel_uses or any(not isinstance(n, int) or n < 1 for n in self.channel_uses):
             raise ValueError(f"channel_uses must hold integers >= 1, got {self.channel_uses}")
         for name, allowed in (("protocols", PROTOCOLS + LEARNED), ("receivers", ("soft", "hard")),
-                              ("channels", ("awgn", "erasure", "rayleigh"))):
+                              ("channels", ("awgn", "erasure", "rayleigh", *OFDM_CHANNELS))):
             bad = [v for v in getattr(self, name) if v not in allowed]
             if bad or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
         if not self.sigmas or not self.seeds:
             raise ValueError("sigmas and seeds must each hold at least one value")
+        if not (math.isfinite(self.ofdm_speed) and self.ofdm_speed >= 0):
+            raise ValueError(f"ofdm_speed must be finite and >= 0 m/s, got {self.ofdm_speed}")
         if not 0.0 <= self.erasure_p <= 1.0:
             raise ValueError(f"erasure_p must be a probability in [0, 1], got {self.erasure_p}")
         if self.fading_block is not None and self.fading_block < 1:
@@ -240,7 +245,7 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
     C, episodes = settings["candidates"], settings["episodes"]
     B = min(settings["batch_size"], episodes)
     channel = make_channel(spec["channel"], sigma, erasure_p=settings["erasure_p"],
-                           fading_block=settings["fading_block"])
+                           fading_block=settings["fading_block"], ofdm_speed=settings.get("ofdm_speed", 0.0))
     env = environments.make("referential_v0", passages=passages, channel_uses=n, batch_size=B, num_candidates=C,
                             channel=channel, distractors=settings["distractors"], vocab_size=settings["vocab_size"])
     speak = SpeakerPolicy(speaker, key)
@@ -300,7 +305,8 @@ def prepare(cfg: Config, run: Run) -> Plan:
         record["autoencoder_training"] = read_json(train_info, what="autoencoder's training record")
     settings = {"episodes": cfg.episodes, "batch_size": cfg.batch_size, "candidates": cfg.candidates,
                 "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
-                "checkpoint": run.checkpoint_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block}
+                "checkpoint": run.checkpoint_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block,
+                "ofdm_speed": cfg.ofdm_speed}
     return Plan(grid=trial_grid(cfg, set(skipped)), trial=_trial, shared={"passages": passages, "settings": settings},
                 protocols=dirs, record=record,
                 describe=f"{len(cfg.protocols)} protocols x {len(cfg.receivers)} receivers x {len(cfg.channels)} "

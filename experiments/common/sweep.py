@@ -71,19 +71,26 @@ class SweepResult:
     """grid points (rows < total: the sweep was interrupted or trials failed; rerun to finish)"""
 
 
-def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_block: int | None = None):
+def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_block: int | None = None,
+                 ofdm_speed: float = 0.0):
     """The channel model of a grid point by name (the env applies it; the receiver is told the same model).
 
     ``awgn``: ``y = x + sigma N``; ``erasure``: each symbol erased (0) with prob ``erasure_p``, then AWGN;
-    ``rayleigh``: ``y = h x + sigma N``, one Rayleigh gain per message (or per ``fading_block`` symbols).
+    ``rayleigh``: ``y = h x + sigma N``, one Rayleigh gain per message (or per ``fading_block`` symbols);
+    ``tdl-<model>-<csi>``: OFDM over a 3GPP TDL channel at ``ofdm_speed`` m/s, equalised with perfect, LS or no
+    CSI (``environments.ofdm``).
     """
+    if name.startswith("tdl-"):
+        from environments.ofdm import ofdm_channel
+
+        return ofdm_channel(name, sigma, speed=ofdm_speed)
     if name == "awgn":
         return environments.AWGN(sigma)
     if name == "erasure":
         return environments.Chain([environments.Erasure(erasure_p), environments.AWGN(sigma)])
     if name == "rayleigh":
         return environments.RayleighBlockFading(sigma, block_length=fading_block)
-    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure or rayleigh")
+    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure, rayleigh or tdl-<a..e>-<perfect|ls|none>")
 
 
 def print_outcome(rows: int, total: int, run_dir: Path, seconds: float, failed: list[str]) -> None:

@@ -1,0 +1,102 @@
+"""OFDM over 3GPP TDL (``environments.ofdm``, Sionna): the chain round-trips noiselessly with perfect CSI, estimated
+CSI costs bit errors, the told gains make the soft likelihood the equalised symbols' own, the accounting of pilots,
+refusals, and the PettingZoo environments on the OFDM channel pass their API and seed tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from environments.ofdm import OFDM
+
+
+def _bits(B: int = 48, n: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).choice([-1.0, 1.0], size=(B, n)).astype(np.float32)
+
+
+def _ber(ch: OFDM, x: np.ndarray, seed: int = 1) -> float:
+    y, g = ch.transmit(x, np.random.default_rng(seed))
+    return float((np.sign(y / g) != x).mean())
+
+
+@pytest.mark.parametrize("model", ["A", "C"])
+def test_noiseless_round_trip_with_perfect_csi(model):
+    x = np.random.default_rng(0).standard_normal((16, 24)).astype(np.float32)
+    y, g = OFDM(0.0, model=model, csi="perfect", speed=30.0).transmit(x, np.random.default_rng(1))
+    assert y.shape == x.shape and y.dtype == np.float32 and g.dtype == np.float32
+    np.testing.assert_allclose(y / g, x, atol=1e-3)
+
+
+def test_estimation_and_noise_cost_bit_errors():
+    x = _bits()
+    perfect = _ber(OFDM(0.316, csi="perfect"), x)
+    assert perfect < 0.01  # 10 dB on BPSK pairs, equalised
+    assert _ber(OFDM(0.316, csi="ls", speed=30.0), x) > perfect
+    assert _ber(OFDM(1.0, csi="perfect"), x) > 0.05  # 0 dB
+    assert _ber(OFDM(0.316, csi="none"), x) > 0.15  # unequalised fading: the phase alone scrambles the signs
+
+
+def test_reproducible_from_the_generator_and_odd_lengths():
+    ch = OFDM(0.5, model="C", csi="ls", speed=10.0)
+    x = _bits(10, 7)
+    a, b = ch.transmit(x, np.random.default_rng(3)), ch.transmit(x, np.random.default_rng(3))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[0].shape == (10, 7)
+    assert not np.array_equal(a[0], ch.transmit(x, np.random.default_rng(4))[0])
+
+
+def test_soft_likelihood_is_the_equalised_symbols_gaussian():
+    ch = OFDM(0.5, csi="perfect")
+    x = _bits(8, 16)
+    y, g = ch.transmit(x, np.random.default_rng(0))
+    x_hat, var = y / g, (0.5 / g) ** 2  # per real dimension
+    np.testing.assert_allclose(ch.log_likelihood(y, x, g), -((x_hat - x) ** 2) / (2 * var), rtol=1e-4, atol=1e-6)
+
+
+def test_pilots_are_counted_in_the_channel_uses():
+    ch = OFDM(0.5)  # 12 x 14 grid, pilots on 2 OFDM symbols
+    assert ch.data_elements == 144 and ch.pilot_overhead == pytest.approx(168 / 144)
+    assert ch.uses_per_message(32) == pytest.approx(16 * 168 / 144)
+    assert OFDM(0.5, cyclic_prefix_length=6).cp_overhead == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"model": "F"}, "model"), ({"csi": "blind"}, "csi"), ({"pilot_symbols": (2, 2)}, "distinct"),
+    ({"pilot_symbols": (), "csi": "ls"}, "pilots"), ({"fft_size": 0}, "fft_size"), ({"speed": -1.0}, "speed"),
+    ({"num_ofdm_symbols": 2, "pilot_symbols": (0, 1)}, "without pilots"), ({"delay_spread": float("nan")}, "delay"),
+])
+def test_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OFDM(0.5, **kwargs)
+
+
+def test_referential_env_passes_pettingzoo_api_and_seed_tests_on_ofdm():
+    from pettingzoo.test import parallel_api_test, parallel_seed_test
+
+    import environments
+
+    passages = np.random.default_rng(0).integers(0, 64, (40, 8))
+
+    def env_fn():
+        return environments.make("referential_v0", passages=passages, channel_uses=16, batch_size=4, num_candidates=4,
+                                 channel=OFDM(0.5, model="C", csi="ls", speed=10.0), vocab_size=64)
+
+    parallel_api_test(env_fn(), num_cycles=20)
+    parallel_seed_test(env_fn)
+
+
+def test_pickles_without_its_sionna_layers_and_sweeps_name_it():
+    import pickle
+
+    from experiments.common.sweep import make_channel
+
+    ch = make_channel("tdl-c-ls", 0.5, ofdm_speed=30.0)
+    assert (ch.model, ch.csi, ch.speed) == ("C", "ls", 30.0)
+    x = _bits(4, 16)
+    y, _ = ch.transmit(x, np.random.default_rng(0))
+    back = pickle.loads(pickle.dumps(ch))
+    assert "_parts" not in back.__dict__
+    np.testing.assert_array_equal(back.transmit(x, np.random.default_rng(0))[0], y)
+    with pytest.raises(ValueError, match="unknown OFDM channel"):
+        make_channel("tdl-f-ls", 0.5)
