@@ -152,6 +152,8 @@ GOALS: list[Goal] = [
          unit="x"),
     Goal("coded_ber", "5G LDPC coding gain at BER 1e-3", key("curves", "ldpc", "coding_gain_db"), unit="dB"),
     Goal("coded_ber", "5G polar coding gain at BER 1e-3", key("curves", "polar", "coding_gain_db"), unit="dB"),
+    Goal("harq_ir", "HARQ-IR throughput over the best one-shot, AWGN", key("harq_gain_over_best_one_shot", "awgn"),
+         unit="bits/use"),
     Goal("gpu_train", "CALM K=4 training tokens/s, size S", _gpu_tokens_per_s("calm-k4", "S"), unit="tokens/s"),
     Goal("lm_source_coding", "token LM range code, test passages", key("lm", "coded"), unit="bits/token"),
     Goal("official_cost", "75M autoencoder: games/s, vector soft", key("referential", "cases", "vector/soft",
