@@ -32,6 +32,7 @@ SAMPLES: dict[str, dict] = {
                                          "quantized": {"fraction_of_matmul_bound": 0.44}}},
     "coded_ber": {"benchmark": "coded_ber", "curves": {"ldpc": {"coding_gain_db": 5.08},
                                                        "polar": {"coding_gain_db": 4.61}}},
+    "harq_ir": {"benchmark": "harq_ir", "harq_gain_over_best_one_shot": {"awgn": 0.12, "tdl-a-ls": 0.2}},
     "gpu_train": {"device": "cpu", "results": [{"family": "calm-k4", "size": "m", "tokens_per_s": 9000.0},
                                                {"family": "calm-k4", "size": "S", "tokens_per_s": 800.0}]},
     "lm_source_coding": {"lm": {"entropy": 6.7, "coded": 6.74, "coded_words": 6.9, "seconds": 3.0}},
