@@ -65,6 +65,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from environments.ofdm import OFDM_CHANNELS
 from experiments.common.config import SweepConfig, unhashed
 from experiments.common.links import LM_JSCC_PROTOCOLS, PRIOR_PROTOCOLS, fit_protocols
 from experiments.common.models import ensure_calm, ensure_token_lm
@@ -83,7 +84,7 @@ __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "cached_pick", "fit_prot
 
 ProtocolName = Literal["vector", "jscc", "lm-jscc", "lm-jscc-noiseless", "separation", "separation-lm",
                        "uncoded-tokens", "vector-prior", "vector-snap", "uncoded-tokens-prior"]
-ChannelName = Literal["awgn", "erasure", "rayleigh"]
+ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link tdl-<a..e>-<perfect|ls|none> (environments.ofdm)
 PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")  # the default comparison
 ALL_PROTOCOLS = PROTOCOLS + ("separation-lm",) + LM_JSCC_PROTOCOLS + tuple(PRIOR_PROTOCOLS)
 
@@ -101,7 +102,10 @@ class Config(SweepConfig):
     adapter (about 2.5 min), so the laptop default plays n = 32 only; --full adds 0.25 and 0.5 (same run
     directory, more rows). 0.125 (n = 4) fits no 5G code and costs a fourth adapter: --rhos 0.125 0.25 0.5 1"""
     channels: tuple[ChannelName, ...] = unhashed(("awgn", "rayleigh"))
-    """awgn; rayleigh (one gain per message, told to the receiver); erasure (erasure_p, then AWGN)"""
+    """awgn; rayleigh (one gain per message, told to the receiver); erasure (erasure_p, then AWGN); OFDM over 3GPP TDL
+    tdl-<a..e>-<perfect|ls|none> (docs/channels.md: jscc trains on rayleigh for these)"""
+    ofdm_speed: float = unhashed(0.0, if_changed=True)
+    """tdl-* channels: terminal speed in m/s"""
     erasure_p: float = 0.1
     """erasure probability of the erasure channel (the jscc adapter is trained at it)"""
     fading_block: int | None = None
@@ -182,7 +186,7 @@ class Config(SweepConfig):
                 raise ValueError(f"sigmas must be finite and >= 0, got {s}")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
             raise ValueError(f"prior_weight must be finite and >= 0, got {self.prior_weight}")
-        for name, allowed in (("protocols", ALL_PROTOCOLS), ("channels", ("awgn", "erasure", "rayleigh")),
+        for name, allowed in (("protocols", ALL_PROTOCOLS), ("channels", ("awgn", "erasure", "rayleigh", *OFDM_CHANNELS)),
                               ("separation_codes", ("ldpc", "polar"))):
             bad = [v for v in getattr(self, name) if v not in allowed]
             if bad or not getattr(self, name):
@@ -195,6 +199,10 @@ class Config(SweepConfig):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not (isinstance(self.separation_lm_mix, (int, float)) and 0.0 <= self.separation_lm_mix < 1.0):
             raise ValueError(f"separation_lm_mix must be in [0, 1), got {self.separation_lm_mix!r}")
+        if not (math.isfinite(self.ofdm_speed) and self.ofdm_speed >= 0):
+            raise ValueError(f"ofdm_speed must be finite and >= 0 m/s, got {self.ofdm_speed}")
+        if any(c in OFDM_CHANNELS for c in self.channels) and set(self.protocols) & set(LM_JSCC_PROTOCOLS):
+            raise ValueError("lm-jscc has no adapter for OFDM channels (tdl-*): leave it out of --protocols")
         if not 0.0 <= self.erasure_p < 1.0:
             raise ValueError(f"erasure_p must be a probability in [0, 1), got {self.erasure_p}")
 
@@ -248,7 +256,7 @@ def prepare(cfg: Config, run: Run) -> Plan:
         "entropy_bits_per_token": facts["entropy_bits_per_token"], "fill_accuracy": facts["fill_accuracy"],
         "guess": facts["guess"], "checkpoint": run.checkpoint_id,
         "oracle_passages": validation_passages(cfg, checkpoint), "oracle_dir": str(run.dir / "rate_picks"),
-        "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block,
+        "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block, "ofdm_speed": cfg.ofdm_speed,
         "tokenizer_path": str(checkpoint / "tokenizer.json"), "prior_samples": cfg.prior_samples,
         "prior_weight": cfg.prior_weight, "token_prior_beam": cfg.token_prior_beam,
         "lm_oracle_rule": cfg.separation_lm_oracle}

@@ -52,7 +52,8 @@ def _snr_db(sigma: float) -> float:
 def channel_snr_db(channel: Any) -> ChannelState:
     """The (kind, SNR in dB, erasure p) of a channel model, from its public fields (sigma, p).
 
-    Handles ``AWGN(sigma)`` (awgn), ``RayleighBlockFading(sigma, block_length)`` (rayleigh),
+    Handles ``AWGN(sigma)`` (awgn), ``RayleighBlockFading(sigma, block_length)`` (rayleigh), ``OFDM`` with CSI
+    (rayleigh: the equalised symbols with their told gains; without CSI, awgn),
     ``Chain([Erasure(p), AWGN(sigma)])`` and ``Chain([AWGN(sigma), Erasure(p)])`` (erasure), and a chain of
     one of these (nested chains are flattened).
 
@@ -66,6 +67,10 @@ def channel_snr_db(channel: Any) -> ChannelState:
         return ChannelState("awgn", _snr_db(channel.sigma), 0.0)
     if isinstance(channel, RayleighBlockFading):
         return ChannelState("rayleigh", _snr_db(channel.sigma), 0.0)
+    from environments.ofdm import OFDM
+
+    if isinstance(channel, OFDM):  # after LMMSE equalisation: per-symbol told gains (no CSI: raw, gain 1)
+        return ChannelState("awgn" if channel.csi == "none" else "rayleigh", _snr_db(channel.sigma), 0.0)
     if isinstance(channel, Chain):
         stages: list[Any] = []
         todo = list(channel.channels)

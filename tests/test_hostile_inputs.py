@@ -59,6 +59,8 @@ SETTING_ERRORS = [
     ("referential_game", ["--erasure-p", "-0.5"], "--erasure-p must lie in [0, 1]"),
     ("referential_game", ["--protocols", "learned-gumbel", "--learned-steps", "0"], "steps must be an integer >= 1"),
     ("referential_game", ["--channels", "tdl-f-ls"], "channels must be a non-empty subset"),
+    ("reconstruction", ["--channels", "tdl-a-ls", "--protocols", "vector", "lm-jscc"], "lm-jscc has no adapter for OFDM"),
+    ("reconstruction", ["--channels", "tdl-a-ls", "--ofdm-speed", "inf"], "--ofdm-speed must be finite"),
     ("referential_game", ["--channels", "tdl-a-ls", "--ofdm-speed", "-3"], "ofdm_speed must be finite and >= 0"),
     ("referential_game", ["--protocols", "learned-continuous", "--learned-train-snr-db", "0", "5", "9"],
      "train_snr_db must be one SNR or a (low, high) range"),

@@ -100,3 +100,14 @@ def test_pickles_without_its_sionna_layers_and_sweeps_name_it():
     np.testing.assert_array_equal(back.transmit(x, np.random.default_rng(0))[0], y)
     with pytest.raises(ValueError, match="unknown OFDM channel"):
         make_channel("tdl-f-ls", 0.5)
+
+
+def test_learned_links_see_an_equalised_ofdm_channel_as_told_gain_fading():
+    from experiments.common.sweep import channel_family
+    from protocols.told_channel import channel_snr_db
+
+    assert [channel_family(c) for c in ("awgn", "rayleigh", "tdl-a-ls", "tdl-c-perfect", "tdl-a-none")] == [
+        "awgn", "rayleigh", "rayleigh", "rayleigh", "awgn"]
+    state = channel_snr_db(OFDM(0.5, csi="ls"))
+    assert state.kind == "rayleigh" and state.snr_db == pytest.approx(6.0206, abs=1e-3)
+    assert channel_snr_db(OFDM(0.5, csi="none")).kind == "awgn"

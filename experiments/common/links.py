@@ -29,7 +29,7 @@ from calm.corpus import SPLITS
 from calm.data import load_token_ids, make_passages
 from calm.files import DamagedFileError
 from experiments.common.models import ensure_jscc, ensure_lm_jscc
-from experiments.common.sweep import make_channel
+from experiments.common.sweep import channel_family, make_channel
 from protocols import load_protocol, make_protocol
 from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
 from protocols.latent import encode_means
@@ -210,10 +210,11 @@ def fit_protocols(cfg: Any, checkpoint: Path, protocols_dir: Path, *, protocols:
                 else:
                     def build(name=name, n=n):
                         if name == "jscc":
+                            families = tuple(dict.fromkeys(channel_family(c) for c in cfg.channels))
                             adapter = ensure_jscc(cfg, checkpoint, model, train_ids, val_ids, n,
-                                                  channels=cfg.channels, erasure_p=cfg.erasure_p)
+                                                  channels=families, erasure_p=cfg.erasure_p)
                             p = JSCCProtocol.from_pretrained(adapter, JSCCProtocolConfig(budget=n), autoencoder=model)
-                            p.with_channel(make_channel(cfg.channels[0], 1.0, erasure_p=cfg.erasure_p))  # kinds
+                            p.with_channel(make_channel(families[0], 1.0, erasure_p=cfg.erasure_p))  # kinds
                             return p.fit(train)
                         if name == "uncoded-tokens":  # the unsent positions get separation's fill
                             return UncodedTokenProtocol(UncodedTokenProtocolConfig(

@@ -93,6 +93,14 @@ def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_bloc
     raise ValueError(f"unknown channel {name!r}; choose awgn, erasure, rayleigh or tdl-<a..e>-<perfect|ls|none>")
 
 
+def channel_family(name: str) -> str:
+    """The family a learned link trains on for the channel ``name``: awgn, erasure, rayleigh as they are; an OFDM link
+    with CSI is a told-gain channel after equalisation (``environments.ofdm``): rayleigh; without CSI: awgn."""
+    if name.startswith("tdl-"):
+        return "awgn" if name.endswith("-none") else "rayleigh"
+    return name
+
+
 def print_outcome(rows: int, total: int, run_dir: Path, seconds: float, failed: list[str]) -> None:
     """The closing lines of a run: rows written, failed trials, and whether to rerun."""
     print(f"[run] {rows}/{total} rows in {run_dir / 'results.csv'}, tables in summary.md ({seconds:.0f} s)",
