@@ -153,6 +153,9 @@ class Config(SweepConfig):
     jscc_steps: int = 800
     """jscc: adapter training steps (per n, about 2.5 min on 2 idle cores; cached under runs_dir)"""
     jscc_hidden_size: int = 256
+    jscc_train_snr_db: float | None = unhashed(None, if_changed=True)
+    """jscc: train the adapter at this one Es/N0 in dB (it is then told nothing useful: every SNR clamps to it), for
+    the SNR-mismatch comparison (scripts/plot_snr_mismatch.py); none: SNR-adaptive over -6..20 dB (the default)"""
     """jscc: width of the adapter's MLPs"""
     lm_jscc_steps: int = unhashed(800, if_changed=True)
     """lm-jscc: end-to-end training steps of each LM-JSCC adapter (per n and channel family; 800: about 13 min on 2
@@ -199,6 +202,8 @@ class Config(SweepConfig):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not (isinstance(self.separation_lm_mix, (int, float)) and 0.0 <= self.separation_lm_mix < 1.0):
             raise ValueError(f"separation_lm_mix must be in [0, 1), got {self.separation_lm_mix!r}")
+        if self.jscc_train_snr_db is not None and not (-30.0 <= self.jscc_train_snr_db <= 60.0):
+            raise ValueError(f"jscc_train_snr_db must be in [-30, 60] dB or none, got {self.jscc_train_snr_db}")
         if not (math.isfinite(self.ofdm_speed) and self.ofdm_speed >= 0):
             raise ValueError(f"ofdm_speed must be finite and >= 0 m/s, got {self.ofdm_speed}")
         if any(c in OFDM_CHANNELS for c in self.channels) and set(self.protocols) & set(LM_JSCC_PROTOCOLS):

@@ -132,16 +132,21 @@ def ensure_jscc(cfg: Any, checkpoint: Path, model, train_ids: np.ndarray, val_id
     once on ``channels`` (``cfg.jscc_steps``, ``cfg.jscc_hidden_size``) and cached under ``runs_dir``."""
     key = {"checkpoint": checkpoint_id(checkpoint), "n": n, "L": cfg.passage_length, "channels": list(channels),
            "erasure_p": erasure_p, "steps": cfg.jscc_steps, "hidden": cfg.jscc_hidden_size, "seed": cfg.ae_seed}
+    fixed = getattr(cfg, "jscc_train_snr_db", None)
+    snr = {} if fixed is None else {"snr_db_min": float(fixed), "snr_db_max": float(fixed)}
+    if snr:  # one training SNR: the SNR-mismatch adapter (the key of the adaptive one stays as it was)
+        key["snr_db"] = float(fixed)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     path = (Path(cfg.runs_dir).expanduser() / f"jscc-n{n}-{digest}").resolve()
     if (path / "model.safetensors").is_file():
         print(f"[jscc] using the cached adapter {path}", flush=True)
         return path
-    print(f"[jscc] training the adapter for n={n} ({cfg.jscc_steps} steps on {', '.join(channels)}); cached at "
+    print(f"[jscc] training the adapter for n={n} ({cfg.jscc_steps} steps on {', '.join(channels)}"
+          f"{'' if fixed is None else f' at {fixed:g} dB'}); cached at "
           f"{path}", flush=True)
     config = jscc_preset("tiny", model.config, channel_uses=n, passage_length=cfg.passage_length,
                     channels=tuple(channels), erasure_p=erasure_p, hidden_size=cfg.jscc_hidden_size,
-                    autoencoder_path=str(checkpoint))
+                    autoencoder_path=str(checkpoint), **snr)
     t0 = time.time()
     adapter = train_jscc(config, train_ids, steps=cfg.jscc_steps, val_ids=val_ids, seed=cfg.ae_seed, progress=True,
                          autoencoder=model)
