@@ -204,11 +204,10 @@ def fit_game_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
     coded = {"source": cfg.coded_source, "code": cfg.coded_code, "rate": cfg.coded_rate,
              "modulation": cfg.coded_modulation}
     dirs, facts, skipped = {}, {}, {}
+    train_learned_in_parallel(cfg, checkpoint, run_dir, train)
     for name in cfg.protocols:
         for n in cfg.channel_uses:
             try:
-                if name in LEARNED and not (run_dir / "protocols" / protocol_key(name, n) / "protocol.json").exists():
-                    print(f"[run] training {name} at n={n} ({cfg.learned_steps} steps)", flush=True)
                 p = fit_or_load(run_dir / "protocols" / protocol_key(name, n), model, lambda name=name, n=n: make_protocol(
                     name, model, budget=n, quantized_bits=cfg.quantized_bits, coded=coded,
                     learned=cfg.learned_settings()).fit(train))
@@ -221,6 +220,46 @@ def fit_game_protocols(cfg: Config, checkpoint: Path, run_dir: Path):
             facts[protocol_key(name, n)] = {"channel_uses": n, "bits_sent": p.bits_sent(L)}
     facts["_model"] = {"K": K, "latent_dim": ell, "vocab_size": V}
     return dirs, facts, skipped, test
+
+
+def _fit_learned(checkpoint: str, passage_length: int, name: str, n: int, settings: dict[str, Any],
+                 train: np.ndarray, directory: str) -> float:
+    """One learned protocol trained and saved in a worker process (one torch thread); returns its seconds."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    model, _ = open_autoencoder(Path(checkpoint), passage_length)
+    make_protocol(name, model, budget=n, learned=settings).fit(train).save(directory)
+    return time.time() - t0
+
+
+def train_learned_in_parallel(cfg: Config, checkpoint: Path, run_dir: Path, train: np.ndarray) -> None:
+    """Train the learned protocols not saved yet, one process per pair, as many at once as there are CPUs
+    (``--num-cpus``); each is saved where ``fit_game_protocols`` then loads it. A pair that cannot be built raises
+    there again, in the driver, where it is skipped like any protocol."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    todo = [(name, n) for name in cfg.protocols if name in LEARNED for n in cfg.channel_uses
+            if not (run_dir / "protocols" / protocol_key(name, n) / "protocol.json").exists()]
+    if not todo:
+        return
+    workers = max(1, min(len(todo), cfg.num_cpus or os.cpu_count() or 1))
+    print(f"[run] training {len(todo)} learned pairs ({cfg.learned_steps} steps each), {workers} at a time", flush=True)
+    ctx = multiprocessing.get_context("spawn")  # no forked torch or Ray state
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        jobs = {pool.submit(_fit_learned, str(checkpoint), cfg.passage_length, name, n, cfg.learned_settings(), train,
+                            str(run_dir / "protocols" / protocol_key(name, n))): (name, n) for name, n in todo}
+        for job in concurrent.futures.as_completed(jobs):
+            name, n = jobs[job]
+            try:
+                print(f"[run] trained {name} at n={n} in {job.result():.0f} s", flush=True)
+            except ValueError:
+                pass  # cannot be built: fit_game_protocols meets the same error and skips the pair
 
 
 # ---------------------------------------------------------------------------------------------------------

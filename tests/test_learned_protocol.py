@@ -147,3 +147,26 @@ def test_an_agent_speaks_and_listens_with_it(tmp_path, tmp_path_factory):
     assert decoded is None  # no tokens to decode
     _, rewards, *_ = env.step({"listener": choice})
     assert rewards["listener"] > 0.5  # chance 0.25
+
+
+def test_the_referential_game_trains_its_learned_pairs_in_parallel_processes(tmp_path, tmp_path_factory, capsys):
+    from calm.checkpoint import load_pretrained
+    from experiments.common.models import ensure_checkpoint
+    from experiments.referential_game import Config, protocol_key, train_learned_in_parallel
+
+    micro = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
+                 ae_time_limit=0.0)
+    cfg = Config(runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), passage_length=8,
+                 protocols=("hash", "learned-continuous", "learned-gumbel"), channel_uses=(8,), learned_steps=20,
+                 num_cpus=2, **micro)
+    checkpoint = ensure_checkpoint(cfg)
+    model, _ = load_pretrained(checkpoint)
+    train = np.random.default_rng(0).integers(0, model.config.vocab_size, (64, 8))
+    train_learned_in_parallel(cfg, checkpoint, tmp_path, train)
+    assert "training 2 learned pairs (20 steps each), 2 at a time" in capsys.readouterr().out
+    for name in ("learned-continuous", "learned-gumbel"):
+        p = load_protocol(tmp_path / "protocols" / protocol_key(name, 8), model)
+        assert p.config.mode == name.split("-")[1] and p.config.steps == 20
+    assert not (tmp_path / "protocols" / protocol_key("hash", 8)).exists()  # only the learned ones train there
+    train_learned_in_parallel(cfg, checkpoint, tmp_path, train)  # all saved: nothing to do
+    assert "training" not in capsys.readouterr().out
