@@ -13,6 +13,7 @@ from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test
 
 import environments
 from environments import AWGN, Chain, Erasure, Quantize, RayleighBlockFading
+from environments.ofdm import OFDM
 from environments.referential import draw_round, token_overlap, unique_rows
 
 N, L, V = 64, 8, 100  # passages, tokens per passage, vocabulary
@@ -85,6 +86,15 @@ VARIANTS = {
             ],
         ),
     ),
+    # OFDM over 3GPP TDL (Sionna) in every environment: LS and perfect CSI, moving and static
+    "referential_ofdm": ("referential_v0", dict(channel_uses=L, batch_size=3, num_candidates=4,
+                                                channel=OFDM(0.3, model="C", csi="ls", speed=10.0))),
+    "reconstruction_ofdm": ("reconstruction_v0", dict(channel_uses=L, batch_size=3, channel=OFDM(0.2, csi="perfect"))),
+    "broadcast_ofdm": ("broadcast_v0", dict(channel_uses=L, batch_size=3,
+                                            channels=[OFDM(0.1, csi="ls"), OFDM(0.3, model="C", csi="perfect")])),
+    "relay_forward_ofdm": ("relay_v0", dict(channel_uses=L, batch_size=3, hops=2, channel=OFDM(0.3, csi="ls"))),
+    "relay_reencode_ofdm": ("relay_v0", dict(channel_uses=L, batch_size=3, hops=2, mode="reencode", task="reconstruct",
+                                             channel=[OFDM(0.1, csi="ls", speed=30.0), OFDM(0.2, model="C")])),
 }
 
 

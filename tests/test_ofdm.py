@@ -1,6 +1,6 @@
 """OFDM over 3GPP TDL (``environments.ofdm``, Sionna): the chain round-trips noiselessly with perfect CSI, estimated
 CSI costs bit errors, the told gains make the soft likelihood the equalised symbols' own, the accounting of pilots,
-refusals, and the PettingZoo environments on the OFDM channel pass their API and seed tests."""
+refusals (the PettingZoo API and seed tests of every environment on OFDM: tests/test_environments.py)."""
 
 from __future__ import annotations
 
@@ -69,21 +69,6 @@ def test_pilots_are_counted_in_the_channel_uses():
 def test_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OFDM(0.5, **kwargs)
-
-
-def test_referential_env_passes_pettingzoo_api_and_seed_tests_on_ofdm():
-    from pettingzoo.test import parallel_api_test, parallel_seed_test
-
-    import environments
-
-    passages = np.random.default_rng(0).integers(0, 64, (40, 8))
-
-    def env_fn():
-        return environments.make("referential_v0", passages=passages, channel_uses=16, batch_size=4, num_candidates=4,
-                                 channel=OFDM(0.5, model="C", csi="ls", speed=10.0), vocab_size=64)
-
-    parallel_api_test(env_fn(), num_cycles=20)
-    parallel_seed_test(env_fn)
 
 
 def test_pickles_without_its_sionna_layers_and_sweeps_name_it():
