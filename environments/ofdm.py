@@ -40,21 +40,23 @@ import numpy as np
 
 from environments.channels import NOISELESS_SIGMA, _awgn_capacity, _check_io, _check_sigma
 
-__all__ = ["CSI_MODES", "OFDM", "OFDM_CHANNELS", "TDL_MODELS", "ofdm_channel"]
+__all__ = ["CSI_MODES", "OFDM", "OFDM_CHANNELS", "PROFILES", "TDL_MODELS", "ofdm_channel"]
 
 TDL_MODELS = ("A", "B", "C", "D", "E")
+#: the 3GPP TR 38.901 link-level channel families: tapped delay line, or clustered delay line (single antennas)
+PROFILES = ("tdl", "cdl")
 CSI_MODES = ("perfect", "ls", "none")
 _VAR_FLOOR = 1e-12
-#: the sweep's channel names of OFDM links: tdl-<model>-<csi>, e.g. tdl-a-ls, tdl-c-perfect
-OFDM_CHANNELS: tuple[str, ...] = tuple(f"tdl-{m.lower()}-{c}" for m in TDL_MODELS for c in CSI_MODES)
+#: the sweep's channel names of OFDM links: <tdl|cdl>-<model>-<csi>, e.g. tdl-a-ls, cdl-c-perfect
+OFDM_CHANNELS: tuple[str, ...] = tuple(f"{p}-{m.lower()}-{c}" for p in PROFILES for m in TDL_MODELS for c in CSI_MODES)
 
 
 def ofdm_channel(name: str, sigma: float, *, speed: float = 0.0, delay_spread: float = 100e-9) -> OFDM:
-    """The ``OFDM`` channel a sweep names ``tdl-<model>-<csi>`` (``OFDM_CHANNELS``) at ``sigma``, speed in m/s."""
+    """The ``OFDM`` channel a sweep names ``<tdl|cdl>-<model>-<csi>`` (``OFDM_CHANNELS``) at ``sigma``, speed in m/s."""
     if name not in OFDM_CHANNELS:
-        raise ValueError(f"unknown OFDM channel {name!r}; choose one of {', '.join(OFDM_CHANNELS)}")
-    _, model, csi = name.split("-")
-    return OFDM(sigma, model=model.upper(), csi=csi, speed=speed, delay_spread=delay_spread)
+        raise ValueError(f"unknown OFDM channel {name!r}; choose <tdl|cdl>-<a..e>-<perfect|ls|none>")
+    profile, model, csi = name.split("-")
+    return OFDM(sigma, model=model.upper(), csi=csi, speed=speed, delay_spread=delay_spread, profile=profile)
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,16 @@ class OFDM:
     """samples of cyclic prefix (counted in ``cp_overhead``; the frequency-domain channel does not simulate it)"""
     carrier_frequency: float = 3.5e9
     """Hz"""
+    profile: Literal["tdl", "cdl"] = "tdl"
+    """TR 38.901's tapped delay line, or its clustered delay line between single vertically polarised 38.901
+    antennas (downlink)"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", _check_sigma(self.sigma, "OFDM"))
         if self.model not in TDL_MODELS:
             raise ValueError(f"OFDM model must be one of {TDL_MODELS}, got {self.model!r}")
+        if self.profile not in PROFILES:
+            raise ValueError(f"OFDM profile must be one of {PROFILES}, got {self.profile!r}")
         if self.csi not in CSI_MODES:
             raise ValueError(f"OFDM csi must be one of {CSI_MODES}, got {self.csi!r}")
         for name in ("fft_size", "num_ofdm_symbols"):
@@ -162,11 +169,20 @@ class OFDM:
                           subcarrier_spacing=self.subcarrier_spacing, cyclic_prefix_length=int(self.cyclic_prefix_length),
                           pilot_pattern="kronecker" if pilots else "empty",
                           pilot_ofdm_symbol_indices=pilots if pilots else None)
-        tdl = TDL(self.model, delay_spread=self.delay_spread, carrier_frequency=self.carrier_frequency,
-                  min_speed=self.speed, max_speed=self.speed)
+        if self.profile == "cdl":
+            from sionna.phy.channel.tr38901 import CDL, Antenna
+
+            def antenna() -> Antenna:
+                return Antenna("single", "V", "38.901", self.carrier_frequency)
+
+            model = CDL(self.model, self.delay_spread, self.carrier_frequency, ut_array=antenna(),
+                        bs_array=antenna(), direction="downlink", min_speed=self.speed, max_speed=self.speed)
+        else:
+            model = TDL(self.model, delay_spread=self.delay_spread, carrier_frequency=self.carrier_frequency,
+                        min_speed=self.speed, max_speed=self.speed)
         sm = StreamManagement(np.array([[1]]), 1)
         return {"rg": rg, "mapper": ResourceGridMapper(rg),
-                "channel": OFDMChannel(tdl, rg, normalize_channel=True, return_channel=True),
+                "channel": OFDMChannel(model, rg, normalize_channel=True, return_channel=True),
                 "estimator": LSChannelEstimator(rg, interpolation_type="nn") if pilots else None,
                 "equalizer": LMMSEEqualizer(rg, sm)}
 

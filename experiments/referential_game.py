@@ -42,7 +42,7 @@ __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_game_protocols", "m
 ProtocolName = Literal["vector", "quantized", "hash", "coded", "uncoded-tokens", "learned-continuous", "learned-gumbel",
                        "learned-reinforce"]
 ReceiverName = Literal["soft", "hard"]
-ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link tdl-<a..e>-<perfect|ls|none> (environments.ofdm)
+ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link <tdl|cdl>-<a..e>-<perfect|ls|none> (environments.ofdm)
 PROTOCOLS = ("vector", "quantized", "hash", "coded", "uncoded-tokens")
 #: emergent pairs trained through the channel on the CALM latent means (``protocols.learned``): not in the default
 #: run (each pair trains for about a minute), asked for by name
@@ -76,7 +76,7 @@ class Config(SweepConfig):
     """awgn: y = x + sigma N; erasure: each symbol erased (0) with prob erasure_p, then AWGN; rayleigh: y = h x + sigma N
     with a Rayleigh gain h per block, told to the receiver"""
     ofdm_speed: float = unhashed(0.0, if_changed=True)
-    """tdl-* channels: terminal speed in m/s (Doppler across the OFDM grid)"""
+    """tdl-* and cdl-* channels: terminal speed in m/s (Doppler across the OFDM grid)"""
     erasure_p: float = 0.5
     """erasure probability of the erasure channel"""
     fading_block: int | None = None

@@ -96,3 +96,17 @@ def test_learned_links_see_an_equalised_ofdm_channel_as_told_gain_fading():
     state = channel_snr_db(OFDM(0.5, csi="ls"))
     assert state.kind == "rayleigh" and state.snr_db == pytest.approx(6.0206, abs=1e-3)
     assert channel_snr_db(OFDM(0.5, csi="none")).kind == "awgn"
+
+
+def test_cdl_round_trips_and_is_named_by_sweeps():
+    from experiments.common.sweep import channel_family, make_channel
+
+    ch = make_channel("cdl-c-perfect", 0.0, ofdm_speed=3.0)
+    assert (ch.profile, ch.model, ch.csi) == ("cdl", "C", "perfect") and channel_family("cdl-c-ls") == "rayleigh"
+    x = np.random.default_rng(0).standard_normal((8, 24)).astype(np.float32)
+    y, g = ch.transmit(x, np.random.default_rng(1))
+    np.testing.assert_allclose(y / g, x, atol=1e-3)
+    assert _ber(OFDM(0.316, profile="cdl", model="A", csi="ls"), _bits()) > _ber(OFDM(0.316, profile="cdl",
+                                                                                     model="A", csi="perfect"), _bits())
+    with pytest.raises(ValueError, match="profile"):
+        OFDM(0.5, profile="umi")

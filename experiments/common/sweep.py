@@ -77,10 +77,10 @@ def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_bloc
 
     ``awgn``: ``y = x + sigma N``; ``erasure``: each symbol erased (0) with prob ``erasure_p``, then AWGN;
     ``rayleigh``: ``y = h x + sigma N``, one Rayleigh gain per message (or per ``fading_block`` symbols);
-    ``tdl-<model>-<csi>``: OFDM over a 3GPP TDL channel at ``ofdm_speed`` m/s, equalised with perfect, LS or no
+    ``<tdl|cdl>-<model>-<csi>``: OFDM over a 3GPP TDL or CDL channel at ``ofdm_speed`` m/s, equalised with perfect, LS or no
     CSI (``environments.ofdm``).
     """
-    if name.startswith("tdl-"):
+    if name.startswith(("tdl-", "cdl-")):
         from environments.ofdm import ofdm_channel
 
         return ofdm_channel(name, sigma, speed=ofdm_speed)
@@ -90,13 +90,13 @@ def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_bloc
         return environments.Chain([environments.Erasure(erasure_p), environments.AWGN(sigma)])
     if name == "rayleigh":
         return environments.RayleighBlockFading(sigma, block_length=fading_block)
-    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure, rayleigh or tdl-<a..e>-<perfect|ls|none>")
+    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure, rayleigh or <tdl|cdl>-<a..e>-<perfect|ls|none>")
 
 
 def channel_family(name: str) -> str:
     """The family a learned link trains on for the channel ``name``: awgn, erasure, rayleigh as they are; an OFDM link
     with CSI is a told-gain channel after equalisation (``environments.ofdm``): rayleigh; without CSI: awgn."""
-    if name.startswith("tdl-"):
+    if name.startswith(("tdl-", "cdl-")):
         return "awgn" if name.endswith("-none") else "rayleigh"
     return name
 
