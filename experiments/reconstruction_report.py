@@ -18,16 +18,10 @@ from typing import Any
 
 import numpy as np
 
+import experiments.common.tables as tables
 from calm.files import atomic_write_text, save_figure
 from experiments.common.rundir import run_facts
-from experiments.common.tables import (
-    CONVENTION_NOTE,
-    fmt_snr,
-    passage_metrics,
-    shared_legend,
-    snr_at_target,
-    snr_db_header,
-)
+from experiments.common.tables import fmt_snr, passage_metrics, shared_legend, snr_at_target, snr_db_header
 from protocols.bounds import finite_length_accuracy, rate_distortion_accuracy
 
 __all__ = ["LINES", "FRAME_ERROR", "console_summary", "examples", "passage_metrics", "plot_prior_gain", "pooled",
@@ -242,7 +236,7 @@ def write_report(frame, run_dir: Path, *, examples: list[dict[str, Any]] | None 
         return
     facts = run_facts(run_dir)
     table = reference_lines(pooled(frame), facts)
-    text = (f"# Reconstruction: {run_dir.name}\n\n" + CONVENTION_NOTE + " "
+    text = (f"# Reconstruction: {run_dir.name}\n\n" + tables.CONVENTION_NOTE + " "
             "Token accuracy pooled over seeds. The reference lines, in italics, each bound something else:\n\n"
             + "".join(f"- *{label}*: {what}.\n" for label, what in LINES.values())
             + (f"\nSource statistics on the test passages the trials play: {facts['entropy_bits_per_token']:.3f} "
