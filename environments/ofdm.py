@@ -200,7 +200,10 @@ class OFDM:
         config.seed = int(rng.integers(0, 2**31 - 1))  # Sionna draws the TDL and the noise from its own generator
         x = torch.as_tensor(data.reshape(G, 1, 1, D))
         grid = p["mapper"](x)  # (G, 1, 1, S, F)
-        no = torch.tensor(max(self.sigma, NOISELESS_SIGMA) ** 2 if self.sigma > 0 else 0.0)
+        no = torch.tensor(self.sigma**2)  # the noise the channel adds (none at sigma 0)
+        # the receiver's noise level: at sigma 0 the noiseless convention's (NOISELESS_SIGMA), so that the told gains
+        # sigma / sqrt(v) stay the channel's magnitudes |h| (v = N0 / |h|^2), as Rayleigh's do, not 1e-12 floors
+        no_rx = torch.tensor(max(self.sigma, NOISELESS_SIGMA) ** 2)
         y, h = p["channel"](grid, no)  # y (G, 1, 1, S, F); h (G, 1, 1, 1, 1, S, F)
         if self.csi == "none":
             flat = y.reshape(G, -1)[:, self._data_mask()].reshape(-1).numpy()[:N]
@@ -208,8 +211,8 @@ class OFDM:
         if self.csi == "perfect":
             h_hat, err_var = h, torch.zeros((), dtype=torch.float32)
         else:
-            h_hat, err_var = p["estimator"](y, no.clamp_min(_VAR_FLOOR))
-        x_hat, no_eff = p["equalizer"](y, h_hat, err_var, no.clamp_min(_VAR_FLOOR))  # (G, 1, 1, D) each
+            h_hat, err_var = p["estimator"](y, no_rx)
+        x_hat, no_eff = p["equalizer"](y, h_hat, err_var, no_rx)  # (G, 1, 1, D) each
         return x_hat.reshape(-1).numpy()[:N], no_eff.reshape(-1).numpy()[:N].astype(np.float64)
 
     def _data_mask(self) -> np.ndarray:

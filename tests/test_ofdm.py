@@ -110,3 +110,12 @@ def test_cdl_round_trips_and_is_named_by_sweeps():
                                                                                      model="A", csi="perfect"), _bits())
     with pytest.raises(ValueError, match="profile"):
         OFDM(0.5, profile="umi")
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.1])
+def test_told_gains_are_the_channel_magnitudes_with_perfect_csi(sigma):
+    """g = sigma / sqrt(v) with v = N0 / |h|^2: Rayleigh-like gains (mean square near 1), noiseless or not, so a
+    learned decoder trained on told-gain fading sees them in its range (never the 1e3 of a variance floor)."""
+    _, g = OFDM(sigma, model="A", csi="perfect").transmit(_bits(256, 32), np.random.default_rng(0))
+    assert 0.5 < float((g.astype(np.float64) ** 2).mean()) < 2.0
+    assert float(g.max()) < 10.0
