@@ -38,7 +38,7 @@ def load(run_dirs: list[Path], channel: str, protocol: str = "jscc") -> dict[str
 
 def table(curves: dict[str, pd.Series]) -> str:
     snrs = sorted({s for c in curves.values() for s in c.index}, reverse=True)
-    head = "| training | " + " | ".join("noiseless" if math.isinf(s) else f"{s:g} dB" for s in snrs) + " |"
+    head = "| training | " + " | ".join("noiseless" if math.isinf(s) else f"{s:.1f} dB" for s in snrs) + " |"
     lines = [head, "|---|" + "---:|" * len(snrs)]
     for label, c in curves.items():
         lines.append(f"| {label} | " + " | ".join(f"{c[s]:.3f}" if s in c.index else "" for s in snrs) + " |")
