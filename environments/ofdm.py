@@ -51,12 +51,14 @@ _VAR_FLOOR = 1e-12
 OFDM_CHANNELS: tuple[str, ...] = tuple(f"{p}-{m.lower()}-{c}" for p in PROFILES for m in TDL_MODELS for c in CSI_MODES)
 
 
-def ofdm_channel(name: str, sigma: float, *, speed: float = 0.0, delay_spread: float = 100e-9) -> OFDM:
+def ofdm_channel(name: str, sigma: float, *, speed: float = 0.0, delay_spread: float = 100e-9,
+                 interpolation: str = "nn") -> OFDM:
     """The ``OFDM`` channel a sweep names ``<tdl|cdl>-<model>-<csi>`` (``OFDM_CHANNELS``) at ``sigma``, speed in m/s."""
     if name not in OFDM_CHANNELS:
         raise ValueError(f"unknown OFDM channel {name!r}; choose <tdl|cdl>-<a..e>-<perfect|ls|none>")
     profile, model, csi = name.split("-")
-    return OFDM(sigma, model=model.upper(), csi=csi, speed=speed, delay_spread=delay_spread, profile=profile)
+    return OFDM(sigma, model=model.upper(), csi=csi, speed=speed, delay_spread=delay_spread, profile=profile,
+                interpolation=interpolation)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class OFDM:
     """samples of cyclic prefix (counted in ``cp_overhead``; the frequency-domain channel does not simulate it)"""
     carrier_frequency: float = 3.5e9
     """Hz"""
+    interpolation: Literal["nn", "lin"] = "nn"
+    """csi="ls": how the pilots' LS estimates reach the data elements: nearest pilot symbol, or linear in time and
+    frequency between pilots (Sionna's LinearInterpolator)"""
     profile: Literal["tdl", "cdl"] = "tdl"
     """TR 38.901's tapped delay line, or its clustered delay line between single vertically polarised 38.901
     antennas (downlink)"""
@@ -95,6 +100,8 @@ class OFDM:
             raise ValueError(f"OFDM model must be one of {TDL_MODELS}, got {self.model!r}")
         if self.profile not in PROFILES:
             raise ValueError(f"OFDM profile must be one of {PROFILES}, got {self.profile!r}")
+        if self.interpolation not in ("nn", "lin"):
+            raise ValueError(f"OFDM interpolation must be nn or lin, got {self.interpolation!r}")
         if self.csi not in CSI_MODES:
             raise ValueError(f"OFDM csi must be one of {CSI_MODES}, got {self.csi!r}")
         for name in ("fft_size", "num_ofdm_symbols"):
@@ -183,7 +190,7 @@ class OFDM:
         sm = StreamManagement(np.array([[1]]), 1)
         return {"rg": rg, "mapper": ResourceGridMapper(rg),
                 "channel": OFDMChannel(model, rg, normalize_channel=True, return_channel=True),
-                "estimator": LSChannelEstimator(rg, interpolation_type="nn") if pilots else None,
+                "estimator": LSChannelEstimator(rg, interpolation_type=self.interpolation) if pilots else None,
                 "equalizer": LMMSEEqualizer(rg, sm)}
 
     def _equalise(self, s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

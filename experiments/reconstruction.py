@@ -106,6 +106,9 @@ class Config(SweepConfig):
     <tdl|cdl>-<a..e>-<perfect|ls|none> (docs/channels.md: jscc trains on rayleigh for these)"""
     ofdm_speed: float = unhashed(0.0, if_changed=True)
     """tdl-* and cdl-* channels: terminal speed in m/s"""
+    ofdm_interpolation: Literal["nn", "lin"] = unhashed("nn", if_changed=True)
+    """tdl-*-ls and cdl-*-ls channels: LS estimates reach the data elements from the nearest pilot symbol, or by
+    linear interpolation between pilots"""
     erasure_p: float = 0.1
     """erasure probability of the erasure channel (the jscc adapter is trained at it)"""
     fading_block: int | None = None
@@ -262,6 +265,7 @@ def prepare(cfg: Config, run: Run) -> Plan:
         "guess": facts["guess"], "checkpoint": run.checkpoint_id,
         "oracle_passages": validation_passages(cfg, checkpoint), "oracle_dir": str(run.dir / "rate_picks"),
         "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block, "ofdm_speed": cfg.ofdm_speed,
+        "ofdm_interpolation": cfg.ofdm_interpolation,
         "tokenizer_path": str(checkpoint / "tokenizer.json"), "prior_samples": cfg.prior_samples,
         "prior_weight": cfg.prior_weight, "token_prior_beam": cfg.token_prior_beam,
         "lm_oracle_rule": cfg.separation_lm_oracle}

@@ -101,7 +101,8 @@ def pick_rate(spec: dict[str, Any], speaker: Any, listener: Any, settings: dict[
     val = settings["oracle_passages"]
     plays = (len(val) // min(settings["batch_size"], len(val))) * min(settings["batch_size"], len(val))
     channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
-                           fading_block=settings["fading_block"], ofdm_speed=settings.get("ofdm_speed", 0.0))
+                           fading_block=settings["fading_block"], ofdm_speed=settings.get("ofdm_speed", 0.0),
+                           ofdm_interpolation=settings.get("ofdm_interpolation", "nn"))
     seed = int(np.random.SeedSequence([oracle_seed(state), ORACLE_SALT]).generate_state(1)[0])
     bound = spec["protocol"] == "separation-lm" and settings.get("lm_oracle_rule", "fill") == "fill"
 
@@ -119,7 +120,8 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
     (``pick_rate``: validation passages, never these), then it plays the trial's passages."""
     n, L = spec["channel_uses"], settings["passage_length"]
     channel = make_channel(spec["channel"], spec["sigma"], erasure_p=settings["erasure_p"],
-                           fading_block=settings["fading_block"], ofdm_speed=settings.get("ofdm_speed", 0.0))
+                           fading_block=settings["fading_block"], ofdm_speed=settings.get("ofdm_speed", 0.0),
+                           ofdm_interpolation=settings.get("ofdm_interpolation", "nn"))
     key, val_accuracy = pick_rate(spec, speaker, listener, settings)
     best = _play(key, spec, speaker, listener, passages, channel, settings, episodes=settings["episodes"])
     capacity = n * channel.capacity_per_use()

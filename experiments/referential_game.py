@@ -77,6 +77,9 @@ class Config(SweepConfig):
     with a Rayleigh gain h per block, told to the receiver"""
     ofdm_speed: float = unhashed(0.0, if_changed=True)
     """tdl-* and cdl-* channels: terminal speed in m/s (Doppler across the OFDM grid)"""
+    ofdm_interpolation: Literal["nn", "lin"] = unhashed("nn", if_changed=True)
+    """tdl-*-ls and cdl-*-ls channels: LS estimates reach the data elements from the nearest pilot symbol, or by
+    linear interpolation between pilots"""
     erasure_p: float = 0.5
     """erasure probability of the erasure channel"""
     fading_block: int | None = None
@@ -284,7 +287,8 @@ def play_trial(spec: dict[str, Any], speaker: Any, listener: Any, passages: np.n
     C, episodes = settings["candidates"], settings["episodes"]
     B = min(settings["batch_size"], episodes)
     channel = make_channel(spec["channel"], sigma, erasure_p=settings["erasure_p"],
-                           fading_block=settings["fading_block"], ofdm_speed=settings.get("ofdm_speed", 0.0))
+                           fading_block=settings["fading_block"], ofdm_speed=settings.get("ofdm_speed", 0.0),
+                           ofdm_interpolation=settings.get("ofdm_interpolation", "nn"))
     env = environments.make("referential_v0", passages=passages, channel_uses=n, batch_size=B, num_candidates=C,
                             channel=channel, distractors=settings["distractors"], vocab_size=settings["vocab_size"])
     speak = SpeakerPolicy(speaker, key)
@@ -345,7 +349,7 @@ def prepare(cfg: Config, run: Run) -> Plan:
     settings = {"episodes": cfg.episodes, "batch_size": cfg.batch_size, "candidates": cfg.candidates,
                 "distractors": cfg.distractors, "vocab_size": model_facts["vocab_size"], "facts": facts,
                 "checkpoint": run.checkpoint_id, "erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block,
-                "ofdm_speed": cfg.ofdm_speed}
+                "ofdm_speed": cfg.ofdm_speed, "ofdm_interpolation": cfg.ofdm_interpolation}
     return Plan(grid=trial_grid(cfg, set(skipped)), trial=_trial, shared={"passages": passages, "settings": settings},
                 protocols=dirs, record=record,
                 describe=f"{len(cfg.protocols)} protocols x {len(cfg.receivers)} receivers x {len(cfg.channels)} "

@@ -119,3 +119,12 @@ def test_told_gains_are_the_channel_magnitudes_with_perfect_csi(sigma):
     _, g = OFDM(sigma, model="A", csi="perfect").transmit(_bits(256, 32), np.random.default_rng(0))
     assert 0.5 < float((g.astype(np.float64) ** 2).mean()) < 2.0
     assert float(g.max()) < 10.0
+
+
+def test_linear_interpolation_tracks_a_moving_channel_better_than_the_nearest_pilot():
+    x = _bits(128, 32)
+    nn = _ber(OFDM(0.1, csi="ls", speed=60.0, interpolation="nn"), x)
+    lin = _ber(OFDM(0.1, csi="ls", speed=60.0, interpolation="lin"), x)
+    assert lin < nn, (lin, nn)
+    with pytest.raises(ValueError, match="interpolation"):
+        OFDM(0.1, interpolation="cubic")

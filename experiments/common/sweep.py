@@ -72,18 +72,18 @@ class SweepResult:
 
 
 def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_block: int | None = None,
-                 ofdm_speed: float = 0.0):
+                 ofdm_speed: float = 0.0, ofdm_interpolation: str = "nn"):
     """The channel model of a grid point by name (the env applies it; the receiver is told the same model).
 
     ``awgn``: ``y = x + sigma N``; ``erasure``: each symbol erased (0) with prob ``erasure_p``, then AWGN;
     ``rayleigh``: ``y = h x + sigma N``, one Rayleigh gain per message (or per ``fading_block`` symbols);
     ``<tdl|cdl>-<model>-<csi>``: OFDM over a 3GPP TDL or CDL channel at ``ofdm_speed`` m/s, equalised with perfect, LS or no
-    CSI (``environments.ofdm``).
+    CSI (``environments.ofdm``; ``ofdm_interpolation``: how LS estimates reach the data, nn or lin).
     """
     if name.startswith(("tdl-", "cdl-")):
         from environments.ofdm import ofdm_channel
 
-        return ofdm_channel(name, sigma, speed=ofdm_speed)
+        return ofdm_channel(name, sigma, speed=ofdm_speed, interpolation=ofdm_interpolation)
     if name == "awgn":
         return environments.AWGN(sigma)
     if name == "erasure":
