@@ -45,17 +45,19 @@ __all__ = ["CSI_MODES", "OFDM", "OFDM_CHANNELS", "PROFILES", "TDL_MODELS", "ofdm
 TDL_MODELS = ("A", "B", "C", "D", "E")
 #: the 3GPP TR 38.901 link-level channel families: tapped delay line, or clustered delay line (single antennas)
 PROFILES = ("tdl", "cdl")
-CSI_MODES = ("perfect", "ls", "none")
+CSI_MODES = ("perfect", "ls", "lmmse", "none")
 _VAR_FLOOR = 1e-12
 #: the sweep's channel names of OFDM links: <tdl|cdl>-<model>-<csi>, e.g. tdl-a-ls, cdl-c-perfect
-OFDM_CHANNELS: tuple[str, ...] = tuple(f"{p}-{m.lower()}-{c}" for p in PROFILES for m in TDL_MODELS for c in CSI_MODES)
+#: (cdl has no lmmse: the estimator takes its covariances from the TDL model)
+OFDM_CHANNELS: tuple[str, ...] = tuple(f"{p}-{m.lower()}-{c}" for p in PROFILES for m in TDL_MODELS for c in CSI_MODES
+                                       if not (p == "cdl" and c == "lmmse"))
 
 
 def ofdm_channel(name: str, sigma: float, *, speed: float = 0.0, delay_spread: float = 100e-9,
                  interpolation: str = "nn") -> OFDM:
     """The ``OFDM`` channel a sweep names ``<tdl|cdl>-<model>-<csi>`` (``OFDM_CHANNELS``) at ``sigma``, speed in m/s."""
     if name not in OFDM_CHANNELS:
-        raise ValueError(f"unknown OFDM channel {name!r}; choose <tdl|cdl>-<a..e>-<perfect|ls|none>")
+        raise ValueError(f"unknown OFDM channel {name!r}; choose <tdl|cdl>-<a..e>-<perfect|ls|lmmse|none> (lmmse: tdl only)")
     profile, model, csi = name.split("-")
     return OFDM(sigma, model=model.upper(), csi=csi, speed=speed, delay_spread=delay_spread, profile=profile,
                 interpolation=interpolation)
@@ -73,8 +75,10 @@ class OFDM:
     """RMS delay spread in seconds"""
     speed: float = 0.0
     """terminal speed in m/s (Doppler: time variation across the grid's OFDM symbols)"""
-    csi: Literal["perfect", "ls", "none"] = "ls"
-    """what the receiver knows of the channel: perfect, LS estimates at the pilots, none"""
+    csi: Literal["perfect", "ls", "lmmse", "none"] = "ls"
+    """what the receiver knows of the channel: perfect, LS estimates at the pilots, LMMSE estimates (LS at the pilots
+    filtered across frequency then time with the TDL model's own covariances: the receiver knows the model, its
+    delay spread and the speed), none"""
     fft_size: int = 12
     """subcarriers F"""
     num_ofdm_symbols: int = 14
@@ -114,8 +118,10 @@ class OFDM:
             raise ValueError(f"OFDM pilot_symbols must be distinct indices in [0, {self.num_ofdm_symbols}), got {pilots}")
         if len(pilots) >= self.num_ofdm_symbols:
             raise ValueError("OFDM needs at least one OFDM symbol without pilots for data")
-        if self.csi == "ls" and not pilots:
-            raise ValueError("OFDM csi='ls' estimates the channel at pilots: give pilot_symbols")
+        if self.csi in ("ls", "lmmse") and not pilots:
+            raise ValueError(f"OFDM csi={self.csi!r} estimates the channel at pilots: give pilot_symbols")
+        if self.csi == "lmmse" and self.profile != "tdl":
+            raise ValueError("OFDM csi='lmmse' takes its covariances from the TDL model: use profile='tdl'")
         for name in ("delay_spread", "speed", "subcarrier_spacing", "carrier_frequency"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0 and (value > 0 or name == "speed")):
@@ -170,7 +176,7 @@ class OFDM:
         from sionna.phy.channel import OFDMChannel
         from sionna.phy.channel.tr38901 import TDL
         from sionna.phy.mimo import StreamManagement
-        from sionna.phy.ofdm import LMMSEEqualizer, LSChannelEstimator, ResourceGrid, ResourceGridMapper
+        from sionna.phy.ofdm import LMMSEEqualizer, ResourceGrid, ResourceGridMapper
 
         rg = ResourceGrid(num_ofdm_symbols=self.num_ofdm_symbols, fft_size=self.fft_size,
                           subcarrier_spacing=self.subcarrier_spacing, cyclic_prefix_length=int(self.cyclic_prefix_length),
@@ -190,8 +196,21 @@ class OFDM:
         sm = StreamManagement(np.array([[1]]), 1)
         return {"rg": rg, "mapper": ResourceGridMapper(rg),
                 "channel": OFDMChannel(model, rg, normalize_channel=True, return_channel=True),
-                "estimator": LSChannelEstimator(rg, interpolation_type=self.interpolation) if pilots else None,
+                "estimator": self._estimator(rg) if pilots else None,
                 "equalizer": LMMSEEqualizer(rg, sm)}
+
+    def _estimator(self, rg):
+        """LS (with its interpolation) or LMMSE over frequency then time with the TDL's covariance matrices."""
+        from sionna.phy.ofdm import LSChannelEstimator
+
+        if self.csi != "lmmse":
+            return LSChannelEstimator(rg, interpolation_type=self.interpolation)
+        from sionna.phy.ofdm import LMMSEChannelEstimator, tdl_freq_cov_mat, tdl_time_cov_mat
+
+        freq = tdl_freq_cov_mat(self.model, self.subcarrier_spacing, self.fft_size, self.delay_spread)
+        time = tdl_time_cov_mat(self.model, self.speed, self.carrier_frequency, rg.ofdm_symbol_duration,
+                                self.num_ofdm_symbols)
+        return LMMSEChannelEstimator(rg, cov_mat_time=time, cov_mat_freq=freq, order="f-t")
 
     def _equalise(self, s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Complex data symbols (N,) at Es = 1 -> (equalised symbols (N,), their noise variance per complex (N,))."""

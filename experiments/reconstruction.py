@@ -84,7 +84,7 @@ __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "cached_pick", "fit_prot
 
 ProtocolName = Literal["vector", "jscc", "lm-jscc", "lm-jscc-noiseless", "separation", "separation-lm",
                        "uncoded-tokens", "vector-prior", "vector-snap", "uncoded-tokens-prior"]
-ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link <tdl|cdl>-<a..e>-<perfect|ls|none> (environments.ofdm)
+ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link <tdl|cdl>-<a..e>-<perfect|ls|lmmse|none> (environments.ofdm)
 PROTOCOLS = ("vector", "jscc", "separation", "uncoded-tokens")  # the default comparison
 ALL_PROTOCOLS = PROTOCOLS + ("separation-lm",) + LM_JSCC_PROTOCOLS + tuple(PRIOR_PROTOCOLS)
 
@@ -103,7 +103,7 @@ class Config(SweepConfig):
     directory, more rows). 0.125 (n = 4) fits no 5G code and costs a fourth adapter: --rhos 0.125 0.25 0.5 1"""
     channels: tuple[ChannelName, ...] = unhashed(("awgn", "rayleigh"))
     """awgn; rayleigh (one gain per message, told to the receiver); erasure (erasure_p, then AWGN); OFDM over 3GPP TDL
-    <tdl|cdl>-<a..e>-<perfect|ls|none> (docs/channels.md: jscc trains on rayleigh for these)"""
+    <tdl|cdl>-<a..e>-<perfect|ls|lmmse|none> (docs/channels.md: jscc trains on rayleigh for these)"""
     ofdm_speed: float = unhashed(0.0, if_changed=True)
     """tdl-* and cdl-* channels: terminal speed in m/s"""
     ofdm_interpolation: Literal["nn", "lin"] = unhashed("nn", if_changed=True)

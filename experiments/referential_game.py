@@ -42,7 +42,7 @@ __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "fit_game_protocols", "m
 ProtocolName = Literal["vector", "quantized", "hash", "coded", "uncoded-tokens", "learned-continuous", "learned-gumbel",
                        "learned-reinforce"]
 ReceiverName = Literal["soft", "hard"]
-ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link <tdl|cdl>-<a..e>-<perfect|ls|none> (environments.ofdm)
+ChannelName = str  # awgn, erasure, rayleigh, or an OFDM link <tdl|cdl>-<a..e>-<perfect|ls|lmmse|none> (environments.ofdm)
 PROTOCOLS = ("vector", "quantized", "hash", "coded", "uncoded-tokens")
 #: emergent pairs trained through the channel on the CALM latent means (``protocols.learned``): not in the default
 #: run (each pair trains for about a minute), asked for by name

@@ -128,3 +128,14 @@ def test_linear_interpolation_tracks_a_moving_channel_better_than_the_nearest_pi
     assert lin < nn, (lin, nn)
     with pytest.raises(ValueError, match="interpolation"):
         OFDM(0.1, interpolation="cubic")
+
+
+def test_lmmse_estimates_come_close_to_perfect_csi():
+    x = _bits(256, 32)
+    perfect, ls, lmmse = (_ber(OFDM(0.316, csi=c, speed=30.0), x) for c in ("perfect", "ls", "lmmse"))
+    assert perfect <= lmmse < ls, (perfect, lmmse, ls)
+    with pytest.raises(ValueError, match="profile='tdl'"):
+        OFDM(0.3, csi="lmmse", profile="cdl")
+    from environments.ofdm import OFDM_CHANNELS
+
+    assert "tdl-a-lmmse" in OFDM_CHANNELS and "cdl-a-lmmse" not in OFDM_CHANNELS

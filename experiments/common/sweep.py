@@ -90,14 +90,14 @@ def make_channel(name: str, sigma: float, *, erasure_p: float = 0.5, fading_bloc
         return environments.Chain([environments.Erasure(erasure_p), environments.AWGN(sigma)])
     if name == "rayleigh":
         return environments.RayleighBlockFading(sigma, block_length=fading_block)
-    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure, rayleigh or <tdl|cdl>-<a..e>-<perfect|ls|none>")
+    raise ValueError(f"unknown channel {name!r}; choose awgn, erasure, rayleigh or <tdl|cdl>-<a..e>-<perfect|ls|lmmse|none>")
 
 
 def channel_family(name: str) -> str:
     """The family a learned link trains on for the channel ``name``: awgn, erasure, rayleigh as they are; an OFDM link
     with CSI is a told-gain channel after equalisation (``environments.ofdm``): rayleigh; without CSI: awgn."""
     if name.startswith(("tdl-", "cdl-")):
-        return "awgn" if name.endswith("-none") else "rayleigh"
+        return "awgn" if name.endswith("-none") else "rayleigh"  # perfect, ls, lmmse: equalised, gains told
     return name
 
 
