@@ -38,10 +38,16 @@ K0, N1, ROUNDS = 80, 128, 3
 L = 32  # tokens per passage (--separation)
 
 
-def run(messages: int, channels: list[str], es_n0_db: list[float], seed: int = 0) -> dict:
-    harq = HarqIR(K0, N1, ROUNDS)
-    one_shot = {f"one-shot n={r * N1}": HarqIR(K0, r * N1, 1) for r in range(1, ROUNDS + 1)}
-    info = np.random.default_rng(seed).integers(0, 2, (messages, K0))
+def schemes() -> dict[str, HarqIR]:
+    """HARQ-IR and the one-shot codes of the same k at each of its lengths, by label."""
+    return {"harq-ir": HarqIR(K0, N1, ROUNDS), **{f"one-shot n={r * N1}": HarqIR(K0, r * N1, 1)
+                                                 for r in range(1, ROUNDS + 1)}}
+
+
+def sweep(payload: np.ndarray, channels: list[str], es_n0_db: list[float], metrics, tag: str, seed: int = 0) -> dict:
+    """Every scheme sends ``payload (B, k0)`` at every (channel, Es/N0), each with noise of its own; ``metrics(outcome)``
+    makes a scheme's entry of the row; the first metric goes to the progress line."""
+    coded = schemes()
     out: dict = {}
     for name in channels:
         rows = []
@@ -49,18 +55,25 @@ def run(messages: int, channels: list[str], es_n0_db: list[float], seed: int = 0
             t0 = time.time()
             channel = make_channel(name, sigma_from_es_n0_db(db))
             row = {"es_n0_db": db}
-            schemes = {"harq-ir": harq, **one_shot}
-            for i, (label, scheme) in enumerate(schemes.items()):
-                o = scheme.transmit(info, channel, np.random.default_rng([seed, int(db * 100) + 10_000, i]))
-                row[label] = {"throughput": round(o.throughput(K0), 4), "delivered": round(float(o.correct.mean()), 4),
-                              "undetected": int((o.delivered & ~o.correct).sum()),
-                              "mean_rounds": round(float(o.rounds.mean()), 3)}
+            for i, (label, scheme) in enumerate(coded.items()):
+                row[label] = metrics(scheme.transmit(payload, channel,
+                                                     np.random.default_rng([seed, int(db * 100) + 10_000, i])))
             rows.append(row)
-            print(f"[harq] {name} {db:+.0f} dB: " + ", ".join(f"{k} {v['throughput']:.3f}" for k, v in row.items()
-                                                            if k != "es_n0_db") + f" ({time.time() - t0:.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(f"[harq] {tag}{name} {db:+.0f} dB: " + ", ".join(
+                f"{k} {next(iter(v.values())):.3f}" for k, v in row.items() if k != "es_n0_db")
+                + f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         out[name] = rows
     return out
+
+
+def run(messages: int, channels: list[str], es_n0_db: list[float], seed: int = 0) -> dict:
+    info = np.random.default_rng(seed).integers(0, 2, (messages, K0))
+
+    def metrics(o) -> dict:
+        return {"throughput": round(o.throughput(K0), 4), "delivered": round(float(o.correct.mean()), 4),
+                "undetected": int((o.delivered & ~o.correct).sum()), "mean_rounds": round(float(o.rounds.mean()), 3)}
+
+    return sweep(info, channels, es_n0_db, metrics, "", seed)
 
 
 def separation_frames(messages: int, seed: int = 0, tokenizer: str = "bpe:8192"):
@@ -86,25 +99,15 @@ def separation_frames(messages: int, seed: int = 0, tokenizer: str = "bpe:8192")
 
 def run_separation(messages: int, channels: list[str], es_n0_db: list[float], seed: int = 0) -> dict:
     frames, passages, decode = separation_frames(messages, seed)
-    schemes = {"harq-ir": HarqIR(K0, N1, ROUNDS), **{f"one-shot n={r * N1}": HarqIR(K0, r * N1, 1)
-                                                     for r in range(1, ROUNDS + 1)}}
-    out: dict = {"tokens_per_frame": round(float((decode(frames) == passages).sum(1).mean()), 2)}
-    for name in channels:
-        rows = []
-        for db in es_n0_db:
-            channel = make_channel(name, sigma_from_es_n0_db(db))
-            row = {"es_n0_db": db}
-            for i, (label, scheme) in enumerate(schemes.items()):
-                o = scheme.transmit(frames, channel, np.random.default_rng([seed, int(db * 100) + 10_000, i]))
-                right = (decode(o.bits) == passages).sum(axis=1)
-                row[label] = {"token_accuracy": round(float(right.mean() / L), 4),
-                              "tokens_per_complex_use": round(2.0 * float(right.sum()) / float(o.real_uses.sum()), 4),
-                              "mean_rounds": round(float(o.rounds.mean()), 3)}
-            rows.append(row)
-            print(f"[harq] separation {name} {db:+.0f} dB: " + ", ".join(
-                f"{k} {v['token_accuracy']:.3f}" for k, v in row.items() if k != "es_n0_db"), file=sys.stderr, flush=True)
-        out[name] = rows
-    return out
+
+    def metrics(o) -> dict:
+        right = (decode(o.bits) == passages).sum(axis=1)
+        return {"token_accuracy": round(float(right.mean() / L), 4),
+                "tokens_per_complex_use": round(2.0 * float(right.sum()) / float(o.real_uses.sum()), 4),
+                "mean_rounds": round(float(o.rounds.mean()), 3)}
+
+    tokens = round(float((decode(frames) == passages).sum(1).mean()), 2)
+    return {"tokens_per_frame": tokens, **sweep(frames, channels, es_n0_db, metrics, "separation ", seed)}
 
 
 def best_one_shot_gap(rows: list[dict]) -> float:

@@ -38,7 +38,14 @@ from typing import Literal
 
 import numpy as np
 
-from environments.channels import NOISELESS_SIGMA, _awgn_capacity, _check_io, _check_sigma
+from environments.channels import (
+    NOISELESS_SIGMA,
+    _as_float64,
+    _awgn_capacity,
+    _check_io,
+    _check_sigma,
+    _gaussian,
+)
 
 __all__ = ["CSI_MODES", "OFDM", "OFDM_CHANNELS", "PROFILES", "TDL_MODELS", "ofdm_channel"]
 
@@ -132,9 +139,6 @@ class OFDM:
     def __getstate__(self) -> dict:
         """Pickled without the built Sionna layers (an agent that is sent the channel model rebuilds them)."""
         return {k: v for k, v in self.__dict__.items() if k != "_parts"}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
 
     # ---- accounting ----
 
@@ -272,10 +276,8 @@ class OFDM:
 
     def log_likelihood(self, y: np.ndarray, x: np.ndarray, gain: np.ndarray | None = None) -> np.ndarray:
         """``-(y - gain x)^2 / (2 sigma^2)``: the equalised symbols' Gaussian likelihood (module docstring)."""
-        y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
-        g = 1.0 if gain is None else np.asarray(gain, dtype=np.float64)
-        s = max(self.sigma, NOISELESS_SIGMA)
-        return -((y - g * x) ** 2) / (2.0 * s * s)
+        y, x, g = _as_float64(y, x, 1.0 if gain is None else gain)
+        return _gaussian(y, g * x, self.sigma)  # RayleighBlockFading's told-gain likelihood
 
     def capacity_per_use(self) -> float:
         """Upper bound per real data dimension: AWGN's at the same Es/N0 (normalised fading cannot beat it on

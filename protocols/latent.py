@@ -18,7 +18,8 @@ import torch
 from protocols.base import Protocol
 from protocols.saved import build_config, read_autoencoder_dims
 
-__all__ = ["LatentBasis", "MeansCache", "autoencoder_dims", "decode_latents", "encode_means", "encoded_passages"]
+__all__ = ["LatentBasis", "MeansCache", "autoencoder_dims", "decode_latents", "encode_means", "encoded_passages",
+           "flat_means"]
 
 # the std floor of a (collapsed) latent dimension, so standardising never divides by zero
 STD_FLOOR = 1e-6
@@ -79,6 +80,12 @@ def encode_means(autoencoder: Any, ids: np.ndarray, *, batch_size: int, cache: b
         store.add(table)
         table = store
     return np.stack([table[key] for key in keys]).astype(dtype, copy=False)
+
+
+def flat_means(autoencoder: Any, ids: np.ndarray, *, batch_size: int, cache: bool = False) -> np.ndarray:
+    """``ids (N, L)`` -> float32 ``(N, L/K * l)``: every chunk's posterior mean (``encode_means``), flattened: the
+    item features of the emergent pairs (``experiments.common.links.calm_features``, ``protocols.learned``)."""
+    return encode_means(autoencoder, ids, batch_size=batch_size, cache=cache, dtype=np.float32).reshape(len(ids), -1)
 
 
 def _run_encoder(autoencoder: Any, ids: np.ndarray, batch_size: int) -> np.ndarray:

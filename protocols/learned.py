@@ -40,7 +40,7 @@ import torch
 
 from protocols.base import ChannelModel, check_budget
 from protocols.emergent_model import EmergentConfig, Listener, Speaker, _pair_state, load_pair
-from protocols.latent import LatentProtocol, encode_means
+from protocols.latent import LatentProtocol, flat_means
 
 __all__ = ["LEARNED_MODES", "LearnedProtocol", "LearnedProtocolConfig"]
 
@@ -128,8 +128,7 @@ class LearnedProtocol(LatentProtocol):
 
     def features(self, ids: np.ndarray) -> torch.Tensor:
         """``ids (B, L)`` -> float32 ``(B, D)``: the autoencoder's latent means of each chunk, flattened."""
-        mu = encode_means(self.autoencoder, ids, batch_size=1024, cache=True, dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(mu.reshape(len(ids), -1)))
+        return torch.from_numpy(np.ascontiguousarray(flat_means(self.autoencoder, ids, batch_size=1024, cache=True)))
 
     def fit(self, train_ids: np.ndarray) -> LearnedProtocol:
         """Train the pair on the features of ``train_ids (N, L)`` through the config's channel."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+from environments.convention import es_n0_db
 from protocols.base import check_sigma
 
 __all__ = [
@@ -40,9 +41,8 @@ def snr(sigma: float) -> float:
 
 
 def snr_db(sigma: float) -> float:
-    """SNR in decibels, ``-20 log10 sigma`` (inf at sigma 0)."""
-    sigma = check_sigma(sigma)
-    return math.inf if sigma == 0 else -20.0 * math.log10(sigma)
+    """SNR in decibels, ``-20 log10 sigma`` (inf at sigma 0): Es/N0 per complex use (``environments.convention``)."""
+    return es_n0_db(check_sigma(sigma))
 
 
 def capacity_bits(n: int, sigma: float) -> float:

@@ -233,6 +233,22 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: -weight(item))
 
 
+@pytest.fixture(scope="module")
+def reconstruction_tiny(tmp_path_factory):
+    """The tiny reconstruction sweep of tests/test_reconstruction.py and tests/test_reconstruction_trials.py: 3
+    protocols x 1 channel x 1 rho x 2 sigmas x 1 seed, 32 passages of L = 8, on the session's micro autoencoder."""
+    from experiments.reconstruction import Config
+
+    micro = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
+                 ae_time_limit=0.0)
+    return Config(results_dir=str(tmp_path_factory.mktemp("results")),
+                  runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), passage_length=8,
+                  rhos=(2.0,), channels=("awgn",), sigmas=(0.0, 1.0), seeds=(0,),
+                  protocols=("vector", "jscc", "separation"), separation_codes=("ldpc",), jscc_steps=5,
+                  jscc_hidden_size=32, episodes=32, batch_size=32, num_passages=256, fit_passages=512, plots=False,
+                  pilot_passages=64, **micro)
+
+
 #: tiny models saved in the released CALM layout by the official code (scripts/make_official_fixture.py)
 OFFICIAL_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "official_calm")
 

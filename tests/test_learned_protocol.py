@@ -16,6 +16,9 @@ from protocols.emergent_train import train_pair
 from protocols.learned import LearnedProtocol, LearnedProtocolConfig
 
 V, L = 256, 8
+# the micro autoencoder tests/test_agents.py trains in the session's cache (a cache hit when that module ran first)
+MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
+             ae_time_limit=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +133,7 @@ def test_an_agent_speaks_and_listens_with_it(tmp_path, tmp_path_factory):
     from experiments.common.models import ensure_checkpoint
     from experiments.referential_game import Config
 
-    micro = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
-                 ae_time_limit=0.0)
-    # the session cache test_agents trains its micro autoencoder in: a hit when that module ran first
-    checkpoint = ensure_checkpoint(Config(runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), **micro))
+    checkpoint = ensure_checkpoint(Config(runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), **MICRO))
     model, tok = load_pretrained(checkpoint)
     train = make_passages(load_token_ids("kjv+shakespeare", tok, "train", progress=False), 8, max_passages=512)
     test = make_passages(load_token_ids("kjv+shakespeare", tok, "test", progress=False), 8, max_passages=128)
@@ -154,11 +154,9 @@ def test_the_referential_game_trains_its_learned_pairs_in_parallel_processes(tmp
     from experiments.common.models import ensure_checkpoint
     from experiments.referential_game import Config, protocol_key, train_learned_in_parallel
 
-    micro = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
-                 ae_time_limit=0.0)
     cfg = Config(runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), passage_length=8,
                  protocols=("hash", "learned-continuous", "learned-gumbel"), channel_uses=(8,), learned_steps=20,
-                 num_cpus=2, **micro)
+                 num_cpus=2, **MICRO)
     checkpoint = ensure_checkpoint(cfg)
     model, _ = load_pretrained(checkpoint)
     train = np.random.default_rng(0).integers(0, model.config.vocab_size, (64, 8))

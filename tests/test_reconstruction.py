@@ -17,19 +17,10 @@ from experiments.reconstruction_report import passage_metrics, pooled, snr_at_ac
 
 pytestmark = pytest.mark.ray
 
-MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
-             ae_time_limit=0.0)
-
-
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny sweep: 3 protocols x 1 channel x 1 rho x 2 sigmas x 1 seed, 32 passages of L = 8."""
-    return Config(results_dir=str(tmp_path_factory.mktemp("results")),
-                  runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), passage_length=8,
-                  rhos=(2.0,), channels=("awgn",), sigmas=(0.0, 1.0), seeds=(0,),
-                  protocols=("vector", "jscc", "separation"), separation_codes=("ldpc",), jscc_steps=5,
-                  jscc_hidden_size=32, episodes=32, batch_size=32, num_passages=256, fit_passages=512, plots=False,
-                  pilot_passages=64, **MICRO)
+def base(reconstruction_tiny):
+    """The tiny sweep (tests/conftest.py's ``reconstruction_tiny``)."""
+    return reconstruction_tiny
 
 
 def test_config_and_grid():
@@ -122,8 +113,9 @@ def test_cli_as_main_module_runs_its_trials(ray_session, base, tmp_path):
             "--sigmas", "1.0", "--seeds", "0", "--protocols", "vector", "--separation-codes", "ldpc",
             "--episodes", "32", "--batch-size", "32", "--num-passages", "256", "--fit-passages", "512",
             "--address", ray_session.get_runtime_context().gcs_address, "--no-plots"]
-    for name, value in MICRO.items():
-        args += [f"--{name.replace('_', '-')}", str(value)]
+    for name in ("ae_hidden_size", "ae_intermediate_size", "ae_latent_dim", "ae_steps", "ae_batch_size",
+                 "ae_time_limit"):  # the micro autoencoder of the fixture's config
+        args += [f"--{name.replace('_', '-')}", str(getattr(base, name))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

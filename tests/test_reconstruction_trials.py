@@ -10,21 +10,13 @@ import math
 import pandas as pd
 import pytest
 
-from experiments.reconstruction import COLUMNS, Config, play_trial
-
-MICRO = dict(ae_hidden_size=32, ae_intermediate_size=64, ae_latent_dim=16, ae_steps=20, ae_batch_size=32,
-             ae_time_limit=0.0)
+from experiments.reconstruction import COLUMNS, play_trial
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """tests/test_reconstruction.py's tiny sweep settings (the same micro autoencoder)."""
-    return Config(results_dir=str(tmp_path_factory.mktemp("results")),
-                  runs_dir=str(tmp_path_factory.getbasetemp() / "latentcomm-runs"), passage_length=8,
-                  rhos=(2.0,), channels=("awgn",), sigmas=(0.0, 1.0), seeds=(0,),
-                  protocols=("vector", "jscc", "separation"), separation_codes=("ldpc",), jscc_steps=5,
-                  jscc_hidden_size=32, episodes=32, batch_size=32, num_passages=256, fit_passages=512, plots=False,
-                  pilot_passages=64, **MICRO)
+def base(reconstruction_tiny):
+    """The tiny sweep (tests/conftest.py's ``reconstruction_tiny``)."""
+    return reconstruction_tiny
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from experiments.common.models import ensure_jscc, ensure_lm_jscc
 from experiments.common.sweep import channel_family, make_channel
 from protocols import load_protocol, make_protocol
 from protocols.jscc import JSCCProtocol, JSCCProtocolConfig
-from protocols.latent import encode_means
+from protocols.latent import flat_means
 from protocols.lm_jscc import LMJSCCProtocol
 from protocols.separation import (
     MCS_MENUS,
@@ -76,8 +76,7 @@ def open_autoencoder(checkpoint: Path, passage_length: int):
 
 def calm_features(model: Any, passages: np.ndarray) -> np.ndarray:
     """(N, L) ids -> (N, L/K * l) float32: the frozen autoencoder's latent means of each chunk, flattened."""
-    mu = encode_means(model, passages, batch_size=256, dtype=np.float32)  # (N, L/K, l)
-    return mu.reshape(len(passages), -1)
+    return flat_means(model, passages, batch_size=256)
 
 
 def bag_features(passages: np.ndarray, dim: int) -> np.ndarray:
