@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from calm.files import atomic_write_text
+from protocols.emergent_eval import evaluate_pair
 from protocols.emergent_model import EmergentConfig
 from protocols.emergent_population import (
     cross_play,
@@ -38,7 +39,7 @@ from protocols.emergent_population import (
     train_listener,
     train_population,
 )
-from protocols.emergent_train import evaluate_pair, load_pair, save_pair
+from protocols.emergent_train import load_pair, save_pair
 from protocols.metrics import wilson_interval
 
 __all__ = ["B_OFFSET", "PAIRINGS", "POPULATION_PROTOCOLS", "ensure", "play_trial", "population_config"]

@@ -32,17 +32,10 @@ from environments.torch_channels import CHANNEL_KINDS, simulate_channel
 from experiments.common.sweep import make_channel
 from protocols.base import log_likelihood
 from protocols.coded import code_limit_problem
+from protocols.emergent_eval import Games, listen_fn
 from protocols.emergent_link import transmit
 from protocols.emergent_model import EmergentConfig
-from protocols.emergent_train import (
-    GameDraw,
-    Games,
-    draw_games,
-    listen_fn,
-    load_pair,
-    save_pair,
-    train_pair,
-)
+from protocols.emergent_train import GameDraw, draw_games, load_pair, save_pair, train_pair
 from protocols.influence import causal_influence, control_success
 from protocols.meaning import bosdis, posdis, topographic_similarity
 from protocols.metrics import fano_delivered_bits, wilson_interval

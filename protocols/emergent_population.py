@@ -36,6 +36,7 @@ from calm.files import DamagedFileError, atomic_write_bytes, atomic_write_text, 
 from calm.integrity import check_tensors, read_safetensors
 from calm.loop import NonFiniteLossError
 from environments.torch_channels import CHANNEL_KINDS, ChannelKind
+from protocols.emergent_eval import evaluate_pair
 from protocols.emergent_model import EmergentConfig, Listener, Speaker
 from protocols.emergent_train import (
     DECAY_FLOOR,
@@ -44,7 +45,6 @@ from protocols.emergent_train import (
     _bank,
     _check_game,
     check_optim,
-    evaluate_pair,
     play_batch,
 )
 

@@ -13,16 +13,9 @@ import pytest
 import torch
 
 from calm.files import DamagedFileError
+from protocols.emergent_eval import evaluate_pair, listen_fn, play_games
 from protocols.emergent_model import EmergentConfig, Listener, Speaker, bpsk_table
-from protocols.emergent_train import (
-    draw_games,
-    evaluate_pair,
-    listen_fn,
-    load_pair,
-    play_games,
-    save_pair,
-    train_pair,
-)
+from protocols.emergent_train import draw_games, load_pair, save_pair, train_pair
 from protocols.influence import causal_influence, control_success, zeroed
 from protocols.meaning import topographic_similarity
 
