@@ -240,6 +240,7 @@ def run_loop(
     world_size: int = 1,
     device: torch.device | str = "cpu",
     on_checkpoint: Callable[[int, list[dict]], None] | None = None,
+    on_record: Callable[[dict], None] | None = None,
     progress: bool = False,
     in_ray: bool = False,
 ) -> FitResult:
@@ -247,7 +248,8 @@ def run_loop(
 
     With ``world_size > 1`` torch.distributed must be initialised; the model is wrapped in DDP here.
     ``on_checkpoint(step, history)`` is called on every rank every ``cfg.checkpoint_every`` steps, at the
-    end and at the time limit (it must save ``model``/``optimizer`` itself). Validation runs on rank 0.
+    end and at the time limit (it must save ``model``/``optimizer`` itself). Validation runs on rank 0;
+    ``on_record(record)`` is called there with each validation record as it is made (the experiment tracker).
     A NaN or inf loss or gradient norm on any rank stops every rank before the optimiser step, so the
     weights and the last checkpoint stay finite; the result's ``stopped`` says where.
     """
@@ -321,6 +323,8 @@ def run_loop(
                 model.train()
             if rank == 0:
                 history.append(record)
+                if on_record is not None:
+                    on_record(record)
                 if progress:
                     print(json.dumps(record), flush=True)
         if on_checkpoint is not None and (step % cfg.checkpoint_every == 0 or last):

@@ -65,10 +65,13 @@ def train_autoencoder(
         NonFiniteLossError: the loss became NaN or inf.
     """
     defaults = {**TRAIN_PRESETS["tiny"], "warmup": min(TRAIN_PRESETS["tiny"]["warmup"], max(1, steps // 10))}
-    cfg = TrainConfig(**{**defaults, "steps": steps, "seed": seed, "val_every": steps, "checkpoint_every": steps,
-                         **train_overrides})
+    # validation (fixed seed, no effect on the weights) up to 20 times, at most every 100 steps: the training curve
+    # the tracker logs
+    cfg = TrainConfig(**{**defaults, "steps": steps, "seed": seed, "val_every": max(steps // 20, min(steps, 100)),
+                         "checkpoint_every": steps, **train_overrides})
     result = train_local(AutoencoderTask(config), train_ids, cfg, val_ids=val_ids, progress=progress)
     if result.stopped:
         raise NonFiniteLossError(result.stopped)
     result.model.trained_steps = result.step
+    result.model.history = result.history  # the training curve, for train_info.json and the experiment tracker
     return result.model

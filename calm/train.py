@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -49,7 +50,8 @@ from calm.loop import (
     train_local,
 )
 from calm.tasks import TASKS, TRAIN_PRESETS, train_autoencoder
-from calm.train_ray import train_with_ray
+from calm.tracking import TRACKERS, check_tracking, open_tracker, provenance_tags
+from calm.train_ray import check_out, train_with_ray
 
 __all__ = [
     "TrainConfig",
@@ -98,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
         p.add_argument("--max-failures", type=int, default=3,
                        help="worker-group restarts after a worker dies (each resumes from the newest checkpoint)")
+        p.add_argument("--tracking", default=os.environ.get("LATENTCOMM_TRACKING", "mlflow"), choices=TRACKERS,
+                       help="experiment tracker: mlflow (a local store beside --out unless --tracking-uri), wandb or "
+                            "none (default from LATENTCOMM_TRACKING, else mlflow)")
+        p.add_argument("--tracking-uri", default="",
+                       help="MLflow store or server; empty: sqlite:///<folder above --out>/mlflow.db (on a cluster, a "
+                            "server every worker reaches)")
         # a flag that is not given leaves the preset's value (see configs_from_args)
         add_dataclass_args(p, TrainConfig, overrides=True)
         add_dataclass_args(p, task_cls.config_cls, skip=_derived_fields(task_cls), overrides=True)
@@ -159,6 +167,7 @@ def main(argv: list[str] | None = None) -> FitResult:
     args = parser.parse_args(argv)
     task_cls = TASKS[args.task]
     try:  # settings are checked before Ray starts: a bad one is one line and exit status 2
+        check_tracking(args.tracking, args.tracking_uri)
         check_paths(args)  # first: a wrong --ae is named in a moment, not after the tokenizer, corpus or Ray
         from calm.data import load_token_ids  # (imports transformers: a second)
         from calm.tokenizer import get_tokenizer
@@ -181,12 +190,43 @@ def main(argv: list[str] | None = None) -> FitResult:
                       "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)),
                       "tokens_per_step": tokens_per_step, "model_config": model_cfg.to_dict(),
                       "train_config": asdict(train_cfg)}), flush=True)
-    result = train_with_ray(task, train_cfg, tokenizer=tokenizer, train_ids=train_ids, val_ids=val_ids,
-                            out=args.out, workers=args.workers, gpu=args.gpu, resume=args.resume,
-                            progress=args.progress, max_failures=args.max_failures)
+    check_out(args.out, args.resume)  # before a tracked run is opened for a run that cannot start
+    tracker = _open_tracker(args, model_cfg, train_cfg, n_params)
+    try:
+        result = train_with_ray(task, train_cfg, tokenizer=tokenizer, train_ids=train_ids, val_ids=val_ids,
+                                out=args.out, workers=args.workers, gpu=args.gpu, resume=args.resume,
+                                progress=args.progress, max_failures=args.max_failures,
+                                tracking={"uri": tracker.uri, "run_id": tracker.run_id} if tracker.uri else None)
+    except BaseException as exc:
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if not tracker.uri:  # W&B: the curve from the driver (the workers log only to MLflow)
+        tracker.log_history(result.history)
+    tracker.log_artifacts(args.out, skip=("model.safetensors", "optimizer.safetensors"))
+    tracker.finish()
     if result.history:
         print(json.dumps({"final": result.history[-1], "out": str(Path(args.out).resolve())}), flush=True)
     return result
+
+
+def _open_tracker(args: argparse.Namespace, model_cfg, train_cfg: TrainConfig, n_params: int):
+    """The tracked run of this training run (``calm.tracking``): every setting as a parameter, the provenance tags;
+    recorded in ``<out>/tracking.json`` so that ``--resume`` logs into the same run."""
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "tracking.json"
+    before = read_json(record_path, what="tracking record") if record_path.exists() else {}
+    resume = before.get("run_id") if args.resume and before.get("tracking") == args.tracking else None
+    params = {"task": args.task, "preset": args.preset, "corpus": args.corpus, "tokenizer": args.tokenizer,
+              "workers": args.workers, "params": n_params, "model": model_cfg.to_dict(), "train": asdict(train_cfg)}
+    tags = provenance_tags(out=str(out), corpus=args.corpus, tokenizer=args.tokenizer, autoencoder=getattr(args, "ae", None))
+    tracker = open_tracker(args.tracking, args.tracking_uri, out.parent, experiment=f"calm.train-{args.task}",
+                           run_name=out.name, params=params, tags=tags, resume_id=resume)
+    record_path.write_text(json.dumps({"tracking": args.tracking, "uri": tracker.uri, "run_id": tracker.run_id}) + "\n")
+    if tracker.uri:
+        print(f"[calm.train] MLflow run {tracker.run_id} in {tracker.uri} (open it: mlflow ui --backend-store-uri "
+              f"{tracker.uri})", flush=True)
+    return tracker
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from calm.loop import (
     save_training_state,
 )
 
-__all__ = ["train_with_ray"]
+__all__ = ["check_out", "train_with_ray"]
 
 def _ray_worker(config: dict) -> None:
     """Per-worker training function for ``TorchTrainer`` (runs on every rank)."""
@@ -83,13 +83,44 @@ def _ray_worker(config: dict) -> None:
         else:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
 
+    on_record = None
+    if rank == 0 and config.get("tracking"):  # the training curve reaches MLflow as it is made, from rank 0
+        from calm.tracking import reopen_run
+
+        tracker = reopen_run(config["tracking"]["uri"], config["tracking"]["run_id"])
+
+        def on_record(record: dict) -> None:
+            try:
+                tracker.log_history([record])
+            except Exception as exc:  # noqa: BLE001 - a tracker that fails never stops training
+                print(f"[calm.train] tracking: step {record.get('step')} not logged ({type(exc).__name__}: {exc})",
+                      flush=True)
+
     result = run_loop(task, model, optimizer, train_ids, val_ids, cfg, start_step=start, history=history,
                       rank=rank, world_size=world_size, device=device, on_checkpoint=on_checkpoint,
-                      progress=config["progress"], in_ray=True)
+                      on_record=on_record, progress=config["progress"], in_ray=True)
     # the stop reason reaches the driver through a status file (Ray keeps only checkpointed metrics)
     if rank == 0:
         status = {"step": result.step, "stopped": result.stopped, "elapsed": result.elapsed}
         Path(config["status_path"]).write_text(json.dumps(status) + "\n")
+
+
+def check_out(out: str | os.PathLike, resume: bool) -> Path | None:
+    """The newest training checkpoint under ``out/ray`` to resume from (None: a new run).
+
+    Raises:
+        FileNotFoundError: ``resume`` without a checkpoint there.
+        FileExistsError: checkpoints there, and ``resume`` not given (a run is never overwritten by accident).
+    """
+    out = Path(out).resolve()
+    storage = out / "ray"
+    previous = newest_checkpoint(storage) if storage.exists() else None
+    if resume and previous is None:
+        raise FileNotFoundError(f"--resume: no training checkpoint under {storage}")
+    if previous is not None and not resume:
+        raise FileExistsError(f"{out} already holds checkpoints (newest {previous}); pass --resume to "
+                              "continue, or choose another --out")
+    return previous
 
 
 def _resolve_gpu(gpu: str) -> bool:
@@ -116,6 +147,7 @@ def train_with_ray(
     resume: bool = False,
     progress: bool = True,
     max_failures: int = 3,
+    tracking: dict | None = None,
 ) -> FitResult:
     """Driver: train ``task`` with Ray Train on ``workers`` workers and export ``out`` (HF-style).
 
@@ -124,6 +156,10 @@ def train_with_ray(
     with ``save_pretrained`` (``model.safetensors``, ``config.json``, ``tokenizer.json``).
     A worker that dies (preempted node, OOM kill) restarts the worker group up to ``max_failures``
     times; the new group resumes from this run's newest checkpoint, with the same data order.
+
+    Raises:
+    ``tracking``: ``{"uri", "run_id"}`` of an MLflow run that rank 0 logs each validation record to as it is made
+    (``calm.tracking``; the store must be reachable from the workers: a server on a cluster).
 
     Raises:
         NonFiniteLossError: a NaN/inf loss stopped training; the message names the last good checkpoint.
@@ -143,12 +179,7 @@ def train_with_ray(
     use_gpu = _resolve_gpu(gpu)
     out = Path(out).resolve()
     storage = out / "ray"
-    previous = newest_checkpoint(storage) if storage.exists() else None
-    if resume and previous is None:
-        raise FileNotFoundError(f"--resume: no training checkpoint under {storage}")
-    if previous is not None and not resume:
-        raise FileExistsError(f"{out} already holds checkpoints (newest {previous}); pass --resume to "
-                              "continue, or choose another --out")
+    previous = check_out(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "ray" / "tokenizer"
     save_tokenizer(tokenizer, tok_dir)
@@ -168,6 +199,7 @@ def train_with_ray(
             "use_gpu": use_gpu,
             "progress": progress,
             "status_path": str(status_path),
+            "tracking": tracking,
         }
         trainer = TorchTrainer(
             _ray_worker,

@@ -32,7 +32,12 @@ from environments.ofdm import OFDM_CHANNELS
 from experiments.common.config import SweepConfig, unhashed
 from experiments.common.links import fit_or_load, game_passages, game_seed, open_autoencoder
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, make_channel, run_sweep
-from experiments.referential_game_report import console_summary, leaks, write_report
+from experiments.referential_game_report import (
+    console_summary,
+    leaks,
+    write_extras,
+    write_report,
+)
 from protocols import make_protocol
 from protocols.metrics import efficiency, fano_delivered_bits, snr_db, wilson_interval
 
@@ -359,8 +364,13 @@ def prepare(cfg: Config, run: Run) -> Plan:
 
 
 def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
-    """Tables, plots and the leak check of the finished rows."""
+    """Tables, plots and the leak check of the finished rows; the HTML report's headline, examples and bounds."""
     write_report(frame, run.dir, plots=cfg.plots)
+    if len(frame):
+        write_extras(frame, run.dir, checkpoint=run.checkpoint, protocol_dirs=plan.protocols or {},
+                     passage=plan.shared["passages"][0], sigmas=cfg.sigmas, channel=cfg.channels[0],
+                     channel_options={"erasure_p": cfg.erasure_p, "fading_block": cfg.fading_block,
+                                      "ofdm_speed": cfg.ofdm_speed, "ofdm_interpolation": cfg.ofdm_interpolation})
     # DESIGN.md section 3: delivered bits above capacity (beyond sampling error) mean a leak in a protocol
     for r in leaks(frame).itertuples():
         print(f"[run] WARNING: {r.protocol}/{r.receiver} {r.channel} n={r.channel_uses} sigma {r.sigma} succeeds "

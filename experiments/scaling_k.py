@@ -65,7 +65,10 @@ from experiments.common.sweep import (
     missing_trials,
     open_run_dir,
     print_outcome,
+    row_listener,
     run_finished,
+    start_run_tracking,
+    trial_logger,
     write_frame,
 )
 from experiments.common.tables import mean_interval
@@ -333,6 +336,7 @@ def main(cfg: Config) -> SweepResult:
     # absolute paths: a Tune trial runs in its own working directory
     shared = {"settings": asdict(replace(cfg, runs_dir=str(Path(cfg.runs_dir).expanduser().resolve()))),
               "run_dir": str(run_dir), "autoencoders": {}}
+    tracker = start_run_tracking(cfg, run_dir, run_name, "scaling-k", settings_hash=settings)
     failed: list[str] = []
     connected = started = False
     attempted: list[str] = []
@@ -351,8 +355,9 @@ def main(cfg: Config) -> SweepResult:
             if missing:
                 if not connected:
                     started, connected = connect_ray(cfg.address, cfg.num_cpus), True
-                failed += run_trials(_trial, missing, run_dir, trial_cpus=cfg.trial_cpus,
-                                     max_concurrent=cfg.max_concurrent, shared=shared)
+                with row_listener(trial_logger(tracker, grid)):
+                    failed += run_trials(_trial, missing, run_dir, trial_cpus=cfg.trial_cpus,
+                                         max_concurrent=cfg.max_concurrent, shared=shared)
             if phase == "autoencoders" and any(not (run_dir / "rows" / f"{s['key']}.json").is_file() for s in grid):
                 break  # a language model needs its autoencoder: rerun once they exist
     finally:
@@ -373,7 +378,7 @@ def main(cfg: Config) -> SweepResult:
         write_report(ae_frame, lm_frame, run_dir, plots=cfg.plots, ae_batch_size=cfg.ae_batch_size, speeds=speeds)
     rows = len(ae_frame) + len(lm_frame)
     ran = [k for k in attempted if (run_dir / "rows" / f"{k}.json").is_file()]
-    mark_finished(run_dir, rows == total)
+    mark_finished(run_dir, rows == total, grid=grids["autoencoders"] + grids["language models"])
     print_outcome(rows, total, run_dir, time.time() - t0, failed)
     return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=rows, total=total)
 

@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# sweeps in tests track nothing unless a test asks (tests/test_tracking.py does): one MLflow store per run directory
+# would cost every sweep test seconds
+os.environ.setdefault("LATENTCOMM_TRACKING", "none")
 # tiny models on a 2-core machine: one thread per process avoids oversubscription when Ray workers and the
 # driver run at once (two threads made one tiny training step 100x slower under load); Ray workers inherit it
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -136,7 +136,8 @@ def test_ray_two_workers_checkpoint_then_resume(tmp_path, monkeypatch, ray_sessi
     common = ["autoencoder", "--preset", "tiny", "--corpus", f"text:{corpus}", "--tokenizer", "bpe:300",
               "--out", str(out), "--workers", "2", "--gpu", "off", "--no-progress",
               "--hidden-size", "16", "--latent-dim", "8", "--intermediate-size", "32", "--batch-size", "16",
-              "--checkpoint-every", "2", "--val-every", "2", "--val-size", "64", "--warmup", "2"]
+              "--checkpoint-every", "2", "--val-every", "2", "--val-size", "64", "--warmup", "2",
+              "--tracking", "mlflow"]
     first = main(common + ["--steps", "4"])
     assert first.step == 4
     state = json.loads((newest_checkpoint(out / "ray") / "train_state.json").read_text())
@@ -152,6 +153,25 @@ def test_ray_two_workers_checkpoint_then_resume(tmp_path, monkeypatch, ray_sessi
     newest = read_safetensors(newest_checkpoint(out / "ray") / "model.safetensors")
     for k, v in model.state_dict().items():
         assert torch.equal(v, newest[k]), k
+    # MLflow, in the local store beside --out: one run (the refused call opened none), resumed by --resume, with the
+    # curve of every loss term that rank 0 logged as it trained, the settings and the exported files
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("calm.train-autoencoder").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert json.loads((out / "tracking.json").read_text())["run_id"] == run_id
+    for term in ("train_loss", "train_ce", "train_kl", "val_acc"):
+        assert [m.step for m in client.get_metric_history(run_id, term)] == [2, 4, 6], term
+    losses = {m.step: m.value for m in client.get_metric_history(run_id, "train_loss")}
+    assert losses == {h["step"]: pytest.approx(h["train_loss"]) for h in second.history}
+    params = runs[0].data.params
+    # MLflow parameters are immutable: the resumed run's new value is kept as a tag, never silently dropped
+    assert params["train.steps"] == "4" and runs[0].data.tags["changed.train.steps"] == "6"
+    assert params["model.latent_dim"] == "8" and params["corpus"] == f"text:{corpus}"
+    assert runs[0].data.tags["git_commit"] and runs[0].data.tags["version.torch"] == torch.__version__
+    assert {"config.json", "tokenizer.json", "train_state.json"} <= {a.path for a in client.list_artifacts(run_id)}
 
 
 def test_gradient_accumulation_averages_micro_batches():

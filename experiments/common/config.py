@@ -12,11 +12,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from calm.checks import check_numbers, in_range, merge_duplicates
+from calm.tracking import check_tracking
 
 __all__ = ["SweepConfig", "check_run_name", "hash_mode", "settings_hash", "unhashed"]
 
@@ -88,6 +90,11 @@ class SweepConfig:
     """write the PNG plots"""
     overwrite: bool = unhashed(False)
     """rewrite a finished run's results and reports from its rows (a finished run is otherwise left as it is)"""
+    tracking: Literal["mlflow", "wandb", "none"] = unhashed(os.environ.get("LATENTCOMM_TRACKING", "mlflow"))
+    """experiment tracker: mlflow (a local store, results_dir/mlflow.db, unless --tracking-uri), wandb (pip install
+    'latentcomm[wandb]') or none (default from LATENTCOMM_TRACKING, else mlflow)"""
+    tracking_uri: str = unhashed("")
+    """MLflow store or server (sqlite:///path/mlflow.db, http://host:5000); empty: results_dir/mlflow.db"""
 
     full: bool = unhashed(False)
     """the study's full grid (its FULL settings, each where it is still at its default): the larger run for a GPU
@@ -130,6 +137,7 @@ class SweepConfig:
             raise ValueError(f"max_trials must be >= 0 or none, got {self.max_trials}")
         if self.run_name is not None:
             check_run_name(self.run_name)
+        check_tracking(self.tracking, self.tracking_uri)
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ValueError(f"--num-cpus must be >= 1 or none (all cores), got {self.num_cpus}: with no CPU no trial "
                              "ever starts")

@@ -107,7 +107,8 @@ def ensure_checkpoint(cfg: SweepConfig, *, overrides: dict[str, Any] | None = No
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_pretrained(model, tmp, tok)
     (tmp / "train_info.json").write_text(json.dumps({**key, "seconds": seconds, "steps_done": model.trained_steps,
-                                                     "val_token_accuracy": accuracy},
+                                                     "val_token_accuracy": accuracy,
+                                                     "history": getattr(model, "history", [])},
                                                     indent=2) + "\n")
     tmp.replace(path)  # atomic: a half-written checkpoint is never picked up
     print(f"[ae] trained {model.trained_steps} steps in {seconds:.0f} s; held-out token accuracy {accuracy:.4f}"

@@ -11,29 +11,54 @@ counts as done. Every file is written atomically (``calm.files``).
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from calm.files import DamagedFileError, atomic_write_bytes, atomic_write_text, read_json
+from calm.tracking import git_commit
 from experiments.common.config import check_run_name, settings_hash
 
 __all__ = ["RUN_FILE", "claim_single_run", "collect_rows", "done_rows", "git_commit", "mark_finished", "run_facts",
-           "missing_trials", "open_run_dir", "run_finished", "write_frame"]
+           "missing_trials", "open_run_dir", "rerun_command", "run_finished", "study_facts", "write_frame"]
 
 
-def git_commit() -> str:
-    """The repository's commit (with -dirty), or unknown outside a git checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def rerun_command(cfg: Any, run_name: str) -> str:
+    """The command line that reruns (or resumes) this run: the study's module, ``--run-name`` and every setting away
+    from its default."""
+    import dataclasses
+    import shlex
+
+    parts = ["python", "-m", type(cfg).__module__, "--run-name", run_name]
+    for f in dataclasses.fields(cfg):
+        if f.name == "run_name" or not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        value = getattr(cfg, f.name)
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif value is None:
+            parts += [flag, "none"]
+        elif isinstance(value, (tuple, list)):
+            parts += [flag, *(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+        else:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(parts)
+
+
+def study_facts(cfg: Any, run_name: str) -> dict[str, str]:
+    """What a run's report says of its study: the module, the question it asks (the first paragraph of the study's
+    docstring) and the command that reruns it; kept in ``config.json``."""
+    import sys
+
+    module = sys.modules.get(type(cfg).__module__)
+    doc = (getattr(module, "__doc__", None) or "").strip()
+    return {"module": type(cfg).__module__, "question": " ".join(doc.split("\n\n")[0].split()),
+            "rerun": rerun_command(cfg, run_name)}
 
 
 RUN_FILE = "run.json"
@@ -104,10 +129,13 @@ def claim_single_run(cfg: Any, run_name: str, checkpoint_id: str | None, *, expe
     if run_finished(run_dir) and not cfg.overwrite:
         raise ValueError(f"{run_dir} holds a finished {experiment} run of these settings; --overwrite replaces it "
                          "(or pick another --run-name)")
-    mark_finished(run_dir, False)  # until every file of this run is written
+    mark_finished(run_dir, False, publish=False)  # until every file of this run is written
     atomic_write_text(run_dir / "config.json", json.dumps(
         {"experiment": experiment, "config": asdict(cfg), "settings_hash": settings, "checkpoint_id": checkpoint_id,
-         "git_commit": git_commit()}, indent=2) + "\n")
+         "git_commit": git_commit(), **study_facts(cfg, run_name)}, indent=2) + "\n")
+    from experiments.common.run_tracking import start_run_tracking
+
+    start_run_tracking(cfg, run_dir, run_name, experiment, checkpoint_id=checkpoint_id, settings_hash=settings)
     return run_dir
 
 
@@ -117,12 +145,29 @@ def run_finished(run_dir: Path) -> bool:
     return path.is_file() and bool(read_json(path, what="run record").get("finished"))
 
 
-def mark_finished(run_dir: Path, finished: bool = True) -> None:
-    """Record in ``run.json`` that the run has (or no longer has) every row and its reports."""
+def mark_finished(run_dir: Path, finished: bool = True, *, publish: bool = True, grid: list[dict] | None = None) -> None:
+    """Record in ``run.json`` that the run has (or no longer has) every row and its reports.
+
+    ``publish``: also write the run's ``report.html`` (``experiments.common.html_report``) and close its tracked run
+    (``experiments.common.run_tracking``: FINISHED, or KILLED for a run with rows missing), logging its files; the
+    ``grid`` names the parameters of trials not logged yet. Neither can fail the run: a failure is printed.
+    """
     path = Path(run_dir) / RUN_FILE
     record = read_json(path, what="run record")
     record["finished"] = finished
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    if publish:
+        from experiments.common.html_report import write_html_report
+        from experiments.common.run_tracking import close_tracking
+
+        try:
+            write_html_report(run_dir)
+        except Exception as exc:  # noqa: BLE001 - the rows, results and summary.md are written; say what is missing
+            import sys
+
+            print(f"[report] report.html could not be written ({type(exc).__name__}: {exc}); rebuild it with "
+                  f"python -m experiments.report {run_dir}", file=sys.stderr, flush=True)
+        close_tracking(run_dir, "FINISHED" if finished else "KILLED", grid=grid)
 
 
 def done_rows(run_dir: Path) -> set[str]:

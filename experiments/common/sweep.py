@@ -34,6 +34,7 @@ from calm.cli import parse_config
 from calm.files import DamagedFileError, atomic_write_text
 from experiments.common.config import SweepConfig, settings_hash, unhashed
 from experiments.common.models import checkpoint_id, ensure_checkpoint
+from experiments.common.run_tracking import close_tracking, log_models, start_run_tracking, trial_logger
 from experiments.common.rundir import (
     claim_single_run,
     collect_rows,
@@ -42,15 +43,16 @@ from experiments.common.rundir import (
     missing_trials,
     open_run_dir,
     run_finished,
+    study_facts,
     write_frame,
 )
-from experiments.common.trials import connect_ray, run_trials, run_with_agents, run_with_pool
+from experiments.common.trials import connect_ray, row_listener, run_trials, run_with_agents, run_with_pool
 
 # the run-directory helpers (experiments.common.rundir) are re-exported: studies import the engine from here
 __all__ = [
     "Plan", "Run", "Study", "SweepConfig", "SweepResult", "claim_single_run", "cli", "collect_rows", "git_commit",
-    "make_channel", "mark_finished", "missing_trials", "open_run_dir", "print_outcome", "run_finished", "run_sweep",
-    "settings_hash", "unhashed", "write_frame",
+    "make_channel", "mark_finished", "missing_trials", "open_run_dir", "print_outcome", "row_listener", "run_finished",
+    "run_sweep", "settings_hash", "start_run_tracking", "trial_logger", "unhashed", "write_frame",
 ]
 
 T = TypeVar("T")
@@ -204,23 +206,31 @@ def run_sweep(cfg: Any, study: Study) -> SweepResult:
     record = {"config": asdict(cfg), "settings_hash": settings, "git_commit": git_commit(),
               "checkpoint": None if checkpoint is None else str(checkpoint), "checkpoint_id": ckpt_id, **plan.record,
               "ray_version": ray.__version__, "torch_version": torch.__version__, "python": sys.version.split()[0],
-              "columns": study.columns}
+              "columns": study.columns, **study_facts(cfg, run_name)}
     atomic_write_text(run_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    tracker = start_run_tracking(cfg, run_dir, run_name, study.prefix, checkpoint_id=ckpt_id, settings_hash=settings)
+    log_models(tracker, {"autoencoder": checkpoint, "model": model, "lm": plan.lm_checkpoint,
+                         "token_lm": plan.token_lm_checkpoint})
 
-    if plan.pool is not None:
-        ran, failed = run_with_pool(cfg, plan.pool, run_name, plan.trial, missing, run_dir, plan.shared)
-    elif plan.protocols is not None:
-        ran, failed = run_with_agents(cfg, checkpoint, plan.protocols, run_name, plan.trial, missing, run_dir,
-                                      plan.shared, lm_checkpoint=plan.lm_checkpoint,
-                                      token_lm_checkpoint=plan.token_lm_checkpoint)
-    else:
-        ran, failed = _run_without_agents(cfg, plan, missing, run_dir)
+    try:
+        with row_listener(trial_logger(tracker, plan.grid)):  # each trial logged as its row is written
+            if plan.pool is not None:
+                ran, failed = run_with_pool(cfg, plan.pool, run_name, plan.trial, missing, run_dir, plan.shared)
+            elif plan.protocols is not None:
+                ran, failed = run_with_agents(cfg, checkpoint, plan.protocols, run_name, plan.trial, missing, run_dir,
+                                              plan.shared, lm_checkpoint=plan.lm_checkpoint,
+                                              token_lm_checkpoint=plan.token_lm_checkpoint)
+            else:
+                ran, failed = _run_without_agents(cfg, plan, missing, run_dir)
 
-    rows = collect_rows(plan.grid, run_dir, study.columns)
-    frame = rows if study.tabulate is None else study.tabulate(rows)
-    write_frame(frame, run_dir)
-    study.report(cfg, frame, run, plan)
-    mark_finished(run_dir, len(rows) == len(plan.grid))
+        rows = collect_rows(plan.grid, run_dir, study.columns)
+        frame = rows if study.tabulate is None else study.tabulate(rows)
+        write_frame(frame, run_dir)
+        study.report(cfg, frame, run, plan)
+    except BaseException as exc:  # the tracked run ends as the sweep did; the rows written so far are kept
+        close_tracking(run_dir, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", grid=plan.grid)
+        raise
+    mark_finished(run_dir, len(rows) == len(plan.grid), grid=plan.grid)
     print_outcome(len(rows), len(plan.grid), run_dir, time.time() - t0, failed)
     return SweepResult(run_dir=run_dir, ran=ran, failed=failed, rows=len(rows), total=len(plan.grid))
 

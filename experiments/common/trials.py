@@ -32,7 +32,8 @@ from agents.watch import AgentWatch, actors_in
 from calm.files import atomic_write_text
 from calm.ray_runtime import init_ray
 
-__all__ = ["NAMESPACE", "agent_pairs", "agent_pool", "connect_ray", "run_trials", "run_with_agents", "run_with_pool"]
+__all__ = ["NAMESPACE", "agent_pairs", "agent_pool", "connect_ray", "row_listener", "run_trials", "run_with_agents",
+           "run_with_pool"]
 
 NAMESPACE = "latentcomm"
 #: seconds an agent may wait for a place in the cluster (its node lost, no room on the others) before the sweep stops
@@ -42,6 +43,29 @@ AGENT_PLACEMENT_GRACE_S = float(os.environ.get("LATENTCOMM_AGENT_GRACE_S", "60")
 #: times one sweep places its agents anew after losing some (then the trials without a row are left for a rerun)
 MAX_AGENT_REPLACEMENTS = 3
 _INTERRUPTED = threading.Event()  # set when Tune ends a run on Ctrl-C (SIGINT): no further round then
+_ROW_LISTENERS: list[Callable[[str, dict], None]] = []  # told of each row as it is written (row_listener)
+
+
+@contextmanager
+def row_listener(listener: Callable[[str, dict], None]) -> Iterator[None]:
+    """Within the block, ``listener(key, row)`` is called in the driver for each trial row as it is written (the
+    experiment tracker logs the trial live). A listener that raises is reported once and dropped: tracking never
+    costs a row."""
+    _ROW_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _ROW_LISTENERS.remove(listener)
+
+
+def _tell_listeners(key: str, row: dict) -> None:
+    for listener in list(_ROW_LISTENERS):
+        try:
+            listener(key, row)
+        except Exception as exc:  # noqa: BLE001 - a tracker's failure must not stop the sweep
+            print(f"[track] logging trial {key} failed ({type(exc).__name__}: {exc}); the trials left are logged "
+                  "when the sweep ends", file=sys.stderr, flush=True)
+            _ROW_LISTENERS.remove(listener)
 
 
 def connect_ray(address: str, num_cpus: int | None) -> bool:
@@ -216,6 +240,7 @@ def _row_writer(rows_dir: Path, total: int):
                 return
             path = rows_dir / f"{result['key']}.json"
             atomic_write_text(path, result["row_json"] + "\n")  # a row is either complete or absent
+            _tell_listeners(result["key"], json.loads(result["row_json"]))
             if self.bar is not None:
                 self.bar.update(1)
 
