@@ -65,9 +65,9 @@ def train_autoencoder(
         NonFiniteLossError: the loss became NaN or inf.
     """
     defaults = {**TRAIN_PRESETS["tiny"], "warmup": min(TRAIN_PRESETS["tiny"]["warmup"], max(1, steps // 10))}
-    # validation (fixed seed, no effect on the weights) up to 20 times, at most every 100 steps: the training curve
+    # validation (fixed seed, no effect on the weights) up to 10 times, at most every 100 steps: the training curve
     # the tracker logs
-    cfg = TrainConfig(**{**defaults, "steps": steps, "seed": seed, "val_every": max(steps // 20, min(steps, 100)),
+    cfg = TrainConfig(**{**defaults, "steps": steps, "seed": seed, "val_every": max(steps // 10, min(steps, 100)),
                          "checkpoint_every": steps, **train_overrides})
     result = train_local(AutoencoderTask(config), train_ids, cfg, val_ids=val_ids, progress=progress)
     if result.stopped:

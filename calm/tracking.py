@@ -156,7 +156,7 @@ class NullTracker:
         """Nothing."""
 
     def child(self, name: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
-              key: str | None = None) -> NullTracker:
+              key: str | None = None, metrics: Mapping[str, Any] | None = None, finished: bool = False) -> NullTracker:
         """Itself."""
         return self
 
@@ -223,14 +223,25 @@ class Tracker(NullTracker):
                 self.client.log_artifact(self.run_id, str(path))
 
     def child(self, name: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
-              key: str | None = None) -> Tracker:
-        """A nested run under this one (an MLflow child run), with ``key`` as its ``child_key`` tag."""
+              key: str | None = None, metrics: Mapping[str, Any] | None = None, finished: bool = False) -> Tracker:
+        """A nested run under this one (an MLflow child run), with ``key`` as its ``child_key`` tag; ``metrics``
+        and ``finished``: a child logged whole at once (a sweep trial: one insert, one batch, one status)."""
+        import time
+
+        from mlflow.entities import Metric, Param
+
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": self.run_id, **({"child_key": key} if key else {}),
                                            **{k: str(v) for k, v in (tags or {}).items() if v is not None}})
         child = Tracker(self.client, run.info.run_id, self.experiment_id, self.uri)
-        if params:
-            child.log_params(params)
+        now = int(time.time() * 1000)
+        # a new run holds no parameters yet: no read before the write (log_params would make one)
+        batch_params = [Param(k, v) for k, v in flatten_params(params or {}).items()]
+        batch_metrics = [Metric(k, v, now, 0) for k, v in _numbers(metrics or {}).items()]
+        for i in range(0, max(len(batch_params), len(batch_metrics)), 100):
+            self.client.log_batch(child.run_id, params=batch_params[i : i + 100], metrics=batch_metrics[i : i + 100])
+        if finished:
+            child.finish()
         return child
 
     def children(self) -> set[str]:
@@ -285,11 +296,13 @@ class WandbTracker(NullTracker):
         self.run.log_artifact(artifact)
 
     def child(self, name: str, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
-              key: str | None = None) -> WandbTracker:
+              key: str | None = None, metrics: Mapping[str, Any] | None = None, finished: bool = False) -> WandbTracker:
         """The same run, its entries under ``<name>/``."""
         child = WandbTracker(self.run, prefix=f"{self.prefix}{name}/")
         if params:
             child.log_params(params)
+        if metrics:
+            child.log_metrics(metrics)
         return child
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -67,6 +67,7 @@ from typing import Any, ClassVar, Literal
 
 from environments.ofdm import OFDM_CHANNELS
 from experiments.common.config import SweepConfig, unhashed
+from experiments.common.html_report import write_report_extras
 from experiments.common.links import LM_JSCC_PROTOCOLS, PRIOR_PROTOCOLS, fit_protocols
 from experiments.common.models import ensure_calm, ensure_token_lm
 from experiments.common.rate_oracle import (
@@ -76,7 +77,8 @@ from experiments.common.rate_oracle import (
     validation_passages,
 )
 from experiments.common.sweep import Plan, Run, Study, SweepResult, cli, run_sweep
-from experiments.reconstruction_report import console_summary, examples, write_report
+from experiments.common.tables import snr_db_header
+from experiments.reconstruction_report import LINES, console_summary, examples, pooled, write_report
 from experiments.reconstruction_trials import COLUMNS, METRICS, _play, _trial, pick_rate, play_trial  # noqa: F401
 
 __all__ = ["COLUMNS", "STUDY", "Config", "SweepResult", "cached_pick", "fit_protocols", "main", "oracle_key",
@@ -280,9 +282,41 @@ def prepare(cfg: Config, run: Run) -> Plan:
 
 
 def report(cfg: Config, frame, run: Run, plan: Plan) -> None:
-    """summary.md (with decoded examples), the plots, and the console summary."""
+    """summary.md (with decoded examples), the plots, the HTML report's parts, and the console summary."""
     write_report(frame, run.dir, examples=examples(frame) if len(frame) else None, plots=cfg.plots)
+    if len(frame):
+        _report_extras(frame, run)
     print(console_summary(frame), flush=True)
+
+
+def _report_extras(frame, run: Run) -> None:
+    """The HTML report's headline (token accuracy with its 95% interval at the lowest, middle and highest finite
+    Es/N0 of the grid, per protocol, channel and rho), decoded examples and the reference lines."""
+    import numpy as np
+    import pandas as pd
+
+    table = pooled(frame)
+    table = table[np.isfinite(table["snr_db"])]
+    snrs = sorted(table["snr_db"].unique())
+    picked = [snrs[i] for i in sorted({0, len(snrs) // 2, len(snrs) - 1})] if snrs else []
+    lines = []
+    for (protocol, channel, rho, n), g in table.groupby(["protocol", "channel", "rho", "channel_uses"], sort=False):
+        row = {"protocol": protocol, "channel": channel, "rho": float(rho), "n": int(n)}
+        for snr in picked:
+            p = g[g["snr_db"] == snr]
+            if len(p):
+                row.update({f"acc {snr:.1f} dB": p["token_accuracy"].iloc[0], f"low {snr:.1f}": p["token_accuracy_low"].iloc[0],
+                            f"high {snr:.1f}": p["token_accuracy_high"].iloc[0]})
+        lines.append(row)
+    sent = examples(frame)
+    shown = pd.DataFrame([{"protocol": e["protocol"], "channel": e["channel"], "Es/N0 (dB)": snr_db_header(e["sigma"]),
+                           "text out": e["text"]} for e in sent[1:]])
+    write_report_extras(run.dir, headline=pd.DataFrame(lines), examples=shown,
+                        bounds=[f"*{name}*: {what}" for name, what in LINES.values()],
+                        headline_note="Token accuracy pooled over seeds (episode-weighted) with its 95% interval "
+                                      "(low, high), at the grid's lowest, middle and highest finite Es/N0.",
+                        examples_note=f"One held-out passage, {sent[0]['text']!r}, as each protocol delivers it."
+                        if sent else "")
 
 
 STUDY = Study(prefix="reconstruction", columns=COLUMNS, prepare=prepare, report=report)

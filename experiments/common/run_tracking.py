@@ -103,10 +103,8 @@ def trial_logger(tracker: NullTracker, grid: list[dict]) -> Callable[[str, dict]
     specs = {spec["key"]: spec for spec in grid}
 
     def log(key: str, row: dict) -> None:
-        child = tracker.child(key, params={k: v for k, v in specs.get(key, {}).items() if k != "key"},
-                              key=f"trial:{key}")
-        child.log_metrics(row)
-        child.finish()
+        tracker.child(key, params={k: v for k, v in specs.get(key, {}).items() if k != "key"}, key=f"trial:{key}",
+                      metrics=row, finished=True)
 
     return log
 
