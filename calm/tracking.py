@@ -31,6 +31,9 @@ __all__ = ["TRACKERS", "NullTracker", "Tracker", "check_tracking", "default_stor
 # MLflow 3 sends usage telemetry unless told not to; a run on a closed network must not try
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# a server that stops answering costs a run seconds, not MLflow's default minutes of retries
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 TRACKERS = ("mlflow", "wandb", "none")
 """the values of ``--tracking``"""
@@ -92,6 +95,23 @@ def check_tracking(tracking: str, uri: str) -> None:
         if scheme == "file":
             raise ValueError(f"--tracking-uri {uri!r}: MLflow 3 no longer writes file stores; use "
                              "sqlite:///<dir>/mlflow.db (the default under the results directory)")
+        if scheme in ("http", "https"):
+            _check_server(uri)
+
+
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    """An MLflow server answers ``/health`` at ``uri``, or the run stops before it starts."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise OSError(f"HTTP {response.status}")
+    except (OSError, urllib.error.URLError) as exc:
+        raise ValueError(f"--tracking-uri {uri!r}: no MLflow server answers there ({exc}); start one "
+                         "(mlflow server --backend-store-uri ...), or leave --tracking-uri empty for the local "
+                         "store") from None
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -358,7 +358,9 @@ def prepare(cfg: Config, run: Run) -> Plan:
                          f"{len(cfg.snrs_db)} SNRs x {len(cfg.seeds)} seeds x {len(cfg.splits)} splits, "
                          f"{pairs} learned pairs",
                 record={"feature_dims": {f: int(features[f]["train"].shape[1]) for f in features},
-                        "learned_pairs": pairs, "unseen_passages": len(unseen)})
+                        "learned_pairs": pairs, "unseen_passages": len(unseen)},
+                models=lambda frame: {f"pair {p}": Path(settings["pairs_dir"]) / p for p in frame["pair"].unique()
+                                      if (Path(settings["pairs_dir"]) / p).is_dir()})
 
 
 def _examples(cfg: Config, frame, run: Run, plan: Plan) -> str:

@@ -179,7 +179,10 @@ def prepare(cfg: Config, run: Run) -> Plan:
                 shared={"settings": settings, "data": {"train": banks[0], "test": banks[1]}},
                 describe=f"{len(cfg.protocols)} protocols x {len(cfg.sizes)} sizes x {len(cfg.seeds)} seeds x "
                          f"{len(cfg.snrs_db)} SNRs x {len(cfg.pairings)} pairings, {pops} populations",
-                record={"feature_dim": int(banks[0].shape[1]), "populations": pops})
+                record={"feature_dim": int(banks[0].shape[1]), "populations": pops},
+                models=lambda frame: {f"population {p}": Path(settings["pairs_dir"]) / p for p in
+                                      set(frame["population_a"]) | set(frame["population_b"])
+                                      if (Path(settings["pairs_dir"]) / p).is_dir()})
 
 
 def report(cfg: Config, frame, run: Run, plan: Plan) -> None:

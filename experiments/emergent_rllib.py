@@ -34,15 +34,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
 from pettingzoo.utils.wrappers import BaseParallelWrapper
 
+from calm.tracking import check_tracking, open_tracker
 from environments.channels import AWGN
 from environments.referential import LISTENER, SPEAKER, ReferentialEnv
 
@@ -95,8 +97,14 @@ class Config:
     address"""
     out_dir: str = "results/emergent_rllib"
     """where the CLI writes curve.csv, curve.png and config.json"""
+    tracking: Literal["mlflow", "wandb", "none"] = os.environ.get("LATENTCOMM_TRACKING", "mlflow")  # type: ignore[assignment]
+    """experiment tracker of the CLI run (calm.tracking): mlflow (the local store beside out_dir unless
+    --tracking-uri), wandb or none"""
+    tracking_uri: str = ""
+    """MLflow store or server; empty: sqlite:///<folder above out_dir>/mlflow.db"""
 
     def __post_init__(self) -> None:
+        check_tracking(self.tracking, self.tracking_uri)
         for name in ("passages", "passage_length", "vocab_size", "bits", "iterations", "episodes_per_iteration",
                      "minibatch_size", "epochs", "hidden", "envs_per_runner"):
             value = getattr(self, name)
@@ -290,8 +298,18 @@ def main(cfg: Config) -> list[dict[str, Any]]:
     print(f"games per iteration {cfg.episodes_per_iteration} ({2 * cfg.episodes_per_iteration} env steps), "
           f"passages {cfg.passages} of {cfg.passage_length} ids over {cfg.vocab_size}, {cfg.bits} bits per message, "
           f"chance {1 / cfg.candidates:.3f}", flush=True)
-    curve = train_ppo(cfg)
-    write_curve(curve, cfg, Path(cfg.out_dir))
+    out = Path(cfg.out_dir).resolve()
+    tracker = open_tracker(cfg.tracking, cfg.tracking_uri, out.parent, experiment="emergent-rllib", run_name=out.name,
+                           params=asdict(cfg))
+    try:
+        curve = train_ppo(cfg)
+    except BaseException as exc:
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    write_curve(curve, cfg, out)
+    tracker.log_history([{**r, "step": r["iteration"]} for r in curve])  # the learning curve, by iteration
+    tracker.log_artifacts(out)
+    tracker.finish()
     print(f"wrote {cfg.out_dir}/curve.csv, curve.png", flush=True)
     return curve
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
-from experiments.emergent_rllib import Config, make_env, train_ppo
+from experiments.emergent_rllib import Config, make_env
 
 pytestmark = pytest.mark.ray  # train_ppo builds an RLlib algorithm on the shared Ray (tests/conftest.py)
 
@@ -43,10 +43,22 @@ def test_bad_configs_are_refused():
 
 
 @pytest.mark.slow
-def test_ppo_learns_to_communicate_above_chance():
-    cfg = Config(iterations=20, seed=0)
-    curve = train_ppo(cfg, progress=False)
+def test_ppo_learns_to_communicate_above_chance(tmp_path):
+    """Through the CLI's main: the curve also reaches MLflow (the local store beside out_dir), a point per
+    iteration."""
+    from mlflow.tracking import MlflowClient
+
+    from experiments.emergent_rllib import main
+
+    cfg = Config(iterations=20, seed=0, out_dir=str(tmp_path / "rllib"), tracking="mlflow")
+    curve = main(cfg)
     assert [row["iteration"] for row in curve] == list(range(1, 21))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("emergent-rllib").experiment_id])[0]
+    logged = client.get_metric_history(run.info.run_id, "success")
+    assert run.info.status == "FINISHED" and [m.step for m in logged] == list(range(1, 21))
+    assert [m.value for m in logged] == pytest.approx([row["success"] for row in curve])
+    assert {"curve.csv", "curve.png", "config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert all(b["env_steps"] > a["env_steps"] for a, b in zip(curve, curve[1:]))
     first, last = curve[0]["success"], np.mean([row["success"] for row in curve[-3:]])
     # the listener sees shuffled candidates: without a message it is at chance (1/2; 256 games a point, sd 0.03)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -112,7 +113,7 @@ def test_tiny_study_runs_writes_its_outputs_and_resumes(ray_session, tmp_path_fa
                  passage_length=8, channel_uses=(24,), candidates=(4,), snrs_db=(0.0, 10.0), reference_snr_db=10.0,
                  train_candidates=4, steps=40, batch_size=32, hidden_size=32, episodes=64, eval_batch=32,
                  analysis_games=32, interventions=4, num_passages=128, fit_passages=256, pool_size=16,
-                 hard_distractors=True, **MICRO)
+                 hard_distractors=True, tracking="mlflow", **MICRO)
     first = main(cfg)
     # 6 protocols x 2 SNRs x 2 splits, and the mismatch pair (trained at 0 dB) at both SNRs
     assert first.rows == first.total == 26 and not first.failed
@@ -141,6 +142,21 @@ def test_tiny_study_runs_writes_its_outputs_and_resumes(ray_session, tmp_path_fa
     pairs = sorted(p.name for p in (tmp_path_factory.getbasetemp() / "latentcomm-runs").glob("emergent-*")
                    if p.is_dir())
     assert len(pairs) == 5
+    # each learned pair reached MLflow as a model of the run, with its training curve (trained inside the trials)
+    from mlflow.tracking import MlflowClient
+
+    record = json.loads((run_dir / "tracking.json").read_text())
+    client = MlflowClient(record["uri"])
+    parent = client.get_run(record["run_id"])
+    models = [r for r in client.search_runs([parent.info.experiment_id],
+                                            f"tags.mlflow.parentRunId = '{record['run_id']}'")
+              if r.data.tags["child_key"].startswith("model:") and r.data.tags["role"].startswith("pair ")]
+    assert sorted(r.data.tags["role"][5:] for r in models) == pairs
+    history = json.loads((tmp_path_factory.getbasetemp() / "latentcomm-runs" / pairs[0] / "config.json").read_text())
+    logged = next(r for r in models if r.data.tags["role"] == f"pair {pairs[0]}")
+    curve = client.get_metric_history(logged.info.run_id, "success")
+    assert [(m.step, m.value) for m in curve] == [(h["step"], pytest.approx(h["success"])) for h in history["history"]]
+    assert curve[-1].step == 40 and "loss" in logged.data.metrics
     before = (run_dir / "results.csv").read_bytes()
     second = main(dataclasses.replace(cfg))
     assert second.ran == [] and second.rows == 26

@@ -370,7 +370,7 @@ def test_a_real_comparison_is_marked_finished_then_kept_unless_overwrite(tmp_pat
     assert record["experiment"] == "sae" and record["finished"] is True and "ae@" in record["checkpoint_id"]
     assert read_json(run_dir / "config.json")["settings_hash"] == record["settings_hash"]
     assert {p.name for p in run_dir.iterdir()} == {"run.json", "config.json", "sae.csv", "analysis.json",
-                                                   "summary.md", "saes"}  # no temporary file, no empty rows/
+                                                   "summary.md", "saes", "report.html"}  # no temporary file, no rows/
     files = sorted(p for p in run_dir.rglob("*") if p.is_file())
     before = {p: p.read_bytes() for p in files}
     written = {p: p.stat().st_mtime_ns for p in files if p.name != "run.json"}  # open_run_dir rewrites it, the same

@@ -243,3 +243,64 @@ def test_compare_lays_runs_side_by_side_with_the_settings_that_differ(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "experiments.compare", str(a), str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not a run directory" in bad.stderr
+
+
+def test_an_mlflow_server_is_reached_when_named_and_refused_when_silent(tmp_path):
+    """The one test that starts a server (nothing else does): a run logged through --tracking-uri http://... lands
+    in the server's store; a URI where no server answers is refused before anything starts."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+                               str(tmp_path / "server-artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "the MLflow server did not start"
+                time.sleep(0.5)
+        check_tracking("mlflow", uri)
+        tracker = open_tracker("mlflow", uri, tmp_path / "results", experiment="served", run_name="r",
+                               params={"sigma": 0.5})
+        tracker.log_metrics({"success": 0.75}, step=3)
+        tracker.finish()
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient(f"sqlite:///{tmp_path}/server.db").get_run(tracker.run_id)  # the server's own store
+        assert run.data.params == {"sigma": "0.5"} and run.data.metrics == {"success": 0.75}
+        assert not (tmp_path / "results" / "mlflow.db").exists()  # nothing in the local store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with pytest.raises(ValueError, match="no MLflow server answers there"):
+        check_tracking("mlflow", uri)
+
+
+def test_wandb_offline_takes_the_same_calls(tmp_path, monkeypatch):
+    """--tracking wandb (the optional extra; in the dev extra so CI runs this) in W&B's offline mode: the run's
+    settings, curve, a trial and the files land in the local offline run, and it finishes cleanly."""
+    pytest.importorskip("wandb", reason="pip install 'latentcomm[wandb]'")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tracker = open_tracker("wandb", "", tmp_path, experiment="latentcomm-test", run_name="r",
+                           params={"sigma": {"low": 0.25}}, tags={"corpus": "kjv"})
+    tracker.log_history([{"step": 1, "train_xy": 2.0}, {"step": 2, "train_xy": 1.0}])
+    tracker.child("trial-0", params={"protocol": "vector"}, metrics={"success": 0.9}, finished=True)
+    (tmp_path / "summary.md").write_text("# run\n")
+    tracker.log_artifacts(tmp_path)
+    tracker.finish()
+    [log] = list((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+    data = log.read_bytes()
+    for name in (b"train_xy", b"trial-0/success", b"trial-0/protocol", b"sigma.low", b"tag.corpus", b"summary.md"):
+        assert name in data, name
+    assert "exitcode: 0" in (tmp_path / "wandb" / "debug.log").read_text()

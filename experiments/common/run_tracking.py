@@ -73,8 +73,9 @@ def reopen_tracker(run_dir: Path) -> NullTracker:
 
 def log_models(tracker: NullTracker, models: dict[str, Path | str | None]) -> None:
     """One child run per model checkpoint the run uses (``role -> directory``; None skipped), not yet logged: its
-    training settings (``train_info.json``) as parameters and its training curve as metrics by step; the parent is
-    tagged ``checkpoint.<role>`` with the checkpoint id."""
+    training settings (``train_info.json``) as parameters and its training curve (``train_info.json``'s history, or
+    ``config.json``'s for the learned pairs) as metrics by step; the parent is tagged ``checkpoint.<role>`` with the
+    checkpoint id."""
     if type(tracker) is NullTracker:
         return
     from experiments.common.models import checkpoint_id
@@ -87,13 +88,15 @@ def log_models(tracker: NullTracker, models: dict[str, Path | str | None]) -> No
         tracker.set_tags({f"checkpoint.{role}": cid})
         if f"model:{cid}" in logged:
             continue
-        info_path = Path(path) / "train_info.json"
+        info_path, config_path = Path(path) / "train_info.json", Path(path) / "config.json"
         info = read_json(info_path, what="training record") if info_path.exists() else {}
-        history = info.pop("history", []) if isinstance(info, dict) else []
+        history = info.pop("history", None) if isinstance(info, dict) else None
+        if history is None and config_path.exists():  # learned pairs and populations keep theirs in config.json
+            history = read_json(config_path, what="model config").get("history")
         child = tracker.child(f"{role} {cid}", params=info, tags={"role": role, "checkpoint_id": cid,
                                                                    "checkpoint": str(Path(path).resolve())},
                               key=f"model:{cid}")
-        child.log_history(history)
+        child.log_history(history or [])
         child.finish()
 
 

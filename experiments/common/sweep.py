@@ -136,6 +136,9 @@ class Plan:
     """the CALM language model every agent of the pairs loads too"""
     token_lm_checkpoint: str | Path | None = None
     """the token baseline every agent of the pairs loads too"""
+    models: Callable[[Any], dict[str, Path]] | None = None
+    """``models(frame)``: the models the trials trained (role -> checkpoint directory), from the finished rows; the
+    tracker logs each with its training curve when the sweep ends (``run_tracking.log_models``)"""
 
 
 @dataclass
@@ -227,6 +230,8 @@ def run_sweep(cfg: Any, study: Study) -> SweepResult:
         frame = rows if study.tabulate is None else study.tabulate(rows)
         write_frame(frame, run_dir)
         study.report(cfg, frame, run, plan)
+        if plan.models is not None and len(frame):
+            log_models(tracker, plan.models(frame))
     except BaseException as exc:  # the tracked run ends as the sweep did; the rows written so far are kept
         close_tracking(run_dir, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", grid=plan.grid)
         raise
