@@ -30,6 +30,7 @@ from calm.checkpoint import load_pretrained
 from calm.checks import check_numbers, in_range, merge_duplicates, positive_ints
 from calm.corpus import load_split
 from calm.files import atomic_write_text
+from calm.tracking import check_tracking
 from experiments.analyze_vectors_report import (
     interpolation_table,
     neighbour_table,
@@ -37,7 +38,7 @@ from experiments.analyze_vectors_report import (
     plot_manifold,
     write_summary,
 )
-from experiments.common.config import SweepConfig, check_run_name, unhashed
+from experiments.common.config import SweepConfig, TrackerName, check_run_name, default_tracking, unhashed
 from experiments.common.models import K_AUTOENCODER, checkpoint_id, ensure_k_autoencoder
 from experiments.common.probes import (
     TOKEN_CLASSES,
@@ -95,9 +96,15 @@ class Config:
     """write the PNG plots"""
     overwrite: bool = unhashed(False)
     """replace a finished analysis of these settings in the run directory (a finished one is otherwise refused)"""
+    tracking: TrackerName = default_tracking()
+    """experiment tracker (calm.tracking): mlflow (results_dir/mlflow.db unless --tracking-uri), wandb or none
+    (default from LATENTCOMM_TRACKING, else mlflow)"""
+    tracking_uri: str = unhashed("")
+    """MLflow store or server (sqlite:///path/mlflow.db, http://host:5000); empty: results_dir/mlflow.db"""
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        check_tracking(self.tracking, self.tracking_uri)
         merge_duplicates(self, "probe_cs", "noise_sigmas")
         positive_ints(self, "k")
         positive_ints(self, "max_chunks", minimum=100)  # fewer leave the probes' held-out documents nearly empty

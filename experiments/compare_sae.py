@@ -40,7 +40,8 @@ from calm.sae import (
     save_sae,
     train_sae,
 )
-from experiments.common.config import check_run_name, unhashed
+from calm.tracking import check_tracking
+from experiments.common.config import TrackerName, check_run_name, default_tracking, unhashed
 from experiments.common.models import checkpoint_id, ensure_k2_models
 from experiments.common.probes import ChunkSet, chunk_set, token_classes
 from experiments.common.sweep import claim_single_run, cli, mark_finished
@@ -119,9 +120,15 @@ class Config:
     """write the PNG plots"""
     overwrite: bool = unhashed(False)
     """replace a finished comparison of these settings in the run directory (a finished one is otherwise refused)"""
+    tracking: TrackerName = default_tracking()
+    """experiment tracker (calm.tracking): mlflow (results_dir/mlflow.db unless --tracking-uri), wandb or none
+    (default from LATENTCOMM_TRACKING, else mlflow)"""
+    tracking_uri: str = unhashed("")
+    """MLflow store or server (sqlite:///path/mlflow.db, http://host:5000); empty: results_dir/mlflow.db"""
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        check_tracking(self.tracking, self.tracking_uri)
         merge_duplicates(self, "sources", "expansions", "ks", "sae")
         positive_ints(self, "steps", "batch_size", "train_chunks", "test_chunks", "top_n", "expansions", "ks")
         positive_ints(self, "window", "max_classes", minimum=2)

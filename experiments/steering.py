@@ -46,7 +46,8 @@ from calm.checks import check_numbers, in_range, merge_duplicates, positive_ints
 from calm.corpus import load_split
 from calm.energy_transformer import ON_MANIFOLD_TOL
 from calm.files import atomic_write_text
-from experiments.common.config import check_run_name, unhashed
+from calm.tracking import check_tracking
+from experiments.common.config import TrackerName, check_run_name, default_tracking, unhashed
 from experiments.common.models import checkpoint_id, ensure_k2_models
 from experiments.common.sweep import claim_single_run, cli, mark_finished
 from experiments.common.tables import mean_interval
@@ -128,9 +129,15 @@ class Config:
     """write the PNG plots"""
     overwrite: bool = unhashed(False)
     """replace a finished run of these settings in the run directory (a finished run is otherwise refused)"""
+    tracking: TrackerName = default_tracking()
+    """experiment tracker (calm.tracking): mlflow (results_dir/mlflow.db unless --tracking-uri), wandb or none
+    (default from LATENTCOMM_TRACKING, else mlflow)"""
+    tracking_uri: str = unhashed("")
+    """MLflow store or server (sqlite:///path/mlflow.db, http://host:5000); empty: results_dir/mlflow.db"""
 
     def __post_init__(self) -> None:
         check_numbers(self)
+        check_tracking(self.tracking, self.tracking_uri)
         merge_duplicates(self, "attributes", "methods", "alphas", "example_alphas")
         positive_ints(self, "prompts", "tokens", "direction_windows", "judge_windows", "probe_rows", "bias_tokens")
         positive_ints(self, "layer", "seed", minimum=0)

@@ -363,14 +363,21 @@ def test_a_real_comparison_is_marked_finished_then_kept_unless_overwrite(tmp_pat
 
     small = dict(checkpoint=str(tiny / "ae"), lm_checkpoint=str(tiny / "lm"), results_dir=str(tmp_path),
                  run_name="s", train_chunks=300, test_chunks=200, window=8, expansions=(2,), ks=(2,), steps=10,
-                 max_classes=8, top_n=5, control=False, plots=False)
+                 max_classes=8, top_n=5, control=False, plots=False, tracking="mlflow")
     main(Config(**small))
     run_dir = tmp_path / "s"
     record = read_json(run_dir / "run.json")
     assert record["experiment"] == "sae" and record["finished"] is True and "ae@" in record["checkpoint_id"]
     assert read_json(run_dir / "config.json")["settings_hash"] == record["settings_hash"]
     assert {p.name for p in run_dir.iterdir()} == {"run.json", "config.json", "sae.csv", "analysis.json",
-                                                   "summary.md", "saes", "report.html"}  # no temporary file, no rows/
+                                                   "summary.md", "saes", "report.html", "tracking.json"}  # no tmp file
+    # a single-job study is tracked too: its MLflow run finished with its files, report.html among them
+    from mlflow.tracking import MlflowClient
+
+    tracked = read_json(run_dir / "tracking.json")
+    client = MlflowClient(tracked["uri"])
+    assert client.get_run(tracked["run_id"]).info.status == "FINISHED"
+    assert {"report.html", "summary.md", "sae.csv"} <= {a.path for a in client.list_artifacts(tracked["run_id"])}
     files = sorted(p for p in run_dir.rglob("*") if p.is_file())
     before = {p: p.read_bytes() for p in files}
     written = {p: p.stat().st_mtime_ns for p in files if p.name != "run.json"}  # open_run_dir rewrites it, the same

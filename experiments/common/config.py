@@ -20,11 +20,19 @@ from typing import Any, ClassVar, Literal
 from calm.checks import check_numbers, in_range, merge_duplicates
 from calm.tracking import check_tracking
 
-__all__ = ["SweepConfig", "check_run_name", "hash_mode", "settings_hash", "unhashed"]
+__all__ = ["SweepConfig", "TrackerName", "check_run_name", "default_tracking", "hash_mode", "settings_hash", "unhashed"]
+
+TrackerName = Literal["mlflow", "wandb", "none"]
+"""the values of --tracking (``calm.tracking.TRACKERS``)"""
 
 # field metadata key: False (never in the run hash), "if_changed" (in it only when set away from its default,
 # so that runs made before the field existed keep their hash); absent: in the hash
 HASH = "latentcomm_hash"
+
+
+def default_tracking() -> Any:
+    """The ``tracking`` field of a study's Config: unhashed, defaulting to ``LATENTCOMM_TRACKING`` or mlflow."""
+    return unhashed(os.environ.get("LATENTCOMM_TRACKING", "mlflow"))
 
 
 def unhashed(default: Any = dataclasses.MISSING, *, if_changed: bool = False) -> Any:
@@ -90,7 +98,7 @@ class SweepConfig:
     """write the PNG plots"""
     overwrite: bool = unhashed(False)
     """rewrite a finished run's results and reports from its rows (a finished run is otherwise left as it is)"""
-    tracking: Literal["mlflow", "wandb", "none"] = unhashed(os.environ.get("LATENTCOMM_TRACKING", "mlflow"))
+    tracking: TrackerName = default_tracking()
     """experiment tracker: mlflow (a local store, results_dir/mlflow.db, unless --tracking-uri), wandb (pip install
     'latentcomm[wandb]') or none (default from LATENTCOMM_TRACKING, else mlflow)"""
     tracking_uri: str = unhashed("")
