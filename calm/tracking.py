@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 __all__ = ["TRACKERS", "NullTracker", "Tracker", "check_tracking", "default_store", "flatten_params", "git_commit",
-           "open_tracker", "provenance_tags", "reopen_run", "resolve_uri"]
+           "open_recorded", "open_tracker", "provenance_tags", "reopen_run", "resolve_uri"]
 
 # MLflow 3 sends usage telemetry unless told not to; a run on a closed network must not try
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -391,3 +391,32 @@ def reopen_run(uri: str, run_id: str) -> Tracker:
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
     return Tracker(client, run.info.run_id, run.info.experiment_id, uri)
+
+
+def open_recorded(record: str | os.PathLike, tracking: str, uri: str, root: str | os.PathLike, *, experiment: str,
+                  run_name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                  resume: bool = True, label: str = "track") -> NullTracker:
+    """``open_tracker``, resuming the run the JSON file ``record`` names (a run directory's or a training run's
+    ``tracking.json``) when ``resume`` and it was logged with the same tracker to the same store; ``record`` then names
+    this run. Prints how to open an MLflow run, as ``[label] ...``.
+
+    Raises:
+        DamagedFileError: ``record`` exists but cannot be read.
+    """
+    from calm.files import atomic_write_text, read_json
+
+    record = Path(record)
+    store = resolve_uri(uri, root) if tracking == "mlflow" else uri
+    before = read_json(record, what="tracking record") if record.exists() else {}
+    resume_id = before.get("run_id") if resume and before.get("tracking") == tracking and before.get("uri") == store \
+        else None
+    tracker = open_tracker(tracking, uri, root, experiment=experiment, run_name=run_name, params=params, tags=tags,
+                           resume_id=resume_id)
+    import json
+
+    atomic_write_text(record, json.dumps({"tracking": tracking, "uri": store, "run_id": tracker.run_id,
+                                          "experiment": experiment}, indent=2) + "\n")
+    if tracking == "mlflow":
+        print(f"[{label}] MLflow run {tracker.run_id} in {store} (open it: mlflow ui --backend-store-uri {store})",
+              flush=True)
+    return tracker

@@ -50,7 +50,7 @@ from calm.loop import (
     train_local,
 )
 from calm.tasks import TASKS, TRAIN_PRESETS, train_autoencoder
-from calm.tracking import TRACKERS, check_tracking, open_tracker, provenance_tags
+from calm.tracking import TRACKERS, check_tracking, open_recorded, provenance_tags
 from calm.train_ray import check_out, train_with_ray
 
 __all__ = [
@@ -214,19 +214,12 @@ def _open_tracker(args: argparse.Namespace, model_cfg, train_cfg: TrainConfig, n
     recorded in ``<out>/tracking.json`` so that ``--resume`` logs into the same run."""
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    record_path = out / "tracking.json"
-    before = read_json(record_path, what="tracking record") if record_path.exists() else {}
-    resume = before.get("run_id") if args.resume and before.get("tracking") == args.tracking else None
     params = {"task": args.task, "preset": args.preset, "corpus": args.corpus, "tokenizer": args.tokenizer,
               "workers": args.workers, "params": n_params, "model": model_cfg.to_dict(), "train": asdict(train_cfg)}
     tags = provenance_tags(out=str(out), corpus=args.corpus, tokenizer=args.tokenizer, autoencoder=getattr(args, "ae", None))
-    tracker = open_tracker(args.tracking, args.tracking_uri, out.parent, experiment=f"calm.train-{args.task}",
-                           run_name=out.name, params=params, tags=tags, resume_id=resume)
-    record_path.write_text(json.dumps({"tracking": args.tracking, "uri": tracker.uri, "run_id": tracker.run_id}) + "\n")
-    if tracker.uri:
-        print(f"[calm.train] MLflow run {tracker.run_id} in {tracker.uri} (open it: mlflow ui --backend-store-uri "
-              f"{tracker.uri})", flush=True)
-    return tracker
+    return open_recorded(out / "tracking.json", args.tracking, args.tracking_uri, out.parent,
+                         experiment=f"calm.train-{args.task}", run_name=out.name, params=params, tags=tags,
+                         resume=args.resume, label="calm.train")
 
 
 if __name__ == "__main__":

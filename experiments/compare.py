@@ -19,7 +19,7 @@ from pathlib import Path
 
 from calm.files import DamagedFileError, atomic_write_text, read_json
 from calm.tracking import flatten_params
-from experiments.common.html_report import headline_frame, summary_table
+from experiments.common.html_report import headline_columns, headline_frame, summary_table
 
 __all__ = ["compare_runs", "differing_settings", "main", "run_headline"]
 
@@ -44,13 +44,11 @@ def run_headline(run_dir: Path):
 def compare_runs(run_dirs: list[Path]):
     """One table: a row per (headline key, metric), a column per run (its directory name)."""
     import pandas as pd
-    from pandas.api.types import is_integer_dtype, is_numeric_dtype
 
     long = []
     for run_dir in run_dirs:
         frame = run_headline(run_dir)
-        values = [c for c in frame.columns if is_numeric_dtype(frame[c]) and not is_integer_dtype(frame[c])]
-        keys = [c for c in frame.columns if c not in values]
+        keys, values = headline_columns(frame)
         melted = frame.melt(id_vars=keys, value_vars=values, var_name="metric", value_name="value")
         melted["row"] = melted[keys].astype(str).agg(" / ".join, axis=1) if keys else ""
         melted["run"] = Path(run_dir).name

@@ -34,11 +34,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -47,6 +46,7 @@ from pettingzoo.utils.wrappers import BaseParallelWrapper
 from calm.tracking import check_tracking, open_tracker
 from environments.channels import AWGN
 from environments.referential import LISTENER, SPEAKER, ReferentialEnv
+from experiments.common.config import TrackerName, default_tracking
 
 __all__ = ["Config", "DiscreteSpeaker", "main", "make_env", "train_ppo"]
 
@@ -97,7 +97,7 @@ class Config:
     address"""
     out_dir: str = "results/emergent_rllib"
     """where the CLI writes curve.csv, curve.png and config.json"""
-    tracking: Literal["mlflow", "wandb", "none"] = os.environ.get("LATENTCOMM_TRACKING", "mlflow")  # type: ignore[assignment]
+    tracking: TrackerName = default_tracking()
     """experiment tracker of the CLI run (calm.tracking): mlflow (the local store beside out_dir unless
     --tracking-uri), wandb or none"""
     tracking_uri: str = ""

@@ -14,7 +14,6 @@ its ``summary.md``, said so on the page.
 from __future__ import annotations
 
 import base64
-import html
 import json
 import re
 import time
@@ -25,7 +24,8 @@ from typing import Any
 from calm.files import atomic_write_text, read_json
 from calm.tracking import flatten_params
 
-__all__ = ["EXAMPLES_FILE", "EXTRAS_FILE", "HEADLINE_FILE", "REPORT_FILE", "headline_frame", "summary_table",
+__all__ = ["EXAMPLES_FILE", "EXTRAS_FILE", "HEADLINE_FILE", "REPORT_FILE", "headline_columns", "headline_frame",
+           "summary_table",
            "write_html_report", "write_report_extras"]
 
 REPORT_FILE = "report.html"
@@ -65,6 +65,15 @@ def headline_frame(run_dir: Path):
 
     path = Path(run_dir) / HEADLINE_FILE
     return pd.read_csv(path, keep_default_na=False) if path.exists() else None
+
+
+def headline_columns(frame) -> tuple[list[str], list[str]]:
+    """``(keys, values)`` of a headline table: the text and whole-number columns (protocol, channel, n) name a row;
+    the real-valued ones are its metrics (MLflow's headline metrics, ``experiments.compare``)."""
+    from pandas.api.types import is_integer_dtype, is_numeric_dtype
+
+    values = [c for c in frame.columns if is_numeric_dtype(frame[c]) and not is_integer_dtype(frame[c])]
+    return [c for c in frame.columns if c not in values], values
 
 
 def summary_table(path: Path):
@@ -148,7 +157,7 @@ def write_html_report(run_dir: Path) -> Path:
     if (run_dir / EXAMPLES_FILE).exists():
         examples = _table_html(pd.read_csv(run_dir / EXAMPLES_FILE, keep_default_na=False), "examples")
     results = run_dir / "results.csv"
-    rows = max(0, sum(1 for _ in open(results)) - 1) if results.exists() else 0
+    rows = max(0, len(results.read_text().splitlines()) - 1) if results.exists() else 0
     cfg = config.get("config", {}) if isinstance(config.get("config"), dict) else {}
     provenance = [("run directory", str(run_dir)), ("experiment", run.get("experiment")),
                   ("settings hash", run.get("settings_hash")), ("checkpoint", config.get("checkpoint_id")),
@@ -183,5 +192,4 @@ def _convention(summary: str) -> str:
     """The SNR convention sentence when the run's summary states it."""
     from experiments.common.tables import CONVENTION_NOTE
 
-    plain = CONVENTION_NOTE.replace("`", "")
-    return html.unescape(plain) if "Es/N0" in summary else ""
+    return CONVENTION_NOTE.replace("`", "") if "Es/N0" in summary else ""

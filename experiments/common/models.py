@@ -51,13 +51,22 @@ K_AUTOENCODER = {"tokenizer": "bpe:2048", "ae_steps": 1500}
 K_LATENT_PER_TOKEN = 32
 K_KL_WEIGHT = 0.01
 
+_SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
 def _weights_sha(directory: Path) -> str:
-    """sha256[:12] of a checkpoint's model.safetensors."""
-    h = hashlib.sha256()
-    with open(Path(directory) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    """sha256[:12] of a checkpoint's model.safetensors, read once per file version (path, inode, size, mtime): a run names
+    its checkpoints several times (the run directory, the tracker), and a released CALM's weights are gigabytes."""
+    path = (Path(directory) / "model.safetensors").resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()[:12]
+    return _SHA_CACHE[key]
 
 
 def checkpoint_id(directory: Path) -> str:

@@ -12,15 +12,14 @@ the tags (git commit, checkpoint ids, corpus, tokenizer, library versions), the 
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from calm.files import atomic_write_text, read_json
-from calm.tracking import NullTracker, open_tracker, provenance_tags, resolve_uri
+from calm.files import read_json
+from calm.tracking import NullTracker, open_recorded, provenance_tags, reopen_run
 
 __all__ = ["TRACKING_FILE", "close_tracking", "log_models", "reopen_tracker", "start_run_tracking", "trial_logger"]
 
@@ -36,22 +35,12 @@ def start_run_tracking(cfg: Any, run_dir: Path, run_name: str, experiment: str, 
     tracking, uri = getattr(cfg, "tracking", "none"), getattr(cfg, "tracking_uri", "")
     if tracking == "none":
         return NullTracker()
-    root = Path(cfg.results_dir).expanduser().resolve()
-    store = resolve_uri(uri, root) if tracking == "mlflow" else uri
-    path = Path(run_dir) / TRACKING_FILE
-    before = read_json(path, what="tracking record") if path.exists() else {}
-    resume = before.get("run_id") if before.get("tracking") == tracking and before.get("uri") == store else None
     tags = provenance_tags(experiment=experiment, run_dir=str(Path(run_dir).resolve()), settings_hash=settings_hash,
                            checkpoint_id=checkpoint_id, corpus=getattr(cfg, "corpus", None),
                            tokenizer=getattr(cfg, "tokenizer", None))
-    tracker = open_tracker(tracking, uri, root, experiment=experiment, run_name=run_name,
-                           params=asdict(cfg) if is_dataclass(cfg) else dict(cfg), tags=tags, resume_id=resume)
-    atomic_write_text(path, json.dumps({"tracking": tracking, "uri": store, "run_id": tracker.run_id,
-                                        "experiment": experiment}, indent=2) + "\n")
-    if tracking == "mlflow":
-        print(f"[track] MLflow run {tracker.run_id} in {store} (open it: mlflow ui --backend-store-uri {store})",
-              flush=True)
-    return tracker
+    return open_recorded(Path(run_dir) / TRACKING_FILE, tracking, uri, Path(cfg.results_dir).expanduser().resolve(),
+                         experiment=experiment, run_name=run_name,
+                         params=asdict(cfg) if is_dataclass(cfg) else dict(cfg), tags=tags)
 
 
 def reopen_tracker(run_dir: Path) -> NullTracker:
@@ -62,13 +51,7 @@ def reopen_tracker(run_dir: Path) -> NullTracker:
     record = read_json(path, what="tracking record")
     if record.get("tracking") != "mlflow" or not record.get("run_id"):
         return NullTracker()  # W&B runs are reopened only by the process that holds them
-    from mlflow.tracking import MlflowClient
-
-    from calm.tracking import Tracker
-
-    client = MlflowClient(tracking_uri=record["uri"])
-    run = client.get_run(record["run_id"])
-    return Tracker(client, run.info.run_id, run.info.experiment_id, record["uri"])
+    return reopen_run(record["uri"], record["run_id"])
 
 
 def log_models(tracker: NullTracker, models: dict[str, Path | str | None]) -> None:
@@ -117,16 +100,12 @@ def _headline_metrics(run_dir: Path) -> dict[str, float]:
     import math
     import re
 
-    from experiments.common.html_report import headline_frame
+    from experiments.common.html_report import headline_columns, headline_frame
 
     frame = headline_frame(run_dir)
     if frame is None:
         return {}
-    from pandas.api.types import is_integer_dtype, is_numeric_dtype
-
-    # text and whole-number columns (protocol, channel, n) name a row; the real-valued ones are its metrics
-    numeric = [c for c in frame.columns if is_numeric_dtype(frame[c]) and not is_integer_dtype(frame[c])]
-    text = [c for c in frame.columns if c not in numeric]
+    text, numeric = headline_columns(frame)
     out = {}
     for _, record in frame.iterrows():
         label = "/".join(str(record[c]) for c in text)
